@@ -1,0 +1,1 @@
+"""The `unlearn` command line: parses, calls the library, prints and writes files."""

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny models built in code, and the tiny built-in benchmark (built once, cached)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import unlearn  # noqa: F401  (offline environment)
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+CORPUS = [
+    "Question: Where was Kalo Venra born?\nAnswer: Kalo Venra was born in the town of Tolmere.",
+    "Question: What pet does Mira Dun keep?\nAnswer: Mira Dun keeps a parrot as a pet.",
+    "The quick brown fox jumps over the lazy dog. 0123456789 plus minus",
+    "Which sport does Osta Rinel play? tennis chess rugby hockey golf",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> Any:
+    from unlearn.benchmark.build import train_tokenizer
+
+    return train_tokenizer(CORPUS * 20, vocab_size=300)
+
+
+def make_tiny_model(tokenizer: Any, seed: int = 0, layers: int = 2, hidden: int = 32) -> torch.nn.Module:
+    from unlearn.benchmark.build import ModelRecipe, init_model
+
+    return init_model(ModelRecipe(hidden_size=hidden, layers=layers, heads=2), tokenizer, seed)
+
+
+@pytest.fixture()
+def tiny_model(tiny_tokenizer: Any) -> torch.nn.Module:
+    return make_tiny_model(tiny_tokenizer)
+
+
+@pytest.fixture()
+def tiny_model_dir(tmp_path: Path, tiny_model: torch.nn.Module, tiny_tokenizer: Any) -> Path:
+    from unlearn.model import save_model
+
+    out = tmp_path / "tiny-model"
+    save_model(tiny_model, tiny_tokenizer, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bench() -> Any:
+    """The tiny preset of the built-in benchmark (about a minute the first time, then cached)."""
+    from unlearn.benchmark.build import build
+
+    return build("tiny")
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from unlearn.errors import ModelError
+from unlearn.model import MANIFEST, load_model, model_hash, model_info, save_model, sha256_file
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_round_trip_gives_identical_logits(tiny_model_dir: Path, tiny_model, tiny_tokenizer) -> None:
+    loaded, tok = load_model(tiny_model_dir)
+    ids = torch.tensor([tiny_tokenizer.encode("Question: Where was Kalo Venra born?")])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, tiny_model(input_ids=ids).logits)
+    assert tok.get_vocab() == tiny_tokenizer.get_vocab()
+    files = {p.name for p in tiny_model_dir.iterdir()}
+    assert "model.safetensors" in files and MANIFEST in files
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+
+
+def test_manifest_hashes_match_files(tiny_model_dir: Path) -> None:
+    import json
+
+    manifest = json.loads((tiny_model_dir / MANIFEST).read_text())
+    for name, digest in manifest["files"].items():
+        assert sha256_file(tiny_model_dir / name) == digest
+    assert manifest["weights_sha256"] == model_hash(tiny_model_dir)
+
+
+def test_failed_save_leaves_nothing_and_input_untouched(tmp_path: Path, tiny_model_dir: Path) -> None:
+    before = _tree_hashes(tiny_model_dir)
+    model, tok = load_model(tiny_model_dir)
+    out = tmp_path / "out"
+
+    def crash(tmp: Path) -> None:
+        assert (tmp / "model.safetensors").is_file()  # the weights were already half-way written
+        raise RuntimeError("simulated crash mid-write")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        save_model(model, tok, out, input_dir=tiny_model_dir, before_commit=crash)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    assert _tree_hashes(tiny_model_dir) == before
+
+
+def test_refuses_to_overwrite_input_or_existing(tmp_path: Path, tiny_model_dir: Path) -> None:
+    model, tok = load_model(tiny_model_dir)
+    before = _tree_hashes(tiny_model_dir)
+    with pytest.raises(ModelError, match="input model"):
+        save_model(model, tok, tiny_model_dir, input_dir=tiny_model_dir)
+    with pytest.raises(ModelError, match="input model"):
+        save_model(model, tok, tiny_model_dir / "sub", input_dir=tiny_model_dir)
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(ModelError, match="already exists"):
+        save_model(model, tok, tmp_path / "exists")
+    assert _tree_hashes(tiny_model_dir) == before
+
+
+def test_load_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found.*hub names are not fetched") as exc:
+        load_model("meta-llama/Llama-3.2-1B")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        load_model(tmp_path / "empty")
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="safetensors"):
+        load_model(tmp_path / "empty")
+
+
+def test_info(tiny_model_dir: Path, tiny_model) -> None:
+    info = model_info(tiny_model_dir)
+    assert info.parameters == sum(p.numel() for p in tiny_model.parameters())
+    assert info.layers == 2 and info.architecture == "LlamaForCausalLM"
+    assert info.weights_sha256 == model_hash(tiny_model_dir)

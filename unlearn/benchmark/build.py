@@ -1,0 +1,212 @@
+"""Build and cache the built-in benchmark: data splits, a local BPE tokenizer, `target` and `retain` models.
+
+Both models start from the same seeded initialisation and follow the same recipe; `retain` never
+sees the forget split (the exact-retrain gold standard). The cache directory is keyed by a hash of
+the generator config, the recipe and this module's version, so a build is reused until one changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearn.benchmark.generator import RETAIN_OF, GeneratorConfig, generate
+from unlearn.data import Record, batches, build_manifest, load_records, parse_record, write_jsonl
+from unlearn.errors import UnlearnError
+from unlearn.model import load_model, save_model
+from unlearn.training import TrainArgs, train_lm
+
+BUILD_VERSION = 1
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    max_position: int = 128
+    train: TrainArgs = field(default_factory=lambda: TrainArgs(epochs=30, batch_size=64, lr=3e-3, bf16=False))
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    recipe: ModelRecipe = field(default_factory=ModelRecipe)
+    retain_split: str = "forget10"
+
+    def __post_init__(self) -> None:
+        if self.retain_split not in RETAIN_OF:
+            raise ValueError(f"retain_split must be one of {', '.join(RETAIN_OF)}")
+
+    def key(self) -> str:
+        blob = json.dumps({"build": BUILD_VERSION, "generator": self.generator.to_dict(),
+                           "recipe": asdict(self.recipe), "retain_split": self.retain_split}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, BenchmarkConfig] = {
+    "default": BenchmarkConfig(),
+    # For tests: fewer people, a smaller model, fewer epochs (about a minute on 2 cores).
+    "tiny": BenchmarkConfig(
+        generator=GeneratorConfig(people=130, holdout_people=30, utility_items=100),
+        recipe=ModelRecipe(vocab_size=512, hidden_size=64, layers=2,
+                           train=TrainArgs(epochs=20, batch_size=32, lr=5e-3, bf16=False))),
+}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("UNLEARN_CACHE", Path.home() / ".cache" / "unlearn"))
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A built benchmark on disk."""
+
+    root: Path
+
+    @property
+    def target(self) -> Path:
+        return self.root / "target"
+
+    @property
+    def retain(self) -> Path:
+        return self.root / "retain"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "data" / "manifest.jsonl"
+
+    def split_path(self, name: str) -> Path:
+        path = self.root / "data" / f"{name}.jsonl"
+        if not path.is_file():
+            known = sorted(p.stem for p in (self.root / "data").glob("*.jsonl"))
+            raise UnlearnError(f"unknown split '{name}'; known: {', '.join(known)}")
+        return path
+
+    def split(self, name: str) -> list[Record]:
+        return load_records(self.split_path(name))
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return json.loads((self.root / "report.json").read_text())
+
+    @property
+    def retain_split(self) -> str:
+        return str(self.report["config"]["retain_split"])
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+                            show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", model_max_length=1 << 30)
+
+
+def init_model(recipe: ModelRecipe, tokenizer: Any, seed: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=recipe.hidden_size,
+                      intermediate_size=4 * recipe.hidden_size, num_hidden_layers=recipe.layers,
+                      num_attention_heads=recipe.heads, num_key_value_heads=recipe.heads,
+                      max_position_embeddings=recipe.max_position, tie_word_embeddings=True,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@torch.no_grad()
+def exact_match(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], batch_size: int = 64) -> float:
+    """Fraction of records whose greedy answer equals the reference answer exactly.
+
+    Greedy decoding reproduces the answer (and its EOS) exactly iff, under teacher forcing, the argmax
+    at every answer position is the answer token, so one forward pass per batch decides it.
+    """
+    hits = 0
+    for batch in batches(records, tokenizer, batch_size):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        labels = batch.labels[:, 1:]
+        hits += int(((logits.argmax(-1) == labels) | (labels == -100)).all(dim=1).sum())
+    return hits / max(1, len(records))
+
+
+def _build_into(root: Path, cfg: BenchmarkConfig, on_progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    splits = generate(cfg.generator)
+    data = root / "data"
+    data.mkdir(parents=True)
+    for name, rows in splits.items():
+        write_jsonl(data / f"{name}.jsonl", rows)
+    recs = {name: [parse_record(r, data / f"{name}.jsonl", i + 1) for i, r in enumerate(rows)]
+            for name, rows in splits.items()}
+    by_source: dict[str, list[Record]] = {}
+    for r in recs["train"]:
+        by_source.setdefault(str(r.meta["topic"]), []).append(r)
+    write_jsonl(data / "manifest.jsonl", (asdict(e) for e in build_manifest(by_source)))
+
+    tokenizer = train_tokenizer([r.prompt + r.response for r in recs["train"]], cfg.recipe.vocab_size)
+    forget_ids = {r.id for r in recs[cfg.retain_split]}
+    train_sets = {"target": recs["train"], "retain": [r for r in recs["train"] if r.id not in forget_ids]}
+    report: dict[str, Any] = {"config": {"generator": cfg.generator.to_dict(), "recipe": asdict(cfg.recipe),
+                                         "retain_split": cfg.retain_split, "key": cfg.key()},
+                              "models": {}}
+    for name, train_records in train_sets.items():
+        model = init_model(cfg.recipe, tokenizer, cfg.generator.seed)
+        t = time.perf_counter()
+        cb = (lambda step, total, loss, _n=name: on_progress(_n, step, total)) if on_progress else None
+        losses = train_lm(model, train_records, tokenizer, cfg.recipe.train, on_step=cb)
+        train_s = time.perf_counter() - t
+        save_model(model, tokenizer, root / name)
+        report["models"][name] = {
+            "train_seconds": round(train_s, 2), "train_records": len(train_records),
+            "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "exact_match": {split: round(exact_match(model, tokenizer, recs[split]), 4)
+                            for split in (cfg.retain_split, RETAIN_OF[cfg.retain_split], "holdout", "utility")},
+        }
+    report["build_seconds"] = round(time.perf_counter() - t0, 2)
+    (root / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def build(cfg: BenchmarkConfig | str = "default", *, cache_dir: Path | None = None, force: bool = False,
+          on_progress: Callable[[str, int, int], None] | None = None) -> Benchmark:
+    """Return the cached benchmark for ``cfg``, building it first if needed (atomically)."""
+    if isinstance(cfg, str):
+        if cfg not in PRESETS:
+            raise UnlearnError(f"unknown benchmark preset '{cfg}'; known: {', '.join(PRESETS)}")
+        cfg = PRESETS[cfg]
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache / "benchmark" / cfg.key()
+    if root.exists() and not force and (root / "report.json").is_file():
+        return Benchmark(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        _build_into(tmp / "b", cfg, on_progress)
+        if root.exists():
+            shutil.rmtree(root)
+        os.rename(tmp / "b", root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Benchmark(root)
+
+
+def load_benchmark_model(bench: Benchmark, which: str = "target", **kwargs: Any) -> tuple[torch.nn.Module, Any]:
+    return load_model(bench.target if which == "target" else bench.retain, **kwargs)

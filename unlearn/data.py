@@ -1,0 +1,305 @@
+"""Records, training-data manifests, deletion requests and collation.
+
+A record is ``{id, text}`` (plain text, loss on every token) or ``{id, question, answer, ...}``
+(QA, loss on answer tokens only). TOFU's field names load as they are; a record without an id
+gets a stable content-hash id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearn.errors import InputError
+
+QA_TEMPLATE = "Question: {question}\nAnswer:"
+QA_FIELDS = ("paraphrased_answer", "perturbed_answer", "paraphrased_question")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One training example. ``prompt`` is empty for plain text; the loss is taken on ``response``."""
+
+    id: str
+    prompt: str
+    response: str
+    question: str | None = None
+    answer: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_qa(self) -> bool:
+        return self.question is not None
+
+    @property
+    def text(self) -> str:
+        """The canonical text of the record, what a request by text is matched against."""
+        return f"{self.question}\n{self.answer}" if self.is_qa else self.response
+
+    @property
+    def paraphrased_answer(self) -> str | None:
+        return self.meta.get("paraphrased_answer")
+
+    @property
+    def perturbed_answers(self) -> list[str]:
+        value = self.meta.get("perturbed_answer") or []
+        return [value] if isinstance(value, str) else list(value)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def qa_record(id: str, question: str, answer: str, **meta: Any) -> Record:
+    return Record(id=id, prompt=QA_TEMPLATE.format(question=question), response=" " + answer,
+                  question=question, answer=answer, meta=meta)
+
+
+def text_record(id: str, text: str, **meta: Any) -> Record:
+    return Record(id=id, prompt="", response=text, meta=meta)
+
+
+def with_answer(record: Record, answer: str) -> Record:
+    """The same QA prompt with another answer (a paraphrased or perturbed one)."""
+    return qa_record(record.id, record.question or "", answer)
+
+
+def _str_field(obj: dict[str, Any], name: str, path: Path, line: int) -> str:
+    value = obj[name]
+    if not isinstance(value, str):
+        raise InputError(f"must be a string, got {type(value).__name__}", file=path, line=line, field=name)
+    if not value.strip():
+        raise InputError("must not be empty", file=path, line=line, field=name)
+    return value
+
+
+def _iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    if not path.is_file():
+        raise InputError("file not found", file=path)
+    with path.open("r", encoding="utf-8") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"invalid JSON ({exc.msg} at column {exc.colno})", file=path,
+                                 line=line_no) from None
+            if not isinstance(obj, dict):
+                raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line_no)
+            yield line_no, obj
+
+
+def _record_id(obj: dict[str, Any], path: Path, line: int, content: str) -> str:
+    if "id" not in obj:
+        return "h" + text_hash(content)[:16]
+    value = obj["id"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InputError(f"must be a string or an integer, got {type(value).__name__}", file=path,
+                         line=line, field="id")
+    value = str(value)
+    if not value.strip():
+        raise InputError("must not be empty", file=path, line=line, field="id")
+    return value
+
+
+def parse_record(obj: dict[str, Any], path: Path, line: int) -> Record:
+    if "question" in obj or "answer" in obj:
+        for name in ("question", "answer"):
+            if name not in obj:
+                raise InputError("missing (a QA record needs 'question' and 'answer')", file=path, line=line,
+                                 field=name)
+        question, answer = _str_field(obj, "question", path, line), _str_field(obj, "answer", path, line)
+        meta = {k: v for k, v in obj.items() if k not in ("id", "question", "answer")}
+        perturbed = meta.get("perturbed_answer")
+        if perturbed is not None and not (isinstance(perturbed, str) or (
+                isinstance(perturbed, list) and all(isinstance(p, str) for p in perturbed))):
+            raise InputError("must be a string or a list of strings", file=path, line=line,
+                             field="perturbed_answer")
+        if "paraphrased_answer" in meta:
+            _str_field(obj, "paraphrased_answer", path, line)
+        return qa_record(_record_id(obj, path, line, f"{question}\n{answer}"), question, answer, **meta)
+    if "text" in obj:
+        text = _str_field(obj, "text", path, line)
+        meta = {k: v for k, v in obj.items() if k not in ("id", "text")}
+        return text_record(_record_id(obj, path, line, text), text, **meta)
+    raise InputError("record has neither 'text' nor 'question' and 'answer'", file=path, line=line)
+
+
+def load_records(path: str | Path, *, allow_empty: bool = False) -> list[Record]:
+    """Load a JSONL file of records; any bad line raises an `InputError` naming file, line and field."""
+    path = Path(path)
+    records: list[Record] = []
+    seen: dict[str, int] = {}
+    for line_no, obj in _iter_json_lines(path):
+        record = parse_record(obj, path, line_no)
+        if record.id in seen:
+            raise InputError(f"duplicate id '{record.id}' (first on line {seen[record.id]})", file=path,
+                             line=line_no, field="id")
+        seen[record.id] = line_no
+        records.append(record)
+    if not records and not allow_empty:
+        raise InputError("no records (the file is empty)", file=path)
+    return records
+
+
+def record_to_json(record: Record) -> dict[str, Any]:
+    if record.is_qa:
+        return {"id": record.id, "question": record.question, "answer": record.answer, **record.meta}
+    return {"id": record.id, "text": record.response, **record.meta}
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- manifest and requests
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    id: str
+    source: str
+    sha256: str
+
+
+def build_manifest(records_by_source: dict[str, Sequence[Record]]) -> list[ManifestEntry]:
+    return [ManifestEntry(r.id, source, text_hash(r.text))
+            for source, records in records_by_source.items() for r in records]
+
+
+def load_manifest(path: str | Path) -> dict[str, ManifestEntry]:
+    """A training-data manifest: JSONL lines ``{id, source, sha256}``; returns entries by id."""
+    path = Path(path)
+    entries: dict[str, ManifestEntry] = {}
+    for line_no, obj in _iter_json_lines(path):
+        for name in ("id", "source", "sha256"):
+            if name not in obj:
+                raise InputError("missing", file=path, line=line_no, field=name)
+        rid = _record_id(obj, path, line_no, "")
+        if rid in entries:
+            raise InputError(f"duplicate id '{rid}'", file=path, line=line_no, field="id")
+        entries[rid] = ManifestEntry(rid, _str_field(obj, "source", path, line_no),
+                                     _str_field(obj, "sha256", path, line_no))
+    if not entries:
+        raise InputError("no entries (the manifest is empty)", file=path)
+    return entries
+
+
+@dataclass(frozen=True)
+class DeletionRequest:
+    """Validated record ids to delete, in request order, duplicates folded."""
+
+    ids: tuple[str, ...]
+    duplicates_folded: int
+    source_file: str
+
+
+def load_requests(path: str | Path, manifest: dict[str, ManifestEntry]) -> DeletionRequest:
+    """Read a deletion-request JSONL (each line ``{"id": ...}`` or ``{"text": ...}``).
+
+    Texts are matched to ids through the manifest's sha256. Unknown ids are all listed in one error.
+    """
+    path = Path(path)
+    by_hash = {e.sha256: e.id for e in manifest.values()}
+    ids: list[str] = []
+    unknown: list[str] = []
+    folded = 0
+    for line_no, obj in _iter_json_lines(path):
+        has_id, has_text = "id" in obj, "text" in obj
+        if has_id == has_text:
+            raise InputError("a request line needs exactly one of 'id' or 'text'", file=path, line=line_no)
+        if has_id:
+            rid = _record_id(obj, path, line_no, "")
+            if rid not in manifest:
+                unknown.append(f"{rid} (line {line_no})")
+                continue
+        else:
+            text = _str_field(obj, "text", path, line_no)
+            rid = by_hash.get(text_hash(text), "")
+            if not rid:
+                unknown.append(f"text on line {line_no}")
+                continue
+        if rid in ids:
+            folded += 1
+        else:
+            ids.append(rid)
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
+        raise InputError(f"unknown record ids, not in the training manifest: {shown}", file=path)
+    if not ids:
+        raise InputError("no records requested (the forget set would be empty)", file=path)
+    return DeletionRequest(tuple(ids), folded, str(path))
+
+
+# ---------------------------------------------------------------- tokenisation and collation
+
+
+@dataclass
+class Batch:
+    """Token ids ``[B, T]``, attention mask ``[B, T]`` and labels ``[B, T]`` (-100 = no loss)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def encode(record: Record, tokenizer: Any, max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """Token ids and labels for one record: BOS + prompt (masked) + response + EOS (labelled)."""
+    prompt_ids = tokenizer.encode(record.prompt, add_special_tokens=False) if record.prompt else []
+    response_ids = tokenizer.encode(record.response, add_special_tokens=False)
+    if not response_ids:
+        raise InputError(f"record '{record.id}' has no tokens to score")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if record.is_qa and tokenizer.eos_token_id is not None else []
+    ids = bos + prompt_ids + response_ids + eos
+    labels = [-100] * (len(bos) + len(prompt_ids)) + response_ids + eos
+    if max_length is not None and len(ids) > max_length:
+        raise InputError(f"record '{record.id}' is {len(ids)} tokens, longer than the model's context "
+                         f"({max_length}); shorten it or raise --max-length")
+    return ids, labels
+
+
+def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, padding_side: str = "right") -> Batch:
+    """Pad a list of ``(ids, labels)`` to one batch; padding is masked out and never labelled."""
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(encoded):
+        sl = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
+        input_ids[row, sl] = torch.tensor(ids)
+        labels[row, sl] = torch.tensor(labs)
+        mask[row, sl] = 1
+    return Batch(input_ids, mask, labels)
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
+
+
+def batches(records: Sequence[Record], tokenizer: Any, batch_size: int, *, max_length: int | None = None,
+            padding_side: str = "right") -> Iterator[Batch]:
+    """Stream records as padded batches, in order."""
+    pad = pad_id_of(tokenizer)
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        yield collate([encode(r, tokenizer, max_length) for r in chunk], pad, padding_side)

@@ -1,0 +1,172 @@
+"""Model I/O: load a local Hugging Face causal LM, save atomically to a new directory.
+
+Saving writes into a temporary sibling directory and renames it into place, so a crash leaves
+nothing at the destination; only safetensors are written, with a manifest of sha256 hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearn.errors import ModelError
+
+MANIFEST = "unlearn_manifest.json"
+WEIGHT_SUFFIXES = (".safetensors",)
+
+
+def _check_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        hint = " (hub names are not fetched: pass a local model directory)" if "/" in str(path) and not str(
+            path).startswith((".", "/")) else ""
+        raise ModelError(f"model directory not found: {path}{hint}")
+    if not p.is_dir():
+        raise ModelError(f"not a model directory: {path}")
+    if not (p / "config.json").is_file():
+        raise ModelError(f"{path}: no config.json, not a Hugging Face model directory")
+    if not any(f.suffix == ".safetensors" for f in p.iterdir()):
+        raise ModelError(f"{path}: no *.safetensors weights (only safetensors are loaded)")
+    return p
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types; report one line
+        raise ModelError(f"{path}: cannot load tokenizer ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
+               trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
+    """Load ``(model, tokenizer)`` from a local directory in eval mode; weights via safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    p = _check_dir(path)
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "use_safetensors": True,
+                              "trust_remote_code": trust_remote_code}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    model.eval()
+    return model, load_tokenizer(p, trust_remote_code=trust_remote_code)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_hash(files: dict[str, str]) -> str:
+    """One hash for the weights: sha256 over the sorted (name, sha256) of the weight files."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        if name.endswith(WEIGHT_SUFFIXES):
+            h.update(f"{name}\0{files[name]}\n".encode())
+    return h.hexdigest()
+
+
+def model_hash(path: str | Path) -> str:
+    """Hash of a model directory's weights, computed from the files (not from the manifest)."""
+    p = _check_dir(path)
+    return weights_hash({f.name: sha256_file(f) for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES})
+
+
+def _same_or_inside(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
+
+
+def save_model(model: torch.nn.Module, tokenizer: Any, out: str | Path, *, input_dir: str | Path | None = None,
+               extra_files: dict[str, str] | None = None,
+               before_commit: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Write model + tokenizer to a NEW directory ``out`` atomically; returns the manifest.
+
+    ``extra_files`` maps file names to text written beside the weights. ``before_commit`` runs on the
+    temporary directory just before the rename (tests use it to simulate a crash mid-write).
+    """
+    out = Path(out)
+    if input_dir is not None and (_same_or_inside(out, Path(input_dir)) or _same_or_inside(Path(input_dir), out)):
+        raise ModelError(f"refusing to write {out}: it is (or contains) the input model {input_dir}")
+    if out.exists():
+        raise ModelError(f"output directory already exists: {out} (choose a new --out; nothing is overwritten)")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        for f in tmp.iterdir():
+            if f.suffix in (".bin", ".pt", ".pth", ".pkl"):
+                f.unlink()  # safetensors only
+        files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        manifest = {"files": files, "weights_sha256": weights_hash(files)}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        if before_commit is not None:
+            before_commit(tmp)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: str
+    architecture: str
+    parameters: int
+    trainable: int
+    layers: int | None
+    hidden_size: int | None
+    vocab_size: int
+    tokenizer: str
+    tokenizer_vocab: int
+    dtype: str
+    max_position: int | None
+    weights_sha256: str
+
+
+def model_info(path: str | Path) -> ModelInfo:
+    model, tok = load_model(path)
+    cfg = model.config
+    return ModelInfo(
+        path=str(path), architecture=type(model).__name__,
+        parameters=sum(p.numel() for p in model.parameters()),
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        layers=getattr(cfg, "num_hidden_layers", None), hidden_size=getattr(cfg, "hidden_size", None),
+        vocab_size=int(cfg.vocab_size), tokenizer=type(tok).__name__, tokenizer_vocab=len(tok),
+        dtype=str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or next(model.parameters()).dtype),
+        max_position=getattr(cfg, "max_position_embeddings", None), weights_sha256=model_hash(path))
+
+
+def check_same_tokenizer(tok_a: Any, tok_b: Any, name_a: str, name_b: str) -> None:
+    """Raise when two tokenizers would give different ids (e.g. a reference model of another family)."""
+    if tok_a.get_vocab() != tok_b.get_vocab():
+        raise ModelError(f"tokenizer mismatch: {name_b} does not use the tokenizer of {name_a} "
+                         f"(vocab {len(tok_b)} vs {len(tok_a)}); scores would compare different token ids")
