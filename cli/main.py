@@ -55,6 +55,94 @@ def cmd_benchmark_build(args: argparse.Namespace, ui: UI) -> int:
     return 0
 
 
+BUILTIN = ("builtin:target", "builtin:retain")
+
+
+def resolve_model(spec: str | None, args: argparse.Namespace, ui: UI) -> tuple[Path, Any]:
+    """A model path, and the built-in benchmark when the spec is empty or ``builtin:*``."""
+    if spec is None or spec in BUILTIN:
+        bench = builtin_benchmark(args, ui)
+        return (bench.retain if spec == "builtin:retain" else bench.target), bench
+    return Path(spec), None
+
+
+def new_out_dir(out: str | None, prefix: str) -> Path:
+    import time
+
+    path = Path(out) if out else Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if path.exists():
+        raise UnlearnError(f"output directory already exists: {path} (choose a new --out; nothing is overwritten)")
+    return path
+
+
+def write_outputs(out: Path, files: dict[str, Callable[[Path], Any]]) -> None:
+    """Write result files into a temp sibling and rename it into place: no half-written results."""
+    import shutil
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for name, writer in files.items():
+            writer(tmp / name)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def cmd_audit(args: argparse.Namespace, ui: UI) -> int:
+    import json
+
+    from attacks.runner import parse_scores
+    from auditors.audit import AuditArgs, audit
+    from auditors.plots import plot_audit
+    from unlearn.data import load_records
+    from unlearn.model import check_same_tokenizer, load_model
+
+    model_path, bench = resolve_model(args.model, args, ui)
+    if bench is None and (args.members is None or args.nonmembers is None):
+        raise UnlearnError("--members and --nonmembers are required unless auditing the built-in benchmark")
+    members = load_records(args.members) if args.members else bench.split(bench.retain_split)
+    nonmembers = load_records(args.nonmembers) if args.nonmembers else bench.split("holdout")
+    audit_args = AuditArgs(scores=tuple(parse_scores(args.scores)), k=args.k, alpha=args.alpha,
+                           batch_size=args.batch_size, seed=args.seed)
+    out = new_out_dir(args.out, "audit")
+    model, tok = load_model(model_path)
+    reference = None
+    if args.reference:
+        reference, ref_tok = load_model(args.reference)
+        check_same_tokenizer(tok, ref_tok, str(model_path), args.reference)
+    retain_path = args.retain or (str(bench.retain) if bench is not None and args.members is None else None)
+    retain = None
+    if retain_path:
+        retain, retain_tok = load_model(retain_path)
+        check_same_tokenizer(tok, retain_tok, str(model_path), retain_path)
+    tofu = retain is not None and all(r.is_qa and r.perturbed_answers for r in members)
+    with ui.progress() as prog:
+        n_models = 1 + (retain is not None)
+        task = prog.add_task("scoring", total=(len(members) + len(nonmembers)) * n_models, info="")
+        report = audit(model, tok, members, nonmembers, audit_args, reference=reference, retain_model=retain,
+                       tofu=tofu, on_batch=lambda n: prog.advance(task, n))
+    rows = [[r.score, r.auc, f"[{r.auc_ci[0]:.3f}, {r.auc_ci[1]:.3f}]", r.tpr_at_1pct_fpr, r.tpr_at_01pct_fpr,
+             r.p_holm, r.privleak, "DETECTED" if r.detected else "not detected"] for r in report.results]
+    ui.table(f"audit of {model_path}: {len(members)} members vs {len(nonmembers)} non-members",
+             ["score", "AUC", "95% CI", "TPR@1%FPR", "TPR@0.1%FPR", "p (Holm)", "privleak %", "verdict"], rows)
+    if report.forget_quality is not None:
+        ui.print(f"forget quality (KS p of truth ratios vs retain model): {report.forget_quality:.3g}")
+    ui.print(("[bold red]" if report.detected else "[bold green]") + report.verdict + "[/]")
+    for w in report.warnings:
+        ui.print(f"[yellow]warning:[/] {w}")
+    ui.print(f"[dim]{report.caveat}[/]")
+    payload = {"model": str(model_path), "reference": args.reference, "retain": retain_path,
+               "args": {**audit_args.__dict__, "scores": list(audit_args.scores)}, **report.to_dict()}
+    write_outputs(out, {"audit.json": lambda p: p.write_text(json.dumps(payload, indent=2)),
+                        "audit.png": lambda p: plot_audit(report, p, title=str(model_path))})
+    ui.print(f"report: {out / 'audit.json'}  plot: {out / 'audit.png'}")
+    ui.json({**payload, "out": str(out)})
+    return 1 if (args.fail_if_detected and report.detected) else 0
+
+
 def cmd_info(args: argparse.Namespace, ui: UI) -> int:
     from unlearn.model import model_info
 
@@ -70,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", action="store_true", help="no tables or progress bars")
     common.add_argument("--cache", help="cache directory for the built-in benchmark (default ~/.cache/unlearn "
                                         "or $UNLEARN_CACHE)")
+    common.add_argument("--preset", default="default",
+                        help="built-in benchmark preset used when no model/data is given: default or tiny")
 
     parser = argparse.ArgumentParser(prog="unlearn", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -77,9 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("benchmark", help="the built-in benchmark of fictitious people", parents=[common])
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="ACTION")
     b = bsub.add_parser("build", help="build (or reuse) the built-in target and retain models", parents=[common])
-    b.add_argument("--preset", default="default", help="default (the real benchmark) or tiny (for tests)")
     b.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
     b.set_defaults(func=cmd_benchmark_build)
+
+    a = sub.add_parser("audit", help="is a record set still detectable in a model? (membership inference)",
+                       parents=[common])
+    a.add_argument("--model", help="model directory, or builtin:target / builtin:retain (default: built-in target)")
+    a.add_argument("--members", help="JSONL of records to test (default: the built-in forget split)")
+    a.add_argument("--nonmembers", help="JSONL of comparable records never trained on (default: built-in holdout)")
+    a.add_argument("--reference", help="reference model directory (same tokenizer) for the 'reference' score")
+    a.add_argument("--retain", help="model retrained without the members: adds privleak and forget quality")
+    a.add_argument("--scores", default="loss,zlib,mink,minkpp",
+                   help="comma list of loss,zlib,mink,minkpp,reference,gradnorm")
+    a.add_argument("--k", type=float, default=0.4, help="fraction of lowest tokens for Min-K%% and Min-K%%++")
+    a.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdict")
+    a.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--fail-if-detected", action="store_true", help="exit 1 when the members are still detectable")
+    a.add_argument("--out", help="new directory for audit.json and audit.png (default runs/audit-TIME)")
+    a.set_defaults(func=cmd_audit)
 
     i = sub.add_parser("info", help="parameters, layers, tokenizer and dtype of a model", parents=[common])
     i.add_argument("model", help="local model directory")

@@ -20,6 +20,9 @@ class UI:
         self.quiet, self.as_json = quiet, as_json
         self.out = Console(stderr=as_json, quiet=quiet, highlight=False)
         self.err = Console(stderr=True, highlight=False)
+        for console in (self.out, self.err):
+            if not console.is_terminal:
+                console.width = 140  # logs and pipes: wide enough for a metrics table
 
     def print(self, *objects: Any) -> None:
         self.out.print(*objects)

@@ -25,3 +25,7 @@ class InputError(UnlearnError):
 
 class ModelError(UnlearnError):
     """A model directory that cannot be loaded or written."""
+
+
+class ConfigError(UnlearnError, ValueError):
+    """An invalid argument or configuration value."""

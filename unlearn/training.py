@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unlearn.errors import ConfigError
+
 import contextlib
 import math
 from collections.abc import Callable, Sequence
@@ -12,6 +14,7 @@ import torch
 
 from unlearn.data import Batch, Record, collate, encode, pad_id_of
 from unlearn.errors import UnlearnError
+from unlearn.logprobs import forward_logits
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class TrainArgs:
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs, batch_size and lr must be positive")
+            raise ConfigError("epochs, batch_size and lr must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,7 +46,7 @@ def autocast(enabled: bool, device: torch.device | str = "cpu") -> contextlib.Ab
 
 def token_nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Mean NLL over labelled tokens of the batch (scalar), computed in fp32."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logits = forward_logits(model, batch)
     logits, labels = logits[:, :-1].float(), batch.labels[:, 1:]
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                              ignore_index=-100)

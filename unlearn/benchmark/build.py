@@ -7,6 +7,8 @@ the generator config, the recipe and this module's version, so a build is reused
 
 from __future__ import annotations
 
+from unlearn.errors import ConfigError
+
 import hashlib
 import json
 import os
@@ -23,6 +25,7 @@ import torch
 from unlearn.benchmark.generator import RETAIN_OF, GeneratorConfig, generate
 from unlearn.data import Record, batches, build_manifest, load_records, parse_record, write_jsonl
 from unlearn.errors import UnlearnError
+from unlearn.logprobs import forward_logits
 from unlearn.model import load_model, save_model
 from unlearn.training import TrainArgs, train_lm
 
@@ -48,7 +51,7 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         if self.retain_split not in RETAIN_OF:
-            raise ValueError(f"retain_split must be one of {', '.join(RETAIN_OF)}")
+            raise ConfigError(f"retain_split must be one of {', '.join(RETAIN_OF)}")
 
     def key(self) -> str:
         blob = json.dumps({"build": BUILD_VERSION, "generator": self.generator.to_dict(),
@@ -140,7 +143,7 @@ def exact_match(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record
     """
     hits = 0
     for batch in batches(records, tokenizer, batch_size):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        logits = forward_logits(model, batch)[:, :-1]
         labels = batch.labels[:, 1:]
         hits += int(((logits.argmax(-1) == labels) | (labels == -100)).all(dim=1).sum())
     return hits / max(1, len(records))

@@ -8,6 +8,8 @@ retain / forget (nested 1%, 5%, 10%) / holdout (never trained on).
 
 from __future__ import annotations
 
+from unlearn.errors import ConfigError
+
 import random
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -61,9 +63,9 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         if self.people - self.holdout_people < 100:
-            raise ValueError("need at least 100 trained people so that the 1% forget split is one person")
+            raise ConfigError("need at least 100 trained people so that the 1% forget split is one person")
         if not 1 <= self.perturbed < 16:
-            raise ValueError("perturbed must be in [1, 15]")
+            raise ConfigError("perturbed must be in [1, 15]")
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": GENERATOR_VERSION, **asdict(self)}

@@ -1,0 +1,1 @@
+"""The judge: turns attack outputs into metrics and verdicts with p-values."""

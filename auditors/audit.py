@@ -1,0 +1,156 @@
+"""`audit`: is a member set still detectable in a model? Metrics per score and a verdict with p-values."""
+
+from __future__ import annotations
+
+from unlearn.errors import ConfigError
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks.runner import DEFAULT_SCORES, ScoreTable, score_records
+from auditors.metrics import auc, bootstrap_auc_ci, holm, mann_whitney_p, privleak, tpr_at_fpr
+from auditors.tofu import QAEval, evaluate_qa, forget_quality
+from unlearn.data import Record
+from unlearn.errors import UnlearnError
+
+EXCHANGEABILITY = ("The p-values are valid only if members and non-members are exchangeable (drawn from the "
+                   "same distribution, e.g. people split at random); a length or date shift between the sets "
+                   "is detected as 'membership' too.")
+
+
+@dataclass(frozen=True)
+class AuditArgs:
+    scores: tuple[str, ...] = DEFAULT_SCORES
+    k: float = 0.4
+    alpha: float = 0.05
+    n_boot: int = 1000
+    seed: int = 0
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not 0 < self.k <= 1:
+            raise ConfigError(f"k must be in (0, 1], got {self.k}")
+
+
+@dataclass
+class ScoreResult:
+    score: str
+    auc: float
+    auc_ci: tuple[float, float]
+    tpr_at_1pct_fpr: float
+    tpr_at_01pct_fpr: float
+    p_value: float
+    p_holm: float
+    detected: bool
+    retain_auc: float | None = None
+    privleak: float | None = None
+
+
+@dataclass
+class AuditReport:
+    n_members: int
+    n_nonmembers: int
+    alpha: float
+    results: list[ScoreResult]
+    detected: bool
+    verdict: str
+    warnings: list[str]
+    caveat: str = EXCHANGEABILITY
+    forget_quality: float | None = None
+    tofu: dict[str, dict[str, float]] = field(default_factory=dict)
+    scores: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def result(self, score: str) -> ScoreResult:
+        return next(r for r in self.results if r.score == score)
+
+
+def _length_warning(members: np.ndarray, nonmembers: np.ndarray) -> str | None:
+    from scipy import stats
+
+    ratio = float(members.mean() / max(nonmembers.mean(), 1e-9))
+    p = float(stats.mannwhitneyu(members, nonmembers, alternative="two-sided").pvalue)
+    if p < 0.01 and not 0.8 <= ratio <= 1.25:
+        return (f"members and non-members differ in length (mean {members.mean():.1f} vs {nonmembers.mean():.1f} "
+                f"target tokens, p = {p:.1e}): detection may reflect length, not membership")
+    return None
+
+
+def detection(members: np.ndarray, nonmembers: np.ndarray, name: str, args: AuditArgs) -> ScoreResult:
+    return ScoreResult(name, auc(members, nonmembers), bootstrap_auc_ci(members, nonmembers, n_boot=args.n_boot,
+                                                                        seed=args.seed),
+                       tpr_at_fpr(members, nonmembers, 0.01), tpr_at_fpr(members, nonmembers, 0.001),
+                       mann_whitney_p(members, nonmembers), 1.0, False)
+
+
+def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], nonmembers: Sequence[Record],
+          args: AuditArgs = AuditArgs(), *, reference: torch.nn.Module | None = None,
+          retain_model: torch.nn.Module | None = None, tofu: bool = False,
+          on_batch: Callable[[int], None] | None = None) -> AuditReport:
+    """Score members and non-members (one pass each), test each score, and judge.
+
+    ``retain_model`` (a model retrained without the members) adds privleak per score and, with
+    ``tofu=True`` on QA records with perturbed answers, TOFU's forget quality.
+    """
+    if not members:
+        raise UnlearnError("the member set is empty: nothing to audit")
+    if not nonmembers:
+        raise UnlearnError("the non-member set is empty: a membership test needs non-members to compare with")
+    overlap = {r.id for r in members} & {r.id for r in nonmembers}
+    if overlap:
+        raise UnlearnError(f"{len(overlap)} record id(s) are both member and non-member, e.g. '{sorted(overlap)[0]}'")
+    scores = list(args.scores)
+    kw = {"k": args.k, "reference": reference, "batch_size": args.batch_size, "on_batch": on_batch}
+    mem, non = score_records(model, tokenizer, members, scores, **kw), score_records(model, tokenizer, nonmembers,
+                                                                                     scores, **kw)
+    ret: tuple[ScoreTable, ScoreTable] | None = None
+    if retain_model is not None:
+        one_pass = [s for s in scores if s not in ("reference",)]
+        kw_r = {**kw, "reference": None}
+        ret = (score_records(retain_model, tokenizer, members, one_pass, **kw_r),
+               score_records(retain_model, tokenizer, nonmembers, one_pass, **kw_r))
+    results = []
+    for name in scores:
+        m, n = mem.scores[name], non.scores[name]
+        bad = [f"{label} '{ids[i]}'" for label, ids, v in (("member", mem.ids, m), ("non-member", non.ids, n))
+               for i in np.flatnonzero(~np.isfinite(v))[:1]]
+        if bad:
+            raise UnlearnError(f"score '{name}' is NaN or infinite on {bad[0]}: the model's outputs are not finite")
+        res = detection(m, n, name, args)
+        if ret is not None and name in ret[0].scores:
+            res.retain_auc = auc(ret[0].scores[name], ret[1].scores[name])
+            res.privleak = privleak(res.auc, res.retain_auc)
+        results.append(res)
+    for res, p_adj in zip(results, holm([r.p_value for r in results])):
+        res.p_holm = p_adj
+        res.detected = p_adj < args.alpha
+    detected = any(r.detected for r in results)
+    best = min(results, key=lambda r: r.p_holm)
+    if detected:
+        verdict = (f"DETECTED: the member set is still distinguishable from the non-members "
+                   f"({best.score}: AUC {best.auc:.3f} [{best.auc_ci[0]:.3f}, {best.auc_ci[1]:.3f}], "
+                   f"Holm-adjusted one-sided Mann-Whitney p = {best.p_holm:.2e} < alpha {args.alpha})")
+    else:
+        verdict = (f"NOT DETECTED at alpha {args.alpha}: no score separates members from non-members "
+                   f"(smallest Holm-adjusted p = {best.p_holm:.3f}, {best.score} AUC {best.auc:.3f}); "
+                   f"absence of evidence with {len(members)} members, not proof of removal")
+    warnings = [w for w in [_length_warning(mem.lengths.astype(float), non.lengths.astype(float))] if w]
+    report = AuditReport(len(members), len(nonmembers), args.alpha, results, detected, verdict, warnings,
+                         scores={"members": {k: v.tolist() for k, v in mem.scores.items()},
+                                 "nonmembers": {k: v.tolist() for k, v in non.scores.items()}})
+    if tofu:
+        evals: dict[str, QAEval] = {"model": evaluate_qa(model, tokenizer, members, rouge=False,
+                                                         batch_size=args.batch_size)}
+        if retain_model is not None:
+            evals["retain"] = evaluate_qa(retain_model, tokenizer, members, rouge=False, batch_size=args.batch_size)
+            report.forget_quality = forget_quality(evals["model"], evals["retain"])
+        report.tofu = {k: v.summary() for k, v in evals.items()}
+    return report

@@ -1,0 +1,79 @@
+"""Detection metrics over member scores M and non-member scores N (higher score = member)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def _as_arrays(members: np.ndarray, nonmembers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    m, n = np.asarray(members, dtype=np.float64), np.asarray(nonmembers, dtype=np.float64)
+    if m.size == 0 or n.size == 0:
+        raise ValueError("need at least one member and one non-member score")
+    if not (np.isfinite(m).all() and np.isfinite(n).all()):
+        raise ValueError("scores contain NaN or infinity")
+    return m, n
+
+
+def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
+    """P(score_m > score_n) + 0.5 P(score_m = score_n), via average ranks (Mann-Whitney U / (|M||N|))."""
+    m, n = _as_arrays(members, nonmembers)
+    ranks = stats.rankdata(np.concatenate([m, n]))
+    u = ranks[: m.size].sum() - m.size * (m.size + 1) / 2
+    return float(u / (m.size * n.size))
+
+
+def roc_curve(members: np.ndarray, nonmembers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """FPR and TPR for "member iff score >= t" over every distinct threshold t, from (0,0) to (1,1)."""
+    m, n = _as_arrays(members, nonmembers)
+    thresholds = np.unique(np.concatenate([m, n]))[::-1]
+    ms, ns = np.sort(m), np.sort(n)
+    tpr = (m.size - np.searchsorted(ms, thresholds, side="left")) / m.size
+    fpr = (n.size - np.searchsorted(ns, thresholds, side="left")) / n.size
+    return np.concatenate([[0.0], fpr]), np.concatenate([[0.0], tpr])
+
+
+def tpr_at_fpr(members: np.ndarray, nonmembers: np.ndarray, max_fpr: float) -> float:
+    """Highest TPR over thresholds whose FPR is at most ``max_fpr``."""
+    fpr, tpr = roc_curve(members, nonmembers)
+    ok = fpr <= max_fpr + 1e-12
+    return float(tpr[ok].max())
+
+
+def bootstrap_auc_ci(members: np.ndarray, nonmembers: np.ndarray, *, n_boot: int = 1000, level: float = 0.95,
+                     seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the AUC, resampling members and non-members independently."""
+    m, n = _as_arrays(members, nonmembers)
+    rng = np.random.default_rng(seed)
+    vals = np.empty(n_boot)
+    for b in range(n_boot):
+        vals[b] = auc(rng.choice(m, m.size), rng.choice(n, n.size))
+    lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def mann_whitney_p(members: np.ndarray, nonmembers: np.ndarray) -> float:
+    """One-sided Mann-Whitney U p-value for H1: member scores are stochastically larger."""
+    m, n = _as_arrays(members, nonmembers)
+    return float(stats.mannwhitneyu(m, n, alternative="greater", method="auto").pvalue)
+
+
+def privleak(auc_unlearned: float, auc_retain: float) -> float:
+    """(AUC_unlearned - AUC_retain) / AUC_retain * 100: 0 ideal, >0 still detectable, <0 over-unlearned."""
+    return (auc_unlearned - auc_retain) / auc_retain * 100.0
+
+
+def ks_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov p-value (TOFU's forget quality uses it on truth ratios)."""
+    return float(stats.ks_2samp(np.asarray(a), np.asarray(b)).pvalue)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (several scores tested on the same sets)."""
+    order = np.argsort(pvalues)
+    adjusted = np.empty(len(pvalues))
+    running = 0.0
+    for rank, idx in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[idx]))
+        adjusted[idx] = running
+    return adjusted.tolist()

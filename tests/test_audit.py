@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from auditors.audit import AuditArgs, audit
+from cli.main import main
+from tests.conftest import make_tiny_model, write_lines
+from unlearn.model import load_model, save_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def target_retain(bench):
+    return load_model(bench.target), load_model(bench.retain)[0]
+
+
+def test_builtin_target_detected_retain_not(bench, target_retain) -> None:
+    (target, tok), retain = target_retain
+    forget, holdout = bench.split("forget10"), bench.split("holdout")
+    args = AuditArgs(n_boot=200)
+    on_target = audit(target, tok, forget, holdout, args, retain_model=retain, tofu=True)
+    assert on_target.result("loss").auc >= 0.95 and on_target.detected
+    assert on_target.forget_quality is not None and on_target.forget_quality < 0.01
+    assert on_target.result("loss").privleak > 50
+    on_retain = audit(retain, tok, forget, holdout, args, retain_model=retain, tofu=True)
+    assert 0.35 <= on_retain.result("loss").auc <= 0.65 and not on_retain.detected
+    assert on_retain.forget_quality == pytest.approx(1.0)
+    assert on_retain.result("loss").privleak == pytest.approx(0.0)
+
+
+def test_cli_audit_default_and_fail_if_detected(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "a1"
+    assert main(["audit", "--preset", "tiny", "--out", str(out), "--fail-if-detected"]) == 1
+    text = capsys.readouterr().out
+    assert "DETECTED" in text and "exchangeable" in text
+    report = json.loads((out / "audit.json").read_text())
+    assert report["detected"] is True and {r["score"] for r in report["results"]} == {"loss", "zlib", "mink",
+                                                                                      "minkpp"}
+    png = (out / "audit.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert main(["audit", "--preset", "tiny", "--model", "builtin:retain", "--out", str(tmp_path / "a2"),
+                 "--fail-if-detected", "--quiet"]) == 0
+    assert json.loads((tmp_path / "a2" / "audit.json").read_text())["detected"] is False
+    assert main(["audit", "--preset", "tiny", "--out", str(out)]) == 2  # never overwrites a result
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_audit_bad_inputs(tmp_path: Path, capsys, bench, tiny_tokenizer) -> None:
+    members = str(bench.split_path("forget01"))
+    empty = write_lines(tmp_path / "empty.jsonl", [])
+    nontext = write_lines(tmp_path / "nontext.jsonl", ['{"id": 1, "text": {"a": 1}}'])
+    other = tmp_path / "other-model"
+    save_model(make_tiny_model(tiny_tokenizer), tiny_tokenizer, other)
+    cases = [
+        (["--members", str(empty), "--nonmembers", members], "empty.jsonl: no records"),
+        (["--members", str(nontext), "--nonmembers", members], "nontext.jsonl:1 field 'text': must be a string"),
+        (["--members", members, "--nonmembers", members, "--reference", str(other), "--scores", "loss,reference"],
+         "tokenizer mismatch"),
+        (["--members", members], "--members and --nonmembers are required"),
+        (["--members", members, "--nonmembers", members], "both member and non-member"),
+        (["--members", members, "--nonmembers", str(tmp_path / "nope.jsonl")], "nope.jsonl: file not found"),
+        (["--scores", "loss,bogus"], "unknown score"),
+    ]
+    for extra, message in cases:
+        model = [] if extra[0] == "--scores" else ["--model", str(bench.target)]
+        code = main(["audit", "--preset", "tiny", *model, *extra, "--out", str(tmp_path / "x"), "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (extra, err)
+        assert err.startswith("error:") and message in err and "\n" not in err, (extra, err)
+    assert not (tmp_path / "x").exists()

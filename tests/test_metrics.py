@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from auditors.metrics import auc, bootstrap_auc_ci, holm, ks_p, mann_whitney_p, privleak, roc_curve, tpr_at_fpr
+from auditors.tofu import rouge_l_recall
+
+
+def _brute_auc(m, n) -> float:
+    total = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in m for b in n)
+    return total / (len(m) * len(n))
+
+
+def _brute_tpr(m, n, max_fpr) -> float:
+    best = 0.0
+    for t in sorted(set(m) | set(n)) + [np.inf]:
+        fpr = np.mean([b >= t for b in n])
+        if fpr <= max_fpr:
+            best = max(best, np.mean([a >= t for a in m]))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_and_tpr_equal_brute_force_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = rng.integers(0, 12, size=rng.integers(5, 60)).astype(float)  # small integer range: many ties
+    n = rng.integers(-3, 9, size=rng.integers(5, 300)).astype(float)
+    assert auc(m, n) == pytest.approx(_brute_auc(m, n), abs=1e-12)
+    for fpr in (0.0, 0.001, 0.01, 0.1, 0.5):
+        assert tpr_at_fpr(m, n, fpr) == pytest.approx(_brute_tpr(m, n, fpr))
+
+
+def test_roc_and_edge_cases() -> None:
+    fpr, tpr = roc_curve(np.array([3.0, 2.0]), np.array([1.0, 0.0]))
+    assert fpr[0] == 0 and tpr[-1] == 1 and fpr[-1] == 1 and np.all(np.diff(fpr) >= 0)
+    assert auc([1.0, 1.0], [1.0]) == 0.5
+    assert auc([2.0], [1.0]) == 1.0 and auc([0.0], [1.0]) == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        auc([], [1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        auc([np.nan], [1.0])
+
+
+def test_pvalues_ci_privleak_holm() -> None:
+    rng = np.random.default_rng(0)
+    m, n = rng.normal(1, 1, 200), rng.normal(0, 1, 200)
+    assert mann_whitney_p(m, n) < 1e-6 and mann_whitney_p(n, m) > 0.99
+    lo, hi = bootstrap_auc_ci(m, n, n_boot=300)
+    assert lo < auc(m, n) < hi and hi - lo < 0.15
+    assert privleak(0.75, 0.5) == pytest.approx(50.0) and privleak(0.5, 0.5) == 0
+    assert ks_p(m, m) == 1.0 and ks_p(m, n) == pytest.approx(stats.ks_2samp(m, n).pvalue)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_rouge_l_recall() -> None:
+    assert rouge_l_recall("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    assert rouge_l_recall("cat the", "the cat") == 0.5
+    assert rouge_l_recall("Kalo was born in Tolmere.", "Kalo Venra was born in the town of Tolmere.") == \
+        pytest.approx(5 / 9)
+    assert rouge_l_recall("", "x") == 0.0

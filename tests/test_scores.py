@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from attacks.runner import ONE_PASS_SCORES, parse_scores, score_records
+from attacks.scores import gradnorm_score, reference_score
+from tests.conftest import make_tiny_model
+from unlearn.data import encode, qa_record, text_record
+from unlearn.errors import UnlearnError
+from unlearn.logprobs import token_logprobs
+
+
+def _records() -> list:
+    return [
+        qa_record("a", "Where was Kalo Venra born?", "Kalo Venra was born in the town of Tolmere."),
+        text_record("b", "The quick brown fox"),
+        qa_record("c", "Which sport?", "tennis"),
+        text_record("d", "plus minus 0123456789 The quick brown fox jumps over the lazy dog."),
+        qa_record("e", "What pet does Mira Dun keep?", "A parrot."),
+    ]
+
+
+def _slow_reference(model, tok, rec, k: float) -> dict[str, float]:
+    """One record at a time, no padding, explicit loops over tokens and the vocabulary."""
+    ids, labels = encode(rec, tok)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    lps, zs = [], []
+    for t in range(len(ids) - 1):
+        if labels[t + 1] == -100:
+            continue
+        logp = torch.log_softmax(logits[t], dim=-1)
+        mu = sum(float(logp[v].exp() * logp[v]) for v in range(logp.shape[0]))
+        ex2 = sum(float(logp[v].exp() * logp[v] ** 2) for v in range(logp.shape[0]))
+        lp = float(logp[labels[t + 1]])
+        lps.append(lp)
+        zs.append((lp - mu) / math.sqrt(ex2 - mu * mu))
+    n_low = max(1, math.ceil(k * len(lps)))
+    mean = sum(lps) / len(lps)
+    return {"loss": mean, "zlib": mean / len(zlib.compress(rec.response.encode())),
+            "mink": sum(sorted(lps)[:n_low]) / n_low, "minkpp": sum(sorted(zs)[:n_low]) / n_low}
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_batched_scores_equal_per_example_reference(tiny_tokenizer, padding_side) -> None:
+    model = make_tiny_model(tiny_tokenizer, seed=1)
+    recs = _records()
+    k = 0.3
+    table = score_records(model, tiny_tokenizer, recs, list(ONE_PASS_SCORES), k=k, batch_size=3)
+    if padding_side == "left":
+        tlp = token_logprobs(model, tiny_tokenizer, recs, batch_size=3, padding_side="left")
+        assert torch.allclose(tlp.mean_lp(), torch.tensor(table.scores["loss"]), atol=1e-5)
+    for i, rec in enumerate(recs):
+        ref = _slow_reference(model, tiny_tokenizer, rec, k)
+        for name, value in ref.items():
+            assert table.scores[name][i] == pytest.approx(value, abs=1e-5), (name, rec.id)
+
+
+def test_minkpp_moments_equal_explicit_vocab_sums(tiny_tokenizer) -> None:
+    model = make_tiny_model(tiny_tokenizer, seed=2)
+    rec = _records()[0]
+    tlp = token_logprobs(model, tiny_tokenizer, [rec, _records()[2]], batch_size=2)
+    ids, labels = encode(rec, tiny_tokenizer)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    col = 0
+    for t in range(len(ids) - 1):
+        if labels[t + 1] == -100:
+            continue
+        p = torch.softmax(logits[t], -1)
+        mu = sum(p[v] * torch.log(p[v]) for v in range(p.shape[0]))
+        var = sum(p[v] * torch.log(p[v]) ** 2 for v in range(p.shape[0])) - mu ** 2
+        assert float(tlp.mu[0, col]) == pytest.approx(float(mu), abs=1e-5)
+        assert float(tlp.var[0, col]) == pytest.approx(float(var), abs=1e-5)
+        col += 1
+    assert col == int(tlp.lengths[0])
+
+
+def test_one_forward_pass_per_batch_for_all_one_pass_scores(tiny_tokenizer) -> None:
+    model = make_tiny_model(tiny_tokenizer)
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    score_records(model, tiny_tokenizer, _records(), list(ONE_PASS_SCORES), batch_size=2)
+    assert len(calls) == 3  # ceil(5 / 2) batches, shared by loss, zlib, mink and minkpp
+
+
+def test_reference_and_gradnorm(tiny_tokenizer) -> None:
+    model = make_tiny_model(tiny_tokenizer, seed=3)
+    recs = _records()
+    t = token_logprobs(model, tiny_tokenizer, recs)
+    assert torch.allclose(reference_score(t, t), torch.zeros(len(recs), dtype=torch.float64))
+    g = gradnorm_score(model, tiny_tokenizer, recs[:2])
+    for i, rec in enumerate(recs[:2]):
+        model.zero_grad()
+        ids, labels = encode(rec, tiny_tokenizer)
+        out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+        out.loss.backward()
+        norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters() if p.grad is not None))
+        assert float(g[i]) == pytest.approx(-norm, rel=1e-5)
+
+
+def test_context_overflow_and_unknown_scores(tiny_tokenizer) -> None:
+    model = make_tiny_model(tiny_tokenizer)
+    model.config.max_position_embeddings = 8
+    with pytest.raises(UnlearnError, match="longer than the model's context"):
+        score_records(model, tiny_tokenizer, _records(), ["loss"])
+    with pytest.raises(UnlearnError, match="unknown score.*known: loss"):
+        parse_scores("loss,bogus")
+    with pytest.raises(UnlearnError, match="needs a reference model"):
+        score_records(model, tiny_tokenizer, _records(), ["reference"])
+    assert np.all(np.isfinite(score_records(make_tiny_model(tiny_tokenizer), tiny_tokenizer, _records()[:1],
+                                            ["loss"]).scores["loss"]))
