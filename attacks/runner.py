@@ -46,7 +46,7 @@ def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Reco
     if "reference" in scores and reference is None:
         raise UnlearnError("the 'reference' score needs a reference model (--reference)")
     tlp = token_logprobs(model, tokenizer, records, batch_size=batch_size, moments="minkpp" in scores,
-                         on_batch=on_batch)
+                         hits=False, on_batch=on_batch)
     out: dict[str, torch.Tensor] = {}
     for name in scores:
         if name == "loss":
@@ -59,7 +59,7 @@ def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Reco
             out[name] = minkpp_score(tlp, k)
         elif name == "reference":
             assert reference is not None
-            ref = token_logprobs(reference, tokenizer, records, batch_size=batch_size, moments=False)
+            ref = token_logprobs(reference, tokenizer, records, batch_size=batch_size, moments=False, hits=False)
             out[name] = reference_score(tlp, ref)
         elif name == "gradnorm":
             out[name] = gradnorm_score(model, tokenizer, records)

@@ -261,20 +261,35 @@ class Batch:
         return int(self.input_ids.shape[0])
 
 
-def encode(record: Record, tokenizer: Any, max_length: int | None = None) -> tuple[list[int], list[int]]:
-    """Token ids and labels for one record: BOS + prompt (masked) + response + EOS (labelled)."""
-    prompt_ids = tokenizer.encode(record.prompt, add_special_tokens=False) if record.prompt else []
-    response_ids = tokenizer.encode(record.response, add_special_tokens=False)
-    if not response_ids:
-        raise InputError(f"record '{record.id}' has no tokens to score")
+def encode_many(records: Sequence[Record], tokenizer: Any,
+                max_length: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels per record: BOS + prompt (masked) + response + EOS (labelled, QA only).
+
+    Prompt and response are tokenised separately so the loss boundary is exact; one batched
+    tokenizer call each.
+    """
+    if not records:
+        return []
+    prompts = tokenizer([r.prompt for r in records], add_special_tokens=False)["input_ids"]
+    responses = tokenizer([r.response for r in records], add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    eos = [tokenizer.eos_token_id] if record.is_qa and tokenizer.eos_token_id is not None else []
-    ids = bos + prompt_ids + response_ids + eos
-    labels = [-100] * (len(bos) + len(prompt_ids)) + response_ids + eos
-    if max_length is not None and len(ids) > max_length:
-        raise InputError(f"record '{record.id}' is {len(ids)} tokens, longer than the model's context "
-                         f"({max_length}); shorten it or raise --max-length")
-    return ids, labels
+    out = []
+    for record, prompt_ids, response_ids in zip(records, prompts, responses):
+        if not record.prompt:
+            prompt_ids = []
+        if not response_ids:
+            raise InputError(f"record '{record.id}' has no tokens to score")
+        eos = [tokenizer.eos_token_id] if record.is_qa and tokenizer.eos_token_id is not None else []
+        ids = bos + prompt_ids + response_ids + eos
+        if max_length is not None and len(ids) > max_length:
+            raise InputError(f"record '{record.id}' is {len(ids)} tokens, longer than the model's context "
+                             f"({max_length}); shorten it or raise --max-length")
+        out.append((ids, [-100] * (len(bos) + len(prompt_ids)) + response_ids + eos))
+    return out
+
+
+def encode(record: Record, tokenizer: Any, max_length: int | None = None) -> tuple[list[int], list[int]]:
+    return encode_many([record], tokenizer, max_length)[0]
 
 
 def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, padding_side: str = "right") -> Batch:
@@ -302,4 +317,4 @@ def batches(records: Sequence[Record], tokenizer: Any, batch_size: int, *, max_l
     pad = pad_id_of(tokenizer)
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
-        yield collate([encode(r, tokenizer, max_length) for r in chunk], pad, padding_side)
+        yield collate(encode_many(chunk, tokenizer, max_length), pad, padding_side)

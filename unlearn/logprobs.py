@@ -60,33 +60,47 @@ def _pad_cat(chunks: list[torch.Tensor], fill: float | bool) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=fill) for c in chunks])
 
 
-def batch_stats(logits: torch.Tensor, batch: Batch, moments: bool = True) -> tuple[torch.Tensor, ...]:
-    """From logits ``[B, T, V]`` of one batch: ``lp, mu, var, hit, mask`` each ``[B, T-1]``.
+def batch_stats(logits: torch.Tensor, batch: Batch, moments: bool = True, hits: bool = True,
+                chunk: int = 4096) -> tuple[torch.Tensor, ...]:
+    """From logits ``[B, T, V]`` of one batch: ``lp, mu, var, hit, mask``, each ``[B, W]`` with the
+    target tokens of every row moved to the front (column j = j-th target token; W = most targets).
 
-    Position t scores token t+1. Computed one sequence at a time in fp32 so that a 128k vocabulary
-    never needs a ``[B, T, V]`` fp32 copy.
+    Only target positions are normalised, ``chunk`` at a time in fp32, so a 128k vocabulary never
+    needs a ``[B, T, V]`` fp32 copy.
     """
     labels = batch.labels[:, 1:]
     mask = labels != -100
-    safe = labels.clamp(min=0)
-    B, T = labels.shape
-    lp = torch.zeros(B, T, dtype=torch.float64)
-    mu, var, hit = torch.zeros_like(lp), torch.zeros_like(lp), torch.zeros_like(lp)
-    for b in range(B):
-        logp = torch.log_softmax(logits[b, :-1].float(), dim=-1)  # [T, V]
-        lp[b] = logp.gather(-1, safe[b, :, None])[:, 0].double().cpu()
-        hit[b] = (logp.argmax(-1) == safe[b]).double().cpu()
+    rows, cols = mask.nonzero(as_tuple=True)
+    targets = labels[rows, cols]
+    n = targets.numel()
+    lp, mu, var, hit = (torch.zeros(n, dtype=torch.float32, device=logits.device) for _ in range(4))
+    for s in range(0, n, chunk):
+        sl = slice(s, s + chunk)
+        x = logits[rows[sl], cols[sl]].float()  # [c, V]
+        lse = torch.logsumexp(x, dim=-1)
+        lp[sl] = x.gather(-1, targets[sl, None])[:, 0] - lse
+        if hits:
+            hit[sl] = (x.argmax(-1) == targets[sl]).float()
         if moments:
+            logp = x - lse[:, None]
             p = logp.exp()
             m1 = (p * logp).sum(-1)
-            mu[b] = m1.double().cpu()
-            var[b] = (p * (logp - m1[:, None]).square()).sum(-1).double().cpu()  # two-pass: stable in fp32
-    return lp, mu, var, hit, mask.cpu()
+            mu[sl] = m1
+            var[sl] = (p * (logp - m1[:, None]).square()).sum(-1)  # two-pass: stable in fp32
+    counts = mask.sum(1).cpu()
+    width = int(counts.max()) if counts.numel() else 0
+    front = torch.arange(width)[None, :] < counts[:, None]
+    out = []
+    for flat in (lp, mu, var, hit):
+        padded = torch.zeros(mask.shape[0], width, dtype=torch.float64)
+        padded[front] = flat.double().cpu()  # nonzero() is row-major, as is boolean assignment
+        out.append(padded)
+    return (*out, front)
 
 
 @torch.no_grad()
 def token_logprobs(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], *, batch_size: int = 32,
-                   padding_side: str = "right", moments: bool = True,
+                   padding_side: str = "right", moments: bool = True, hits: bool = True,
                    on_batch: Callable[[int], None] | None = None) -> TokenLogProbs:
     """One batched forward pass per batch of records; see `TokenLogProbs`."""
     device = next(model.parameters()).device
@@ -98,26 +112,10 @@ def token_logprobs(model: torch.nn.Module, tokenizer: Any, records: Sequence[Rec
         for batch in batches(records, tokenizer, batch_size, max_length=max_len, padding_side=padding_side):
             batch = batch.to(device)
             logits = forward_logits(model, batch)
-            parts.append(batch_stats(logits, batch, moments))
+            parts.append(batch_stats(logits, batch, moments, hits))
             if on_batch is not None:
                 on_batch(len(batch))
     finally:
         model.train(was_training)
-    parts = [_compact(p) for p in parts]
     lp, mu, var, hit, mask = (_pad_cat([p[i] for p in parts], False if i == 4 else 0.0) for i in range(5))
     return TokenLogProbs([r.id for r in records], lp, mu, var, hit, mask)
-
-
-def _compact(stats: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Move each row's target tokens to the front, so column j is the j-th target token whatever the
-    padding side or prompt length."""
-    *values, mask = stats
-    counts = mask.sum(1)
-    width = int(counts.max()) if counts.numel() else 0
-    new_mask = torch.arange(width)[None, :] < counts[:, None]
-    out = []
-    for t in values:
-        c = torch.zeros(t.shape[0], width, dtype=t.dtype)
-        c[new_mask] = t[mask]
-        out.append(c)
-    return (*out, new_mask)

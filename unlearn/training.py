@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from unlearn.data import Batch, Record, collate, encode, pad_id_of
+from unlearn.data import Batch, Record, collate, encode_many, pad_id_of
 from unlearn.errors import UnlearnError
 from unlearn.logprobs import forward_logits
 
@@ -75,7 +75,7 @@ def train_lm(model: torch.nn.Module, records: Sequence[Record], tokenizer: Any, 
     if not records:
         raise UnlearnError("cannot train on an empty set of records")
     device = next(model.parameters()).device
-    encoded = [encode(r, tokenizer) for r in records]
+    encoded = encode_many(records, tokenizer)
     pad = pad_id_of(tokenizer)
     steps_per_epoch = math.ceil(len(encoded) / args.batch_size)
     total = max(1, int(round(args.epochs * steps_per_epoch)))
