@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="new directory for audit.json and audit.png (default runs/audit-TIME)")
     a.set_defaults(func=cmd_audit)
 
+    from cli.forget import add_parsers as add_forget_parsers
+
+    add_forget_parsers(sub, common)
+
     i = sub.add_parser("info", help="parameters, layers, tokenizer and dtype of a model", parents=[common])
     i.add_argument("model", help="local model directory")
     i.set_defaults(func=cmd_info)

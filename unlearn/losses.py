@@ -1,0 +1,64 @@
+"""Unlearning losses as plain functions of precomputed sequence log-probs (so methods compose).
+
+Shapes: ``lp`` = summed target log-probs per sequence ``[B]``; ``n`` = target token counts ``[B]``.
+Per-example loss l(z) = mean token NLL = -lp/n; L_F, L_R are means over examples.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unlearn.data import Batch
+from unlearn.logprobs import forward_logits
+
+
+def sequence_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """With gradients: ``(lp [B], n [B], logits [B, T, V])`` over the labelled tokens."""
+    logits = forward_logits(model, batch)
+    labels = batch.labels[:, 1:]
+    mask = labels != -100
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    tok = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0] * mask
+    return tok.sum(1), mask.sum(1).to(tok.dtype), logits
+
+
+def nll(lp: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """L = mean over examples of the mean token NLL."""
+    return (-lp / n.clamp(min=1)).mean()
+
+
+def ga_loss(lp: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Gradient ascent on the forget set: minimise -L_F."""
+    return -nll(lp, n)
+
+
+def graddiff_loss(forget_lp: torch.Tensor, forget_n: torch.Tensor, retain_term: torch.Tensor, gamma: float = 1.0,
+                  alpha: float = 1.0) -> torch.Tensor:
+    """GradDiff: -gamma L_F + alpha * retain_term (retain NLL or KL)."""
+    return gamma * ga_loss(forget_lp, forget_n) + alpha * retain_term
+
+
+def npo_loss(lp: torch.Tensor, ref_lp: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """NPO (Zhang et al. 2024): -(2/beta) E_F log sigmoid(-beta (log p_theta(y|x) - log p_ref(y|x)))."""
+    return -(2.0 / beta) * F.logsigmoid(-beta * (lp - ref_lp)).mean()
+
+
+def simnpo_loss(lp: torch.Tensor, n: torch.Tensor, beta: float = 4.5, delta: float = 0.0) -> torch.Tensor:
+    """SimNPO (Fan et al. 2024): -(2/beta) E_F log sigmoid(beta * lbar - delta), lbar = -lp/n."""
+    return -(2.0 / beta) * F.logsigmoid(beta * (-lp / n.clamp(min=1)) - delta).mean()
+
+
+def retain_nll(lp: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """L_R: mean token NLL on the retain set."""
+    return nll(lp, n)
+
+
+def retain_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p_theta) per next-token distribution, averaged over labelled (answer) positions.
+
+    ``logits, ref_logits: [B, T, V]``; ``labels: [B, T]`` (-100 = not scored)."""
+    mask = labels[:, 1:] != -100
+    cur = torch.log_softmax(logits[:, :-1].float(), -1)[mask]
+    ref = torch.log_softmax(ref_logits[:, :-1].float(), -1)[mask]
+    return (ref.exp() * (ref - cur)).sum(-1).mean()

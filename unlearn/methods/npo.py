@@ -1,0 +1,60 @@
+"""NPO (reference model) and SimNPO (length-normalised, no reference), each with a retain term."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from unlearn.data import Batch, Record
+from unlearn.losses import npo_loss, sequence_logprobs, simnpo_loss
+from unlearn.loop import frozen_copy, run_loop
+from unlearn.methods.base import Monitor, UnlearnResult, register
+from unlearn.methods.gradient import RetainArgs, add_retain, retain_term
+
+
+@dataclass
+class NPOArgs(RetainArgs):
+    beta: float = field(default=0.1, metadata={"help": "inverse temperature of NPO"})
+
+
+@dataclass
+class SimNPOArgs(RetainArgs):
+    beta: float = field(default=4.5, metadata={"help": "inverse temperature of SimNPO"})
+    delta: float = field(default=0.0, metadata={"help": "reward margin"})
+
+
+@register("npo", NPOArgs, "negative preference optimisation against the original model, + retain term")
+def npo(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain: Sequence[Record], args: NPOArgs,
+        *, monitor: Monitor | None = None, accelerator: Any = None, on_step: Any = None) -> UnlearnResult:
+    ref = frozen_copy(model)
+    term = retain_term(args, ref)
+
+    def step(m: torch.nn.Module, fb: Batch, rb: Batch | None) -> tuple[torch.Tensor, dict[str, float]]:
+        lp, n, _ = sequence_logprobs(m, fb)
+        with torch.no_grad():
+            ref_lp, _, _ = sequence_logprobs(ref, fb)
+        forget_term = npo_loss(lp, ref_lp, args.beta)
+        stats = {"npo": float(forget_term.detach()), "forget_nll": float(-(lp / n).mean().detach())}
+        return add_retain(forget_term, stats, m, rb, args, term)
+
+    return run_loop(model, tokenizer, forget, retain, args, step, uses_retain=args.retain_weight > 0,
+                    monitor=monitor, accelerator=accelerator, on_step=on_step)
+
+
+@register("simnpo", SimNPOArgs, "SimNPO: length-normalised NPO without a reference model, + retain term")
+def simnpo(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain: Sequence[Record],
+           args: SimNPOArgs, *, monitor: Monitor | None = None, accelerator: Any = None,
+           on_step: Any = None) -> UnlearnResult:
+    term = retain_term(args, frozen_copy(model) if args.retain_loss == "kl" else None)
+
+    def step(m: torch.nn.Module, fb: Batch, rb: Batch | None) -> tuple[torch.Tensor, dict[str, float]]:
+        lp, n, _ = sequence_logprobs(m, fb)
+        forget_term = simnpo_loss(lp, n, args.beta, args.delta)
+        stats = {"simnpo": float(forget_term.detach()), "forget_nll": float(-(lp / n).mean().detach())}
+        return add_retain(forget_term, stats, m, rb, args, term)
+
+    return run_loop(model, tokenizer, forget, retain, args, step, uses_retain=args.retain_weight > 0,
+                    monitor=monitor, accelerator=accelerator, on_step=on_step)

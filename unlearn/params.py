@@ -1,0 +1,51 @@
+"""Parameter scope: which parameters an unlearner may change."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from unlearn.errors import ConfigError
+
+_BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def scoped_names(model: torch.nn.Module, scope: str) -> list[str]:
+    """Names of the parameters in ``scope``: ``all``, ``last:N`` (the last N transformer blocks) or
+    ``regex:PATTERN`` (names matching PATTERN, `re.search`)."""
+    names = [n for n, _ in model.named_parameters()]
+    if scope == "all":
+        chosen = names
+    elif scope.startswith("last:"):
+        try:
+            n_last = int(scope.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"scope '{scope}': expected last:N with an integer N") from None
+        blocks = sorted({int(m.group(1)) for n in names if (m := _BLOCK.search(n))})
+        if not blocks or not 1 <= n_last <= len(blocks):
+            raise ConfigError(f"scope '{scope}': the model has {len(blocks)} blocks")
+        keep = set(blocks[-n_last:])
+        chosen = [n for n in names if (m := _BLOCK.search(n)) and int(m.group(1)) in keep]
+    elif scope.startswith("regex:"):
+        try:
+            pattern = re.compile(scope.split(":", 1)[1])
+        except re.error as exc:
+            raise ConfigError(f"scope '{scope}': bad regular expression ({exc})") from None
+        chosen = [n for n in names if pattern.search(n)]
+    else:
+        raise ConfigError(f"unknown scope '{scope}'; use all, last:N or regex:PATTERN")
+    if not chosen:
+        raise ConfigError(f"scope '{scope}' selects no parameters")
+    return chosen
+
+
+def apply_scope(model: torch.nn.Module, scope: str) -> list[torch.nn.Parameter]:
+    """Freeze everything outside ``scope``; return the trainable parameters (model order)."""
+    chosen = set(scoped_names(model, scope))
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in chosen)
+        if name in chosen:
+            params.append(p)
+    return params
