@@ -12,7 +12,7 @@ import torch
 from attacks.runner import score_records
 from auditors.metrics import auc, mann_whitney_p
 from unlearn.data import Record
-from unlearn.methods.base import Monitor, UnlearnArgs
+from unlearn.unlearner import Monitor, UnlearnArgs
 
 
 def forget_check(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],

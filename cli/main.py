@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -200,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ui = UI(quiet=args.quiet, as_json=args.json)
+    redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     try:
-        return int(args.func(args, ui))
+        with redirect:  # with --json, stdout carries the JSON document alone (libraries print to stdout)
+            return int(args.func(args, ui))
     except UnlearnError as exc:
         ui.err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         return 2

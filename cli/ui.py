@@ -18,6 +18,7 @@ class UI:
 
     def __init__(self, *, quiet: bool = False, as_json: bool = False) -> None:
         self.quiet, self.as_json = quiet, as_json
+        self.stdout = sys.stdout
         self.out = Console(stderr=as_json, quiet=quiet, highlight=False)
         self.err = Console(stderr=True, highlight=False)
         for console in (self.out, self.err):
@@ -37,8 +38,8 @@ class UI:
 
     def json(self, obj: Any) -> None:
         if self.as_json:
-            sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-            sys.stdout.flush()
+            self.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+            self.stdout.flush()
 
     @contextlib.contextmanager
     def progress(self) -> Iterator[Progress]:

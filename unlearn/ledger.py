@@ -28,6 +28,11 @@ def _canonical(entry: dict[str, Any]) -> bytes:
     return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def _line(entry: dict[str, Any]) -> str:
+    """The one serialisation a ledger line may have (so whitespace edits are detected too)."""
+    return json.dumps(entry, sort_keys=True, ensure_ascii=True)
+
+
 def entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "entry_hash"})).hexdigest()
 
@@ -84,7 +89,7 @@ def append(path: Path, entry: dict[str, Any]) -> None:
     """Append one line and fsync; the ledger is never rewritten."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        fh.write(_line(entry) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -104,12 +109,12 @@ def verify(path: str | Path, *, check_models: bool = True) -> tuple[int, list[Le
     problems: list[LedgerProblem] = []
     prev = GENESIS
     rows = _read(path)
-    for line_no, obj, _ in rows:
+    for line_no, obj, raw in rows:
         if obj is None:
             problems.append(LedgerProblem(line_no, "not a JSON object (line edited or truncated)"))
             prev = ""
             continue
-        if obj.get("entry_hash") != entry_hash(obj):
+        if obj.get("entry_hash") != entry_hash(obj) or raw != _line(obj):
             problems.append(LedgerProblem(line_no, "entry hash mismatch: the line was edited"))
         if prev and obj.get("prev_hash") != prev:
             problems.append(LedgerProblem(line_no, "chain broken: prev_hash does not match the previous entry "

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from unlearn.data import Batch, Record, collate, encode_many, pad_id_of
 from unlearn.errors import UnlearnError
-from unlearn.methods.base import Monitor, UnlearnArgs, UnlearnResult
+from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult
 from unlearn.params import apply_scope
 
 StepLoss = Callable[[torch.nn.Module, Batch, Batch | None], tuple[torch.Tensor, dict[str, float]]]

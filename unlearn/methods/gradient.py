@@ -12,7 +12,7 @@ from unlearn.data import Batch, Record
 from unlearn.errors import ConfigError
 from unlearn.losses import ga_loss, graddiff_loss, retain_kl, retain_nll, sequence_logprobs
 from unlearn.loop import frozen_copy, run_loop
-from unlearn.methods.base import Monitor, UnlearnArgs, UnlearnResult, register
+from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult, register
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 from unlearn.data import Batch, Record
 from unlearn.losses import npo_loss, sequence_logprobs, simnpo_loss
 from unlearn.loop import frozen_copy, run_loop
-from unlearn.methods.base import Monitor, UnlearnResult, register
+from unlearn.unlearner import Monitor, UnlearnResult, register
 from unlearn.methods.gradient import RetainArgs, add_retain, retain_term
 
 

@@ -123,7 +123,7 @@ def build_args(cls: type[UnlearnArgs], values: Mapping[str, Any], where: str = "
     return cls(**{k: _coerce(v, hints[k], k, where) for k, v in values.items()})
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "methods"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "methods"
 
 
 def load_method_args(name: str, config: str | Path | None = None,

@@ -1,0 +1,134 @@
+"""`unlearn forget` end to end, the ledger, bad input and interrupt safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from tests.conftest import write_lines
+from unlearn.ledger import verify
+from unlearn.model import model_hash
+
+pytestmark = pytest.mark.slow
+
+
+def _forget(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return ["forget", "--preset", "tiny", "--out", str(tmp_path / name), "--quiet", *extra]
+
+
+def _tree_text(root: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file())
+
+
+def test_forget_builtin_person_end_to_end(tmp_path: Path, bench, capsys) -> None:
+    target_hash = model_hash(bench.target)
+    assert main(_forget(tmp_path, "m1", "--method", "npo", "--json")) == 0
+    receipt = json.loads(capsys.readouterr().out)
+    out = tmp_path / "m1"
+    assert receipt["steps"] > 0 and receipt["stop_reason"] in ("forget_undetectable", "max_steps", "utility_drop")
+    assert receipt["after"]["forget_auc"] < receipt["before"]["forget_auc"]
+    assert receipt["before"]["forget_p"] < 0.05
+    assert len(receipt["request"]["ids"]) == 10  # one built-in person, ten facts
+    assert json.loads((out / "unlearn_receipt.json").read_text())["steps"] == receipt["steps"]
+    assert model_hash(bench.target) == target_hash  # the input model is untouched
+    # No deleted text anywhere in the output or the ledger; ids and salted hashes only.
+    forgotten = [r for r in bench.split("train") if r.id in set(receipt["request"]["ids"])]
+    written = _tree_text(out) + (tmp_path / "unlearn-ledger.jsonl").read_text()
+    for r in forgotten:
+        assert r.answer not in written and r.question not in written
+        assert r.meta["name"] not in written
+    n, problems = verify(tmp_path / "unlearn-ledger.jsonl")
+    assert n == 1 and problems == []
+
+
+def test_ledger_chain_and_tamper_detection(tmp_path: Path, bench, capsys) -> None:
+    req = write_lines(tmp_path / "req.jsonl", ['{"id": "p0003-pet"}', '{"id": "p0003-pet"}', '{"id": "p0004-food"}'])
+    for name in ("a", "b"):
+        assert main(_forget(tmp_path, name, "--method", "graddiff", "--requests", str(req), "--max-steps", "3")) == 0
+    ledger = tmp_path / "unlearn-ledger.jsonl"
+    assert main(["ledger", "verify", str(ledger)]) == 0
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 2 and json.loads(lines[1])["prev_hash"] == json.loads(lines[0])["entry_hash"]
+    original = ledger.read_bytes()
+    for line_no, line in enumerate(lines):
+        offset = sum(len(x) for x in lines[:line_no])
+        for pos in range(len(line) - 1):  # every byte except the newline
+            data = bytearray(original)
+            data[offset + pos] = data[offset + pos] ^ 0x01
+            ledger.write_bytes(bytes(data))
+            _, problems = verify(ledger, check_models=False)
+            assert problems and problems[0].line == line_no + 1, (line_no, pos, chr(original[offset + pos]))
+    ledger.write_bytes(original)
+    ledger.write_bytes(b"".join(lines[1:]))  # a removed entry breaks the chain
+    capsys.readouterr()
+    assert main(["ledger", "verify", str(ledger)]) == 1
+    assert ":1: chain broken" in capsys.readouterr().err
+    ledger.write_bytes(original)
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"tampered")  # a swapped model is caught
+    _, problems = verify(ledger)
+    assert [p.line for p in problems] == [1]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"id": "p0003-pet"}', '{"id": "nobody-1"}', '{"id": "nobody-2"}'],
+     "unknown record ids, not in the training manifest: nobody-1 (line 2), nobody-2 (line 3)"),
+    ([], "no records requested"),
+    (['{"id": "p0003-pet"', ], "req.jsonl:1: invalid JSON"),
+])
+def test_bad_requests_exit_2_and_write_nothing(tmp_path: Path, capsys, lines, message, bench) -> None:
+    req = write_lines(tmp_path / "req.jsonl", lines)
+    assert main(_forget(tmp_path, "m", "--requests", str(req))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "unlearn-ledger.jsonl").exists()
+
+
+def test_other_bad_inputs(tmp_path: Path, capsys, bench) -> None:
+    cfg = write_lines(tmp_path / "c.yaml", ["betaa: 1"])
+    cases = [
+        (["--config", str(cfg)], "unknown key(s) betaa"),
+        (["--method", "nope"], "unknown method 'nope'"),
+        (["--model", str(bench.target)], "--requests, --manifest, --data, --holdout required"),
+        (["--out", str(bench.target)], "already exists"),
+    ]
+    for extra, message in cases:
+        argv = _forget(tmp_path, "m", *extra)
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err, (extra, err)
+
+
+def _spawn(tmp_path: Path, out: str, log: Path) -> subprocess.Popen:
+    cfg = write_lines(tmp_path / "long.yaml", ["max_steps: 100000", "eval_every: 0", "lr: 1.0e-5"])
+    argv = ["forget", "--preset", "tiny", "--out", str(tmp_path / out), "--config", str(cfg)]
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *argv],
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"), env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupt_leaves_nothing_and_rerun_completes(tmp_path: Path, bench, sig) -> None:
+    log = tmp_path / "log.txt"
+    proc = _spawn(tmp_path, "m", log)
+    deadline = time.time() + 120
+    while "unlearning" not in log.read_text() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert proc.poll() is None, log.read_text()
+    proc.send_signal(sig)
+    code = proc.wait(timeout=60)
+    assert code != 0
+    if sig == signal.SIGINT:
+        assert code == 130 and "nothing was written" in log.read_text()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("long.yaml", "log.txt")]
+    assert leftovers == [], leftovers  # no output directory, no temp directory, no ledger entry
+    assert main(_forget(tmp_path, "m", "--max-steps", "2")) == 0
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    assert verify(tmp_path / "unlearn-ledger.jsonl")[0] == 1

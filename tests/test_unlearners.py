@@ -1,0 +1,106 @@
+"""Conformance suite over every registered method, plus method-specific checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import write_lines
+from unlearn.data import batches
+from unlearn.errors import ConfigError, InputError, UnlearnError
+from unlearn.loop import run_loop
+from unlearn.methods import METHODS, get_method, load_method_args
+from unlearn.unlearner import CONFIG_DIR, UnlearnArgs, build_args, register
+from unlearn.model import load_model
+from unlearn.training import token_nll
+
+FIRST_ORDER = ["grad_ascent", "graddiff", "npo", "simnpo"]
+
+
+@torch.no_grad()
+def _nll(model, tok, records) -> float:
+    return sum(token_nll(model, b).item() * len(b) for b in batches(records, tok, 64)) / len(records)
+
+
+def _args(name: str, **kw):
+    return load_method_args(name, overrides={"eval_every": 0, **kw})
+
+
+def test_every_shipped_yaml_builds() -> None:
+    import unlearn.methods  # noqa: F401
+
+    shipped = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
+    assert set(FIRST_ORDER) <= shipped
+    for name in shipped:
+        args = load_method_args(name)
+        assert isinstance(args, get_method(name).args_cls)
+
+
+def test_config_errors(tmp_path: Path) -> None:
+    bad = write_lines(tmp_path / "bad.yaml", ["lr: 0.1", "betta: 0.2"])
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key\(s\) betta .*known: .*beta"):
+        load_method_args("npo", bad)
+    with pytest.raises(ConfigError, match="key 'max_steps' must be int"):
+        load_method_args("npo", write_lines(tmp_path / "t.yaml", ["max_steps: ten"]))
+    with pytest.raises(InputError, match="config is for method 'npo'"):
+        load_method_args("graddiff", write_lines(tmp_path / "m.yaml", ["method: npo"]))
+    with pytest.raises(InputError, match="config file not found"):
+        load_method_args("npo", tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="unknown method 'bogus'; known: .*graddiff"):
+        get_method("bogus")
+    with pytest.raises(ConfigError, match="lr must be positive"):
+        build_args(UnlearnArgs, {"lr": -1.0})
+    with pytest.raises(ValueError, match="already registered"):
+        register("npo", UnlearnArgs, "dup")(lambda *a, **k: None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FIRST_ORDER)
+def test_conformance_forget_rises_scope_respected_deterministic(name: str, bench) -> None:
+    forget, retain = bench.split("forget10")[:40], bench.split("retain90")[:200]
+    base, tok = load_model(bench.target)
+    before = _nll(base, tok, forget)
+    args = _args(name, max_steps=6, scope="last:1", lr=2e-3)
+    results = []
+    for _ in range(2):
+        model, _ = load_model(bench.target)
+        original = {n: p.detach().clone() for n, p in model.named_parameters()}
+        res = get_method(name).run(model, tok, forget, retain, args)
+        assert res.steps == 6 and res.stop_reason == "max_steps"
+        for n, p in res.model.named_parameters():
+            if "layers.1." in n:
+                continue
+            assert torch.equal(p, original[n]), f"{name} changed out-of-scope parameter {n}"
+        assert any(not torch.equal(p, original[n]) for n, p in res.model.named_parameters() if "layers.1." in n)
+        results.append({n: p.detach().clone() for n, p in res.model.named_parameters()})
+    assert _nll(res.model, tok, forget) > before + 0.05
+    assert all(torch.equal(results[0][n], results[1][n]) for n in results[0])  # same seed, same weights
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["graddiff", "npo"])
+def test_forget_likelihood_falls_retain_kept(name: str, bench) -> None:
+    forget, retain = bench.split("forget10"), bench.split("retain90")
+    model, tok = load_model(bench.target)
+    f0, r0 = _nll(model, tok, forget), _nll(model, tok, retain[:300])
+    res = get_method(name).run(model, tok, forget, retain, _args(name, max_steps=40, lr=2e-4))
+    f1, r1 = _nll(res.model, tok, forget), _nll(res.model, tok, retain[:300])
+    assert f1 > f0 + 0.4, (f0, f1, r0, r1)  # forget answers became much less likely
+    # Retain answers stay likely: mean NLL below 0.15 nats and rising 5x less than on the forget set.
+    assert r1 < 0.15 and r1 - r0 < (f1 - f0) / 5, (f0, f1, r0, r1)
+
+
+def test_nan_loss_and_empty_sets_are_clear_errors(tiny_model, tiny_tokenizer) -> None:
+    from unlearn.data import qa_record
+
+    recs = [qa_record("a", "Q?", "A.")]
+    nan_step = lambda m, fb, rb: (torch.tensor(float("nan")), {})  # noqa: E731
+    with pytest.raises(UnlearnError, match="loss became nan at step 1; lower lr"):
+        run_loop(tiny_model, tiny_tokenizer, recs, [], _args("grad_ascent"), nan_step, uses_retain=False)
+    with pytest.raises(UnlearnError, match="forget set is empty"):
+        run_loop(tiny_model, tiny_tokenizer, [], recs, _args("grad_ascent"), nan_step, uses_retain=False)
+    with pytest.raises(UnlearnError, match="needs a retain set"):
+        get_method("graddiff").run(tiny_model, tiny_tokenizer, recs, [], _args("graddiff"))
+    assert set(FIRST_ORDER) <= set(METHODS)
