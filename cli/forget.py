@@ -38,7 +38,7 @@ def _builtin_request(bench: Any, split: str | None) -> tuple[list[Record], str]:
         return bench.split(split), f"built-in split {split}"
     first = bench.split("forget01")
     person = first[0].meta["person"]
-    return [r for r in first if r.meta.get("person") == person], f"built-in person {person} ({first[0].meta['name']})"
+    return [r for r in first if r.meta.get("person") == person], f"built-in person {person}"
 
 
 def gather(args: argparse.Namespace, bench: Any) -> dict[str, Any]:

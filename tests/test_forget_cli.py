@@ -110,7 +110,7 @@ def _spawn(tmp_path: Path, out: str, log: Path) -> subprocess.Popen:
     cfg = write_lines(tmp_path / "long.yaml", ["max_steps: 100000", "eval_every: 0", "lr: 1.0e-5"])
     argv = ["forget", "--preset", "tiny", "--out", str(tmp_path / out), "--config", str(cfg)]
     return subprocess.Popen([sys.executable, "-m", "cli.main", *argv],
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"), env={**os.environ, "COLUMNS": "200"})
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
@@ -118,7 +118,7 @@ def test_interrupt_leaves_nothing_and_rerun_completes(tmp_path: Path, bench, sig
     log = tmp_path / "log.txt"
     proc = _spawn(tmp_path, "m", log)
     deadline = time.time() + 120
-    while "unlearning" not in log.read_text() and time.time() < deadline and proc.poll() is None:
+    while "forgetting" not in log.read_text() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     time.sleep(1.0)
     assert proc.poll() is None, log.read_text()
