@@ -84,11 +84,33 @@ def _length_warning(members: np.ndarray, nonmembers: np.ndarray) -> str | None:
     return None
 
 
-def detection(members: np.ndarray, nonmembers: np.ndarray, name: str, args: AuditArgs) -> ScoreResult:
+GROUP_FIELDS = ("group", "person")
+
+
+def group_labels(records: Sequence[Record]) -> list[str] | None:
+    """Per-record group (``group`` or ``person`` field) when every record has one, else None."""
+    for key in GROUP_FIELDS:
+        if all(key in r.meta for r in records):
+            return [str(r.meta[key]) for r in records]
+    return None
+
+
+def group_means(values: np.ndarray, groups: list[str] | None) -> np.ndarray:
+    if groups is None:
+        return values
+    order = list(dict.fromkeys(groups))
+    idx = np.array([order.index(g) for g in groups])
+    return np.bincount(idx, weights=values) / np.bincount(idx)
+
+
+def detection(members: np.ndarray, nonmembers: np.ndarray, name: str, args: AuditArgs,
+              groups: tuple[list[str] | None, list[str] | None] = (None, None)) -> ScoreResult:
+    """Record-level AUC, CI and TPRs; the p-value over group means when records come in groups
+    (facts of one person are not independent, and a record-level test would overstate significance)."""
+    p = mann_whitney_p(group_means(members, groups[0]), group_means(nonmembers, groups[1]))
     return ScoreResult(name, auc(members, nonmembers), bootstrap_auc_ci(members, nonmembers, n_boot=args.n_boot,
                                                                         seed=args.seed),
-                       tpr_at_fpr(members, nonmembers, 0.01), tpr_at_fpr(members, nonmembers, 0.001),
-                       mann_whitney_p(members, nonmembers), 1.0, False)
+                       tpr_at_fpr(members, nonmembers, 0.01), tpr_at_fpr(members, nonmembers, 0.001), p, 1.0, False)
 
 
 def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], nonmembers: Sequence[Record],
@@ -117,6 +139,9 @@ def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], non
         kw_r = {**kw, "reference": None}
         ret = (score_records(retain_model, tokenizer, members, one_pass, **kw_r),
                score_records(retain_model, tokenizer, nonmembers, one_pass, **kw_r))
+    groups = (group_labels(members), group_labels(nonmembers))
+    if (groups[0] is None) != (groups[1] is None):
+        groups = (None, None)
     results = []
     for name in scores:
         m, n = mem.scores[name], non.scores[name]
@@ -124,7 +149,7 @@ def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], non
                for i in np.flatnonzero(~np.isfinite(v))[:1]]
         if bad:
             raise UnlearnError(f"score '{name}' is NaN or infinite on {bad[0]}: the model's outputs are not finite")
-        res = detection(m, n, name, args)
+        res = detection(m, n, name, args, groups)
         if ret is not None and name in ret[0].scores:
             res.retain_auc = auc(ret[0].scores[name], ret[1].scores[name])
             res.privleak = privleak(res.auc, res.retain_auc)
@@ -143,6 +168,9 @@ def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], non
                    f"(smallest Holm-adjusted p = {best.p_holm:.3f}, {best.score} AUC {best.auc:.3f}); "
                    f"absence of evidence with {len(members)} members, not proof of removal")
     warnings = [w for w in [_length_warning(mem.lengths.astype(float), non.lengths.astype(float))] if w]
+    if groups[0] is not None:
+        warnings.append(f"records come in groups: p-values are over {len(set(groups[0]))} member groups vs "
+                        f"{len(set(groups[1] or []))} non-member groups (group means), AUCs over records")
     report = AuditReport(len(members), len(nonmembers), args.alpha, results, detected, verdict, warnings,
                          scores={"members": {k: v.tolist() for k, v in mem.scores.items()},
                                  "nonmembers": {k: v.tolist() for k, v in non.scores.items()}})

@@ -60,3 +60,15 @@ def test_rouge_l_recall() -> None:
     assert rouge_l_recall("Kalo was born in Tolmere.", "Kalo Venra was born in the town of Tolmere.") == \
         pytest.approx(5 / 9)
     assert rouge_l_recall("", "x") == 0.0
+
+
+def test_group_means_for_clustered_records() -> None:
+    from auditors.audit import group_labels, group_means
+    from unlearn.data import qa_record
+
+    vals = np.array([1.0, 3.0, 10.0, 2.0])
+    assert group_means(vals, ["a", "a", "b", "c"]).tolist() == [2.0, 10.0, 2.0]
+    assert group_means(vals, None) is vals
+    recs = [qa_record("x", "Q?", "A.", person="p1"), qa_record("y", "Q?", "B.", person="p2")]
+    assert group_labels(recs) == ["p1", "p2"]
+    assert group_labels([*recs, qa_record("z", "Q?", "C.")]) is None
