@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--split", default="forget10")
     ap.add_argument("--methods", default="grad_ascent,graddiff,npo,simnpo")
+    ap.add_argument("--lr", type=float, help="override every method's lr")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     bench = build(args.preset)
@@ -54,7 +55,7 @@ def main() -> None:
              "steps": 0, "stop": "-", "time_rel": 1.0}]
     for name in args.methods.split(","):
         model, _ = load_model(bench.target)
-        margs = load_method_args(name)
+        margs = load_method_args(name, overrides={"lr": args.lr} if args.lr else None)
         t = time.perf_counter()
         res = get_method(name).run(model, tok, forget, retain, margs,
                                    monitor=make_monitor(tok, forget, holdout, retain_eval, margs))
