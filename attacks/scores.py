@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from unlearn.data import Batch, Record, batches
+from unlearn.data import Record, batches
 from unlearn.logprobs import TokenLogProbs
 from unlearn.training import token_nll
 
@@ -70,7 +70,7 @@ def gradnorm_score(model: torch.nn.Module, tokenizer: Any, records: Sequence[Rec
     out = []
     try:
         for batch in batches(records, tokenizer, 1, max_length=max_len):
-            batch = Batch(*(x.to(device) for x in (batch.input_ids, batch.attention_mask, batch.labels)))
+            batch = batch.to(device)
             grads = torch.autograd.grad(token_nll(model, batch), params, allow_unused=True)
             sq = sum(float(g.double().pow(2).sum()) for g in grads if g is not None)
             out.append(-math.sqrt(sq))

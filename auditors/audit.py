@@ -98,8 +98,8 @@ def group_labels(records: Sequence[Record]) -> list[str] | None:
 def group_means(values: np.ndarray, groups: list[str] | None) -> np.ndarray:
     if groups is None:
         return values
-    order = list(dict.fromkeys(groups))
-    idx = np.array([order.index(g) for g in groups])
+    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    idx = np.array([index[g] for g in groups])
     return np.bincount(idx, weights=values) / np.bincount(idx)
 
 

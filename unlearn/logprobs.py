@@ -42,10 +42,6 @@ class TokenLogProbs:
     def sum_lp(self) -> torch.Tensor:
         return (self.lp * self.mask).sum(1)
 
-    def select(self, idx: Sequence[int]) -> TokenLogProbs:
-        index = torch.as_tensor(list(idx), dtype=torch.long)
-        return TokenLogProbs([self.ids[i] for i in idx], self.lp[index], self.mu[index], self.var[index],
-                             self.hit[index], self.mask[index])
 
 
 def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:

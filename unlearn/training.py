@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from unlearn.errors import ConfigError
 
 import contextlib
 import math
@@ -13,7 +12,7 @@ from typing import Any
 import torch
 
 from unlearn.data import Batch, Record, collate, encode_many, pad_id_of
-from unlearn.errors import UnlearnError
+from unlearn.errors import ConfigError, UnlearnError
 from unlearn.logprobs import forward_logits
 
 

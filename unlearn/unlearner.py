@@ -132,11 +132,11 @@ def load_method_args(name: str, config: str | Path | None = None,
     import yaml
 
     method = get_method(name)
+    if config is not None and not Path(config).is_file():
+        raise InputError("config file not found", file=config)
     values: dict[str, Any] = {}
-    for path in [CONFIG_DIR / f"{name}.yaml", Path(config) if config else None]:
-        if path is None or not path.exists():
-            if path is not None and config is not None and path == Path(config):
-                raise InputError("config file not found", file=path)
+    for path in (CONFIG_DIR / f"{name}.yaml", Path(config) if config else None):
+        if path is None or not path.is_file():
             continue
         try:
             loaded = yaml.safe_load(path.read_text()) or {}

@@ -26,7 +26,7 @@ from unlearn.benchmark.generator import RETAIN_OF, GeneratorConfig, generate
 from unlearn.data import Record, batches, build_manifest, load_records, parse_record, write_jsonl
 from unlearn.errors import UnlearnError
 from unlearn.logprobs import forward_logits
-from unlearn.model import load_model, save_model
+from unlearn.model import save_model
 from unlearn.training import TrainArgs, train_lm
 
 BUILD_VERSION = 2
@@ -213,7 +213,3 @@ def build(cfg: BenchmarkConfig | str = "default", *, cache_dir: Path | None = No
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Benchmark(root)
-
-
-def load_benchmark_model(bench: Benchmark, which: str = "target", **kwargs: Any) -> tuple[torch.nn.Module, Any]:
-    return load_model(bench.target if which == "target" else bench.retain, **kwargs)
