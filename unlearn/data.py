@@ -260,6 +260,9 @@ class Batch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def __getitem__(self, rows: slice) -> Batch:
+        return Batch(self.input_ids[rows], self.attention_mask[rows], self.labels[rows])
+
 
 def encode_many(records: Sequence[Record], tokenizer: Any,
                 max_length: int | None = None) -> list[tuple[list[int], list[int]]]:

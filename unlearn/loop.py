@@ -21,6 +21,8 @@ from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult
 from unlearn.params import apply_scope
 
 StepLoss = Callable[[torch.nn.Module, Batch, Batch | None], tuple[torch.Tensor, dict[str, float]]]
+# Called before each step's loss with (model, forget_batch, retain_batch, steps_done, optimizer, accelerator).
+BeforeStep = Callable[[torch.nn.Module, Batch, Batch | None, int, Any, Any], None]
 
 
 def make_accelerator(accelerator: Any = None) -> Any:
@@ -58,7 +60,7 @@ def _cycle(loader: DataLoader, accelerator: Any) -> Iterator[Batch]:
             if world > 1:
                 n = len(batch)
                 lo, hi = rank * n // world, (rank + 1) * n // world
-                batch = Batch(batch.input_ids[lo:hi], batch.attention_mask[lo:hi], batch.labels[lo:hi])
+                batch = batch[lo:hi]
             yield batch.to(accelerator.device)
 
 
@@ -71,8 +73,13 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain: Sequence[Record],
              args: UnlearnArgs, step_loss: StepLoss, *, uses_retain: bool, monitor: Monitor | None = None,
-             accelerator: Any = None, on_step: Callable[[int, int, dict[str, Any]], None] | None = None) -> UnlearnResult:
-    """Run ``args.max_steps`` steps of ``step_loss`` (or fewer if the monitor stops it); model changed in place."""
+             accelerator: Any = None, on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
+             make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+             before_step: BeforeStep | None = None) -> UnlearnResult:
+    """Run ``args.max_steps`` steps of ``step_loss`` (or fewer if the monitor stops it); model changed in place.
+
+    ``make_optimizer(params)`` replaces the ``args.optimizer`` choice (e.g. Sophia); ``before_step`` lets a
+    method refresh curvature from the batches of the coming step."""
     if not forget:
         raise UnlearnError("the forget set is empty: nothing to unlearn")
     if uses_retain and not retain:
@@ -84,39 +91,24 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     forget_it = _cycle(_loader(forget, tokenizer, args.batch_size, args.seed, acc, max_len), acc)
     retain_it = _cycle(_loader(retain, tokenizer, args.retain_batch_size, args.seed + 1, acc, max_len),
                        acc) if uses_retain else None
-    if args.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    if make_optimizer is not None:
+        opt: torch.optim.Optimizer = make_optimizer(params)
+    elif args.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     else:
         opt = torch.optim.SGD(params, lr=args.lr, weight_decay=args.weight_decay)
     model.to(acc.device)
     prepared, opt = acc.prepare(model, opt)
     start = time.perf_counter()
-    history: list[dict[str, Any]] = []
-    reason, message = "max_steps", f"reached max_steps={args.max_steps}"
-
-    def check(step: int) -> bool:
-        nonlocal reason, message
-        if monitor is None:
-            return False
-        prepared.eval()
-        verdict, msg, metrics = monitor(acc.unwrap_model(prepared), step)
-        prepared.train()
-        history.append({"step": step, **metrics})
-        if verdict is not None:
-            reason, message = verdict, msg
-            return True
-        return False
-
+    stopper = Stopper(monitor, args.max_steps, lambda: acc.unwrap_model(prepared))
     steps = 0
-    stopped = check(0) if monitor is not None else False
-    if stopped and reason == "utility_drop":
-        raise UnlearnError(f"the retain-utility check failed before any step: {message}")
-    if stopped:
-        reason, message = "already_undetectable", f"nothing to do: {message}"
+    stopped = stopper.first()
     prepared.train()
     while not stopped and steps < args.max_steps:
         fb = next(forget_it)
         rb = next(retain_it) if retain_it is not None else None
+        if before_step is not None:
+            before_step(prepared, fb, rb, steps, opt, acc)
         loss, stats = step_loss(prepared, fb, rb)
         if not torch.isfinite(loss):
             raise UnlearnError(f"the unlearning loss became {loss.item()} at step {steps + 1}; "
@@ -130,12 +122,72 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
         if on_step is not None:
             on_step(steps, args.max_steps, {"loss": float(loss.detach()), **stats})
         if args.eval_every and steps % args.eval_every == 0:
-            stopped = check(steps)
-    if monitor is not None and (not history or history[-1]["step"] != steps):
-        check(steps)
+            stopped = stopper.check(steps)
+            prepared.train()
+    stopper.last(steps)
     prepared.eval()
     model = acc.unwrap_model(prepared)
     for p in model.parameters():
         p.requires_grad_(True)
-    return UnlearnResult(model, steps, reason, message, time.perf_counter() - start, peak_memory_mb(acc.device),
-                         history)
+    return stopper.result(model, steps, time.perf_counter() - start, peak_memory_mb(acc.device))
+
+
+class Stopper:
+    """Runs the stopping-rule monitor (in eval mode) and keeps the history and the reason to stop."""
+
+    def __init__(self, monitor: Monitor | None, max_steps: int, current: Callable[[], torch.nn.Module]) -> None:
+        self.monitor, self.current = monitor, current
+        self.history: list[dict[str, Any]] = []
+        self.reason, self.message = "max_steps", f"reached max_steps={max_steps}"
+
+    def check(self, step: int) -> bool:
+        if self.monitor is None:
+            return False
+        model = self.current()
+        model.eval()
+        verdict, msg, metrics = self.monitor(model, step)
+        self.history.append({"step": step, **metrics})
+        if verdict is not None:
+            self.reason, self.message = verdict, msg
+            return True
+        return False
+
+    def first(self) -> bool:
+        """The check before any step: a utility failure is an error, an undetectable forget set a stop."""
+        if not self.check(0):
+            return False
+        if self.reason == "utility_drop":
+            raise UnlearnError(f"the retain-utility check failed before any step: {self.message}")
+        self.reason, self.message = "already_undetectable", f"nothing to do: {self.message}"
+        return True
+
+    def last(self, steps: int) -> None:
+        if self.monitor is not None and (not self.history or self.history[-1]["step"] != steps):
+            self.check(steps)
+
+    def result(self, model: torch.nn.Module, steps: int, wall: float, peak_mb: float,
+               stats: dict[str, Any] | None = None) -> UnlearnResult:
+        return UnlearnResult(model, steps, self.reason, self.message, wall, peak_mb, self.history, stats or {})
+
+
+def run_direct(model: torch.nn.Module, args: UnlearnArgs, update: Callable[[int], dict[str, Any]], *,
+               monitor: Monitor | None = None, on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
+               device: torch.device | None = None) -> UnlearnResult:
+    """For methods that set the weights directly (Newton, IAU): ``update(step)`` applies step ``step``
+    (1-based) in place and returns its stats; the monitor is checked every ``eval_every`` steps."""
+    start = time.perf_counter()
+    stopper = Stopper(monitor, args.max_steps, lambda: model)
+    steps, stopped, stats = 0, stopper.first(), {}
+    while not stopped and steps < args.max_steps:
+        steps += 1
+        stats = update(steps)
+        if on_step is not None:
+            on_step(steps, args.max_steps, {k: v for k, v in stats.items() if isinstance(v, float)})
+        if args.eval_every and steps % args.eval_every == 0:
+            stopped = stopper.check(steps)
+    stopper.last(steps)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    dev = device or next(model.parameters()).device
+    return stopper.result(model, steps, time.perf_counter() - start, peak_memory_mb(dev), stats)

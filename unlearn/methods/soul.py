@@ -1,0 +1,109 @@
+"""SOUL (Jia et al., 2024): the Sophia optimiser around an unlearning loss (GradDiff or NPO).
+
+Hessian-diagonal estimates h_hat (``hessian``):
+- ``gnb``: Sophia-G. Every ``hessian_every`` steps (from the first), labels are sampled from the model
+  on the step's forget and retain inputs, g_hat = grad of their mean CE, h_hat = g_hat * g_hat and
+  gamma = rho * (labelled tokens, all processes): tokens * g_hat^2 estimates the GGN diagonal of a mean loss.
+- ``hutchinson``: h_hat = u * (H u) of the unlearning loss, u Rademacher (double backward), gamma = rho.
+- ``sq_grad``: the SOUL code's estimator, g * g of the unlearning loss every step, gamma = rho * tokens;
+  ``double_momentum`` reproduces that code's second momentum update per step (compatibility only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from unlearn.curvature import double_backward_ok, sampled_token_ce
+from unlearn.data import Batch, Record
+from unlearn.errors import ConfigError
+from unlearn.logprobs import forward_logits
+from unlearn.loop import frozen_copy, run_loop
+from unlearn.methods.gradient import RetainArgs, add_retain, retain_term
+from unlearn.losses import ga_loss, npo_loss, sequence_logprobs
+from unlearn.optim import Sophia, hessian_mode, set_tokens
+from unlearn.unlearner import Monitor, UnlearnResult, register
+
+
+@dataclass
+class SOULArgs(RetainArgs):
+    loss: str = field(default="graddiff", metadata={"help": "graddiff or npo"})
+    forget_weight: float = field(default=1.0, metadata={"help": "gamma, weight of the forget term"})
+    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
+    betas: tuple[float, float] = (0.9, 0.95)
+    rho: float = 0.04
+    eps: float = 1e-15
+    hessian: str = field(default="gnb", metadata={"help": "gnb, hutchinson or sq_grad"})
+    hessian_every: int = field(default=10, metadata={"help": "k: steps between gnb/hutchinson refreshes"})
+    double_momentum: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss not in ("graddiff", "npo"):
+            raise ConfigError(f"loss must be graddiff or npo, got '{self.loss}'")
+        if self.hessian not in ("gnb", "hutchinson", "sq_grad"):
+            raise ConfigError(f"hessian must be gnb, hutchinson or sq_grad, got '{self.hessian}'")
+        if self.hessian_every < 1:
+            raise ConfigError("hessian_every must be >= 1")
+
+
+def _tokens(batches: Sequence[Batch | None], acc: Any) -> float:
+    n = torch.tensor(float(sum(int((b.labels[:, 1:] != -100).sum()) for b in batches if b is not None)))
+    return float(acc.reduce(n.to(acc.device), reduction="sum")) if acc.num_processes > 1 else float(n)
+
+
+@register("soul", SOULArgs, "SOUL: Sophia (clipped diagonal second-order) around the GradDiff or NPO loss")
+def soul(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain: Sequence[Record],
+         args: SOULArgs, *, monitor: Monitor | None = None, accelerator: Any = None,
+         on_step: Any = None) -> UnlearnResult:
+    ref = frozen_copy(model) if args.loss == "npo" or args.retain_loss == "kl" else None
+    term = retain_term(args, ref)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def step_loss(m: torch.nn.Module, fb: Batch, rb: Batch | None) -> tuple[torch.Tensor, dict[str, float]]:
+        lp, n, _ = sequence_logprobs(m, fb)
+        if args.loss == "npo":
+            assert ref is not None
+            with torch.no_grad():
+                ref_lp, _, _ = sequence_logprobs(ref, fb)
+            forget_term = npo_loss(lp, ref_lp, args.beta)
+        else:
+            forget_term = args.forget_weight * ga_loss(lp, n)
+        stats = {"forget": float(forget_term.detach()), "forget_nll": float(-(lp / n).mean().detach())}
+        return add_retain(forget_term, stats, m, rb, args, term)
+
+    def before_step(m: torch.nn.Module, fb: Batch, rb: Batch | None, step: int, opt: Any, acc: Any) -> None:
+        set_tokens(opt, 1.0 if args.hessian == "hutchinson" else _tokens([fb, rb], acc))
+        if args.hessian == "sq_grad" or step % args.hessian_every:
+            return
+        opt.zero_grad(set_to_none=True)
+        if args.hessian == "gnb":
+            ces = [sampled_token_ce(forward_logits(m, b), b.labels, gen) for b in (fb, rb) if b is not None]
+            total = sum(c for _, c in ces)
+            acc.backward(sum(ce * c / total for ce, c in ces))
+            mode = "square"
+        else:
+            params = [p for p in m.parameters() if p.requires_grad]
+            with double_backward_ok():
+                loss, _ = step_loss(m, fb, rb)
+                g = torch.autograd.grad(loss, params, create_graph=True)
+                u = [torch.randint(0, 2, p.shape, generator=gen).to(p) * 2 - 1 for p in params]
+                hu = torch.autograd.grad(g, params, grad_outputs=u)
+            for p, ui, h in zip(params, u, hu):
+                p.grad = ui * h
+            mode = "raw"
+        with hessian_mode(opt, mode):
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def make_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return Sophia(params, lr=args.lr, betas=args.betas, rho=args.rho, eps=args.eps,
+                      weight_decay=args.weight_decay, hessian_from_grad=args.hessian == "sq_grad",
+                      double_momentum=args.double_momentum)
+
+    return run_loop(model, tokenizer, forget, retain, args, step_loss,
+                    uses_retain=args.retain_weight > 0, monitor=monitor, accelerator=accelerator, on_step=on_step,
+                    make_optimizer=make_optimizer, before_step=before_step)
