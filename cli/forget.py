@@ -112,7 +112,7 @@ def cmd_forget(args: argparse.Namespace, ui: UI) -> int:
         "method": args.method, "config": margs.to_dict(), "steps": result.steps,
         "stop_reason": result.stop_reason, "stop_message": result.stop_message,
         "wall_seconds": round(result.wall_seconds, 3), "peak_memory_mb": round(result.peak_memory_mb, 1),
-        "before": before, "after": after, "history": result.history,
+        "before": before, "after": after, "history": result.history, "method_stats": result.stats,
         "retain_utility_relative": after.get("retain_prob", 0) / max(before.get("retain_prob", 1e-12), 1e-12),
     }
     if bench is not None and args.forget_split == bench.retain_split:
@@ -172,7 +172,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     f.add_argument("--data", nargs="+", help="training-data JSONL file(s) holding the records")
     f.add_argument("--holdout", help="non-member JSONL for the stopping rule and the before/after audit")
     f.add_argument("--forget-split", help="built-in benchmark: forget a whole split (forget01/05/10)")
-    f.add_argument("--method", default="npo", help="grad_ascent, graddiff, npo, simnpo, ...")
+    f.add_argument("--method", default="npo", help="grad_ascent, graddiff, npo, simnpo, newton, iau, soul")
     f.add_argument("--config", help="yaml of method arguments (unknown keys are an error)")
     f.add_argument("--max-steps", type=int, help="override max_steps")
     f.add_argument("--lr", type=float, help="override lr")

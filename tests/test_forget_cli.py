@@ -49,6 +49,17 @@ def test_forget_builtin_person_end_to_end(tmp_path: Path, bench, capsys) -> None
     assert n == 1 and problems == []
 
 
+@pytest.mark.parametrize("method", ["newton", "iau", "soul"])
+def test_forget_with_second_order_methods(tmp_path: Path, bench, capsys, method: str) -> None:
+    assert main(_forget(tmp_path, method, "--method", method, "--max-steps", "3", "--json")) == 0
+    receipt = json.loads(capsys.readouterr().out)
+    assert receipt["method"] == method and 1 <= receipt["steps"] <= 3
+    assert receipt["after"]["forget_nll"] > receipt["before"]["forget_nll"]
+    if method == "newton":
+        cert = receipt["method_stats"]["certificate"]
+        assert cert["retain_grad_norm_after"] > 0 and cert["last_step"]["update_norm"] > 0
+
+
 def test_ledger_chain_and_tamper_detection(tmp_path: Path, bench, capsys) -> None:
     req = write_lines(tmp_path / "req.jsonl", ['{"id": "p0003-pet"}', '{"id": "p0003-pet"}', '{"id": "p0004-food"}'])
     for name in ("a", "b"):

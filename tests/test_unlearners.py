@@ -17,6 +17,8 @@ from unlearn.model import load_model
 from unlearn.training import token_nll
 
 FIRST_ORDER = ["grad_ascent", "graddiff", "npo", "simnpo"]
+LOOP_METHODS = [*FIRST_ORDER, "soul"]  # run by the shared first-order loop (SOUL: Sophia)
+ALL_METHODS = [*LOOP_METHODS, "newton", "iau"]
 
 
 @torch.no_grad()
@@ -32,7 +34,7 @@ def test_every_shipped_yaml_builds() -> None:
     import unlearn.methods  # noqa: F401
 
     shipped = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
-    assert set(FIRST_ORDER) <= shipped
+    assert set(ALL_METHODS) <= shipped
     for name in shipped:
         args = load_method_args(name)
         assert isinstance(args, get_method(name).args_cls)
@@ -57,7 +59,7 @@ def test_config_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", FIRST_ORDER)
+@pytest.mark.parametrize("name", LOOP_METHODS)
 def test_conformance_forget_rises_scope_respected_deterministic(name: str, bench) -> None:
     forget, retain = bench.split("forget10")[:40], bench.split("retain90")[:200]
     base, tok = load_model(bench.target)
@@ -104,4 +106,43 @@ def test_nan_loss_and_empty_sets_are_clear_errors(tiny_model, tiny_tokenizer) ->
         run_loop(tiny_model, tiny_tokenizer, [], recs, _args("grad_ascent"), nan_step, uses_retain=False)
     with pytest.raises(UnlearnError, match="needs a retain set"):
         get_method("graddiff").run(tiny_model, tiny_tokenizer, recs, [], _args("graddiff"))
-    assert set(FIRST_ORDER) <= set(METHODS)
+    assert set(ALL_METHODS) <= set(METHODS)
+    for name in ("newton", "iau"):
+        with pytest.raises(UnlearnError, match="forget set is empty"):
+            get_method(name).run(tiny_model, tiny_tokenizer, [], recs, _args(name))
+        with pytest.raises(UnlearnError, match="needs a retain set"):
+            get_method(name).run(tiny_model, tiny_tokenizer, recs, [], _args(name))
+    with pytest.raises(ConfigError, match="unknown curvature 'bogus'"):
+        _args("newton", curvature="bogus")
+    with pytest.raises(ConfigError, match="hessian must be gnb, hutchinson or sq_grad"):
+        _args("soul", hessian="diag")
+
+
+# Second-order methods on the tiny built-in model: forget NLL must rise by `rise` nats while retain NLL
+# stays below 0.25 and rises at most a third as much (as for the first-order methods above).
+SECOND_ORDER_CASES = [
+    ("newton", {"max_steps": 5}, 0.2),
+    ("newton", {"max_steps": 3, "curvature": "gnb"}, 0.2),
+    ("newton", {"max_steps": 2, "curvature": "ggn", "curvature_examples": 64, "solver_iters": 10}, 0.05),
+    ("iau", {"max_steps": 5}, 0.2),
+    ("soul", {"max_steps": 40, "lr": 2e-4}, 0.4),
+    ("soul", {"max_steps": 20, "lr": 2e-4, "loss": "npo"}, 0.3),
+    ("soul", {"max_steps": 20, "lr": 2e-4, "hessian": "hutchinson", "hessian_every": 5}, 0.2),
+    ("soul", {"max_steps": 20, "lr": 2e-4, "hessian": "sq_grad", "double_momentum": True}, 0.2),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,over,rise", SECOND_ORDER_CASES,
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for n, o, _ in SECOND_ORDER_CASES])
+def test_second_order_methods_forget_and_keep_retain(name: str, over: dict, rise: float, bench) -> None:
+    forget, retain = bench.split("forget10"), bench.split("retain90")
+    model, tok = load_model(bench.target)
+    f0, r0 = _nll(model, tok, forget), _nll(model, tok, retain[:300])
+    res = get_method(name).run(model, tok, forget, retain, _args(name, **over))
+    f1, r1 = _nll(res.model, tok, forget), _nll(res.model, tok, retain[:300])
+    assert f1 > f0 + rise, (f0, f1, r0, r1)
+    assert r1 < 0.25 and r1 - r0 < (f1 - f0) / 3, (f0, f1, r0, r1)
+    if name == "newton":
+        cert = res.stats["certificate"]
+        assert cert["retain_grad_norm_after"] > 0 and cert["last_step"]["update_norm"] > 0
