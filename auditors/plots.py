@@ -50,3 +50,24 @@ def plot_audit(report: AuditReport, path: str | Path, title: str = "") -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_compare(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Forget quality (log scale) against model utility, one point per method; target and retain marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for r in rows:
+        if r.get("forget_quality") is None or r.get("model_utility") is None:
+            continue
+        fq = max(float(r["forget_quality"]), 1e-12)
+        style = {"target": dict(marker="X", s=120, c="tab:red"), "retain": dict(marker="*", s=200, c="tab:green")}
+        ax.scatter([fq], [r["model_utility"]], zorder=3, **style.get(r["label"], dict(marker="o", s=50)))
+        ax.annotate(r["label"], (fq, r["model_utility"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set(xlabel="forget quality (KS p vs retain model; higher = closer to retraining)",
+           ylabel="model utility", title=title or "unlearning methods: forget quality vs utility")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.forget import add_parsers as add_forget_parsers
 
     add_forget_parsers(sub, common)
+    from cli.compare import add_parser as add_compare_parser
+
+    add_compare_parser(sub, common)
 
     i = sub.add_parser("info", help="parameters, layers, tokenizer and dtype of a model", parents=[common])
     i.add_argument("model", help="local model directory")

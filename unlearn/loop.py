@@ -7,8 +7,6 @@ sampling, the optimiser, clipping, the stopping-rule monitor, timing and memory.
 from __future__ import annotations
 
 import copy
-import resource
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -31,12 +29,6 @@ def make_accelerator(accelerator: Any = None) -> Any:
     from accelerate import Accelerator
 
     return Accelerator(cpu=not torch.cuda.is_available())
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB (peak RSS)
 
 
 def _loader(records: Sequence[Record], tokenizer: Any, global_batch: int, seed: int, accelerator: Any,
@@ -99,7 +91,6 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
         opt = torch.optim.SGD(params, lr=args.lr, weight_decay=args.weight_decay)
     model.to(acc.device)
     prepared, opt = acc.prepare(model, opt)
-    start = time.perf_counter()
     stopper = Stopper(monitor, args.max_steps, lambda: acc.unwrap_model(prepared))
     steps = 0
     stopped = stopper.first()
@@ -129,7 +120,7 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     model = acc.unwrap_model(prepared)
     for p in model.parameters():
         p.requires_grad_(True)
-    return stopper.result(model, steps, time.perf_counter() - start, peak_memory_mb(acc.device))
+    return stopper.result(model, steps)
 
 
 class Stopper:
@@ -165,17 +156,15 @@ class Stopper:
         if self.monitor is not None and (not self.history or self.history[-1]["step"] != steps):
             self.check(steps)
 
-    def result(self, model: torch.nn.Module, steps: int, wall: float, peak_mb: float,
-               stats: dict[str, Any] | None = None) -> UnlearnResult:
-        return UnlearnResult(model, steps, self.reason, self.message, wall, peak_mb, self.history, stats or {})
+    def result(self, model: torch.nn.Module, steps: int, stats: dict[str, Any] | None = None) -> UnlearnResult:
+        return UnlearnResult(model, steps, self.reason, self.message, history=self.history, stats=stats or {})
 
 
 def run_direct(model: torch.nn.Module, args: UnlearnArgs, update: Callable[[int], dict[str, Any]], *,
-               monitor: Monitor | None = None, on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
-               device: torch.device | None = None) -> UnlearnResult:
+               monitor: Monitor | None = None,
+               on_step: Callable[[int, int, dict[str, Any]], None] | None = None) -> UnlearnResult:
     """For methods that set the weights directly (Newton, IAU): ``update(step)`` applies step ``step``
     (1-based) in place and returns its stats; the monitor is checked every ``eval_every`` steps."""
-    start = time.perf_counter()
     stopper = Stopper(monitor, args.max_steps, lambda: model)
     steps, stopped, stats = 0, stopper.first(), {}
     while not stopped and steps < args.max_steps:
@@ -189,5 +178,4 @@ def run_direct(model: torch.nn.Module, args: UnlearnArgs, update: Callable[[int]
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    dev = device or next(model.parameters()).device
-    return stopper.result(model, steps, time.perf_counter() - start, peak_memory_mb(dev), stats)
+    return stopper.result(model, steps, stats)

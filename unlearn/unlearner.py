@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import time
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -13,6 +16,7 @@ from typing import Any
 import torch
 
 from unlearn.errors import ConfigError, InputError
+from unlearn.memory import PeakMemory
 
 
 @dataclass
@@ -55,8 +59,8 @@ class UnlearnResult:
     steps: int
     stop_reason: str  # forget_undetectable | max_steps | utility_drop | converged
     stop_message: str
-    wall_seconds: float
-    peak_memory_mb: float
+    wall_seconds: float = 0.0  # both set by the registry around the whole call
+    peak_memory_mb: float = 0.0  # MiB above the level at the start (CUDA allocated, or CPU RSS)
     history: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -81,7 +85,17 @@ def register(name: str, args_cls: type[UnlearnArgs], summary: str) -> Callable[[
     def deco(fn: Callable[..., UnlearnResult]) -> Callable[..., UnlearnResult]:
         if name in METHODS:
             raise ValueError(f"method '{name}' is already registered")
-        METHODS[name] = Method(name, args_cls, fn, summary)
+
+        @functools.wraps(fn)
+        def measured(model: torch.nn.Module, *args: Any, **kwargs: Any) -> UnlearnResult:
+            """Wall time and peak memory of the whole call (reference copies and curvature included)."""
+            with PeakMemory(next(model.parameters()).device) as mem:
+                start = time.perf_counter()
+                result = fn(model, *args, **kwargs)
+            result.wall_seconds, result.peak_memory_mb = time.perf_counter() - start, mem.peak_mb
+            return result
+
+        METHODS[name] = Method(name, args_cls, measured, summary)
         return fn
 
     return deco
@@ -103,6 +117,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # yaml 1.1 reads 3e-4 (no dot) as a string
+        with contextlib.suppress(ValueError):
+            return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp in (str, bool) and isinstance(value, tp):

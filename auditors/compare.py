@@ -1,0 +1,167 @@
+"""Compare unlearning methods on one forget set: same starting weights and seed for each, one table of
+detectability (AUC per score, privleak vs the retain model), forget quality, utility and cost."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks.runner import ONE_PASS_SCORES, score_records
+from auditors.metrics import auc, privleak
+from auditors.stopping import make_monitor
+from auditors.tofu import QAEval, evaluate_qa, forget_quality, model_utility, truth_ratio_score
+from unlearn.data import Record
+from unlearn.errors import ConfigError, InputError
+from unlearn.methods import METHODS, get_method, load_method_args
+
+
+@dataclass
+class Sets:
+    forget: list[Record]
+    holdout: list[Record]
+    retain: list[Record]  # what the unlearners may use
+    retain_eval: list[Record]  # retain-set QA for utility and the stopping rule
+    utility: list[Record]  # general-knowledge QA for utility
+
+
+@dataclass
+class MethodSpec:
+    label: str
+    method: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    config: str | None = None
+
+
+@dataclass
+class Reference:
+    """What every unlearned model is judged against: the retain (retrained) model's numbers."""
+
+    aucs: dict[str, float]
+    forget_qa: QAEval | None
+
+
+def detectability(model: torch.nn.Module, tokenizer: Any, sets: Sets, batch_size: int = 32) -> dict[str, float]:
+    """Forget-vs-holdout AUC of every one-pass score (one forward pass over both sets)."""
+    table = score_records(model, tokenizer, [*sets.forget, *sets.holdout], ONE_PASS_SCORES, batch_size=batch_size)
+    n = len(sets.forget)
+    return {name: auc(s[:n], s[n:]) for name, s in table.scores.items()}
+
+
+def _tofu(records: Sequence[Record]) -> bool:
+    return bool(records) and all(r.is_qa and r.paraphrased_answer is not None and r.perturbed_answers
+                                 for r in records)
+
+
+def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None) -> tuple[dict[str, Any],
+                                                                                                 dict[str, Any]]:
+    """(summary metrics, per-record metrics) of one model."""
+    aucs = detectability(model, tokenizer, sets)
+    out: dict[str, Any] = {f"auc_{k}": v for k, v in aucs.items()}
+    per_record: dict[str, Any] = {}
+    if ref is not None:
+        out.update({f"privleak_{k}": privleak(v, ref.aucs[k]) for k, v in aucs.items()})
+    if _tofu(sets.forget):
+        fe = evaluate_qa(model, tokenizer, sets.forget)
+        out.update({"forget_prob": float(fe.prob.mean()), "forget_rouge": float(np.mean(fe.rouge_l)),
+                    "forget_truth_ratio": truth_ratio_score(fe.truth_ratio),
+                    "extraction_strength": float(fe.extraction_strength.mean()),
+                    "exact_memorisation": float(fe.exact_memorisation.mean())})
+        per_record["forget"] = fe
+        if ref is not None and ref.forget_qa is not None:
+            out["forget_quality"] = forget_quality(fe, ref.forget_qa)
+    utility_sets = [s for s in (sets.retain_eval, sets.utility) if _tofu(s)]
+    if utility_sets:
+        evals = [evaluate_qa(model, tokenizer, s) for s in utility_sets]
+        out["model_utility"] = model_utility(*evals)
+        out["retain_prob"] = float(evals[0].prob.mean())
+    return out, per_record
+
+
+def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets) -> Reference:
+    aucs = detectability(model, tokenizer, sets)
+    return Reference(aucs, evaluate_qa(model, tokenizer, sets.forget, rouge=False) if _tofu(sets.forget) else None)
+
+
+def parse_specs(methods: Sequence[Any], where: str = "methods") -> list[MethodSpec]:
+    """``["npo", {"name": "soul", "label": "soul-npo", "args": {...}, "config": path}]`` -> specs."""
+    import unlearn.methods  # noqa: F401
+
+    specs: list[MethodSpec] = []
+    for i, m in enumerate(methods):
+        if isinstance(m, str):
+            m = {"name": m}
+        if not isinstance(m, Mapping) or "name" not in m:
+            raise InputError(f"entry {i + 1} must be a method name or a mapping with 'name'", file=where,
+                             field="methods")
+        unknown = set(m) - {"name", "label", "args", "config"}
+        if unknown:
+            raise InputError(f"entry {i + 1}: unknown key(s) {', '.join(sorted(unknown))}", file=where,
+                             field="methods")
+        if m["name"] not in METHODS:
+            raise ConfigError(f"{where}: unknown method '{m['name']}'; known: {', '.join(sorted(METHODS))}")
+        specs.append(MethodSpec(str(m.get("label", m["name"])), m["name"], dict(m.get("args") or {}),
+                                m.get("config")))
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels) or not specs:
+        raise InputError("method labels must be unique and at least one method given", file=where,
+                         field="methods")
+    for s in specs:  # fail on a bad argument before any model is touched
+        load_method_args(s.method, s.config, s.overrides)
+    return specs
+
+
+def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, specs: Sequence[MethodSpec], *,
+                reference: Reference | None, seed: int = 0, common: Mapping[str, Any] | None = None,
+                on_method: Callable[[str], Any] | None = None,
+                on_step: Callable[[int, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run each method from freshly loaded weights with the same seed; one row of metrics per method."""
+    rows = []
+    for spec in specs:
+        if on_method is not None:
+            on_method(spec.label)
+        args = load_method_args(spec.method, spec.config, {**(common or {}), "seed": seed, **spec.overrides})
+        model, tok = load()
+        torch.manual_seed(seed)
+        random.seed(seed)
+        monitor = make_monitor(tok, sets.forget, sets.holdout, sets.retain_eval, args) if args.eval_every else None
+        res = get_method(spec.method).run(model, tok, sets.forget, sets.retain, args, monitor=monitor,
+                                          on_step=on_step)
+        metrics, per_record = evaluate(res.model, tok, sets, reference)
+        rows.append({"label": spec.label, "method": spec.method, **metrics, "wall_seconds": res.wall_seconds,
+                     "peak_memory_mb": res.peak_memory_mb, "steps": res.steps, "stop_reason": res.stop_reason,
+                     "args": args.to_dict(), "_per_record": per_record})
+        del model, res
+    return rows
+
+
+def open_unlearning_files(row: Mapping[str, Any], out: Path, benchmark: str = "TOFU") -> None:
+    """``<benchmark>_EVAL.json`` (metric -> {agg_value, value_by_index}) and ``<benchmark>_SUMMARY.json``
+    (metric -> value) in open-unlearning's layout and metric names."""
+    names = {"forget_quality": "forget_quality", "model_utility": "model_utility", "forget_prob": "forget_Q_A_Prob",
+             "forget_rouge": "forget_Q_A_ROUGE", "forget_truth_ratio": "forget_truth_ratio",
+             "extraction_strength": "extraction_strength", "exact_memorisation": "exact_memorization",
+             "privleak_mink": "privleak", "auc_loss": "mia_loss", "auc_zlib": "mia_zlib", "auc_mink": "mia_min_k",
+             "auc_minkpp": "mia_min_k_plus_plus"}
+    summary = {theirs: row[ours] for ours, theirs in names.items() if ours in row}
+    fe: QAEval | None = row.get("_per_record", {}).get("forget")
+    per_index: dict[str, dict[str, Any]] = {}
+    if fe is not None:
+        per_index = {
+            "forget_Q_A_Prob": {str(i): {"prob": float(p)} for i, p in enumerate(fe.prob)},
+            "forget_truth_ratio": {str(i): {"score": float(t)} for i, t in enumerate(fe.truth_ratio)},
+            "extraction_strength": {str(i): {"score": float(t)} for i, t in enumerate(fe.extraction_strength)},
+        }
+        if fe.rouge_l is not None:
+            per_index["forget_Q_A_ROUGE"] = {str(i): {"rougeL_recall": float(t)} for i, t in enumerate(fe.rouge_l)}
+    evals = {k: {"agg_value": v, **({"value_by_index": per_index[k]} if k in per_index else {})}
+             for k, v in summary.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{benchmark}_EVAL.json").write_text(json.dumps(evals, indent=2))
+    (out / f"{benchmark}_SUMMARY.json").write_text(json.dumps(summary, indent=2))
