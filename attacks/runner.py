@@ -11,6 +11,7 @@ import torch
 
 from attacks.scores import gradnorm_score, loss_score, mink_score, minkpp_score, reference_score, zlib_score
 from unlearn.data import Record
+from unlearn.distributed import rank_world, sharded
 from unlearn.errors import UnlearnError
 from unlearn.logprobs import TokenLogProbs, token_logprobs
 
@@ -40,11 +41,29 @@ def parse_scores(spec: str | Sequence[str]) -> list[str]:
 def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], scores: Sequence[str], *,
                   k: float = 0.4, reference: torch.nn.Module | None = None, batch_size: int = 32,
                   on_batch: Callable[[int], None] | None = None) -> ScoreTable:
-    """Compute the requested scores; the one-pass ones share a single forward pass of ``model``."""
+    """Compute the requested scores; the one-pass ones share a single forward pass of ``model``.
+
+    Under several processes each rank scores an interleaved shard and the scores are gathered (the
+    table then carries no token log-probs)."""
     if not records:
         raise UnlearnError("cannot score an empty set of records")
     if "reference" in scores and reference is None:
         raise UnlearnError("the 'reference' score needs a reference model (--reference)")
+    if rank_world()[1] == 1:
+        return _score_local(model, tokenizer, records, scores, k, reference, batch_size, on_batch)
+
+    def local(shard: list[Record]) -> dict[str, np.ndarray]:
+        t = _score_local(model, tokenizer, shard, scores, k, reference, batch_size, on_batch)
+        return {**t.scores, "_lengths": t.lengths}
+
+    arrays = sharded(records, local)
+    lengths = arrays.pop("_lengths")
+    return ScoreTable([r.id for r in records], arrays, lengths)
+
+
+def _score_local(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], scores: Sequence[str], k: float,
+                 reference: torch.nn.Module | None, batch_size: int,
+                 on_batch: Callable[[int], None] | None) -> ScoreTable:
     tlp = token_logprobs(model, tokenizer, records, batch_size=batch_size, moments="minkpp" in scores,
                          hits=False, on_batch=on_batch)
     out: dict[str, torch.Tensor] = {}

@@ -12,6 +12,7 @@ import torch
 from scipy import stats
 
 from auditors.metrics import ks_p
+from unlearn.distributed import sharded
 from unlearn.data import Record, with_answer
 from unlearn.errors import UnlearnError
 from unlearn.generation import greedy_answers
@@ -82,6 +83,17 @@ def evaluate_qa(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record
     if bad:
         raise UnlearnError(f"TOFU metrics need QA records with paraphrased_answer and perturbed_answer; "
                            f"missing on {len(bad)} record(s), e.g. '{bad[0]}'")
+
+    def local(shard: list[Record]) -> dict[str, np.ndarray]:
+        e = _evaluate_local(model, tokenizer, shard, rouge, batch_size)
+        return {k: v for k, v in vars(e).items() if isinstance(v, np.ndarray)}
+
+    arrays = sharded(records, local)  # one shard per process when distributed
+    return QAEval([r.id for r in records], rouge_l=arrays.pop("rouge_l", None), **arrays)
+
+
+def _evaluate_local(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], rouge: bool,
+                    batch_size: int) -> QAEval:
     answers = token_logprobs(model, tokenizer, records, batch_size=batch_size, moments=False)
     variants: list[Record] = []
     for r in records:

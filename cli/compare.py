@@ -112,6 +112,10 @@ def cmd_compare(args: argparse.Namespace, ui: UI) -> int:
              "compare.png": lambda p: plot_compare(public, p, title=f"{data['label']}")}
     for r in rows:
         files[r["label"]] = lambda p, r=r: open_unlearning_files(r, p)
+    from unlearn.distributed import is_main_process
+
+    if not is_main_process():
+        return 0
     write_outputs(out, files)
     ui.print(f"results: {out / 'compare.json'}, {out / 'compare.csv'}, plot {out / 'compare.png'}, "
              f"open-unlearning files in {out}/<method>/")
@@ -135,4 +139,6 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--seed", type=int, help="seed for every method (default 0)")
     c.add_argument("--retain-eval", type=int, default=200, help="retain records used to measure utility")
     c.add_argument("--out", help="NEW output directory (default runs/compare-TIME)")
+    c.add_argument("--accelerate-config", help="launch through `accelerate launch` with this config "
+                                               "(configs/accelerate/*.yaml)")
     c.set_defaults(func=cmd_compare)

@@ -119,6 +119,10 @@ def cmd_forget(args: argparse.Namespace, ui: UI) -> int:
         retain_model, _ = load_model(bench.retain)
         gold = forget_check(retain_model, tok, forget, holdout, retain_eval)
         receipt["privleak_vs_retain"] = privleak(after["forget_auc"], gold["forget_auc"])
+    from unlearn.distributed import is_main_process
+
+    if not is_main_process():  # every process unlearned its shard; the first one commits the result
+        return 0
     with deferred_interrupts():
         manifest = save_model(result.model, tok, out, input_dir=model_path,
                               extra_files={RECEIPT: json.dumps(receipt, indent=2)})
@@ -180,6 +184,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     f.add_argument("--retain-eval", type=int, default=200, help="retain records used to measure utility")
     f.add_argument("--out", help="NEW output directory (default runs/forget-METHOD-TIME)")
     f.add_argument("--ledger", help="ledger JSONL to append to (default: unlearn-ledger.jsonl beside --out)")
+    f.add_argument("--accelerate-config", help="launch through `accelerate launch` with this config "
+                                               "(configs/accelerate/*.yaml: DDP, DeepSpeed ZeRO-2/3, FSDP)")
     f.set_defaults(func=cmd_forget)
 
     led = sub.add_parser("ledger", help="the deletion ledger", parents=[common])

@@ -201,9 +201,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def relaunch(argv: Sequence[str], config: str) -> int:
+    """Run the same command under ``accelerate launch --config_file config`` (one process per device)."""
+    import os
+    import subprocess
+
+    from unlearn.errors import InputError
+
+    if not Path(config).is_file():
+        raise InputError("accelerate config not found", file=config)
+    rest, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--accelerate-config="):
+            skip = False
+            continue
+        if a == "--accelerate-config":
+            skip = True
+            continue
+        rest.append(a)
+    env = {**os.environ, "UNLEARN_LAUNCHED": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
+    import torch
+
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        env.setdefault("OMP_NUM_THREADS", "1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "-m", "cli.main", *rest]
+    return subprocess.call(cmd, env=env)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    ui = UI(quiet=args.quiet, as_json=args.json)
+    rank = int(os.environ.get("RANK", "0"))
+    ui = UI(quiet=args.quiet or rank > 0, as_json=args.json and rank == 0)
+    if getattr(args, "accelerate_config", None) and not os.environ.get("UNLEARN_LAUNCHED"):
+        try:
+            return relaunch(argv, args.accelerate_config)
+        except UnlearnError as exc:
+            ui.err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+            return 2
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     try:
         with redirect:  # with --json, stdout carries the JSON document alone (libraries print to stdout)

@@ -20,7 +20,7 @@ def test_compare_writes_table_json_csv_png(tmp_path: Path, bench, capsys) -> Non
                                             "    label: soul-npo", "    args: {loss: npo, lr: 2.0e-4}"])
     assert main(["compare", "--config", str(cfg), "--out", str(out)]) == 0
     screen = capsys.readouterr().out
-    assert "soul-npo" in screen and "AUC loss" in screen and "forget quality" in screen
+    assert "soul-npo" in screen and "AUC" in screen and "quality" in screen and "privleak" in screen
     payload = json.loads((out / "compare.json").read_text())
     rows = {r["label"]: r for r in payload["rows"]}
     assert list(rows) == ["retain", "target", "graddiff", "soul-npo"] and payload["seed"] == 3

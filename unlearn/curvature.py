@@ -612,10 +612,16 @@ def needs_double_backward(backend: str) -> bool:
     return backend not in FIRST_ORDER_BACKENDS
 
 
-def sampled_token_ce(logits: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, int]:
-    """Sophia-G's loss: mean CE of labels sampled from the model over labelled positions, and their count."""
+def sampled_token_ce(logits: torch.Tensor, labels: torch.Tensor, row_seeds: Sequence[int]) -> tuple[torch.Tensor, int]:
+    """Sophia-G's loss: mean CE of labels sampled from the model over labelled positions, and their count.
+
+    Row i draws its labels by inverse CDF from uniforms seeded with ``row_seeds[i]``: seeding by the row's
+    place in the global batch makes the sample the same whichever process holds the row."""
     mask = labels[:, 1:] != -100
-    z = logits[:, :-1].float()[mask]
+    z = logits[:, :-1].float()
     with torch.no_grad():
-        y = torch.multinomial(torch.softmax(z.detach(), -1).cpu(), 1, generator=gen)[:, 0].to(z.device)
-    return F.cross_entropy(z, y), int(mask.sum())
+        cdf = torch.softmax(z.detach(), -1).cumsum(-1)
+        u = torch.stack([torch.rand(z.shape[1], generator=torch.Generator().manual_seed(int(s)))
+                         for s in row_seeds]).to(z.device)
+        y = torch.searchsorted(cdf, (u * cdf[..., -1])[..., None].contiguous())[..., 0].clamp(max=z.shape[-1] - 1)
+    return F.cross_entropy(z[mask], y[mask]), int(mask.sum())

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from unlearn.data import Batch, Record, collate, encode_many, pad_id_of
+from unlearn.distributed import configure_deepspeed, gathered_copy, make_accelerator
 from unlearn.errors import UnlearnError
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult
 from unlearn.params import apply_scope
@@ -21,14 +22,6 @@ from unlearn.params import apply_scope
 StepLoss = Callable[[torch.nn.Module, Batch, Batch | None], tuple[torch.Tensor, dict[str, float]]]
 # Called before each step's loss with (model, forget_batch, retain_batch, steps_done, optimizer, accelerator).
 BeforeStep = Callable[[torch.nn.Module, Batch, Batch | None, int, Any, Any], None]
-
-
-def make_accelerator(accelerator: Any = None) -> Any:
-    if accelerator is not None:
-        return accelerator
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=not torch.cuda.is_available())
 
 
 def _loader(records: Sequence[Record], tokenizer: Any, global_batch: int, seed: int, accelerator: Any,
@@ -90,6 +83,7 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     else:
         opt = torch.optim.SGD(params, lr=args.lr, weight_decay=args.weight_decay)
     model.to(acc.device)
+    configure_deepspeed(acc, args.batch_size // acc.num_processes, args.grad_clip)
     prepared, opt = acc.prepare(model, opt)
     stopper = Stopper(monitor, args.max_steps, lambda: acc.unwrap_model(prepared))
     steps = 0
@@ -106,7 +100,7 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
                                f"lower lr (now {args.lr})")
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
-        if args.grad_clip > 0:
+        if args.grad_clip > 0 and acc.state.deepspeed_plugin is None:
             acc.clip_grad_norm_(params, args.grad_clip)
         opt.step()
         steps += 1
@@ -117,7 +111,7 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
             prepared.train()
     stopper.last(steps)
     prepared.eval()
-    model = acc.unwrap_model(prepared)
+    model = gathered_copy(acc.unwrap_model(prepared), acc)
     for p in model.parameters():
         p.requires_grad_(True)
     return stopper.result(model, steps)

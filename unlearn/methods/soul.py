@@ -55,6 +55,12 @@ def _tokens(batches: Sequence[Batch | None], acc: Any) -> float:
     return float(acc.reduce(n.to(acc.device), reduction="sum")) if acc.num_processes > 1 else float(n)
 
 
+def row_seeds(seed: int, step: int, tag: int, batch: Batch, acc: Any) -> list[int]:
+    """One seed per row from its index in the global batch (each process holds an equal slice)."""
+    first = acc.process_index * len(batch)
+    return [hash((seed, step, tag, first + i)) % 2**63 for i in range(len(batch))]
+
+
 @register("soul", SOULArgs, "SOUL: Sophia (clipped diagonal second-order) around the GradDiff or NPO loss")
 def soul(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain: Sequence[Record],
          args: SOULArgs, *, monitor: Monitor | None = None, accelerator: Any = None,
@@ -76,26 +82,31 @@ def soul(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retai
         return add_retain(forget_term, stats, m, rb, args, term)
 
     def before_step(m: torch.nn.Module, fb: Batch, rb: Batch | None, step: int, opt: Any, acc: Any) -> None:
-        set_tokens(opt, 1.0 if args.hessian == "hutchinson" else _tokens([fb, rb], acc))
+        tokens = _tokens([fb, rb], acc)
+        set_tokens(opt, 1.0 if args.hessian == "hutchinson" else tokens)
         if args.hessian == "sq_grad" or step % args.hessian_every:
             return
         opt.zero_grad(set_to_none=True)
-        if args.hessian == "gnb":
-            ces = [sampled_token_ce(forward_logits(m, b), b.labels, gen) for b in (fb, rb) if b is not None]
-            total = sum(c for _, c in ces)
-            acc.backward(sum(ce * c / total for ce, c in ces))
-            mode = "square"
-        else:
-            params = [p for p in m.parameters() if p.requires_grad]
-            with double_backward_ok():
-                loss, _ = step_loss(m, fb, rb)
-                g = torch.autograd.grad(loss, params, create_graph=True)
-                u = [torch.randint(0, 2, p.shape, generator=gen).to(p) * 2 - 1 for p in params]
-                hu = torch.autograd.grad(g, params, grad_outputs=u)
-            for p, ui, h in zip(params, u, hu):
-                p.grad = ui * h
-            mode = "raw"
-        with hessian_mode(opt, mode):
+        # Under DeepSpeed the engine steps inside acc.backward (opt.step is a no-op), so the Hessian mode
+        # must already be set when the sampled loss is back-propagated.
+        with hessian_mode(opt, "square" if args.hessian == "gnb" else "raw"):
+            if args.hessian == "gnb":
+                ces = [sampled_token_ce(forward_logits(m, b), b.labels, row_seeds(args.seed, step, tag, b, acc))
+                       for tag, b in enumerate((fb, rb)) if b is not None]
+                # mean CE over the global batch's tokens: DDP / ZeRO average the ranks' gradients
+                acc.backward(sum(ce * c for ce, c in ces) * acc.num_processes / tokens)
+            else:
+                if acc.state.deepspeed_plugin is not None:
+                    raise ConfigError("SOUL hessian: hutchinson needs double backward, which DeepSpeed does not "
+                                      "support; use gnb or sq_grad")
+                params = [p for p in m.parameters() if p.requires_grad]
+                with double_backward_ok():
+                    loss, _ = step_loss(m, fb, rb)
+                    g = torch.autograd.grad(loss, params, create_graph=True)
+                    u = [torch.randint(0, 2, p.shape, generator=gen).to(p) * 2 - 1 for p in params]
+                    hu = torch.autograd.grad(g, params, grad_outputs=u)
+                for p, ui, h in zip(params, u, hu):
+                    p.grad = ui * h
             opt.step()
         opt.zero_grad(set_to_none=True)
 
