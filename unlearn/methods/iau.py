@@ -24,6 +24,7 @@ import torch
 
 from unlearn.curvature import gradient, lm_objective, lm_source, norm
 from unlearn.data import Record
+from unlearn.distributed import make_accelerator
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.loop import run_direct
 from unlearn.methods.newton import subsample
@@ -56,6 +57,7 @@ def iau(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain
     if not retain:
         raise UnlearnError("IAU needs a retain set, and it is empty")
     torch.manual_seed(args.seed)
+    make_accelerator(accelerator)  # joins the process group when launched: data sharded, sums all-reduced
     params = apply_scope(model, args.scope)
     device = next(model.parameters()).device
     max_len = getattr(model.config, "max_position_embeddings", None)

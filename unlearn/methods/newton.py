@@ -2,12 +2,18 @@
 
 retain form: theta <- theta - lr (H_R + lambda I)^-1 grad L_R(theta)   (exact for a quadratic loss)
 forget form: theta <- theta + lr (n_f / n_r) (H_R + lambda I)^-1 grad L_F(theta)
-The two agree at a stationary point of the full loss; a fine-tuned LM is not one, so retain is the default.
+The two agree at a stationary point of the full loss; a fine-tuned LM is not one.
+
+Engines: the model stays unwrapped and replicated; each process takes a shard of every data set and the
+gradient / curvature sums are all-reduced (data parallel). Exact-product backends (hessian, ggn, dense,
+hutchinson) need double backward and an unsharded model: under a ZeRO-3 or FSDP launch the method warns
+and uses EK-FAC instead.
 """
 
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +21,8 @@ from typing import Any
 import torch
 
 from unlearn.curvature import (BACKENDS, Curvature, Objective, Source, Vec, build_curvature, gradient, lm_objective,
-                               lm_source, norm)
+                               lm_source, needs_double_backward, norm)
+from unlearn.distributed import engine, make_accelerator
 from unlearn.data import Record
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.loop import run_direct
@@ -80,6 +87,12 @@ def newton(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], ret
     if not retain:
         raise UnlearnError("the Newton step needs a retain set (H_R), and it is empty")
     torch.manual_seed(args.seed)
+    kind = engine(make_accelerator(accelerator))  # also joins the process group when launched
+    backend = args.curvature
+    if kind in ("deepspeed-zero3", "fsdp") and needs_double_backward(backend):
+        backend = "ekfac"
+        warnings.warn(f"newton: curvature '{args.curvature}' needs double backward, impossible under {kind}; "
+                      "using 'ekfac' (first-order K-FAC) instead", stacklevel=2)
     params = apply_scope(model, args.scope)
     device = next(model.parameters()).device
     max_len = getattr(model.config, "max_position_embeddings", None)
@@ -93,7 +106,7 @@ def newton(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], ret
     certificate: dict[str, Any] = {"retain_grad_norm_before": norm(gradient(params, model, objective, grad_src))}
 
     def update(step: int) -> dict[str, Any]:
-        curv = build_curvature(args.curvature, params, model, objective, curv_src, solver=args.solver,
+        curv = build_curvature(backend, params, model, objective, curv_src, solver=args.solver,
                                max_iter=args.solver_iters, tol=args.solver_tol, lissa_scale=args.lissa_scale,
                                lissa_damp=args.lissa_damp, samples=args.samples, seed=args.seed + step)
         delta, g = newton_direction(params, model, objective, curv, form=args.form, retain=grad_src,
@@ -119,5 +132,5 @@ def newton(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], ret
     certificate["last_step"] = result.stats
     certificate["note"] = ("residual ||grad L_R|| after the step; certifies removal (Guo et al.) only for "
                            "convex models trained with loss perturbation")
-    result.stats = {"certificate": certificate, "curvature": args.curvature, "form": args.form}
+    result.stats = {"certificate": certificate, "curvature": backend, "form": args.form, "engine": kind}
     return result
