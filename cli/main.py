@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.compare import add_parser as add_compare_parser
 
     add_compare_parser(sub, common)
+    from cli.attribute import add_parser as add_attribute_parser
+
+    add_attribute_parser(sub, common)
 
     i = sub.add_parser("info", help="parameters, layers, tokenizer and dtype of a model", parents=[common])
     i.add_argument("model", help="local model directory")
