@@ -137,11 +137,40 @@ def cmd_audit(args: argparse.Namespace, ui: UI) -> int:
     ui.print(f"[dim]{report.caveat}[/]")
     payload = {"model": str(model_path), "reference": args.reference, "retain": retain_path,
                "args": {**audit_args.__dict__, "scores": list(audit_args.scores)}, **report.to_dict()}
+    payload["attacks"] = run_attacks(args, ui, model, tok, members, nonmembers)
     write_outputs(out, {"audit.json": lambda p: p.write_text(json.dumps(payload, indent=2)),
                         "audit.png": lambda p: plot_audit(report, p, title=str(model_path))})
     ui.print(f"report: {out / 'audit.json'}  plot: {out / 'audit.png'}")
     ui.json({**payload, "out": str(out)})
     return 1 if (args.fail_if_detected and report.detected) else 0
+
+
+def run_attacks(args: argparse.Namespace, ui: UI, model: Any, tok: Any, members: Any, nonmembers: Any) -> dict:
+    """``--attacks relearn,extract``: robustness figures printed as tables and returned for the JSON."""
+    from auditors.robustness import extraction, relearn_report
+    from unlearn.data import load_records
+
+    wanted = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    unknown = sorted(set(wanted) - {"relearn", "extract"})
+    if unknown:
+        raise UnlearnError(f"unknown attack(s) {', '.join(unknown)}; known: relearn, extract")
+    out: dict[str, Any] = {}
+    if "extract" in wanted:
+        out["extract"] = {"members": extraction(model, tok, members), "nonmembers": extraction(model, tok, nonmembers)}
+        ui.table("extraction (greedy completion of the prompts)", ["set", "exact match", "extraction strength",
+                                                                  "token accuracy"],
+                 [[k, *v.values()] for k, v in out["extract"].items()])
+    if "relearn" in wanted:
+        relearn_set = load_records(args.relearn_set) if args.relearn_set else None
+        r = relearn_report(model, tok, members, nonmembers, relearn_set, steps=args.relearn_steps,
+                           lr=args.relearn_lr, seed=args.seed)
+        out["relearn"] = r
+        ui.table(f"relearning attack: {r['steps']} steps (lr {r['lr']}) on {r['relearn_records']} records, "
+                 f"measured on {r['evaluated_records']} other members",
+                 ["", "exact match", "extraction strength", "LOSS AUC vs non-members", "mean answer prob"],
+                 [[k, r[k]["exact_match"], r[k]["extraction_strength"], r[k]["loss_auc"], r[k]["mean_prob"]]
+                  for k in ("before", "after")])
+    return out
 
 
 def cmd_info(args: argparse.Namespace, ui: UI) -> int:
@@ -185,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     a.add_argument("--batch-size", type=int, default=32)
     a.add_argument("--fail-if-detected", action="store_true", help="exit 1 when the members are still detectable")
+    a.add_argument("--attacks", default="", help="comma list of extra attacks: relearn, extract")
+    a.add_argument("--relearn-set", help="JSONL to relearn on (default: half the members' groups; the rest "
+                                         "is measured)")
+    a.add_argument("--relearn-steps", type=int, default=20)
+    a.add_argument("--relearn-lr", type=float, default=3e-4)
     a.add_argument("--out", help="new directory for audit.json and audit.png (default runs/audit-TIME)")
     a.set_defaults(func=cmd_audit)
 
@@ -197,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.attribute import add_parser as add_attribute_parser
 
     add_attribute_parser(sub, common)
+    from cli.adversarial import add_parser as add_worst_case_parser
+
+    add_worst_case_parser(sub, common)
 
     i = sub.add_parser("info", help="parameters, layers, tokenizer and dtype of a model", parents=[common])
     i.add_argument("model", help="local model directory")

@@ -1,0 +1,99 @@
+"""Worst-case forget sets, relearning and extraction attacks on the tiny built-in benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attacks.adversarial import project_capped_simplex, random_sets, top_k, worst_case_set
+from attacks.runner import score_records
+from auditors.robustness import extraction, relearn_report
+from unlearn.attribution import restore, snapshot
+from unlearn.methods import get_method, load_method_args
+from unlearn.model import load_model
+
+
+def test_capped_simplex_projection_and_top_k() -> None:
+    rng = np.random.default_rng(0)
+    for k in (1, 5, 17):
+        v = rng.normal(size=40) * 3
+        w = project_capped_simplex(v, k)
+        assert w.min() >= 0 and w.max() <= 1 and w.sum() == pytest.approx(k, abs=1e-6)
+        assert len(top_k(w, k)) == k and len(set(top_k(w, k))) == k
+        # optimality: it is the closest such point (no random feasible point is closer)
+        for _ in range(20):
+            u = project_capped_simplex(rng.random(40), k)
+            assert np.linalg.norm(w - v) <= np.linalg.norm(u - v) + 1e-9
+    assert random_sets(30, 5, 3, seed=1) == random_sets(30, 5, 3, seed=1)
+
+
+def _ga(tok, retain, steps):
+    args = load_method_args("grad_ascent", overrides={"max_steps": steps, "eval_every": 0, "lr": 1e-3})
+    return lambda m, recs: get_method("grad_ascent").run(m, tok, recs, retain, args)
+
+
+@pytest.mark.slow
+def test_worst_case_set_beats_random_sets_and_is_reproducible(bench) -> None:
+    pool, retain = bench.split("forget10"), bench.split("retain90")
+    model, tok = load_model(bench.target)
+    theta0 = snapshot(model)
+    k = 20
+    wc = worst_case_set(model, tok, pool, k, _ga(tok, retain, 8), rounds=3, seed=0)
+    again = worst_case_set(model, tok, pool, k, _ga(tok, retain, 8), rounds=3, seed=0)
+    assert len(wc.indices) == k and wc.indices == again.indices
+    assert all((v == theta0[n]).all() for n, v in model.state_dict().items())  # model restored
+
+    def residual(idx: list[int]) -> float:  # mean LOSS score of the set after unlearning it (higher = member)
+        recs = [pool[i] for i in idx]
+        _ga(tok, retain, 8)(model, recs)
+        s = float(score_records(model, tok, recs, ["loss"]).scores["loss"].mean())
+        restore(model, theta0)
+        return s
+
+    worst = residual(wc.indices)
+    rand = [residual(s) for s in random_sets(len(pool), k, 4, seed=0)]
+    assert worst > np.mean(rand) + 2 * np.std(rand), (worst, rand)
+
+
+@pytest.mark.slow
+def test_relearning_target_recovers_fully_retrained_model_only_from_scratch(bench) -> None:
+    forget, holdout = bench.split("forget10"), bench.split("holdout")
+    target, tok = load_model(bench.target)
+    retrained, _ = load_model(bench.retain)
+    original = extraction(target, tok, forget)["exact_match"]  # the whole forget set; halves are near it
+    t = relearn_report(target, tok, forget, holdout, steps=15, original_exact_match=original)
+    r = relearn_report(retrained, tok, forget, holdout, steps=15, original_exact_match=original)
+    assert t["before"]["exact_match"] >= 0.95 and t["recovered_fraction"] == 1.0  # full recovery by definition
+    assert t["after"]["loss_auc"] > 0.9  # and the relearning steps do not hide it
+    # The retrained model never saw the evaluated people: relearning other forget people's facts brings
+    # them back no further than the same fine-tuning brings back holdout people (learning from scratch).
+    h = relearn_report(retrained, tok, holdout, forget, steps=15)
+    assert r["after"]["exact_match"] <= h["after"]["exact_match"] + 0.1, (r["after"], h["after"])
+    assert r["after"]["loss_auc"] < 0.75 and r["recovered_fraction"] < 0.3, r
+    ext = extraction(target, tok, forget)
+    assert ext["exact_match"] >= 0.95 and extraction(retrained, tok, forget)["exact_match"] < 0.3
+
+
+@pytest.mark.slow
+def test_cli_audit_attacks_and_worst_case(tmp_path: Path, bench, capsys) -> None:
+    from cli.main import main
+
+    assert main(["audit", "--preset", "tiny", "--attacks", "relearn,extract", "--relearn-steps", "5", "--json",
+                 "--out", str(tmp_path / "a")]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert set(payload["attacks"]) == {"relearn", "extract"}
+    assert payload["attacks"]["extract"]["members"]["exact_match"] > payload["attacks"]["extract"]["nonmembers"][
+        "exact_match"]
+    assert main(["audit", "--preset", "tiny", "--attacks", "bogus", "--out", str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "b").exists()
+    capsys.readouterr()
+    assert main(["worst-case", "--preset", "tiny", "--method", "grad_ascent", "--k", "10", "--rounds", "2",
+                 "--lower-steps", "2", "--max-steps", "4", "--random-sets", "2", "--out", str(tmp_path / "w"),
+                 "--json"]) == 0
+    wc = json.loads(capsys.readouterr().out)
+    assert len(wc["selected_ids"]) == 10 and [r["set"] for r in wc["rows"]] == ["worst-case", "random-1", "random-2"]
+    ids = [json.loads(line)["id"] for line in (tmp_path / "w" / "selected.jsonl").read_text().splitlines()]
+    assert ids == wc["selected_ids"] and "privleak" in wc["gap"]
