@@ -120,8 +120,10 @@ def test_other_bad_inputs(tmp_path: Path, capsys, bench) -> None:
 def _spawn(tmp_path: Path, out: str, log: Path) -> subprocess.Popen:
     cfg = write_lines(tmp_path / "long.yaml", ["max_steps: 100000", "eval_every: 0", "lr: 1.0e-5"])
     argv = ["forget", "--preset", "tiny", "--out", str(tmp_path / out), "--config", str(cfg)]
+    # A shell that started pytest in the background leaves SIGINT ignored in its children; restore it.
     return subprocess.Popen([sys.executable, "-m", "cli.main", *argv],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])

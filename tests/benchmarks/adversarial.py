@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--relearn-steps", type=int, default=20)
+    ap.add_argument("--lr", type=float, help="override the methods' lr (worst-case search and final runs)")
+    ap.add_argument("--steps", type=int, default=10, help="unlearning steps per worst-case run")
     args = ap.parse_args()
     bench = build(args.preset)
     split = bench.retain_split
@@ -46,12 +48,17 @@ def main() -> None:
     rows = []
     for name in args.methods.split(","):
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()) as buf:
+            extra = []
+            if args.lr:
+                (Path(tmp) / "lr.yaml").write_text(f"lr: {args.lr}\n")
+                extra = ["--config", str(Path(tmp) / "lr.yaml")]
             code = cli(["worst-case", "--preset", args.preset, "--method", name, "--k", str(args.k), "--seed",
-                        str(args.seed), "--out", str(Path(tmp) / "wc"), "--json", "--quiet"])
+                        str(args.seed), "--lower-steps", str(args.steps), "--max-steps", str(args.steps),
+                        "--out", str(Path(tmp) / "wc"), "--json", "--quiet", *extra])
         assert code == 0, f"worst-case {name} failed"
         wc = json.loads(buf.getvalue())
         model, _ = load_model(bench.target)
-        margs = load_method_args(name, overrides={"seed": args.seed})
+        margs = load_method_args(name, overrides={"seed": args.seed, **({"lr": args.lr} if args.lr else {})})
         res = get_method(name).run(model, tok, forget, retain, margs,
                                    monitor=make_monitor(tok, forget, holdout, retain_eval, margs))
         rel = relearn_report(res.model, tok, forget, holdout, steps=args.relearn_steps, seed=args.seed,
