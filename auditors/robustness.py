@@ -11,7 +11,8 @@ import torch
 from attacks.adversarial import relearn
 from attacks.runner import score_records
 from auditors.metrics import auc
-from auditors.tofu import extraction_strength
+from auditors.audit import group_labels
+from auditors.tofu import extraction_strength, token_accuracy
 from unlearn.data import Record
 from unlearn.logprobs import token_logprobs
 
@@ -21,7 +22,7 @@ def extraction(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record]
     exact reproductions (every target token is the argmax, i.e. greedy decoding returns the reference)
     and the mean extraction strength (1 - shortest prefix after which the rest is reproduced / length)."""
     t = token_logprobs(model, tokenizer, records, moments=False)
-    hit = ((t.hit * t.mask).sum(1) / t.lengths.clamp(min=1)).numpy()
+    hit = token_accuracy(t)
     return {"exact_match": float((hit >= 1.0 - 1e-12).mean()), "extraction_strength":
             float(extraction_strength(t).mean()), "token_accuracy": float(hit.mean())}
 
@@ -31,10 +32,10 @@ def split_for_relearning(members: Sequence[Record], seed: int = 0) -> tuple[list
     groups are split in half."""
     import random
 
-    groups = sorted({str(r.meta.get("group", r.meta.get("person", r.id))) for r in members})
+    key = group_labels(members) or [r.id for r in members]
+    groups = sorted(set(key))
     random.Random(seed).shuffle(groups)
     learn = set(groups[: len(groups) // 2])
-    key = [str(r.meta.get("group", r.meta.get("person", r.id))) for r in members]
     return ([r for r, g in zip(members, key, strict=True) if g in learn],
             [r for r, g in zip(members, key, strict=True) if g not in learn])
 

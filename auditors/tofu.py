@@ -57,6 +57,11 @@ def extraction_strength(t: TokenLogProbs) -> np.ndarray:
     return (1.0 - (last_miss + 1) / L.clamp(min=1)).numpy()
 
 
+def token_accuracy(t: TokenLogProbs) -> np.ndarray:
+    """``[N]`` fraction of each record's target tokens that are the argmax (1.0 = greedy reproduces it)."""
+    return ((t.hit * t.mask).sum(1) / t.lengths.clamp(min=1)).numpy()
+
+
 def _words(s: str) -> list[str]:
     return re.findall(r"\w+", s.lower())
 
@@ -110,7 +115,7 @@ def _evaluate_local(model: torch.nn.Module, tokenizer: Any, records: Sequence[Re
     if rouge:
         preds = greedy_answers(model, tokenizer, records, batch_size=batch_size)
         rouge_vals = np.array([rouge_l_recall(p, r.answer or "") for p, r in zip(preds, records)])
-    hit = ((answers.hit * answers.mask).sum(1) / answers.lengths.clamp(min=1)).numpy()
+    hit = token_accuracy(answers)
     return QAEval(answers.ids, np.exp(answers.mean_lp().numpy()), tr, rouge_vals, hit,
                   extraction_strength(answers), (hit >= 1.0 - 1e-12).astype(np.float64))
 

@@ -276,14 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     ui = UI(quiet=args.quiet or rank > 0, as_json=args.json and rank == 0)
-    if getattr(args, "accelerate_config", None) and not os.environ.get("UNLEARN_LAUNCHED"):
-        try:
-            return relaunch(argv, args.accelerate_config)
-        except UnlearnError as exc:
-            ui.err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
-            return 2
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     try:
+        if getattr(args, "accelerate_config", None) and not os.environ.get("UNLEARN_LAUNCHED"):
+            return relaunch(argv, args.accelerate_config)
         with redirect:  # with --json, stdout carries the JSON document alone (libraries print to stdout)
             return int(args.func(args, ui))
     except UnlearnError as exc:

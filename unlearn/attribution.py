@@ -9,7 +9,6 @@ Positive scores mean D_k helped the model on the test set. L = mean over records
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,9 +16,9 @@ from typing import Any
 import torch
 
 from unlearn.curvature import dot, gradient, lm_objective, lm_source
-from unlearn.data import Record, batches
+from unlearn.data import Record, subsample
 from unlearn.errors import ConfigError, UnlearnError
-from unlearn.losses import nll, sequence_logprobs
+from unlearn.logprobs import token_logprobs
 
 ATTRIBUTION_METHODS = ("untrac", "untrac-inv", "tracin")
 
@@ -46,16 +45,10 @@ class UnTracArgs:
         return asdict(self)
 
 
-@torch.no_grad()
 def mean_loss(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], batch_size: int = 64) -> float:
-    """Mean over records of the mean token NLL of their targets."""
-    model.eval()
-    total = 0.0
-    device = next(model.parameters()).device
-    for b in batches(records, tokenizer, batch_size):
-        lp, n, _ = sequence_logprobs(model, b.to(device))
-        total += float(nll(lp, n)) * len(b)
-    return total / len(records)
+    """Mean over records of the mean token NLL of their targets (the shared one-pass log-probs)."""
+    lp = token_logprobs(model, tokenizer, records, batch_size=batch_size, moments=False, hits=False)
+    return -float(lp.mean_lp().mean())
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -88,10 +81,6 @@ def _check(sources: Mapping[str, Sequence[Record]], test: Sequence[Record]) -> N
         raise UnlearnError(f"empty dataset(s): {', '.join(empty) or 'the test set'}")
 
 
-def _sub(records: Sequence[Record], k: int, seed: int) -> list[Record]:
-    return list(records) if k <= 0 or k >= len(records) else random.Random(seed).sample(list(records), k)
-
-
 def attribute(model: torch.nn.Module, tokenizer: Any, sources: Mapping[str, Sequence[Record]],
               test: Sequence[Record], method: str, args: UnTracArgs,
               on_progress: Callable[[str], None] | None = None) -> dict[str, float]:
@@ -112,7 +101,7 @@ def attribute(model: torch.nn.Module, tokenizer: Any, sources: Mapping[str, Sequ
                 if on_progress is not None:
                     on_progress(name)
         elif method == "untrac-inv":
-            subs = {k: _sub(v, args.subsample, args.seed) for k, v in sources.items()}
+            subs = {k: subsample(v, args.subsample, args.seed) for k, v in sources.items()}
             base_k = {k: mean_loss(model, tokenizer, v, args.eval_batch_size) for k, v in subs.items()}
             _ascend(model, tokenizer, test, args, min(args.inv_batch_size, len(test)))
             for name, records in subs.items():
@@ -123,11 +112,10 @@ def attribute(model: torch.nn.Module, tokenizer: Any, sources: Mapping[str, Sequ
             from unlearn.params import apply_scope
 
             params = apply_scope(model, args.scope)
-            device = next(model.parameters()).device
             obj = lm_objective()
-            g_test = gradient(params, model, obj, lm_source(test, tokenizer, args.eval_batch_size, device))
+            g_test = gradient(params, model, obj, lm_source(test, tokenizer, args.eval_batch_size, model))
             for name, records in sources.items():
-                src = lm_source(_sub(records, args.subsample, args.seed), tokenizer, args.eval_batch_size, device)
+                src = lm_source(subsample(records, args.subsample, args.seed), tokenizer, args.eval_batch_size, model)
                 scores[name] = float(dot(g_test, gradient(params, model, obj, src)))
                 if on_progress is not None:
                     on_progress(name)

@@ -29,7 +29,11 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from unlearn.data import collate, encode_many, pad_id_of
+from unlearn.distributed import rank_world
 from unlearn.errors import ConfigError, UnlearnError
+from unlearn.logprobs import forward_logits
+from unlearn.losses import nll, target_logprobs
 
 Vec = list[torch.Tensor]
 Source = Callable[[], Iterable[tuple[Any, float]]]
@@ -56,11 +60,9 @@ def zeros_like(params: Sequence[torch.Tensor]) -> Vec:
 
 def all_reduce(vec: Vec) -> Vec:
     """Sum over processes (no-op in one process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if rank_world()[1] > 1:
         for t in vec:
-            dist.all_reduce(t)
+            torch.distributed.all_reduce(t)
     return vec
 
 
@@ -94,12 +96,7 @@ class Objective:
 
 
 def _lm_logits_loss(z: torch.Tensor, batch: Any) -> torch.Tensor:
-    labels = batch.labels[:, 1:]
-    mask = labels != -100
-    logp = torch.log_softmax(z[:, :-1].float(), -1)
-    tok = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0] * mask
-    n = mask.sum(1).clamp(min=1)
-    return (-tok.sum(1) / n).mean()
+    return nll(*target_logprobs(z, batch.labels))
 
 
 def _lm_sampled_loss(z: torch.Tensor, batch: Any, gen: torch.Generator) -> torch.Tensor:
@@ -118,23 +115,17 @@ def _lm_sampled_loss(z: torch.Tensor, batch: Any, gen: torch.Generator) -> torch
 
 def lm_objective() -> Objective:
     """Mean (over examples) of the mean token NLL of the labelled tokens, for causal LMs and ``Batch``es."""
-    from unlearn.logprobs import forward_logits
-
     return Objective(loss=lambda m, b: _lm_logits_loss(forward_logits(m, b), b), logits=forward_logits,
                      logits_loss=_lm_logits_loss, sampled_loss=_lm_sampled_loss,
                      token_mask=lambda b: b.attention_mask.bool())
 
 
-def lm_source(records: Sequence[Any], tokenizer: Any, batch_size: int, device: torch.device | str = "cpu",
-              max_length: int | None = None) -> Source:
-    """Batches of ``records`` (this process's shard when distributed), weighted by their share of all."""
-    import torch.distributed as dist
-
-    from unlearn.data import collate, encode_many, pad_id_of
-
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() \
-        else (0, 1)
-    encoded = encode_many(records, tokenizer, max_length)
+def lm_source(records: Sequence[Any], tokenizer: Any, batch_size: int, model: torch.nn.Module) -> Source:
+    """Batches of ``records`` for ``model`` (its device and context length; this process's shard when
+    distributed), weighted by their share of all."""
+    rank, world = rank_world()
+    device = next(model.parameters()).device
+    encoded = encode_many(records, tokenizer, getattr(model.config, "max_position_embeddings", None))
     mine = encoded[rank::world]
     pad, total = pad_id_of(tokenizer), len(encoded)
 
@@ -335,8 +326,8 @@ class GaussNewton(_Products):
 class Diagonal:
     """A diagonal curvature estimate ``d`` (one tensor per parameter)."""
 
-    def __init__(self, params: Sequence[torch.Tensor], d: Vec, kind: str) -> None:
-        self.params, self.d, self.kind = list(params), d, kind
+    def __init__(self, params: Sequence[torch.Tensor], d: Vec) -> None:
+        self.params, self.d = list(params), d
 
     def hvp(self, v: Vec) -> Vec:
         return [di * vi for di, vi in zip(self.d, v)]
@@ -370,7 +361,7 @@ def gnb_diagonal(params: Sequence[torch.Tensor], model: torch.nn.Module, objecti
         for _ in range(samples):
             for di, g in zip(d, _sampled_grads(params, model, objective, batch, gen)):
                 di.add_(g * g, alpha=w / (len(batch) * samples))
-    return Diagonal(params, all_reduce(d), "gnb")
+    return Diagonal(params, all_reduce(d))
 
 
 def empirical_fisher_diagonal(params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective,
@@ -383,12 +374,12 @@ def empirical_fisher_diagonal(params: Sequence[torch.Tensor], model: torch.nn.Mo
             for di, gi in zip(d, g):
                 if gi is not None:
                     di.add_(gi.float() ** 2, alpha=w / len(batch))
-    return Diagonal(params, all_reduce(d), "fisher")
+    return Diagonal(params, all_reduce(d))
 
 
 def hutchinson_diagonal(params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective,
                         source: Source, *, samples: int = 20, seed: int = 0) -> Diagonal:
-    return Diagonal(params, Hessian(params, model, objective, source, seed=seed).diag(samples), "hutchinson")
+    return Diagonal(params, Hessian(params, model, objective, source, seed=seed).diag(samples))
 
 
 @dataclass
@@ -431,7 +422,6 @@ class KFAC:
         covered = {f.param_index for f in self.layers} | {f.with_bias for f in self.layers}
         self.rest = [i for i in range(len(self.params)) if i not in covered]
         self.gen = torch.Generator().manual_seed(seed)
-        self.kind = "ekfac" if eigen_correct else "kfac"
         self._fit(model, objective, source, eigen_correct)
 
     def _acts(self, f: _Factors, a: torch.Tensor) -> torch.Tensor:
@@ -494,21 +484,25 @@ class KFAC:
         finally:
             for h in handles:
                 h.remove()
-        self.rest_diag = Diagonal(rest_params, all_reduce(diag), "gnb")
+        self.rest_diag = Diagonal(rest_params, all_reduce(diag))
 
     def _weight(self, f: _Factors, v: Vec) -> torch.Tensor:
         w = v[f.param_index]
         return torch.cat([w, v[f.with_bias][:, None]], 1) if f.with_bias >= 0 else w
 
+    @staticmethod
+    def _put(out: Vec, f: _Factors, r: torch.Tensor) -> None:
+        """Write a layer's [out, in(+1)] block back as its weight (and bias) entries."""
+        if f.with_bias >= 0:
+            out[f.param_index], out[f.with_bias] = r[:, :-1].contiguous(), r[:, -1].contiguous()
+        else:
+            out[f.param_index] = r
+
     def _apply(self, v: Vec, fn: Callable[[_Factors, torch.Tensor], torch.Tensor], rest: Vec) -> Vec:
         out = [torch.zeros_like(t) for t in v]
         for f in self.layers:
             assert f.qa is not None and f.qs is not None
-            r = f.qs @ fn(f, f.qs.T @ self._weight(f, v) @ f.qa) @ f.qa.T
-            if f.with_bias >= 0:
-                out[f.param_index], out[f.with_bias] = r[:, :-1].contiguous(), r[:, -1].contiguous()
-            else:
-                out[f.param_index] = r
+            self._put(out, f, f.qs @ fn(f, f.qs.T @ self._weight(f, v) @ f.qa) @ f.qa.T)
         for i, t in zip(self.rest, rest):
             out[i] = t
         return out
@@ -528,11 +522,7 @@ class KFAC:
         out = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         for f in self.layers:
             assert f.qa is not None and f.qs is not None and f.lam is not None
-            d = (f.qs ** 2) @ f.lam @ (f.qa ** 2).T
-            if f.with_bias >= 0:
-                out[f.param_index], out[f.with_bias] = d[:, :-1].contiguous(), d[:, -1].contiguous()
-            else:
-                out[f.param_index] = d
+            self._put(out, f, (f.qs ** 2) @ f.lam @ (f.qa ** 2).T)
         for i, t in zip(self.rest, self.rest_diag.d):
             out[i] = t
         return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,11 @@ def record_to_json(record: Record) -> dict[str, Any]:
     if record.is_qa:
         return {"id": record.id, "question": record.question, "answer": record.answer, **record.meta}
     return {"id": record.id, "text": record.response, **record.meta}
+
+
+def subsample(records: Sequence[Record], k: int, seed: int) -> list[Record]:
+    """``k`` records drawn without replacement (seeded), or all of them when ``k`` is 0 or too large."""
+    return list(records) if k <= 0 or k >= len(records) else random.Random(seed).sample(list(records), k)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:

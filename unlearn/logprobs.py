@@ -43,7 +43,6 @@ class TokenLogProbs:
         return (self.lp * self.mask).sum(1)
 
 
-
 def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Logits ``[B, T, V]`` with position ids counted over real tokens, so that left padding gives the
     same logits as no padding."""

@@ -1,7 +1,8 @@
 """The one first-order unlearning loop, run through Accelerate (one process, DDP, DeepSpeed, FSDP).
 
 A method supplies ``step_loss(model, forget_batch, retain_batch) -> (loss, stats)``; the loop owns
-sampling, the optimiser, clipping, the stopping-rule monitor, timing and memory.
+sampling, the optimiser, clipping and the stopping-rule monitor (the method registry times every call and
+measures its peak memory). ``run_direct`` is the same for methods that set the weights directly.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def _cycle(loader: DataLoader, accelerator: Any) -> Iterator[Batch]:
             yield batch.to(accelerator.device)
 
 
+def check_sets(forget: Sequence[Record], retain: Sequence[Record], uses_retain: bool) -> None:
+    if not forget:
+        raise UnlearnError("the forget set is empty: nothing to unlearn")
+    if uses_retain and not retain:
+        raise UnlearnError("this method needs a retain set, and it is empty")
+
+
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
@@ -65,10 +73,7 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
 
     ``make_optimizer(params)`` replaces the ``args.optimizer`` choice (e.g. Sophia); ``before_step`` lets a
     method refresh curvature from the batches of the coming step."""
-    if not forget:
-        raise UnlearnError("the forget set is empty: nothing to unlearn")
-    if uses_retain and not retain:
-        raise UnlearnError("this method needs a retain set, and it is empty")
+    check_sets(forget, retain, uses_retain)
     acc = make_accelerator(accelerator)
     torch.manual_seed(args.seed)
     params = apply_scope(model, args.scope)

@@ -13,14 +13,19 @@ from unlearn.data import Batch
 from unlearn.logprobs import forward_logits
 
 
-def sequence_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """With gradients: ``(lp [B], n [B], logits [B, T, V])`` over the labelled tokens."""
-    logits = forward_logits(model, batch)
-    labels = batch.labels[:, 1:]
+def target_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lp [B], n [B])``: summed log-probs and counts of the labelled next tokens, from logits."""
+    labels = labels[:, 1:]
     mask = labels != -100
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     tok = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0] * mask
-    return tok.sum(1), mask.sum(1).to(tok.dtype), logits
+    return tok.sum(1), mask.sum(1).to(tok.dtype)
+
+
+def sequence_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """With gradients: ``(lp [B], n [B], logits [B, T, V])`` over the labelled tokens."""
+    logits = forward_logits(model, batch)
+    return (*target_logprobs(logits, batch.labels), logits)
 
 
 def nll(lp: torch.Tensor, n: torch.Tensor) -> torch.Tensor:

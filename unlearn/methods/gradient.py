@@ -11,7 +11,7 @@ import torch
 from unlearn.data import Batch, Record
 from unlearn.errors import ConfigError
 from unlearn.losses import ga_loss, graddiff_loss, retain_kl, retain_nll, sequence_logprobs
-from unlearn.loop import frozen_copy, run_loop
+from unlearn.loop import StepLoss, frozen_copy, run_loop
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult, register
 
 
@@ -79,6 +79,12 @@ def graddiff(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
              args: GradDiffArgs, *, monitor: Monitor | None = None, accelerator: Any = None,
              on_step: Any = None) -> UnlearnResult:
     term = retain_term(args, frozen_copy(model) if args.retain_loss == "kl" else None)
+    return run_loop(model, tokenizer, forget, retain, args, graddiff_step(args, term), uses_retain=True,
+                    monitor=monitor, accelerator=accelerator, on_step=on_step)
+
+
+def graddiff_step(args: GradDiffArgs, term: Any) -> StepLoss:
+    """GradDiff's per-step loss (also SOUL's with ``loss: graddiff``); needs a retain batch."""
 
     def step(m: torch.nn.Module, fb: Batch, rb: Batch | None) -> tuple[torch.Tensor, dict[str, float]]:
         assert rb is not None
@@ -87,5 +93,4 @@ def graddiff(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
         loss = graddiff_loss(lp, n, r, args.forget_weight, args.retain_weight)
         return loss, {"forget_nll": float(-(lp / n).mean().detach()), "retain": float(r.detach())}
 
-    return run_loop(model, tokenizer, forget, retain, args, step, uses_retain=True, monitor=monitor,
-                    accelerator=accelerator, on_step=on_step)
+    return step

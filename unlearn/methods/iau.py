@@ -23,11 +23,10 @@ from typing import Any
 import torch
 
 from unlearn.curvature import gradient, lm_objective, lm_source, norm
-from unlearn.data import Record
+from unlearn.data import Record, subsample
 from unlearn.distributed import make_accelerator
-from unlearn.errors import ConfigError, UnlearnError
-from unlearn.loop import run_direct
-from unlearn.methods.newton import subsample
+from unlearn.errors import ConfigError
+from unlearn.loop import check_sets, run_direct
 from unlearn.params import apply_scope
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult, register
 
@@ -52,19 +51,13 @@ class IAUArgs(UnlearnArgs):
 @register("iau", IAUArgs, "influence approximation unlearning: one (or k) steps along grad L_R - grad L_F")
 def iau(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain: Sequence[Record], args: IAUArgs,
         *, monitor: Monitor | None = None, accelerator: Any = None, on_step: Any = None) -> UnlearnResult:
-    if not forget:
-        raise UnlearnError("the forget set is empty: nothing to unlearn")
-    if not retain:
-        raise UnlearnError("IAU needs a retain set, and it is empty")
+    check_sets(forget, retain, uses_retain=True)
     torch.manual_seed(args.seed)
     make_accelerator(accelerator)  # joins the process group when launched: data sharded, sums all-reduced
     params = apply_scope(model, args.scope)
-    device = next(model.parameters()).device
-    max_len = getattr(model.config, "max_position_embeddings", None)
     objective = lm_objective()
-    retain_src = lm_source(subsample(retain, args.retain_examples, args.seed), tokenizer, args.batch_size, device,
-                           max_len)
-    forget_src = lm_source(forget, tokenizer, args.batch_size, device, max_len)
+    retain_src = lm_source(subsample(retain, args.retain_examples, args.seed), tokenizer, args.batch_size, model)
+    forget_src = lm_source(forget, tokenizer, args.batch_size, model)
     opt = torch.optim.Adam(params, lr=args.lr, betas=args.adam_betas, eps=args.adam_eps) \
         if args.preconditioner == "adam" else torch.optim.SGD(params, lr=args.lr)
     model.eval()

@@ -12,7 +12,6 @@ and uses EK-FAC instead.
 
 from __future__ import annotations
 
-import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,9 +22,9 @@ import torch
 from unlearn.curvature import (BACKENDS, Curvature, Objective, Source, Vec, build_curvature, gradient, lm_objective,
                                lm_source, needs_double_backward, norm)
 from unlearn.distributed import engine, make_accelerator
-from unlearn.data import Record
+from unlearn.data import Record, subsample
 from unlearn.errors import ConfigError, UnlearnError
-from unlearn.loop import run_direct
+from unlearn.loop import check_sets, run_direct
 from unlearn.params import apply_scope
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult, register
 
@@ -61,10 +60,6 @@ class NewtonArgs(UnlearnArgs):
             raise ConfigError("damping must be >= 0")
 
 
-def subsample(records: Sequence[Record], k: int, seed: int) -> list[Record]:
-    return list(records) if k <= 0 or k >= len(records) else random.Random(seed).sample(list(records), k)
-
-
 def newton_direction(params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective,
                      curvature: Curvature, *, form: str, retain: Source, forget: Source | None = None,
                      n_forget: int = 0, n_retain: int = 1, damping: float | None = None) -> tuple[Vec, Vec]:
@@ -82,10 +77,7 @@ def newton_direction(params: Sequence[torch.Tensor], model: torch.nn.Module, obj
 def newton(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain: Sequence[Record],
            args: NewtonArgs, *, monitor: Monitor | None = None, accelerator: Any = None,
            on_step: Any = None) -> UnlearnResult:
-    if not forget:
-        raise UnlearnError("the forget set is empty: nothing to unlearn")
-    if not retain:
-        raise UnlearnError("the Newton step needs a retain set (H_R), and it is empty")
+    check_sets(forget, retain, uses_retain=True)  # H_R needs the retain set
     torch.manual_seed(args.seed)
     kind = engine(make_accelerator(accelerator))  # also joins the process group when launched
     backend = args.curvature
@@ -94,14 +86,10 @@ def newton(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], ret
         warnings.warn(f"newton: curvature '{args.curvature}' needs double backward, impossible under {kind}; "
                       "using 'ekfac' (first-order K-FAC) instead", stacklevel=2)
     params = apply_scope(model, args.scope)
-    device = next(model.parameters()).device
-    max_len = getattr(model.config, "max_position_embeddings", None)
     objective = lm_objective()
-    curv_src = lm_source(subsample(retain, args.curvature_examples, args.seed), tokenizer, args.batch_size,
-                         device, max_len)
-    grad_src = lm_source(subsample(retain, args.gradient_examples, args.seed + 1), tokenizer, args.batch_size,
-                         device, max_len)
-    forget_src = lm_source(forget, tokenizer, args.batch_size, device, max_len)
+    curv_src = lm_source(subsample(retain, args.curvature_examples, args.seed), tokenizer, args.batch_size, model)
+    grad_src = lm_source(subsample(retain, args.gradient_examples, args.seed + 1), tokenizer, args.batch_size, model)
+    forget_src = lm_source(forget, tokenizer, args.batch_size, model)
     model.eval()
     certificate: dict[str, Any] = {"retain_grad_norm_before": norm(gradient(params, model, objective, grad_src))}
 

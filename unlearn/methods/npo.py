@@ -10,7 +10,7 @@ import torch
 
 from unlearn.data import Batch, Record
 from unlearn.losses import npo_loss, sequence_logprobs, simnpo_loss
-from unlearn.loop import frozen_copy, run_loop
+from unlearn.loop import StepLoss, frozen_copy, run_loop
 from unlearn.unlearner import Monitor, UnlearnResult, register
 from unlearn.methods.gradient import RetainArgs, add_retain, retain_term
 
@@ -30,7 +30,12 @@ class SimNPOArgs(RetainArgs):
 def npo(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain: Sequence[Record], args: NPOArgs,
         *, monitor: Monitor | None = None, accelerator: Any = None, on_step: Any = None) -> UnlearnResult:
     ref = frozen_copy(model)
-    term = retain_term(args, ref)
+    return run_loop(model, tokenizer, forget, retain, args, npo_step(args, ref, retain_term(args, ref)),
+                    uses_retain=args.retain_weight > 0, monitor=monitor, accelerator=accelerator, on_step=on_step)
+
+
+def npo_step(args: NPOArgs, ref: torch.nn.Module, term: Any) -> StepLoss:
+    """NPO's per-step loss against the frozen ``ref`` (also SOUL's with ``loss: npo``); ``args.beta``."""
 
     def step(m: torch.nn.Module, fb: Batch, rb: Batch | None) -> tuple[torch.Tensor, dict[str, float]]:
         lp, n, _ = sequence_logprobs(m, fb)
@@ -40,8 +45,7 @@ def npo(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain
         stats = {"npo": float(forget_term.detach()), "forget_nll": float(-(lp / n).mean().detach())}
         return add_retain(forget_term, stats, m, rb, args, term)
 
-    return run_loop(model, tokenizer, forget, retain, args, step, uses_retain=args.retain_weight > 0,
-                    monitor=monitor, accelerator=accelerator, on_step=on_step)
+    return step
 
 
 @register("simnpo", SimNPOArgs, "SimNPO: length-normalised NPO without a reference model, + retain term")

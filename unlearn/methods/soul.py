@@ -22,17 +22,17 @@ from unlearn.data import Batch, Record
 from unlearn.errors import ConfigError
 from unlearn.logprobs import forward_logits
 from unlearn.loop import frozen_copy, run_loop
-from unlearn.methods.gradient import RetainArgs, add_retain, retain_term
-from unlearn.losses import ga_loss, npo_loss, sequence_logprobs
+from unlearn.methods.gradient import GradDiffArgs, graddiff_step, retain_term
+from unlearn.methods.npo import NPOArgs, npo_step
 from unlearn.optim import Sophia, hessian_mode, set_tokens
 from unlearn.unlearner import Monitor, UnlearnResult, register
 
 
 @dataclass
-class SOULArgs(RetainArgs):
+class SOULArgs(GradDiffArgs, NPOArgs):
+    """GradDiff's and NPO's arguments (forget_weight, beta, retain term) plus Sophia's."""
+
     loss: str = field(default="graddiff", metadata={"help": "graddiff or npo"})
-    forget_weight: float = field(default=1.0, metadata={"help": "gamma, weight of the forget term"})
-    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
     betas: tuple[float, float] = (0.9, 0.95)
     rho: float = 0.04
     eps: float = 1e-15
@@ -69,17 +69,8 @@ def soul(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retai
     term = retain_term(args, ref)
     gen = torch.Generator().manual_seed(args.seed)
 
-    def step_loss(m: torch.nn.Module, fb: Batch, rb: Batch | None) -> tuple[torch.Tensor, dict[str, float]]:
-        lp, n, _ = sequence_logprobs(m, fb)
-        if args.loss == "npo":
-            assert ref is not None
-            with torch.no_grad():
-                ref_lp, _, _ = sequence_logprobs(ref, fb)
-            forget_term = npo_loss(lp, ref_lp, args.beta)
-        else:
-            forget_term = args.forget_weight * ga_loss(lp, n)
-        stats = {"forget": float(forget_term.detach()), "forget_nll": float(-(lp / n).mean().detach())}
-        return add_retain(forget_term, stats, m, rb, args, term)
+    # the same per-step losses as the GradDiff and NPO methods; only the optimiser differs
+    step_loss = npo_step(args, ref, term) if args.loss == "npo" else graddiff_step(args, term)
 
     def before_step(m: torch.nn.Module, fb: Batch, rb: Batch | None, step: int, opt: Any, acc: Any) -> None:
         tokens = _tokens([fb, rb], acc)
@@ -116,5 +107,5 @@ def soul(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retai
                       double_momentum=args.double_momentum)
 
     return run_loop(model, tokenizer, forget, retain, args, step_loss,
-                    uses_retain=args.retain_weight > 0, monitor=monitor, accelerator=accelerator, on_step=on_step,
+                    uses_retain=args.loss == "graddiff" or args.retain_weight > 0, monitor=monitor, accelerator=accelerator, on_step=on_step,
                     make_optimizer=make_optimizer, before_step=before_step)
