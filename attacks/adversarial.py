@@ -8,8 +8,8 @@ w <- Pi(w - eta (s + 2 gamma w)), s_i the standardised loss of record i after th
 unlearned it: records whose loss stays LOWEST after being unlearned (the hardest to forget) gain
 weight. A record's loss is only informative after a run that had it in the forget set (records left
 out keep a low loss trivially, and using theirs makes the search oscillate), so a first sweep unlearns
-the pool in chunks of k to give every record one such measurement. Pi finds mu by bisection so that sum clip(w - mu, 0, 1) = k; the answer is the
-top-k of w. The answer is the evaluated set whose mean loss after unlearning was lowest.
+the pool in chunks of k to give every record one such measurement. Pi finds mu by bisection so that
+sum clip(w - mu, 0, 1) = k. The answer is the evaluated set whose mean loss after unlearning was lowest.
 
 Relearning: fine-tune the unlearned model for a few steps on related data and see how much of the
 forget set comes back. Extraction: greedy completion of the forget prompts (exact-match and extraction
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.runner import score_records
+from unlearn.attacks.runner import score_records
 from unlearn.data import Record
 from unlearn.errors import UnlearnError
 

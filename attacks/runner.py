@@ -9,14 +9,65 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.scores import gradnorm_score, loss_score, mink_score, minkpp_score, reference_score, zlib_score
+from unlearn.attacks.scores import gradnorm_score, loss_score, mink_score, minkpp_score, reference_score, zlib_score
 from unlearn.data import Record
 from unlearn.distributed import rank_world, sharded
 from unlearn.errors import UnlearnError
 from unlearn.logprobs import TokenLogProbs, token_logprobs
+from unlearn.registry import Registry
 
-ONE_PASS_SCORES = ("loss", "zlib", "mink", "minkpp")
-ALL_SCORES = (*ONE_PASS_SCORES, "reference", "gradnorm")
+
+@dataclass
+class ScoreContext:
+    """What a score may use: the shared one-pass log-probs, and for the extras the model and records."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    records: Sequence[Record]
+    tlp: TokenLogProbs
+    k: float
+    reference: torch.nn.Module | None
+    batch_size: int
+
+
+# ``(ctx) -> [N]`` per score; ``one_pass``: a function of the shared log-probs alone.
+SCORES: Registry[Callable[[ScoreContext], torch.Tensor]] = Registry("score")
+
+
+@SCORES.register("loss", one_pass=True)
+def _loss(c: ScoreContext) -> torch.Tensor:
+    return loss_score(c.tlp)
+
+
+@SCORES.register("zlib", one_pass=True)
+def _zlib(c: ScoreContext) -> torch.Tensor:
+    return zlib_score(c.tlp, [r.response for r in c.records])
+
+
+@SCORES.register("mink", one_pass=True)
+def _mink(c: ScoreContext) -> torch.Tensor:
+    return mink_score(c.tlp, c.k)
+
+
+@SCORES.register("minkpp", one_pass=True, moments=True)
+def _minkpp(c: ScoreContext) -> torch.Tensor:
+    return minkpp_score(c.tlp, c.k)
+
+
+@SCORES.register("reference", one_pass=False, needs_reference=True)
+def _reference(c: ScoreContext) -> torch.Tensor:
+    assert c.reference is not None
+    ref = token_logprobs(c.reference, c.tokenizer, c.records, batch_size=c.batch_size, moments=False, hits=False)
+    return reference_score(c.tlp, ref)
+
+
+@SCORES.register("gradnorm", one_pass=False)
+def _gradnorm(c: ScoreContext) -> torch.Tensor:
+    return gradnorm_score(c.model, c.tokenizer, c.records)
+
+
+ONE_PASS_SCORES = tuple(SCORES.names(one_pass=True))
+ALL_SCORES = tuple(SCORES.names())
 DEFAULT_SCORES = ONE_PASS_SCORES
 
 
@@ -47,7 +98,7 @@ def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Reco
     table then carries no token log-probs)."""
     if not records:
         raise UnlearnError("cannot score an empty set of records")
-    if "reference" in scores and reference is None:
+    if any(SCORES.entry(n).info.get("needs_reference") for n in scores) and reference is None:
         raise UnlearnError("the 'reference' score needs a reference model (--reference)")
     if rank_world()[1] == 1:
         return _score_local(model, tokenizer, records, scores, k, reference, batch_size, on_batch)
@@ -64,23 +115,10 @@ def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Reco
 def _score_local(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], scores: Sequence[str], k: float,
                  reference: torch.nn.Module | None, batch_size: int,
                  on_batch: Callable[[int], None] | None) -> ScoreTable:
-    tlp = token_logprobs(model, tokenizer, records, batch_size=batch_size, moments="minkpp" in scores,
-                         hits=False, on_batch=on_batch)
-    out: dict[str, torch.Tensor] = {}
-    for name in scores:
-        if name == "loss":
-            out[name] = loss_score(tlp)
-        elif name == "zlib":
-            out[name] = zlib_score(tlp, [r.response for r in records])
-        elif name == "mink":
-            out[name] = mink_score(tlp, k)
-        elif name == "minkpp":
-            out[name] = minkpp_score(tlp, k)
-        elif name == "reference":
-            assert reference is not None
-            ref = token_logprobs(reference, tokenizer, records, batch_size=batch_size, moments=False, hits=False)
-            out[name] = reference_score(tlp, ref)
-        elif name == "gradnorm":
-            out[name] = gradnorm_score(model, tokenizer, records)
+    moments = any(SCORES.entry(n).info.get("moments") for n in scores)
+    tlp = token_logprobs(model, tokenizer, records, batch_size=batch_size, moments=moments, hits=False,
+                         on_batch=on_batch)
+    ctx = ScoreContext(model, tokenizer, records, tlp, k, reference, batch_size)
+    out = {name: SCORES.get(name)(ctx) for name in scores}
     return ScoreTable([r.id for r in records], {n: v.numpy() for n, v in out.items()},
                       tlp.lengths.numpy(), tlp)

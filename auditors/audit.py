@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from unlearn.errors import ConfigError
-
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -11,9 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.runner import DEFAULT_SCORES, ScoreTable, score_records
-from auditors.metrics import auc, bootstrap_auc_ci, holm, mann_whitney_p, privleak, tpr_at_fpr
-from auditors.tofu import QAEval, evaluate_qa, forget_quality
+from unlearn.attacks.runner import DEFAULT_SCORES, SCORES, ScoreTable, score_records
+from unlearn.auditors.metrics import auc, bootstrap_auc_ci, holm, mann_whitney_p, privleak, tpr_at_fpr
+from unlearn.auditors.tofu import QAEval, evaluate_qa, forget_quality
+from unlearn.config import Checked, arg
 from unlearn.data import Record
 from unlearn.errors import UnlearnError
 
@@ -23,19 +22,20 @@ EXCHANGEABILITY = ("The p-values are valid only if members and non-members are e
 
 
 @dataclass(frozen=True)
-class AuditArgs:
-    scores: tuple[str, ...] = DEFAULT_SCORES
-    k: float = 0.4
-    alpha: float = 0.05
-    n_boot: int = 1000
-    seed: int = 0
-    batch_size: int = 32
+class AuditArgs(Checked):
+    scores: tuple[str, ...] = arg(DEFAULT_SCORES, "membership scores (see unlearn.attacks.runner.SCORES)")
+    k: float = arg(0.4, "fraction of lowest tokens for Min-K% and Min-K%++", gt=0, le=1)
+    alpha: float = arg(0.05, "significance level of the verdict", gt=0, lt=1)
+    n_boot: int = arg(1000, "bootstrap resamples of the AUC CI", ge=10)
+    seed: int = arg(0, "bootstrap seed", ge=0)
+    batch_size: int = arg(32, "records per forward pass", ge=1)
 
-    def __post_init__(self) -> None:
-        if not 0 < self.alpha < 1:
-            raise ConfigError(f"alpha must be in (0, 1), got {self.alpha}")
-        if not 0 < self.k <= 1:
-            raise ConfigError(f"k must be in (0, 1], got {self.k}")
+    def extra_problems(self) -> list[str]:
+        unknown = [s for s in self.scores if s not in SCORES]
+        if unknown or not self.scores:
+            return [f"key 'scores': unknown score(s) {', '.join(unknown) or '(none given)'}; "
+                    f"known: {', '.join(SCORES.names())}"]
+        return []
 
 
 @dataclass

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.runner import ONE_PASS_SCORES, score_records
-from auditors.metrics import auc, privleak
-from auditors.stopping import make_monitor
-from auditors.tofu import QAEval, evaluate_qa, forget_quality, model_utility, truth_ratio_score
+from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
+from unlearn.auditors.metrics import auc, privleak
+from unlearn.auditors.stopping import make_monitor
+from unlearn.auditors.tofu import QAEval, evaluate_qa, forget_quality, model_utility, truth_ratio_score
 from unlearn.data import Record
 from unlearn.errors import ConfigError, InputError
-from unlearn.methods import METHODS, get_method, load_method_args
+from unlearn.methods import METHODS, get_method, load_method_args, measured
 
 
 @dataclass
@@ -105,7 +105,7 @@ def parse_specs(methods: Sequence[Any], where: str = "methods") -> list[MethodSp
             raise InputError(f"entry {i + 1}: unknown key(s) {', '.join(sorted(unknown))}", file=where,
                              field="methods")
         if m["name"] not in METHODS:
-            raise ConfigError(f"{where}: unknown method '{m['name']}'; known: {', '.join(sorted(METHODS))}")
+            raise ConfigError(f"{where}: unknown method '{m['name']}'; known: {', '.join(METHODS.names())}")
         specs.append(MethodSpec(str(m.get("label", m["name"])), m["name"], dict(m.get("args") or {}),
                                 m.get("config")))
     labels = [s.label for s in specs]
@@ -113,7 +113,10 @@ def parse_specs(methods: Sequence[Any], where: str = "methods") -> list[MethodSp
         raise InputError("method labels must be unique and at least one method given", file=where,
                          field="methods")
     for s in specs:  # fail on a bad argument before any model is touched
-        load_method_args(s.method, s.config, s.overrides)
+        try:
+            load_method_args(s.method, s.config, s.overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: entry '{s.label}': {exc}") from None
     return specs
 
 
@@ -131,8 +134,8 @@ def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, spe
         torch.manual_seed(seed)
         random.seed(seed)
         monitor = make_monitor(tok, sets.forget, sets.holdout, sets.retain_eval, args) if args.eval_every else None
-        res = get_method(spec.method).run(model, tok, sets.forget, sets.retain, args, monitor=monitor,
-                                          on_step=on_step)
+        res = measured(get_method(spec.method).run, model, tok, sets.forget, sets.retain, args, monitor=monitor,
+                       on_step=on_step)
         metrics, per_record = evaluate(res.model, tok, sets, reference)
         rows.append({"label": spec.label, "method": spec.method, **metrics, "wall_seconds": res.wall_seconds,
                      "peak_memory_mb": res.peak_memory_mb, "steps": res.steps, "stop_reason": res.stop_reason,

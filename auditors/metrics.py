@@ -58,8 +58,11 @@ def mann_whitney_p(members: np.ndarray, nonmembers: np.ndarray) -> float:
     return float(stats.mannwhitneyu(m, n, alternative="greater", method="auto").pvalue)
 
 
-def privleak(auc_unlearned: float, auc_retain: float) -> float:
-    """(AUC_unlearned - AUC_retain) / AUC_retain * 100: 0 ideal, >0 still detectable, <0 over-unlearned."""
+def privleak(auc_unlearned: float, auc_retain: float) -> float | None:
+    """(AUC_unlearned - AUC_retain) / AUC_retain * 100: 0 ideal, >0 still detectable, <0 over-unlearned.
+    None (undefined) when the retain model's AUC is 0."""
+    if auc_retain <= 0:
+        return None
     return (auc_unlearned - auc_retain) / auc_retain * 100.0
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from auditors.audit import AuditReport
-from auditors.metrics import roc_curve
+from unlearn.auditors.audit import AuditReport
+from unlearn.auditors.metrics import roc_curve
 
 
 def _plt():  # type: ignore[no-untyped-def]

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.adversarial import relearn
-from attacks.runner import score_records
-from auditors.metrics import auc
-from auditors.audit import group_labels
-from auditors.tofu import extraction_strength, token_accuracy
+from unlearn.attacks.adversarial import relearn
+from unlearn.attacks.runner import score_records
+from unlearn.auditors.audit import group_labels
+from unlearn.auditors.metrics import auc
+from unlearn.auditors.tofu import extraction_strength, token_accuracy
 from unlearn.data import Record
 from unlearn.logprobs import token_logprobs
 

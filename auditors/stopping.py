@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.runner import score_records
-from auditors.metrics import auc, mann_whitney_p
+from unlearn.attacks.runner import score_records
+from unlearn.auditors.metrics import auc, mann_whitney_p
 from unlearn.data import Record
 from unlearn.unlearner import Monitor, UnlearnArgs
 

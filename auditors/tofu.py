@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from scipy import stats
 
-from auditors.metrics import ks_p
-from unlearn.distributed import sharded
+from unlearn.auditors.metrics import ks_p
 from unlearn.data import Record, with_answer
+from unlearn.distributed import sharded
 from unlearn.errors import UnlearnError
 from unlearn.generation import greedy_answers
 from unlearn.logprobs import TokenLogProbs, token_logprobs

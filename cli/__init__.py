@@ -1,1 +1,1 @@
-"""The `unlearn` command line: parses, calls the library, prints and writes files."""
+"""The `unlearn` command: one module per subcommand over the library's workflows (``unlearn.workflows``)."""

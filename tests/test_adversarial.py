@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attacks.adversarial import project_capped_simplex, random_sets, top_k, worst_case_set
-from attacks.runner import score_records
-from auditors.robustness import extraction, relearn_report
+from unlearn.attacks.adversarial import project_capped_simplex, random_sets, top_k, worst_case_set
+from unlearn.attacks.runner import score_records
 from unlearn.attribution import restore, snapshot
+from unlearn.auditors.robustness import extraction, relearn_report
 from unlearn.methods import get_method, load_method_args
 from unlearn.model import load_model
 
@@ -79,7 +79,7 @@ def test_relearning_target_recovers_fully_retrained_model_only_from_scratch(benc
 
 @pytest.mark.slow
 def test_cli_audit_attacks_and_worst_case(tmp_path: Path, bench, capsys) -> None:
-    from cli.main import main
+    from unlearn.cli.main import main
 
     assert main(["audit", "--preset", "tiny", "--attacks", "relearn,extract", "--relearn-steps", "5", "--json",
                  "--out", str(tmp_path / "a")]) == 0

@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy import stats
 
-from auditors.metrics import pearson, spearman
 from unlearn.attribution import UnTracArgs, attribute
+from unlearn.auditors.metrics import pearson, spearman
 from unlearn.data import record_to_json, write_jsonl
 from unlearn.errors import UnlearnError
 from unlearn.model import load_model
@@ -63,7 +63,7 @@ def test_attribution_errors(tiny_model, tiny_tokenizer) -> None:
 
 @pytest.mark.slow
 def test_cli_attribute(tmp_path: Path, bench, capsys) -> None:
-    from cli.main import main
+    from unlearn.cli.main import main
 
     sources, first = _sources(bench)
     paths = []

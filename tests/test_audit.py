@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from auditors.audit import AuditArgs, audit
-from cli.main import main
 from tests.conftest import make_tiny_model, write_lines
+from unlearn.auditors.audit import AuditArgs, audit
+from unlearn.cli.main import main
 from unlearn.model import load_model, save_model
 
 pytestmark = pytest.mark.slow

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import build_parser, main
+from unlearn.cli.main import build_parser, main
 
 
 def _subcommands() -> list[list[str]]:
     parser = build_parser()
     out = []
-    for action in parser._subparsers._group_actions:  # noqa: SLF001
+    for action in parser._subparsers._group_actions:
         for name, sub in action.choices.items():
             out.append([name])
             for sub_action in getattr(sub, "_subparsers", None)._group_actions if sub._subparsers else []:
@@ -42,6 +42,6 @@ def test_missing_model_is_one_error_line_and_exit_2(tmp_path: Path, capsys) -> N
 
 
 def test_console_script_runs() -> None:
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "info", "/no/such/model"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "unlearn.cli.main", "info", "/no/such/model"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr

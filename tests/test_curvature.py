@@ -10,8 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unlearn.curvature import (KFAC, Dense, GaussNewton, Hessian, Objective, gnb_diagonal, gradient, lm_objective,
-                               norm)
+from unlearn.curvature import KFAC, Dense, GaussNewton, Hessian, Objective, gnb_diagonal, gradient, lm_objective, norm
 from unlearn.data import batches, qa_record
 from unlearn.methods.newton import newton_direction
 from unlearn.params import apply_scope

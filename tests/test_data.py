@@ -7,8 +7,19 @@ import pytest
 import torch
 
 from tests.conftest import write_lines
-from unlearn.data import (QA_TEMPLATE, batches, build_manifest, collate, encode, load_manifest, load_records,
-                          load_requests, qa_record, text_hash, write_jsonl)
+from unlearn.data import (
+    QA_TEMPLATE,
+    batches,
+    build_manifest,
+    collate,
+    encode,
+    load_manifest,
+    load_records,
+    load_requests,
+    qa_record,
+    text_hash,
+    write_jsonl,
+)
 from unlearn.errors import InputError
 
 TOFU_LINE = json.dumps({"question": "Who wrote X?", "answer": "Jaime wrote X.",

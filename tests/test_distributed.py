@@ -73,7 +73,7 @@ def test_cli_forget_through_accelerate_launch_matches_one_process(tmp_path: Path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cfg = Path(__file__).parents[1] / "configs" / "accelerate" / "multi_cpu_ddp.yaml"
     for name, extra in (("one", []), ("two", ["--accelerate-config", str(cfg)])):
-        res = subprocess.run([sys.executable, "-m", "cli.main", *common, "--out", str(tmp_path / name), *extra],
+        res = subprocess.run([sys.executable, "-m", "unlearn.cli.main", *common, "--out", str(tmp_path / name), *extra],
                              env=env, capture_output=True, text=True, timeout=600, check=False)
         assert res.returncode == 0, res.stderr[-4000:]
     receipt = (tmp_path / "two" / "unlearn_receipt.json").read_text()

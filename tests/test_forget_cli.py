@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
 from tests.conftest import write_lines
+from unlearn.cli.main import main
 from unlearn.ledger import verify
 from unlearn.model import model_hash
 
@@ -105,7 +105,7 @@ def test_bad_requests_exit_2_and_write_nothing(tmp_path: Path, capsys, lines, me
 def test_other_bad_inputs(tmp_path: Path, capsys, bench) -> None:
     cfg = write_lines(tmp_path / "c.yaml", ["betaa: 1"])
     cases = [
-        (["--config", str(cfg)], "unknown key(s) betaa"),
+        (["--config", str(cfg)], "c.yaml: unknown key 'betaa'"),
         (["--method", "nope"], "unknown method 'nope'"),
         (["--model", str(bench.target)], "--requests, --manifest, --data, --holdout required"),
         (["--out", str(bench.target)], "already exists"),
@@ -121,7 +121,7 @@ def _spawn(tmp_path: Path, out: str, log: Path) -> subprocess.Popen:
     cfg = write_lines(tmp_path / "long.yaml", ["max_steps: 100000", "eval_every: 0", "lr: 1.0e-5"])
     argv = ["forget", "--preset", "tiny", "--out", str(tmp_path / out), "--config", str(cfg)]
     # A shell that started pytest in the background leaves SIGINT ignored in its children; restore it.
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *argv],
+    return subprocess.Popen([sys.executable, "-m", "unlearn.cli.main", *argv],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 

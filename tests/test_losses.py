@@ -7,8 +7,7 @@ import torch
 
 from tests.conftest import make_tiny_model
 from unlearn.data import batches, qa_record
-from unlearn.losses import (ga_loss, graddiff_loss, nll, npo_loss, retain_kl, retain_nll, sequence_logprobs,
-                            simnpo_loss)
+from unlearn.losses import ga_loss, graddiff_loss, nll, npo_loss, retain_kl, retain_nll, sequence_logprobs, simnpo_loss
 
 LP = torch.tensor([-2.0, -6.0])
 N = torch.tensor([2.0, 3.0])

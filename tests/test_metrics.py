@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from auditors.metrics import auc, bootstrap_auc_ci, holm, ks_p, mann_whitney_p, privleak, roc_curve, tpr_at_fpr
-from auditors.tofu import rouge_l_recall
+from unlearn.auditors.metrics import auc, bootstrap_auc_ci, holm, ks_p, mann_whitney_p, privleak, roc_curve, tpr_at_fpr
+from unlearn.auditors.tofu import rouge_l_recall
 
 
 def _brute_auc(m, n) -> float:
@@ -63,7 +63,7 @@ def test_rouge_l_recall() -> None:
 
 
 def test_group_means_for_clustered_records() -> None:
-    from auditors.audit import group_labels, group_means
+    from unlearn.auditors.audit import group_labels, group_means
     from unlearn.data import qa_record
 
     vals = np.array([1.0, 3.0, 10.0, 2.0])

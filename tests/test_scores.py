@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.runner import ONE_PASS_SCORES, parse_scores, score_records
-from attacks.scores import gradnorm_score, reference_score
 from tests.conftest import make_tiny_model
+from unlearn.attacks.runner import ONE_PASS_SCORES, parse_scores, score_records
+from unlearn.attacks.scores import gradnorm_score, reference_score
 from unlearn.data import encode, qa_record, text_record
 from unlearn.errors import UnlearnError
 from unlearn.logprobs import token_logprobs

@@ -7,12 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import write_lines
 from unlearn.data import batches
-from unlearn.errors import ConfigError, InputError, UnlearnError
+from unlearn.errors import ConfigError, UnlearnError
 from unlearn.loop import run_loop
 from unlearn.methods import METHODS, get_method, load_method_args
-from unlearn.unlearner import CONFIG_DIR, UnlearnArgs, build_args, register
 from unlearn.model import load_model
 from unlearn.training import token_nll
 
@@ -30,35 +28,6 @@ def _args(name: str, **kw):
     return load_method_args(name, overrides={"eval_every": 0, **kw})
 
 
-def test_every_shipped_yaml_builds() -> None:
-    import unlearn.methods  # noqa: F401
-
-    shipped = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
-    assert set(ALL_METHODS) <= shipped
-    for name in shipped:
-        args = load_method_args(name)
-        assert isinstance(args, get_method(name).args_cls)
-
-
-def test_config_errors(tmp_path: Path) -> None:
-    bad = write_lines(tmp_path / "bad.yaml", ["lr: 0.1", "betta: 0.2"])
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key\(s\) betta .*known: .*beta"):
-        load_method_args("npo", bad)
-    with pytest.raises(ConfigError, match="key 'max_steps' must be int"):
-        load_method_args("npo", write_lines(tmp_path / "t.yaml", ["max_steps: ten"]))
-    with pytest.raises(InputError, match="config is for method 'npo'"):
-        load_method_args("graddiff", write_lines(tmp_path / "m.yaml", ["method: npo"]))
-    with pytest.raises(InputError, match="config file not found"):
-        load_method_args("npo", tmp_path / "missing.yaml")
-    with pytest.raises(ConfigError, match="unknown method 'bogus'; known: .*graddiff"):
-        get_method("bogus")
-    with pytest.raises(ConfigError, match="lr must be positive"):
-        build_args(UnlearnArgs, {"lr": -1.0})
-    with pytest.raises(ValueError, match="already registered"):
-        register("npo", UnlearnArgs, "dup")(lambda *a, **k: None)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("name", LOOP_METHODS)
 def test_conformance_forget_rises_scope_respected_deterministic(name: str, bench) -> None:
     forget, retain = bench.split("forget10")[:40], bench.split("retain90")[:200]
@@ -112,9 +81,9 @@ def test_nan_loss_and_empty_sets_are_clear_errors(tiny_model, tiny_tokenizer) ->
             get_method(name).run(tiny_model, tiny_tokenizer, [], recs, _args(name))
         with pytest.raises(UnlearnError, match="needs a retain set"):
             get_method(name).run(tiny_model, tiny_tokenizer, recs, [], _args(name))
-    with pytest.raises(ConfigError, match="unknown curvature 'bogus'"):
+    with pytest.raises(ConfigError, match="key 'curvature' must be one of .*ekfac, got 'bogus'"):
         _args("newton", curvature="bogus")
-    with pytest.raises(ConfigError, match="hessian must be gnb, hutchinson or sq_grad"):
+    with pytest.raises(ConfigError, match="key 'hessian' must be one of gnb, hutchinson, sq_grad"):
         _args("soul", hessian="diag")
 
 

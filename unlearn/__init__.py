@@ -1,17 +1,83 @@
-"""unlearn: machine unlearning and data removal for language models (the model side)."""
+"""unlearn: machine unlearning and data removal for language models.
+
+One import root. Handling a deletion request and auditing the result::
+
+    import unlearn
+
+    result = unlearn.forget(unlearn.ForgetJob(model="my-model", requests="requests.jsonl",
+                                              manifest="manifest.jsonl", data=["train.jsonl"],
+                                              holdout="holdout.jsonl", method="npo", out="my-model-v2"))
+    report = unlearn.audit(unlearn.AuditJob(model=result.out, members="forget.jsonl",
+                                            nonmembers="holdout.jsonl"))
+
+Layers (imports flow one way): ``unlearn.cli -> unlearn.workflows -> unlearn.auditors -> unlearn.attacks
+-> the model side`` (data, model I/O, log-probs, losses, curvature, methods, ledger). Importing this
+package loads none of them and changes nothing in the process environment; the names below are
+imported on first use.
+"""
 
 from __future__ import annotations
 
-import os
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+from pathlib import Path
+from typing import Any
 
-# Never reach the hub: a name that is not a local directory must fail at once, not retry for 30 s.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-from unlearn.errors import InputError, ModelError, UnlearnError  # noqa: E402
+from unlearn.errors import ConfigError, InputError, ModelError, UnlearnError
 
 __version__ = "0.1.0"
-__all__ = ["InputError", "ModelError", "UnlearnError", "__version__"]
+
+# Installed (wheel or editable), setuptools maps the repository folders attacks/, auditors/, cli/ and
+# configs/ to unlearn.attacks, ... . Run from a source checkout that shadows the install (the
+# repository root on sys.path, or a strict editable install), this finder does the same mapping.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+_MAPPED = {"unlearn.attacks", "unlearn.auditors", "unlearn.cli", "unlearn.configs"}
+
+
+class _CheckoutFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in _MAPPED:
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [str(_CHECKOUT)])
+
+
+if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "attacks" / "__init__.py").is_file() and not any(
+        isinstance(f, _CheckoutFinder) for f in sys.meta_path):
+    sys.meta_path.append(_CheckoutFinder())
+
+_LAZY = {
+    # workflows: a request in, a result dataclass out (what the CLI calls)
+    "forget": "unlearn.workflows.forget", "ForgetJob": "unlearn.workflows.forget",
+    "ForgetResult": "unlearn.workflows.forget",
+    "audit": "unlearn.workflows.audit", "AuditJob": "unlearn.workflows.audit", "AuditResult": "unlearn.workflows.audit",
+    "compare": "unlearn.workflows.compare", "CompareJob": "unlearn.workflows.compare",
+    "CompareResult": "unlearn.workflows.compare",
+    "worst_case": "unlearn.workflows.worst_case", "WorstCaseJob": "unlearn.workflows.worst_case",
+    "WorstCaseResult": "unlearn.workflows.worst_case",
+    "attribute": "unlearn.workflows.attribute", "AttributeJob": "unlearn.workflows.attribute",
+    "AttributeResult": "unlearn.workflows.attribute",
+    "Benchmark": "unlearn.workflows.common", "resolve_method_args": "unlearn.workflows.forget",
+    # core types
+    "Record": "unlearn.data", "DeletionRequest": "unlearn.data", "load_records": "unlearn.data",
+    "load_requests": "unlearn.data", "load_manifest": "unlearn.data",
+    "load_model": "unlearn.model", "save_model": "unlearn.model",
+    "UnlearnArgs": "unlearn.unlearner", "UnlearnResult": "unlearn.unlearner",
+    "get_method": "unlearn.methods", "load_method_args": "unlearn.methods", "METHODS": "unlearn.methods",
+}
+
+__all__ = ["ConfigError", "InputError", "ModelError", "UnlearnError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'unlearn' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

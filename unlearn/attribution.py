@@ -10,39 +10,41 @@ Positive scores mean D_k helped the model on the test set. L = mean over records
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from unlearn.config import Checked, arg
 from unlearn.curvature import dot, gradient, lm_objective, lm_source
 from unlearn.data import Record, subsample
-from unlearn.errors import ConfigError, UnlearnError
+from unlearn.errors import UnlearnError
 from unlearn.logprobs import token_logprobs
-
-ATTRIBUTION_METHODS = ("untrac", "untrac-inv", "tracin")
+from unlearn.params import apply_scope, check_scope
+from unlearn.registry import Registry
 
 
 @dataclass(frozen=True)
-class UnTracArgs:
-    steps: int = 50  # T: gradient-ascent steps per dataset
-    lr: float = 5e-5
-    batch_size: int = 1  # the paper's batch size for UnTrac
-    inv_batch_size: int = 256  # UnTrac-Inv ascends the test set in large batches
-    optimizer: str = "adamw"  # adamw (weight decay 0 = Adam) or sgd
-    subsample: int = 200  # records of each D_k scored by UnTrac-Inv / TracIn (0 = all)
-    scope: str = "all"
-    seed: int = 0
-    eval_batch_size: int = 64
+class UnTracArgs(Checked):
+    steps: int = arg(50, "T: gradient-ascent steps per dataset", ge=1)
+    lr: float = arg(5e-5, "ascent learning rate", gt=0)
+    batch_size: int = arg(1, "ascent batch size (the paper's UnTrac: 1)", ge=1)
+    inv_batch_size: int = arg(256, "UnTrac-Inv ascends the test set in large batches", ge=1)
+    optimizer: str = arg("adamw", "adamw (weight decay 0 = Adam) or sgd", choices=("adamw", "sgd"))
+    subsample: int = arg(200, "records of each D_k scored by UnTrac-Inv / TracIn (0 = all)", ge=0)
+    scope: str = arg("all", "parameters to ascend: all, last:N, regex:PATTERN")
+    seed: int = arg(0, "seed", ge=0)
+    eval_batch_size: int = arg(64, "batch size of the loss evaluations", ge=1)
 
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.inv_batch_size < 1:
-            raise ConfigError("steps, lr, batch_size and inv_batch_size must be positive")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ConfigError(f"optimizer must be adamw or sgd, got '{self.optimizer}'")
+    def extra_problems(self) -> list[str]:
+        problem = check_scope(self.scope)
+        return [f"key 'scope': {problem}"] if problem else []
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+# ``(model, tokenizer, sources, test, args, on_progress) -> {dataset: score}``; theta_0 is restored after.
+Attributor = Callable[[torch.nn.Module, Any, Mapping[str, Sequence[Record]], Sequence[Record], UnTracArgs,
+                       Callable[[str], None]], dict[str, float]]
+ATTRIBUTION: Registry[Attributor] = Registry("attribution method")
 
 
 def mean_loss(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], batch_size: int = 64) -> float:
@@ -87,38 +89,50 @@ def attribute(model: torch.nn.Module, tokenizer: Any, sources: Mapping[str, Sequ
     """Influence score of each training dataset on ``test`` (higher = helped more). ``model`` is left
     bit-identical to how it came in."""
     _check(sources, test)
-    if method not in ATTRIBUTION_METHODS:
-        raise ConfigError(f"unknown attribution method '{method}'; known: {', '.join(ATTRIBUTION_METHODS)}")
+    fn = ATTRIBUTION.get(method)
     theta0 = snapshot(model)
-    scores: dict[str, float] = {}
     try:
-        if method == "untrac":
-            base = mean_loss(model, tokenizer, test, args.eval_batch_size)
-            for name, records in sources.items():
-                _ascend(model, tokenizer, records, args, args.batch_size)
-                scores[name] = mean_loss(model, tokenizer, test, args.eval_batch_size) - base
-                restore(model, theta0)
-                if on_progress is not None:
-                    on_progress(name)
-        elif method == "untrac-inv":
-            subs = {k: subsample(v, args.subsample, args.seed) for k, v in sources.items()}
-            base_k = {k: mean_loss(model, tokenizer, v, args.eval_batch_size) for k, v in subs.items()}
-            _ascend(model, tokenizer, test, args, min(args.inv_batch_size, len(test)))
-            for name, records in subs.items():
-                scores[name] = mean_loss(model, tokenizer, records, args.eval_batch_size) - base_k[name]
-                if on_progress is not None:
-                    on_progress(name)
-        else:
-            from unlearn.params import apply_scope
-
-            params = apply_scope(model, args.scope)
-            obj = lm_objective()
-            g_test = gradient(params, model, obj, lm_source(test, tokenizer, args.eval_batch_size, model))
-            for name, records in sources.items():
-                src = lm_source(subsample(records, args.subsample, args.seed), tokenizer, args.eval_batch_size, model)
-                scores[name] = float(dot(g_test, gradient(params, model, obj, src)))
-                if on_progress is not None:
-                    on_progress(name)
+        return fn(model, tokenizer, sources, test, args, on_progress or (lambda name: None))
     finally:
         restore(model, theta0)
+
+
+@ATTRIBUTION.register("untrac")
+def untrac(model: torch.nn.Module, tokenizer: Any, sources: Mapping[str, Sequence[Record]], test: Sequence[Record],
+           args: UnTracArgs, on_progress: Callable[[str], None]) -> dict[str, float]:
+    theta0 = snapshot(model)
+    base = mean_loss(model, tokenizer, test, args.eval_batch_size)
+    scores = {}
+    for name, records in sources.items():
+        _ascend(model, tokenizer, records, args, args.batch_size)
+        scores[name] = mean_loss(model, tokenizer, test, args.eval_batch_size) - base
+        restore(model, theta0)
+        on_progress(name)
+    return scores
+
+
+@ATTRIBUTION.register("untrac-inv")
+def untrac_inv(model: torch.nn.Module, tokenizer: Any, sources: Mapping[str, Sequence[Record]],
+               test: Sequence[Record], args: UnTracArgs, on_progress: Callable[[str], None]) -> dict[str, float]:
+    subs = {k: subsample(v, args.subsample, args.seed) for k, v in sources.items()}
+    base_k = {k: mean_loss(model, tokenizer, v, args.eval_batch_size) for k, v in subs.items()}
+    _ascend(model, tokenizer, test, args, min(args.inv_batch_size, len(test)))
+    scores = {}
+    for name, records in subs.items():
+        scores[name] = mean_loss(model, tokenizer, records, args.eval_batch_size) - base_k[name]
+        on_progress(name)
+    return scores
+
+
+@ATTRIBUTION.register("tracin")
+def tracin(model: torch.nn.Module, tokenizer: Any, sources: Mapping[str, Sequence[Record]], test: Sequence[Record],
+           args: UnTracArgs, on_progress: Callable[[str], None]) -> dict[str, float]:
+    params = apply_scope(model, args.scope)
+    obj = lm_objective()
+    g_test = gradient(params, model, obj, lm_source(test, tokenizer, args.eval_batch_size, model))
+    scores = {}
+    for name, records in sources.items():
+        src = lm_source(subsample(records, args.subsample, args.seed), tokenizer, args.eval_batch_size, model)
+        scores[name] = float(dot(g_test, gradient(params, model, obj, src)))
+        on_progress(name)
     return scores

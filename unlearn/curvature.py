@@ -34,6 +34,7 @@ from unlearn.distributed import rank_world
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.logprobs import forward_logits
 from unlearn.losses import nll, target_logprobs
+from unlearn.registry import Registry
 
 Vec = list[torch.Tensor]
 Source = Callable[[], Iterable[tuple[Any, float]]]
@@ -464,7 +465,8 @@ class KFAC:
                         else:
                             assert f.qa is not None and f.qs is not None and f.lam is not None
                             ga = (g @ f.qs, a @ f.qa)  # rotate per token, then per-example outer sums
-                            dw = torch.einsum("bto,bti->boi", *ga) if a.dim() == 3 else ga[0][:, :, None] * ga[1][:, None]
+                            dw = (torch.einsum("bto,bti->boi", *ga) if a.dim() == 3
+                                  else ga[0][:, :, None] * ga[1][:, None])
                             f.lam += (dw ** 2).sum(0) * (w / len(batch))
                     if phase == "factors":
                         for di, i in zip(diag, self.rest):
@@ -569,37 +571,95 @@ class Dense:
         return self._split(torch.linalg.solve(a, self._flat(b).double()).float())
 
 
-BACKENDS = ("hessian", "ggn", "dense", "dense_ggn", "gnb", "fisher", "hutchinson", "kfac", "ekfac")
-FIRST_ORDER_BACKENDS = ("gnb", "fisher", "kfac", "ekfac")  # no double backward: run under ZeRO-3 / FSDP
+# Builders ``(params, model, objective, source, opts) -> Curvature``. Flags: ``first_order`` (gradients
+# only: runs under ZeRO-3 / FSDP), ``double_backward`` (exact products through second derivatives).
+CURVATURES: Registry[Callable[..., Curvature]] = Registry("curvature backend")
+
+
+@dataclass(frozen=True)
+class CurvatureOptions:
+    solver: str = "cg"
+    max_iter: int = 50
+    tol: float = 1e-6
+    lissa_scale: float = 0.0
+    lissa_damp: float = 0.0
+    samples: int = 1
+    seed: int = 0
+
+    def products(self) -> dict[str, Any]:
+        return dict(solver=self.solver, max_iter=self.max_iter, tol=self.tol, lissa_scale=self.lissa_scale,
+                    lissa_damp=self.lissa_damp, seed=self.seed)
+
+
+@CURVATURES.register("hessian", first_order=False, double_backward=True)
+def _hessian(params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective, source: Source,
+             o: CurvatureOptions) -> Curvature:
+    return Hessian(params, model, objective, source, **o.products())
+
+
+@CURVATURES.register("ggn", first_order=False, double_backward=True)
+def _ggn(params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective, source: Source,
+         o: CurvatureOptions) -> Curvature:
+    return GaussNewton(params, model, objective, source, **o.products())
+
+
+@CURVATURES.register("dense", first_order=False, double_backward=True)
+def _dense(params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective, source: Source,
+           o: CurvatureOptions) -> Curvature:
+    return Dense(Hessian(params, model, objective, source, **o.products()))
+
+
+@CURVATURES.register("dense_ggn", first_order=False, double_backward=True)
+def _dense_ggn(params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective, source: Source,
+               o: CurvatureOptions) -> Curvature:
+    return Dense(GaussNewton(params, model, objective, source, **o.products()))
+
+
+@CURVATURES.register("gnb", first_order=True, double_backward=False)
+def _gnb(params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective, source: Source,
+         o: CurvatureOptions) -> Curvature:
+    return gnb_diagonal(params, model, objective, source, samples=o.samples, seed=o.seed)
+
+
+@CURVATURES.register("fisher", first_order=True, double_backward=False)
+def _fisher(params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective, source: Source,
+            o: CurvatureOptions) -> Curvature:
+    return empirical_fisher_diagonal(params, model, objective, source)
+
+
+@CURVATURES.register("hutchinson", first_order=False, double_backward=True)
+def _hutchinson(params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective, source: Source,
+                o: CurvatureOptions) -> Curvature:
+    return hutchinson_diagonal(params, model, objective, source, samples=max(o.samples, 10), seed=o.seed)
+
+
+@CURVATURES.register("kfac", first_order=True, double_backward=False)
+def _kfac(params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective, source: Source,
+          o: CurvatureOptions) -> Curvature:
+    return KFAC(params, model, objective, source, eigen_correct=False, seed=o.seed)
+
+
+@CURVATURES.register("ekfac", first_order=True, double_backward=False)
+def _ekfac(params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective, source: Source,
+           o: CurvatureOptions) -> Curvature:
+    return KFAC(params, model, objective, source, eigen_correct=True, seed=o.seed)
+
+
+BACKENDS = tuple(CURVATURES.names())
+FIRST_ORDER_BACKENDS = tuple(CURVATURES.names(first_order=True))
 
 
 def build_curvature(backend: str, params: Sequence[torch.Tensor], model: torch.nn.Module, objective: Objective,
                     source: Source, *, solver: str = "cg", max_iter: int = 50, tol: float = 1e-6,
                     lissa_scale: float = 0.0, lissa_damp: float = 0.0, samples: int = 1,
                     seed: int = 0) -> Curvature:
-    """One curvature backend by name (see ``BACKENDS``)."""
-    kw = dict(solver=solver, max_iter=max_iter, tol=tol, lissa_scale=lissa_scale, lissa_damp=lissa_damp,
-              seed=seed)
-    if backend == "hessian":
-        return Hessian(params, model, objective, source, **kw)  # type: ignore[arg-type]
-    if backend == "ggn":
-        return GaussNewton(params, model, objective, source, **kw)  # type: ignore[arg-type]
-    if backend in ("dense", "dense_ggn"):
-        cls = Hessian if backend == "dense" else GaussNewton
-        return Dense(cls(params, model, objective, source, **kw))  # type: ignore[arg-type]
-    if backend == "gnb":
-        return gnb_diagonal(params, model, objective, source, samples=samples, seed=seed)
-    if backend == "fisher":
-        return empirical_fisher_diagonal(params, model, objective, source)
-    if backend == "hutchinson":
-        return hutchinson_diagonal(params, model, objective, source, samples=max(samples, 10), seed=seed)
-    if backend in ("kfac", "ekfac"):
-        return KFAC(params, model, objective, source, eigen_correct=backend == "ekfac", seed=seed)
-    raise ConfigError(f"unknown curvature backend '{backend}'; known: {', '.join(BACKENDS)}")
+    """One curvature backend by name (see ``CURVATURES``)."""
+    opts = CurvatureOptions(solver, max_iter, tol, lissa_scale, lissa_damp, samples, seed)
+    return CURVATURES.get(backend)(params, model, objective, source, opts)
 
 
 def needs_double_backward(backend: str) -> bool:
-    return backend not in FIRST_ORDER_BACKENDS
+    return bool(CURVATURES.entry(backend).info["double_backward"])
 
 
 def sampled_token_ce(logits: torch.Tensor, labels: torch.Tensor, row_seeds: Sequence[int]) -> tuple[torch.Tensor, int]:

@@ -128,6 +128,7 @@ def verify(path: str | Path, *, check_models: bool = True) -> tuple[int, list[Le
                 problems.append(LedgerProblem(line_no, f"output model unreadable: {exc}"))
                 continue
             if actual != obj.get("model_after"):
+                recorded = str(obj.get("model_after"))[:12]
                 problems.append(LedgerProblem(line_no, f"model {out} no longer has the recorded weights "
-                                                       f"(sha256 {actual[:12]}... != {str(obj.get('model_after'))[:12]}...)"))
+                                                       f"(sha256 {actual[:12]}... != {recorded}...)"))
     return len(rows), problems

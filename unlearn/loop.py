@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 from unlearn.data import Batch, Record, collate, encode_many, pad_id_of
 from unlearn.distributed import configure_deepspeed, gathered_copy, make_accelerator
 from unlearn.errors import UnlearnError
-from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult
 from unlearn.params import apply_scope
+from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult
 
 StepLoss = Callable[[torch.nn.Module, Batch, Batch | None], tuple[torch.Tensor, dict[str, float]]]
 # Called before each step's loss with (model, forget_batch, retain_batch, steps_done, optimizer, accelerator).

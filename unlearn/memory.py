@@ -1,56 +1,59 @@
-"""Peak memory of a block of work: CUDA peak allocation, or on CPU the peak resident set size sampled
-by a background thread, both net of the memory in use when the block started."""
+"""Peak memory of a block of work, measured so that it cannot under-report.
+
+- CUDA: the caching allocator's peak of allocated bytes during the block (reset at entry), net of the
+  bytes allocated at entry: exact.
+- CPU (Linux): the kernel's high-water mark of the process's resident set (``VmHWM``), reset at entry
+  through ``/proc/self/clear_refs``: the whole process's peak during the block (model, data and
+  libraries included), never a sample that missed the peak or memory the allocator reused.
+- Elsewhere: ``None`` ("not measured").
+"""
 
 from __future__ import annotations
 
-import os
-import threading
+from pathlib import Path
 from types import TracebackType
 
 import torch
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
-
-def rss_mb() -> float:
+def _vmhwm_mb() -> float | None:
     try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * _PAGE / 2**20
-    except OSError:  # not Linux: the process-wide peak is the best available
-        import resource
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def _reset_vmhwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 class PeakMemory:
-    """``with PeakMemory(device) as pm: ...`` then ``pm.peak_mb`` (MiB above the level at entry)."""
+    """``with PeakMemory(device) as pm: ...`` then ``pm.peak_mb`` (MiB, or None) and ``pm.kind``."""
 
-    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.02) -> None:
-        self.device, self.interval = torch.device(device), interval
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.peak_mb: float | None = None
+        self.kind = "not measured"
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self._start = torch.cuda.memory_allocated(self.device) / 2**20
+            self._start = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._start = self._max = rss_mb()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            self.kind = "cuda allocated above start"
+        elif _reset_vmhwm() and _vmhwm_mb() is not None:
+            self.kind = "process peak RSS"
         return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._max = max(self._max, rss_mb())
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20 - self._start
-        else:
-            self._stop.set()
-            assert self._thread is not None
-            self._thread.join()
-            self.peak_mb = max(self._max, rss_mb()) - self._start
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+        elif self.kind == "process peak RSS":
+            self.peak_mb = _vmhwm_mb()

@@ -6,12 +6,13 @@ nothing at the destination; only safetensors are written, with a manifest of sha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,11 +46,25 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
     p = Path(path)
     try:
         tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=trust_remote_code)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many types; report one line
+    except Exception as exc:
         raise ModelError(f"{path}: cannot load tokenizer ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No per-tensor "Loading weights" bar from transformers while we load (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
@@ -64,7 +79,7 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, attn_imp
         kwargs["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     model.eval()
     return model, load_tokenizer(p, trust_remote_code=trust_remote_code)

@@ -11,6 +11,22 @@ from unlearn.errors import ConfigError
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
+def check_scope(scope: str) -> str | None:
+    """What is wrong with a scope string on its own (before any model is seen), or None."""
+    if scope == "all":
+        return None
+    kind, _, rest = scope.partition(":")
+    if kind == "last":
+        return None if rest.isdigit() and int(rest) >= 1 else f"'{scope}': expected last:N with an integer N >= 1"
+    if kind == "regex":
+        try:
+            re.compile(rest)
+        except re.error as exc:
+            return f"'{scope}': bad regular expression ({exc})"
+        return None
+    return f"unknown scope '{scope}'; use all, last:N or regex:PATTERN"
+
+
 def scoped_names(model: torch.nn.Module, scope: str) -> list[str]:
     """Names of the parameters in ``scope``: ``all``, ``last:N`` (the last N transformer blocks) or
     ``regex:PATTERN`` (names matching PATTERN, `re.search`)."""

@@ -19,11 +19,11 @@ import tempfile
 from pathlib import Path
 
 import unlearn  # noqa: F401
-from auditors.robustness import extraction, relearn_report
-from auditors.stopping import make_monitor
-from cli.main import main as cli
+from unlearn.auditors.robustness import extraction, relearn_report
+from unlearn.auditors.stopping import make_monitor
 from unlearn.benchmark.build import build
 from unlearn.benchmark.generator import RETAIN_OF
+from unlearn.cli.main import main as cli
 from unlearn.methods import get_method, load_method_args
 from unlearn.model import load_model
 

@@ -18,7 +18,7 @@ import zlib
 import torch
 
 import unlearn  # noqa: F401
-from attacks.runner import ONE_PASS_SCORES, score_records
+from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 from unlearn.benchmark.build import build
 from unlearn.data import batches, encode
 from unlearn.logprobs import forward_logits

@@ -23,9 +23,9 @@ import time
 import yaml
 
 import unlearn  # noqa: F401
-from auditors.metrics import privleak
-from auditors.stopping import forget_check, make_monitor
-from auditors.tofu import evaluate_qa, forget_quality, model_utility
+from unlearn.auditors.metrics import privleak
+from unlearn.auditors.stopping import forget_check, make_monitor
+from unlearn.auditors.tofu import evaluate_qa, forget_quality, model_utility
 from unlearn.benchmark.build import PRESETS, build
 from unlearn.benchmark.generator import RETAIN_OF
 from unlearn.methods import get_method, load_method_args

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import unlearn  # noqa: F401
-from auditors.metrics import pearson, spearman
 from unlearn.attribution import UnTracArgs, attribute, mean_loss
+from unlearn.auditors.metrics import pearson, spearman
 from unlearn.benchmark.build import PRESETS, build, default_cache_dir, init_model
 from unlearn.model import load_model, save_model
 from unlearn.training import train_lm

@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.conftest import CORPUS, make_tiny_model  # noqa: E402
-from unlearn.data import qa_record  # noqa: E402
+from tests.conftest import CORPUS, make_tiny_model
+from unlearn.data import qa_record
 
 OVERRIDES = {"max_steps": 4, "eval_every": 0, "batch_size": 8, "retain_batch_size": 8, "lr": 1e-3,
              "grad_clip": 1.0, "seed": 0}
@@ -61,7 +61,7 @@ def main() -> None:
     forget, retain = records()
     acc = accelerator(args.engine)
     if args.audit:
-        from attacks.runner import ONE_PASS_SCORES, score_records
+        from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 
         table = score_records(model, tok, forget + retain[:9], ONE_PASS_SCORES, batch_size=4)
         result = {k: torch.from_numpy(v) for k, v in table.scores.items()}

@@ -7,8 +7,6 @@ the generator config, the recipe and this module's version, so a build is reused
 
 from __future__ import annotations
 
-from unlearn.errors import ConfigError
-
 import hashlib
 import json
 import os
@@ -24,7 +22,7 @@ import torch
 
 from unlearn.benchmark.generator import RETAIN_OF, GeneratorConfig, generate
 from unlearn.data import Record, batches, build_manifest, load_records, parse_record, write_jsonl
-from unlearn.errors import UnlearnError
+from unlearn.errors import ConfigError, UnlearnError
 from unlearn.logprobs import forward_logits
 from unlearn.model import save_model
 from unlearn.training import TrainArgs, train_lm
@@ -149,7 +147,8 @@ def exact_match(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record
     return hits / max(1, len(records))
 
 
-def _build_into(root: Path, cfg: BenchmarkConfig, on_progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+def _build_into(root: Path, cfg: BenchmarkConfig,
+                on_progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     splits = generate(cfg.generator)
     data = root / "data"

@@ -8,11 +8,11 @@ retain / forget (nested 1%, 5%, 10%) / holdout (never trained on).
 
 from __future__ import annotations
 
-from unlearn.errors import ConfigError
-
 import random
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from unlearn.errors import ConfigError
 
 GENERATOR_VERSION = 1
 

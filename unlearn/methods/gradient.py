@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from unlearn.config import arg
 from unlearn.data import Batch, Record
-from unlearn.errors import ConfigError
-from unlearn.losses import ga_loss, graddiff_loss, retain_kl, retain_nll, sequence_logprobs
 from unlearn.loop import StepLoss, frozen_copy, run_loop
+from unlearn.losses import ga_loss, graddiff_loss, retain_kl, retain_nll, sequence_logprobs
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult, register
 
 
@@ -22,18 +22,13 @@ class GradAscentArgs(UnlearnArgs):
 
 @dataclass
 class RetainArgs(UnlearnArgs):
-    retain_loss: str = field(default="nll", metadata={"help": "nll (retain NLL) or kl (KL to the original model)"})
-    retain_weight: float = field(default=1.0, metadata={"help": "alpha, weight of the retain term"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.retain_loss not in ("nll", "kl"):
-            raise ConfigError(f"retain_loss must be nll or kl, got '{self.retain_loss}'")
+    retain_loss: str = arg("nll", "nll (retain NLL) or kl (KL to the original model)", choices=("nll", "kl"))
+    retain_weight: float = arg(1.0, "alpha, weight of the retain term", ge=0)
 
 
 @dataclass
 class GradDiffArgs(RetainArgs):
-    forget_weight: float = field(default=1.0, metadata={"help": "gamma, weight of the ascent term"})
+    forget_weight: float = arg(1.0, "gamma, weight of the ascent term", ge=0)
 
 
 def retain_term(args: RetainArgs, ref: torch.nn.Module | None) -> Any:

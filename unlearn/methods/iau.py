@@ -17,15 +17,15 @@ Choices where the paper leaves one (documented here):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from unlearn.config import arg
 from unlearn.curvature import gradient, lm_objective, lm_source, norm
 from unlearn.data import Record, subsample
 from unlearn.distributed import make_accelerator
-from unlearn.errors import ConfigError
 from unlearn.loop import check_sets, run_direct
 from unlearn.params import apply_scope
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult, register
@@ -33,19 +33,15 @@ from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult, register
 
 @dataclass
 class IAUArgs(UnlearnArgs):
-    lr: float = field(default=1e-3, metadata={"help": "step size (the public code: one Adam step, lr 1e-3)"})
-    max_steps: int = field(default=1, metadata={"help": "k: number of influence steps"})
-    eval_every: int = 1
-    preconditioner: str = field(default="adam", metadata={"help": "adam (public code) or identity (paper)"})
-    forget_weight: float = 1.0
-    retain_examples: int = field(default=0, metadata={"help": "retain records in grad L_R (0 = all)"})
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.preconditioner not in ("adam", "identity"):
-            raise ConfigError(f"preconditioner must be adam or identity, got '{self.preconditioner}'")
+    lr: float = arg(1e-3, "step size (the public code: one Adam step, lr 1e-3)", gt=0)
+    max_steps: int = arg(10, "k: influence steps (repeated under the stopping rule, same Adam moments)", ge=1)
+    batch_size: int = arg(32, "examples per gradient-accumulation batch", ge=1)
+    eval_every: int = arg(1, "steps between stopping-rule checks; 0 = never", ge=0)
+    preconditioner: str = arg("adam", "adam (public code) or identity (paper)", choices=("adam", "identity"))
+    forget_weight: float = arg(1.0, "weight of grad L_F", ge=0)
+    retain_examples: int = arg(0, "retain records in grad L_R (0 = all)", ge=0)
+    adam_betas: tuple[float, float] = arg((0.9, 0.999), "Adam's (beta1, beta2)", ge=0, lt=1)
+    adam_eps: float = arg(1e-8, "Adam's epsilon", gt=0)
 
 
 @register("iau", IAUArgs, "influence approximation unlearning: one (or k) steps along grad L_R - grad L_F")

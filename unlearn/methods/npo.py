@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from unlearn.config import arg
 from unlearn.data import Batch, Record
-from unlearn.losses import npo_loss, sequence_logprobs, simnpo_loss
 from unlearn.loop import StepLoss, frozen_copy, run_loop
-from unlearn.unlearner import Monitor, UnlearnResult, register
+from unlearn.losses import npo_loss, sequence_logprobs, simnpo_loss
 from unlearn.methods.gradient import RetainArgs, add_retain, retain_term
+from unlearn.unlearner import Monitor, UnlearnResult, register
 
 
 @dataclass
 class NPOArgs(RetainArgs):
-    beta: float = field(default=0.1, metadata={"help": "inverse temperature of NPO"})
+    beta: float = arg(0.1, "inverse temperature of NPO", gt=0)
 
 
 @dataclass
 class SimNPOArgs(RetainArgs):
-    beta: float = field(default=4.5, metadata={"help": "inverse temperature of SimNPO"})
-    delta: float = field(default=0.0, metadata={"help": "reward margin"})
+    lr: float = arg(5e-4, "learning rate", gt=0)
+    beta: float = arg(4.5, "inverse temperature of SimNPO", gt=0)
+    delta: float = arg(0.0, "reward margin")
 
 
 @register("npo", NPOArgs, "negative preference optimisation against the original model, + retain term")

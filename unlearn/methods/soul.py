@@ -12,11 +12,12 @@ Hessian-diagonal estimates h_hat (``hessian``):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from unlearn.config import arg
 from unlearn.curvature import double_backward_ok, sampled_token_ce
 from unlearn.data import Batch, Record
 from unlearn.errors import ConfigError
@@ -32,22 +33,14 @@ from unlearn.unlearner import Monitor, UnlearnResult, register
 class SOULArgs(GradDiffArgs, NPOArgs):
     """GradDiff's and NPO's arguments (forget_weight, beta, retain term) plus Sophia's."""
 
-    loss: str = field(default="graddiff", metadata={"help": "graddiff or npo"})
-    betas: tuple[float, float] = (0.9, 0.95)
-    rho: float = 0.04
-    eps: float = 1e-15
-    hessian: str = field(default="gnb", metadata={"help": "gnb, hutchinson or sq_grad"})
-    hessian_every: int = field(default=10, metadata={"help": "k: steps between gnb/hutchinson refreshes"})
-    double_momentum: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.loss not in ("graddiff", "npo"):
-            raise ConfigError(f"loss must be graddiff or npo, got '{self.loss}'")
-        if self.hessian not in ("gnb", "hutchinson", "sq_grad"):
-            raise ConfigError(f"hessian must be gnb, hutchinson or sq_grad, got '{self.hessian}'")
-        if self.hessian_every < 1:
-            raise ConfigError("hessian_every must be >= 1")
+    loss: str = arg("graddiff", "graddiff or npo", choices=("graddiff", "npo"))
+    betas: tuple[float, float] = arg((0.9, 0.95), "Sophia's (beta1, beta2)", ge=0, lt=1)
+    rho: float = arg(0.04, "gamma = rho x tokens per batch", gt=0)
+    eps: float = arg(1e-15, "floor of the preconditioner", gt=0)
+    hessian: str = arg("gnb", "gnb (Sophia-G), hutchinson or sq_grad (the SOUL code)",
+                       choices=("gnb", "hutchinson", "sq_grad"))
+    hessian_every: int = arg(10, "k: steps between gnb/hutchinson refreshes", ge=1)
+    double_momentum: bool = arg(False, "the SOUL code's second momentum update per step (compatibility)")
 
 
 def _tokens(batches: Sequence[Batch | None], acc: Any) -> float:
@@ -107,5 +100,6 @@ def soul(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retai
                       double_momentum=args.double_momentum)
 
     return run_loop(model, tokenizer, forget, retain, args, step_loss,
-                    uses_retain=args.loss == "graddiff" or args.retain_weight > 0, monitor=monitor, accelerator=accelerator, on_step=on_step,
+                    uses_retain=args.loss == "graddiff" or args.retain_weight > 0, monitor=monitor,
+                    accelerator=accelerator, on_step=on_step,
                     make_optimizer=make_optimizer, before_step=before_step)

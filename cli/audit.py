@@ -1,0 +1,71 @@
+"""`unlearn audit`: is a record set still detectable in a model? (membership inference)"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from unlearn.cli.common import UI, benchmark_options, comma_list, sub_parser
+from unlearn.workflows.audit import AuditJob, audit
+
+
+def add_parser(sub: Any) -> None:
+    a = sub_parser(sub, "audit", "is a record set still detectable in a model? (membership inference)")
+    a.add_argument("--model", help="model directory, or builtin:target / builtin:retain (default: built-in target)")
+    a.add_argument("--members", help="JSONL of records to test (default: the built-in forget split)")
+    a.add_argument("--nonmembers", help="JSONL of comparable records never trained on (default: built-in holdout)")
+    a.add_argument("--reference", help="reference model (same tokenizer) for the 'reference' score")
+    a.add_argument("--retain", help="model retrained without the members (a directory or builtin:retain): adds "
+                                    "privleak and forget quality")
+    a.add_argument("--scores", default="loss,zlib,mink,minkpp",
+                   help="comma list of loss,zlib,mink,minkpp,reference,gradnorm")
+    a.add_argument("--k", type=float, default=0.4, help="fraction of lowest tokens for Min-K%% and Min-K%%++")
+    a.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdict")
+    a.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--fail-if-detected", action="store_true", help="exit 1 when the members are still detectable")
+    a.add_argument("--attacks", default="", help="comma list of extra attacks: relearn, extract")
+    a.add_argument("--relearn-set", help="JSONL to relearn on (default: half the members' groups; the rest "
+                                         "is measured)")
+    a.add_argument("--relearn-steps", type=int, default=20)
+    a.add_argument("--relearn-lr", type=float, default=3e-4)
+    a.add_argument("--out", help="new directory for audit.json and audit.png (default runs/audit-TIME)")
+    a.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ui: UI) -> int:
+    job = AuditJob(model=args.model, members=args.members, nonmembers=args.nonmembers, reference=args.reference,
+                   retain=args.retain, scores=comma_list(args.scores), k=args.k, alpha=args.alpha, seed=args.seed,
+                   batch_size=args.batch_size, attacks=comma_list(args.attacks), relearn_set=args.relearn_set,
+                   relearn_steps=args.relearn_steps, relearn_lr=args.relearn_lr, out=args.out,
+                   benchmark=benchmark_options(args))
+    result = audit(job, ui)
+    report = result.report
+    rows = [[r.score, r.auc, f"[{r.auc_ci[0]:.3f}, {r.auc_ci[1]:.3f}]", r.tpr_at_1pct_fpr, r.tpr_at_01pct_fpr,
+             r.p_holm, r.privleak, "DETECTED" if r.detected else "not detected"] for r in report.results]
+    ui.table(f"audit of {result.payload['model']}: {report.n_members} members vs {report.n_nonmembers} non-members",
+             ["score", "AUC", "95% CI", "TPR@1%FPR", "TPR@0.1%FPR", "p (Holm)", "privleak %", "verdict"], rows)
+    if report.forget_quality is not None:
+        ui.print(f"forget quality (KS p of truth ratios vs retain model): {report.forget_quality:.3g}")
+    ui.print(("[bold red]" if report.detected else "[bold green]") + report.verdict + "[/]")
+    for w in report.warnings:
+        ui.print(f"[yellow]warning:[/] {w}")
+    ui.print(f"[dim]{report.caveat}[/]")
+    print_attacks(ui, result.attacks)
+    ui.print(f"report: {result.out / 'audit.json'}  plot: {result.out / 'audit.png'}")
+    ui.json({**result.payload, "out": str(result.out)})
+    return 1 if (args.fail_if_detected and report.detected) else 0
+
+
+def print_attacks(ui: UI, attacks: dict[str, Any]) -> None:
+    if "extract" in attacks:
+        ui.table("extraction (greedy completion of the prompts)",
+                 ["set", "exact match", "extraction strength", "token accuracy"],
+                 [[k, *v.values()] for k, v in attacks["extract"].items()])
+    if "relearn" in attacks:
+        r = attacks["relearn"]
+        ui.table(f"relearning attack: {r['steps']} steps (lr {r['lr']}) on {r['relearn_records']} records, "
+                 f"measured on {r['evaluated_records']} other members",
+                 ["", "exact match", "extraction strength", "LOSS AUC vs non-members", "mean answer prob"],
+                 [[k, r[k]["exact_match"], r[k]["extraction_strength"], r[k]["loss_auc"], r[k]["mean_prob"]]
+                  for k in ("before", "after")])

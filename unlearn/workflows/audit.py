@@ -1,0 +1,125 @@
+"""Audit a model: is a member set still detectable? Membership scores with p-values and a verdict, privleak
+and forget quality against a retrained model, and the optional relearning / extraction attacks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unlearn.errors import UnlearnError
+from unlearn.workflows.common import (
+    SILENT,
+    BenchmarkOptions,
+    PathLike,
+    Reporter,
+    benchmark_if_needed,
+    is_builtin,
+    model_path,
+    new_out_dir,
+    write_outputs,
+)
+
+ATTACKS = ("relearn", "extract")
+
+
+@dataclass(frozen=True)
+class AuditJob:
+    """``model`` / ``reference`` / ``retain``: local directories or ``builtin:target`` / ``builtin:retain``
+    (model None = the built-in target; its members and non-members then default to the built-in forget
+    split and holdout, and ``retain`` to the built-in retain model)."""
+
+    model: PathLike | None = None
+    members: PathLike | None = None
+    nonmembers: PathLike | None = None
+    reference: PathLike | None = None
+    retain: PathLike | None = None
+    scores: tuple[str, ...] = ("loss", "zlib", "mink", "minkpp")
+    k: float = 0.4
+    alpha: float = 0.05
+    seed: int = 0
+    batch_size: int = 32
+    attacks: tuple[str, ...] = ()
+    relearn_set: PathLike | None = None
+    relearn_steps: int = 20
+    relearn_lr: float = 3e-4
+    out: PathLike | None = None  # a NEW directory for audit.json and audit.png; default runs/audit-TIME
+    benchmark: BenchmarkOptions = BenchmarkOptions()
+
+
+@dataclass
+class AuditResult:
+    out: Path
+    report: Any  # unlearn.auditors.audit.AuditReport
+    attacks: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)  # what audit.json holds
+
+
+def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
+    from unlearn.auditors.audit import AuditArgs
+    from unlearn.auditors.audit import audit as run_audit
+    from unlearn.auditors.plots import plot_audit
+    from unlearn.data import load_records
+    from unlearn.model import check_same_tokenizer, load_model
+
+    unknown = sorted(set(job.attacks) - set(ATTACKS))
+    if unknown:
+        raise UnlearnError(f"unknown attack(s) {', '.join(unknown)}; known: {', '.join(ATTACKS)}")
+    audit_args = AuditArgs(scores=tuple(job.scores), k=job.k, alpha=job.alpha, batch_size=job.batch_size,
+                           seed=job.seed)
+    bench = benchmark_if_needed([job.model, job.reference, job.retain], job.benchmark, report)
+    path = model_path(job.model, bench)
+    if not is_builtin(job.model) and (job.members is None or job.nonmembers is None):
+        raise UnlearnError("--members and --nonmembers are required unless auditing the built-in benchmark")
+    members = load_records(job.members) if job.members else bench.split(bench.retain_split)
+    nonmembers = load_records(job.nonmembers) if job.nonmembers else bench.split("holdout")
+    out = new_out_dir(job.out, "audit")
+    model, tok = load_model(path)
+    reference = None
+    if job.reference:
+        ref_path = model_path(job.reference, bench)
+        reference, ref_tok = load_model(ref_path)
+        check_same_tokenizer(tok, ref_tok, str(path), str(ref_path))
+    retain_path = (model_path(job.retain, bench) if job.retain else
+                   bench.retain if is_builtin(job.model) and job.members is None else None)
+    retain = None
+    if retain_path:
+        retain, retain_tok = load_model(retain_path)
+        check_same_tokenizer(tok, retain_tok, str(path), str(retain_path))
+    tofu = retain is not None and all(r.is_qa and r.perturbed_answers for r in members)
+    total = (len(members) + len(nonmembers)) * (1 + (retain is not None))
+    done = [0]
+
+    def on_batch(n: int) -> None:
+        done[0] += n
+        report.progress("scoring", done[0], total)
+
+    findings = run_audit(model, tok, members, nonmembers, audit_args, reference=reference, retain_model=retain,
+                       tofu=tofu, on_batch=on_batch)
+    attacks = run_attacks(job, model, tok, members, nonmembers, report)
+    payload = {"model": str(path), "reference": str(job.reference) if job.reference else None,
+               "retain": str(retain_path) if retain_path else None,
+               "args": {**audit_args.to_dict(), "scores": list(audit_args.scores)}, **findings.to_dict(),
+               "attacks": attacks}
+    write_outputs(out, {"audit.json": lambda p: p.write_text(json.dumps(payload, indent=2)),
+                        "audit.png": lambda p: plot_audit(findings, p, title=str(path))})
+    return AuditResult(out, findings, attacks, payload)
+
+
+def run_attacks(job: AuditJob, model: Any, tok: Any, members: Any, nonmembers: Any,
+                report: Reporter) -> dict[str, Any]:
+    """The robustness attacks asked for: greedy extraction and relearning."""
+    from unlearn.auditors.robustness import extraction, relearn_report
+    from unlearn.data import load_records
+
+    out: dict[str, Any] = {}
+    if "extract" in job.attacks:
+        report.progress("extraction attack", 0, None)
+        out["extract"] = {"members": extraction(model, tok, members), "nonmembers": extraction(model, tok, nonmembers)}
+    if "relearn" in job.attacks:
+        report.progress("relearning attack", 0, None)
+        relearn_set = load_records(job.relearn_set) if job.relearn_set else None
+        out["relearn"] = relearn_report(model, tok, members, nonmembers, relearn_set, steps=job.relearn_steps,
+                                        lr=job.relearn_lr, seed=job.seed)
+    return out

@@ -1,0 +1,146 @@
+"""Compare unlearning methods on one forget set from the same weights and seed: one table of detectability,
+privleak, forget quality, utility and cost, as JSON, CSV, PNG and open-unlearning's per-method files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unlearn.errors import InputError
+from unlearn.workflows.common import (
+    SILENT,
+    BenchmarkOptions,
+    DataSources,
+    PathLike,
+    Reporter,
+    benchmark_if_needed,
+    model_path,
+    new_out_dir,
+    record_sets,
+    stats_line,
+    write_outputs,
+)
+
+CONFIG_KEYS = ("preset", "forget_split", "seed", "common", "methods")
+COLUMNS = [("label", "method"), ("auc_loss", "AUC loss"), ("auc_zlib", "AUC zlib"), ("auc_mink", "AUC Min-K"),
+           ("auc_minkpp", "AUC Min-K++"), ("privleak_loss", "privleak %"), ("forget_quality", "forget quality"),
+           ("model_utility", "utility"), ("retain_prob", "retain prob"), ("wall_seconds", "wall s"),
+           ("peak_memory_mb", "peak MiB"), ("steps", "steps"), ("stop_reason", "stopped")]
+
+
+@dataclass(frozen=True)
+class CompareJob:
+    """``config``: a compare yaml or a shipped preset name (configs/compare: ``all``, ``soul_vs_adamw``);
+    ``methods`` (names or ``{name, label, args, config}`` mappings) wins over the config's list."""
+
+    config: PathLike | None = None
+    methods: Sequence[Any] | None = None
+    model: PathLike | None = None
+    retain_model: PathLike | None = None
+    data: DataSources = DataSources()
+    max_steps: int | None = None
+    seed: int | None = None
+    out: PathLike | None = None
+    benchmark: BenchmarkOptions = BenchmarkOptions()
+
+
+@dataclass
+class CompareResult:
+    out: Path
+    rows: list[dict[str, Any]]  # one per model: retain, target, then each method
+    payload: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+def load_compare_config(spec: PathLike | None) -> dict[str, Any]:
+    from unlearn.config import read_yaml_mapping, resolve_config
+
+    if spec is None:
+        return {}
+    path = resolve_config(spec, "compare")
+    cfg = read_yaml_mapping(path)
+    unknown = sorted(set(cfg) - set(CONFIG_KEYS))
+    if unknown:
+        raise InputError(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(CONFIG_KEYS)}", file=path)
+    return cfg
+
+
+def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
+    from unlearn.auditors.compare import Sets, evaluate, open_unlearning_files, parse_specs, reference_of, run_compare
+    from unlearn.auditors.plots import plot_compare
+    from unlearn.distributed import is_main_process
+    from unlearn.methods import METHODS
+    from unlearn.model import check_same_tokenizer, load_model
+
+    cfg = load_compare_config(job.config)
+    options = job.benchmark
+    if "preset" in cfg and options.preset == "default":
+        options = BenchmarkOptions(cfg["preset"], options.cache, options.force)
+    specs = parse_specs(job.methods or cfg.get("methods") or METHODS.names(), str(job.config or "methods"))
+    common: dict[str, Any] = dict(cfg.get("common") or {})
+    if job.max_steps is not None:
+        common["max_steps"] = job.max_steps
+    seed = job.seed if job.seed is not None else int(cfg.get("seed", 0))
+    bench = benchmark_if_needed([job.model, job.retain_model], options, report)
+    path = model_path(job.model, bench)
+    src = job.data
+    if bench is not None and not src.requests and not src.forget_split:
+        src = DataSources(src.requests, src.manifest, src.data, src.holdout,
+                          cfg.get("forget_split", bench.retain_split), src.retain_eval)
+    data = record_sets(src, bench)
+    utility = bench.split("utility")[:200] if bench is not None else []
+    sets = Sets(data.forget, data.holdout, data.retain, data.retain_eval, utility)
+    out = new_out_dir(job.out, "compare")
+    retain_path = (model_path(job.retain_model, bench) if job.retain_model else
+                   bench.retain if bench is not None and src.forget_split == bench.retain_split else None)
+    report.note(f"comparing {', '.join(s.label for s in specs)} on {data.label}: {len(sets.forget)} forget, "
+                f"{len(sets.retain)} retain, {len(sets.holdout)} holdout records; seed {seed}")
+    rows: list[dict[str, Any]] = []
+    reference = None
+    report.progress("reference models", 0, 2)
+    target, tok = load_model(path)
+    if retain_path:
+        retain_model, retain_tok = load_model(retain_path)
+        check_same_tokenizer(tok, retain_tok, str(path), str(retain_path))
+        reference = reference_of(retain_model, tok, sets)
+        rows.append({"label": "retain", "method": "retrain", **evaluate(retain_model, tok, sets, reference)[0]})
+        del retain_model
+    metrics, per_record = evaluate(target, tok, sets, reference)
+    rows.append({"label": "target", "method": "none", **metrics, "_per_record": per_record})
+    del target
+    report.progress("reference models", 2, 2)
+    current = [""]
+
+    def on_method(label: str) -> None:
+        current[0] = label
+        report.progress(f"method {label}", 0, None)
+
+    def on_step(step: int, total: int, stats: dict[str, Any]) -> None:
+        report.progress(f"method {current[0]}", step, total, stats_line(stats))
+
+    rows += run_compare(lambda: load_model(path), sets, specs, reference=reference, seed=seed, common=common,
+                        on_method=on_method, on_step=on_step)
+    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    payload = {"model": str(path), "retain_model": str(retain_path) if retain_path else None, "forget": data.label,
+               "seed": seed, "common": common, "rows": public}
+
+    def write_csv(p: Path) -> None:
+        keys = [k for k, _ in COLUMNS] + sorted({k for r in public for k in r} - {k for k, _ in COLUMNS} - {"args"})
+        with p.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(public)
+
+    files = {"compare.json": lambda p: p.write_text(json.dumps(payload, indent=2, default=str)),
+             "compare.csv": write_csv,
+             "compare.png": lambda p: plot_compare(public, p, title=data.label)}
+    for r in rows:
+        files[r["label"]] = lambda p, r=r: open_unlearning_files(r, p)
+    if is_main_process():
+        write_outputs(out, files)
+    return CompareResult(out, public, payload, data.label)
+

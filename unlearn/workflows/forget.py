@@ -1,0 +1,136 @@
+"""Handle a deletion request: validate it, unlearn, audit before/after, write the new model with its receipt
+atomically and append the ledger entry."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unlearn.workflows.common import (
+    SILENT,
+    BenchmarkOptions,
+    DataSources,
+    PathLike,
+    Reporter,
+    benchmark_if_needed,
+    model_path,
+    new_out_dir,
+    record_sets,
+    stats_line,
+)
+
+RECEIPT = "unlearn_receipt.json"
+
+
+@dataclass(frozen=True)
+class ForgetJob:
+    """A deletion request against a model. ``model`` is a local directory or ``builtin:target`` (None);
+    ``config`` a method yaml or a shipped preset name; ``overrides`` win over both."""
+
+    model: PathLike | None = None
+    data: DataSources = DataSources()
+    method: str = "npo"
+    config: PathLike | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    out: PathLike | None = None  # a NEW directory; default runs/forget-METHOD-TIME
+    ledger: PathLike | None = None  # default: unlearn-ledger.jsonl beside ``out``
+    benchmark: BenchmarkOptions = BenchmarkOptions()
+
+
+@dataclass
+class ForgetResult:
+    out: Path
+    ledger: Path
+    entry_hash: str
+    receipt: dict[str, Any]
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (and SIGTERM) until the block ends, so a commit is all-or-nothing."""
+    caught: list[int] = []
+    old = {s: signal.signal(s, lambda n, f: caught.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if caught:
+            raise KeyboardInterrupt
+
+
+def resolve_method_args(job: ForgetJob) -> Any:
+    """The method's arguments exactly as the run will use them (defaults <- config <- overrides)."""
+    from unlearn.methods import load_method_args
+
+    return load_method_args(job.method, job.config, job.overrides)
+
+
+def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
+    """Apply ``job``: the input model is never modified; the output directory and the ledger entry are
+    written only when the whole run succeeded."""
+    from unlearn import ledger
+    from unlearn.auditors.metrics import privleak
+    from unlearn.auditors.stopping import forget_check, make_monitor
+    from unlearn.distributed import is_main_process
+    from unlearn.methods import get_method, measured
+    from unlearn.model import load_model, model_hash, save_model
+
+    margs = resolve_method_args(job)
+    method = get_method(job.method)
+    bench = benchmark_if_needed([job.model], job.benchmark, report)
+    path = model_path(job.model, bench)
+    sets = record_sets(job.data, bench)
+    out = new_out_dir(job.out, f"forget-{job.method}")
+    ledger_path = Path(job.ledger) if job.ledger else out.parent / "unlearn-ledger.jsonl"
+    ledger.last_hash(ledger_path)  # a damaged ledger fails now, before any work
+    before_hash = model_hash(path)
+    model, tok = load_model(path)
+    report.note(f"forgetting {sets.label}: {len(sets.forget)} records, retain {len(sets.retain)}, "
+                f"holdout {len(sets.holdout)}; method {job.method}")
+    before = forget_check(model, tok, sets.forget, sets.holdout, sets.retain_eval)
+    monitor = make_monitor(tok, sets.forget, sets.holdout, sets.retain_eval, margs) if margs.eval_every else None
+    task = f"unlearning ({job.method})"
+
+    def on_step(step: int, total: int, stats: dict[str, Any]) -> None:
+        report.progress(task, step, total, stats_line(stats))
+
+    report.progress(task, 0, margs.max_steps)
+    result = measured(method.run, model, tok, sets.forget, sets.retain, margs, monitor=monitor, on_step=on_step)
+    after = forget_check(result.model, tok, sets.forget, sets.holdout, sets.retain_eval)
+    receipt: dict[str, Any] = {
+        "request": {"file": str(job.data.requests) if job.data.requests else None, "label": sets.label,
+                    "ids": [r.id for r in sets.forget],
+                    "duplicates_folded": sets.request.duplicates_folded if sets.request else 0},
+        "sets": {"forget": len(sets.forget), "retain": len(sets.retain), "holdout": len(sets.holdout),
+                 "retain_eval": len(sets.retain_eval)},
+        "model_in": str(path), "model_in_sha256": before_hash, "out": str(out),
+        "method": job.method, "config": margs.to_dict(), "steps": result.steps,
+        "stop_reason": result.stop_reason, "stop_message": result.stop_message,
+        "wall_seconds": round(result.wall_seconds, 3),
+        "peak_memory_mb": None if result.peak_memory_mb is None else round(result.peak_memory_mb, 1),
+        "peak_memory_kind": result.memory_kind,
+        "before": before, "after": after, "history": result.history, "method_stats": result.stats,
+        "retain_utility_relative": after.get("retain_prob", 0) / max(before.get("retain_prob", 1e-12), 1e-12),
+    }
+    if bench is not None and job.data.forget_split == bench.retain_split:
+        retain_model, _ = load_model(bench.retain)
+        gold = forget_check(retain_model, tok, sets.forget, sets.holdout, sets.retain_eval)
+        receipt["privleak_vs_retain"] = privleak(after["forget_auc"], gold["forget_auc"])
+    if not is_main_process():  # every process unlearned its shard; the first one commits the result
+        return ForgetResult(out, ledger_path, "", receipt)
+    with deferred_interrupts():
+        manifest = save_model(result.model, tok, out, input_dir=path,
+                              extra_files={RECEIPT: json.dumps(receipt, indent=2)})
+        entry = ledger.make_entry(ledger_path, request_file=str(job.data.requests or ""), records=sets.forget,
+                                  method=job.method, config=margs.to_dict(), model_before=before_hash,
+                                  model_after=manifest["weights_sha256"], output=str(out),
+                                  stop_reason=result.stop_reason)
+        ledger.append(ledger_path, entry)
+    receipt["ledger"] = {"path": str(ledger_path), "entry_hash": entry["entry_hash"]}
+    return ForgetResult(out, ledger_path, entry["entry_hash"], receipt)
