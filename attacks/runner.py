@@ -28,6 +28,7 @@ class ScoreContext:
     k: float
     reference: torch.nn.Module | None
     batch_size: int
+    padding_side: str = "right"
 
 
 # ``(ctx) -> [N]`` per score; ``one_pass``: a function of the shared log-probs alone.
@@ -57,7 +58,8 @@ def _minkpp(c: ScoreContext) -> torch.Tensor:
 @SCORES.register("reference", one_pass=False, needs_reference=True)
 def _reference(c: ScoreContext) -> torch.Tensor:
     assert c.reference is not None
-    ref = token_logprobs(c.reference, c.tokenizer, c.records, batch_size=c.batch_size, moments=False, hits=False)
+    ref = token_logprobs(c.reference, c.tokenizer, c.records, batch_size=c.batch_size, moments=False, hits=False,
+                         padding_side=c.padding_side)
     return reference_score(c.tlp, ref)
 
 
@@ -91,7 +93,7 @@ def parse_scores(spec: str | Sequence[str]) -> list[str]:
 
 def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], scores: Sequence[str], *,
                   k: float = 0.4, reference: torch.nn.Module | None = None, batch_size: int = 32,
-                  on_batch: Callable[[int], None] | None = None) -> ScoreTable:
+                  on_batch: Callable[[int], None] | None = None, padding_side: str = "right") -> ScoreTable:
     """Compute the requested scores; the one-pass ones share a single forward pass of ``model``.
 
     Under several processes each rank scores an interleaved shard and the scores are gathered (the
@@ -101,10 +103,10 @@ def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Reco
     if any(SCORES.entry(n).info.get("needs_reference") for n in scores) and reference is None:
         raise UnlearnError("the 'reference' score needs a reference model (--reference)")
     if rank_world()[1] == 1:
-        return _score_local(model, tokenizer, records, scores, k, reference, batch_size, on_batch)
+        return _score_local(model, tokenizer, records, scores, k, reference, batch_size, on_batch, padding_side)
 
     def local(shard: list[Record]) -> dict[str, np.ndarray]:
-        t = _score_local(model, tokenizer, shard, scores, k, reference, batch_size, on_batch)
+        t = _score_local(model, tokenizer, shard, scores, k, reference, batch_size, on_batch, padding_side)
         return {**t.scores, "_lengths": t.lengths}
 
     arrays = sharded(records, local)
@@ -114,11 +116,11 @@ def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Reco
 
 def _score_local(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], scores: Sequence[str], k: float,
                  reference: torch.nn.Module | None, batch_size: int,
-                 on_batch: Callable[[int], None] | None) -> ScoreTable:
+                 on_batch: Callable[[int], None] | None, padding_side: str = "right") -> ScoreTable:
     moments = any(SCORES.entry(n).info.get("moments") for n in scores)
     tlp = token_logprobs(model, tokenizer, records, batch_size=batch_size, moments=moments, hits=False,
-                         on_batch=on_batch)
-    ctx = ScoreContext(model, tokenizer, records, tlp, k, reference, batch_size)
+                         on_batch=on_batch, padding_side=padding_side)
+    ctx = ScoreContext(model, tokenizer, records, tlp, k, reference, batch_size, padding_side)
     out = {name: SCORES.get(name)(ctx) for name in scores}
     return ScoreTable([r.id for r in records], {n: v.numpy() for n, v in out.items()},
                       tlp.lengths.numpy(), tlp)

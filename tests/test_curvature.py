@@ -241,3 +241,90 @@ def test_kfac_algebra_matches_explicit_kronecker_products(tiny_tokenizer) -> Non
         assert torch.allclose(back, v[i].double().reshape(-1), rtol=1e-3, atol=1e-4)
         rest = [j for j in range(len(params)) if j != i]
         assert curv.rest == rest and float(curv.rest_diag.d[0].sum()) > 0  # model.norm: GNB diagonal
+
+
+def _true_label_objective() -> Objective:
+    """lm_objective with the observed labels in place of sampled ones (deterministic): per example
+    sum_t CE_t / sqrt(T_i), so per-example gradients can be reproduced by a separate loop."""
+    from unlearn.logprobs import forward_logits
+    from unlearn.losses import target_logprobs
+
+    def per_example(z: torch.Tensor, batch, gen) -> torch.Tensor:
+        lp, n = target_logprobs(z, batch.labels)
+        return -lp / n.sqrt()
+
+    base = lm_objective()
+    return Objective(loss=base.loss, logits=forward_logits, logits_loss=base.logits_loss, sampled_loss=per_example,
+                     token_mask=base.token_mask)
+
+
+def _lm_records() -> list:
+    return [qa_record("a", "Where was Kalo Venra born?", "In the town of Tolmere."),
+            qa_record("b", "What pet does Mira Dun keep?", "A parrot."),
+            qa_record("c", "Which sport does Osta Rinel play?", "Tennis and chess."),
+            qa_record("d", "Where does Mira Dun live?", "Tolmere, by the lazy fox.")]
+
+
+def _lm_batches(recs, tok, batch_size: int):
+    chunks = [list(batches(recs[i:i + batch_size], tok, batch_size))[0] for i in range(0, len(recs), batch_size)]
+    return lambda: iter([(b, len(b) / len(recs)) for b in chunks])
+
+
+def test_ekfac_eigenvalues_equal_the_per_example_gradient_refit(tiny_tokenizer) -> None:
+    from tests.conftest import make_tiny_model
+    from unlearn.logprobs import forward_logits
+
+    model = make_tiny_model(tiny_tokenizer, seed=3)
+    params = apply_scope(model, r"regex:layers\.1\.mlp\.down_proj")
+    recs, obj = _lm_records(), _true_label_objective()
+    curv = KFAC(params, model, obj, _lm_batches(recs, tiny_tokenizer, 4), eigen_correct=True)
+    (f,) = curv.layers
+    # slow reference: one example at a time, its own gradient DW_i, then mean_i (Q_S^T DW_i Q_A)^2
+    ref = torch.zeros_like(f.lam, dtype=torch.float64)
+    for rec in recs:
+        (b,) = list(batches([rec], tiny_tokenizer, 1))
+        (dw,) = torch.autograd.grad(obj.sampled_loss(forward_logits(model, b), b, None).sum(), params)
+        ref += (f.qs.double().T @ dw.double() @ f.qa.double()) ** 2 / len(recs)
+    assert float(ref.sum()) > 0
+    assert torch.allclose(f.lam.double(), ref, rtol=1e-3, atol=1e-9 * float(ref.max()))
+    # and the refit differs from the plain K-FAC eigenvalues (else the test would not tell them apart)
+    plain = KFAC(params, model, obj, _lm_batches(recs, tiny_tokenizer, 4), eigen_correct=False).layers[0].lam
+    assert not torch.allclose(plain, f.lam, rtol=1e-2)
+
+
+@pytest.mark.parametrize("eigen", [False, True], ids=["kfac", "ekfac"])
+def test_kfac_factors_do_not_depend_on_the_batch_size(tiny_tokenizer, eigen: bool) -> None:
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model(tiny_tokenizer, seed=3).double()  # factors accumulate in fp32: tolerance 1e-5
+    params = apply_scope(model, r"regex:layers\.1\.mlp\.(down|up)_proj")
+    recs, obj = _lm_records(), _true_label_objective()
+    fits = [KFAC(params, model, obj, _lm_batches(recs, tiny_tokenizer, bs), eigen_correct=eigen) for bs in (1, 2, 4)]
+    for layers in zip(*(c.layers for c in fits)):
+        for other in layers[1:]:
+            for name in ("a_cov", "s_cov", "lam"):
+                x, y = getattr(layers[0], name).double(), getattr(other, name).double()
+                assert torch.allclose(x, y, rtol=1e-4, atol=1e-5 * float(x.abs().max())), name
+
+
+def test_empirical_fisher_and_hutchinson_diagonals_match_exact_ones(tiny_tokenizer) -> None:
+    from unlearn.curvature import empirical_fisher_diagonal, hutchinson_diagonal
+
+    model, params, src = _lm_setup(tiny_tokenizer, r"regex:layers\.1\.post_attention_layernorm|model\.norm")
+    obj = lm_objective()
+    # empirical Fisher: mean_i (grad l_i)^2 with the true labels, by a per-example loop
+    (batch, _), = list(src())
+    exact_f = [torch.zeros_like(p) for p in params]
+    for i in range(len(batch)):
+        grads = torch.autograd.grad(obj.loss(model, batch[i:i + 1]), params)
+        for e, g in zip(exact_f, grads):
+            e += g.detach() ** 2 / len(batch)
+    fisher = empirical_fisher_diagonal(params, model, obj, src).diag()
+    for a, b in zip(fisher, exact_f):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-10)
+    # Hutchinson: E[u * Hu] = diag(H), against the dense Hessian's diagonal
+    exact_h = torch.cat([t.reshape(-1) for t in Dense(Hessian(params, model, obj, src)).diag()])
+    est = torch.cat([t.reshape(-1) for t in hutchinson_diagonal(params, model, obj, src, samples=300).diag()])
+    assert float(exact_h.abs().sum()) > 0
+    assert float((est - exact_h).norm() / exact_h.norm()) < 0.3
+    assert float(torch.corrcoef(torch.stack([exact_h, est]))[0, 1]) > 0.9

@@ -1,0 +1,136 @@
+"""The package's shape: one import root, layers that import one way, no import cycles, no side effects."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"unlearn": "unlearn", "attacks": "unlearn.attacks", "auditors": "unlearn.auditors", "cli": "unlearn.cli"}
+# lower layers never import higher ones
+LAYERS = ["unlearn.cli", "unlearn.workflows", "unlearn.auditors", "unlearn.attacks", "unlearn"]
+
+
+def module_files() -> dict[str, Path]:
+    mods = {}
+    for folder, package in FOLDERS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods[".".join([package, *parts])] = path
+    return mods
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports, function-level imports included."""
+    mods = module_files()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        is_pkg = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                    base = ".".join(anchor[: len(anchor) - node.level + 1] + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != mod:
+                    graph[mod].add(t)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def layer(mod: str) -> int:
+    return next(i for i, prefix in enumerate(LAYERS) if mod == prefix or mod.startswith(prefix + "."))
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    assert len(graph) > 40  # the walk found the package
+    assert cycles(graph) == []
+
+
+def test_imports_flow_one_way() -> None:
+    bad = [f"{m} -> {t}" for m, ts in import_graph().items() for t in ts
+           if m != "unlearn" and layer(t) < layer(m)]  # unlearn/__init__ re-exports lazily, by name only
+    assert bad == []
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_importing_changes_no_environment_and_loads_nothing_heavy(tmp_path: Path) -> None:
+    code = ("import os, sys; before = dict(os.environ); import unlearn; "
+            "assert dict(os.environ) == before, set(os.environ) ^ set(before); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
+            "import unlearn.cli.main; assert dict(os.environ) == before; print('ok')")
+    proc = _python(code, tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_no_top_level_cli_attacks_auditors_from_outside_the_checkout(tmp_path: Path) -> None:
+    for name in ("cli", "attacks", "auditors"):
+        proc = _python(f"import {name}", tmp_path)
+        assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, (name, proc.stdout)
+    proc = _python("import unlearn.cli.main, unlearn.attacks.scores, unlearn.auditors.metrics, unlearn.configs; "
+                   "print('ok')", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_checkout_shadowing_an_install_still_maps_the_subpackages() -> None:
+    # Run from the repository root: `unlearn` comes from ./unlearn, whatever is installed.
+    proc = _python("import unlearn, unlearn.cli.main as m; print(unlearn.__file__, m.__file__)", ROOT,
+                   PYTHONPATH=str(ROOT))
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.split()
+    assert first == str(ROOT / "unlearn" / "__init__.py") and second == str(ROOT / "cli" / "main.py")
