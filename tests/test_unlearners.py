@@ -113,3 +113,115 @@ def test_second_order_methods_forget_and_keep_retain(name: str, over: dict, rise
     if name == "newton":
         cert = res.stats["certificate"]
         assert cert["retain_grad_norm_after"] > 0 and cert["last_step"]["update_norm"] > 0
+
+
+STOP_CASES = [  # (method, overrides, expected reason): each reason of the stopping rule, reached for real
+    ("grad_ascent", {"lr": 1e-7, "max_steps": 2, "eval_every": 1}, "max_steps"),
+    ("npo", {"lr": 1e-3, "max_steps": 80, "eval_every": 4}, "utility_drop"),
+    ("graddiff", {"lr": 1e-3, "max_steps": 80, "eval_every": 4, "max_utility_drop": 0.5}, "forget_undetectable"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "over", "reason"), STOP_CASES, ids=[c[2] for c in STOP_CASES])
+def test_stopping_rule_reaches_each_reason_at_the_first_check_that_meets_it(name, over, reason, bench) -> None:
+    from unlearn.auditors.stopping import make_monitor
+
+    forget, holdout, retain = bench.split("forget10"), bench.split("holdout"), bench.split("retain90")
+    args = load_method_args(name, overrides=over)
+    model, tok = load_model(bench.target)
+    monitor = make_monitor(tok, forget, holdout, retain[:100], args)
+    res = get_method(name).run(model, tok, forget, retain, args, monitor=monitor)
+    assert res.stop_reason == reason, (res.stop_reason, res.stop_message)
+    hist = res.history
+    assert [h["step"] for h in hist] == list(range(0, res.steps + 1, args.eval_every))
+    base = hist[0]["retain_prob"]
+    dropped = [h["retain_prob"] < (1 - args.max_utility_drop) * base for h in hist]
+    undetectable = [h["forget_p"] >= args.stop_alpha for h in hist]
+    if reason == "max_steps":
+        assert res.steps == args.max_steps and not any(dropped) and not any(undetectable)
+    else:
+        assert (dropped if reason == "utility_drop" else undetectable)[-1]
+        assert not any(undetectable[:-1]) and not any(dropped[:-1])  # stopped at the first check meeting a rule
+        assert reason == "utility_drop" or not dropped[-1]  # utility is checked first
+        assert res.steps < args.max_steps
+
+
+@pytest.mark.slow
+def test_nothing_to_do_when_already_undetectable(bench) -> None:
+    from unlearn.auditors.stopping import make_monitor
+
+    unseen, retain = bench.split("holdout"), bench.split("retain90")
+    forget, holdout = unseen[:100], unseen[100:]  # a "request" for records the model never saw
+    args = load_method_args("npo", overrides={"max_steps": 5})
+    model, tok = load_model(bench.target)
+    before = [p.detach().clone() for p in model.parameters()]
+    res = get_method("npo").run(model, tok, forget, retain, args,
+                                monitor=make_monitor(tok, forget, holdout, retain[:100], args))
+    assert res.stop_reason == "already_undetectable" and res.steps == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, res.model.parameters()))
+
+
+def _scope_params(model, scope: str) -> dict[str, torch.Tensor]:
+    from unlearn.params import scoped_names
+
+    names = set(scoped_names(model, scope))
+    return {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+
+
+def _dist(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return float(sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a) ** 0.5)
+
+
+@pytest.mark.slow
+def test_newton_trust_region_caps_each_step_at_the_ratio(bench) -> None:
+    forget, retain = bench.split("forget10")[:20], bench.split("retain90")[:200]
+    changes = {}
+    for ratio in (0.0, 0.002):
+        model, tok = load_model(bench.target)
+        theta0 = _scope_params(model, "last:1")
+        res = get_method("newton").run(model, tok, forget, retain, _args(
+            "newton", max_steps=1, max_update_ratio=ratio, curvature_examples=64))
+        theta1 = _scope_params(res.model, "last:1")
+        changes[ratio] = _dist(theta1, theta0)
+        bound = ratio * float(sum(float(t.double().pow(2).sum()) for t in theta0.values()) ** 0.5)
+        step = res.stats["certificate"]["last_step"]
+        assert step["update_norm"] == pytest.approx(changes[ratio], rel=1e-3)
+        if ratio:
+            assert changes[ratio] == pytest.approx(bound, rel=1e-3) and step["trust_region_scale"] < 1
+    assert changes[0.0] > changes[0.002] * 1.5  # the cap really bound
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preconditioner", ["identity", "adam"])
+def test_iau_step_equals_its_formula(bench, preconditioner: str) -> None:
+    """theta_u = theta - lr P(grad L_R - gamma grad L_F), L = mean over records of the mean token NLL,
+    gradients by a per-record loop; P = identity, or one fresh Adam step g / (|g| + eps)."""
+    forget, retain = bench.split("forget10")[:6], bench.split("retain90")[:10]
+    lr, gamma = 1e-3, 0.7
+    model, tok = load_model(bench.target)
+    theta0 = _scope_params(model, "last:1")
+    names = list(theta0)
+    params = dict(model.named_parameters())
+
+    def mean_grad(records) -> dict[str, torch.Tensor]:
+        acc = {n: torch.zeros_like(t, dtype=torch.float64) for n, t in theta0.items()}
+        for b in batches(records, tok, 1):
+            grads = torch.autograd.grad(token_nll(model, b), [params[n] for n in names])
+            for n, g in zip(names, grads):
+                acc[n] += g.double() / len(records)
+        return acc
+
+    gr, gf = mean_grad(retain), mean_grad(forget)
+    args = _args("iau", preconditioner=preconditioner, lr=lr, forget_weight=gamma, max_steps=1, scope="last:1",
+                 batch_size=4)
+    res = get_method("iau").run(model, tok, forget, retain, args)
+    after = _scope_params(res.model, "last:1")
+    for n in names:
+        g = gr[n] - gamma * gf[n]
+        step = g if preconditioner == "identity" else g / (g.abs() + args.adam_eps)
+        expected = theta0[n].double() - lr * step
+        clear = g.abs() > 1e-5 * float(g.abs().max())  # Adam's g / |g| is ill-conditioned where g ~ fp32 noise
+        assert clear.float().mean() > 0.5
+        assert torch.allclose(after[n].double()[clear], expected[clear], rtol=1e-4, atol=1e-7), n
+        assert float((after[n].double() - theta0[n].double()).abs().max()) <= lr * (1 + 1e-4)

@@ -78,7 +78,8 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, attn_imp
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
+        with _quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
     except Exception as exc:
         raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     model.eval()
