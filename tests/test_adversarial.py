@@ -66,7 +66,8 @@ def test_relearning_target_recovers_fully_retrained_model_only_from_scratch(benc
     original = extraction(target, tok, forget)["exact_match"]  # the whole forget set; halves are near it
     t = relearn_report(target, tok, forget, holdout, steps=15, original_exact_match=original)
     r = relearn_report(retrained, tok, forget, holdout, steps=15, original_exact_match=original)
-    assert t["before"]["exact_match"] >= 0.95 and t["recovered_fraction"] == 1.0  # full recovery by definition
+    assert t["before"]["exact_match"] >= 0.95  # the target still knows the evaluated half
+    assert t["after"]["exact_match"] >= t["before"]["exact_match"] - 0.05  # relearning others does not erase it
     assert t["after"]["loss_auc"] > 0.9  # and the relearning steps do not hide it
     # The retrained model never saw the evaluated people: relearning other forget people's facts brings
     # them back no further than the same fine-tuning brings back holdout people (learning from scratch).

@@ -26,10 +26,18 @@ def test_builtin_target_detected_retain_not(bench, target_retain) -> None:
     assert on_target.result("loss").auc >= 0.95 and on_target.detected
     assert on_target.forget_quality is not None and on_target.forget_quality < 0.01
     assert on_target.result("loss").privleak > 50
-    on_retain = audit(retain, tok, forget, holdout, args, retain_model=retain, tofu=True)
+    # privleak uses the retain model's own AUC, computed here independently (pairwise, ties half)
+    from unlearn.attacks.runner import score_records
+
+    r = score_records(retain, tok, [*forget, *holdout], ["loss"]).scores["loss"]
+    m, n = r[: len(forget)], r[len(forget):]
+    auc_r = float(((m[:, None] > n[None, :]) + 0.5 * (m[:, None] == n[None, :])).mean())
+    res = on_target.result("loss")
+    assert res.retain_auc == pytest.approx(auc_r, abs=1e-9)
+    assert res.privleak == pytest.approx((res.auc - auc_r) / auc_r * 100, abs=1e-9)
+    on_retain = audit(retain, tok, forget, holdout, args, tofu=True)
     assert 0.35 <= on_retain.result("loss").auc <= 0.65 and not on_retain.detected
-    assert on_retain.forget_quality == pytest.approx(1.0)
-    assert on_retain.result("loss").privleak == pytest.approx(0.0)
+    assert on_retain.forget_quality is None and on_retain.result("loss").privleak is None
 
 
 def test_cli_audit_default_and_fail_if_detected(tmp_path: Path, capsys) -> None:
@@ -72,3 +80,14 @@ def test_audit_bad_inputs(tmp_path: Path, capsys, bench, tiny_tokenizer) -> None
         assert code == 2, (extra, err)
         assert err.startswith("error:") and message in err and "\n" not in err, (extra, err)
     assert not (tmp_path / "x").exists()
+
+
+def test_builtin_names_work_for_retain_and_reference(tmp_path: Path, bench, capsys) -> None:
+    out = tmp_path / "a"
+    assert main(["audit", "--preset", "tiny", "--model", str(bench.target), "--members",
+                 str(bench.split_path("forget01")), "--nonmembers", str(bench.split_path("holdout")),
+                 "--retain", "builtin:retain", "--reference", "builtin:retain", "--scores", "loss,reference",
+                 "--out", str(out), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["retain"] == str(bench.retain) and payload["forget_quality"] is not None
+    assert {r["score"] for r in payload["results"]} == {"loss", "reference"}

@@ -4,11 +4,10 @@ One import root. Handling a deletion request and auditing the result::
 
     import unlearn
 
-    result = unlearn.forget(unlearn.ForgetJob(model="my-model", requests="requests.jsonl",
-                                              manifest="manifest.jsonl", data=["train.jsonl"],
-                                              holdout="holdout.jsonl", method="npo", out="my-model-v2"))
-    report = unlearn.audit(unlearn.AuditJob(model=result.out, members="forget.jsonl",
-                                            nonmembers="holdout.jsonl"))
+    sources = unlearn.DataSources(requests="requests.jsonl", manifest="manifest.jsonl",
+                                  data=("train.jsonl",), holdout="holdout.jsonl")
+    result = unlearn.forget(unlearn.ForgetJob(model="my-model", data=sources, method="npo", out="my-model-v2"))
+    audit = unlearn.audit(unlearn.AuditJob(model=result.out, members="forget.jsonl", nonmembers="holdout.jsonl"))
 
 Layers (imports flow one way): ``unlearn.cli -> unlearn.workflows -> unlearn.auditors -> unlearn.attacks
 -> the model side`` (data, model I/O, log-probs, losses, curvature, methods, ledger). Importing this
@@ -58,7 +57,8 @@ _LAZY = {
     "WorstCaseResult": "unlearn.workflows.worst_case",
     "attribute": "unlearn.workflows.attribute", "AttributeJob": "unlearn.workflows.attribute",
     "AttributeResult": "unlearn.workflows.attribute",
-    "Benchmark": "unlearn.workflows.common", "resolve_method_args": "unlearn.workflows.forget",
+    "BenchmarkOptions": "unlearn.workflows.common", "DataSources": "unlearn.workflows.common",
+    "resolve_method_args": "unlearn.workflows.forget",
     # core types
     "Record": "unlearn.data", "DeletionRequest": "unlearn.data", "load_records": "unlearn.data",
     "load_requests": "unlearn.data", "load_manifest": "unlearn.data",
