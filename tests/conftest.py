@@ -9,8 +9,6 @@ from typing import Any
 import pytest
 import torch
 
-import unlearn  # noqa: F401  (offline environment)
-
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 CORPUS = [

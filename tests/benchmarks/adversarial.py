@@ -18,7 +18,6 @@ import random
 import tempfile
 from pathlib import Path
 
-import unlearn  # noqa: F401
 from unlearn.auditors.robustness import extraction, relearn_report
 from unlearn.auditors.stopping import make_monitor
 from unlearn.benchmark.build import build

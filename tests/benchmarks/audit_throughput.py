@@ -17,7 +17,6 @@ import zlib
 
 import torch
 
-import unlearn  # noqa: F401
 from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 from unlearn.benchmark.build import build
 from unlearn.data import batches, encode

@@ -22,7 +22,6 @@ import time
 
 import yaml
 
-import unlearn  # noqa: F401
 from unlearn.auditors.metrics import privleak
 from unlearn.auditors.stopping import forget_check, make_monitor
 from unlearn.auditors.tofu import evaluate_qa, forget_quality, model_utility

@@ -17,7 +17,6 @@ import json
 import time
 from pathlib import Path
 
-import unlearn  # noqa: F401
 from unlearn.attribution import UnTracArgs, attribute, mean_loss
 from unlearn.auditors.metrics import pearson, spearman
 from unlearn.benchmark.build import PRESETS, build, default_cache_dir, init_model
