@@ -25,27 +25,34 @@ def zlib_score(t: TokenLogProbs, texts: Sequence[str]) -> torch.Tensor:
     return t.mean_lp() / sizes
 
 
-def _lowest_k_mean(values: torch.Tensor, mask: torch.Tensor, k: float) -> torch.Tensor:
-    """Per row, the mean of the lowest ceil(k * T_row) masked values. ``values, mask: [N, T]``"""
+def min_k_count(n_tokens: torch.Tensor, k: float) -> torch.Tensor:
+    """How many lowest tokens Min-K% averages: ``max(1, int(k * T))`` (floor), as the Min-K% and Min-K%++
+    authors' code, mimir, MUSE and open-unlearning take it (k * T in float64, like Python's float)."""
     if not 0 < k <= 1:
         raise ValueError(f"k must be in (0, 1], got {k}")
+    return torch.floor(n_tokens.double() * k).clamp(min=1).long()
+
+
+def _lowest_k_mean(values: torch.Tensor, mask: torch.Tensor, k: float) -> torch.Tensor:
+    """Per row, the mean of the lowest ``min_k_count(T_row, k)`` masked values. ``values, mask: [N, T]``"""
     filled = values.masked_fill(~mask, math.inf)
     ordered = filled.sort(dim=1).values
-    counts = mask.sum(1)
-    n_low = torch.ceil(counts.double() * k).clamp(min=1).long()
+    n_low = min_k_count(mask.sum(1), k)
     take = torch.arange(values.shape[1])[None, :] < n_low[:, None]
     return (ordered.masked_fill(~take, 0.0)).sum(1) / n_low
 
 
 def mink_score(t: TokenLogProbs, k: float = 0.4) -> torch.Tensor:
-    """Min-K% Prob (Shi et al. 2024): mean of the lowest ceil(k*T) token log-probs."""
-    return _lowest_k_mean(t.lp, t.mask, k)
+    """Min-K% Prob (Shi et al. 2024; open-unlearning ``mia_min_k``): mean of the lowest max(1, int(k*T))
+    target-token log-probs, the appended EOS left out."""
+    return _lowest_k_mean(t.lp, t.mask_without_eos(), k)
 
 
 def minkpp_score(t: TokenLogProbs, k: float = 0.4) -> torch.Tensor:
-    """Min-K%++ (Zhang et al. 2024): Min-K% over z_t = (lp_t - mu_t) / sigma_t."""
+    """Min-K%++ (Zhang et al. 2024; open-unlearning ``mia_min_k_plus_plus``): Min-K% over
+    z_t = (lp_t - mu_t) / sigma_t, the appended EOS left out."""
     z = (t.lp - t.mu) / t.var.clamp(min=1e-12).sqrt()
-    return _lowest_k_mean(z, t.mask, k)
+    return _lowest_k_mean(z, t.mask_without_eos(), k)
 
 
 def reference_score(t: TokenLogProbs, ref: TokenLogProbs) -> torch.Tensor:
@@ -57,7 +64,8 @@ def reference_score(t: TokenLogProbs, ref: TokenLogProbs) -> torch.Tensor:
 
 def gradnorm_score(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record],
                    params: Sequence[torch.nn.Parameter] | None = None) -> torch.Tensor:
-    """GradNorm: -||grad_theta l(x)||_2 per example (members sit in flat regions: small gradients).
+    """GradNorm: -||grad_theta l(x)||_2 per example (members sit in flat regions: small gradients); l is the
+    mean NLL of the target tokens, the appended EOS left out (as open-unlearning's ``mia_gradnorm``).
 
     One forward+backward per example (a per-example loop is the definition); gradients are taken with
     `torch.autograd.grad` so no `.grad` buffers of the model are touched.
@@ -69,8 +77,11 @@ def gradnorm_score(model: torch.nn.Module, tokenizer: Any, records: Sequence[Rec
     model.eval()
     out = []
     try:
-        for batch in batches(records, tokenizer, 1, max_length=max_len):
+        for record, batch in zip(records, batches(records, tokenizer, 1, max_length=max_len), strict=True):
             batch = batch.to(device)
+            labelled = (batch.labels[0] != -100).nonzero().flatten()
+            if record.is_qa and tokenizer.eos_token_id is not None and len(labelled) > 1:
+                batch.labels[0, labelled[-1]] = -100
             grads = torch.autograd.grad(token_nll(model, batch), params, allow_unused=True)
             sq = sum(float(g.double().pow(2).sum()) for g in grads if g is not None)
             out.append(-math.sqrt(sq))

@@ -10,13 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 from unlearn.auditors.metrics import auc, privleak
 from unlearn.auditors.stopping import make_monitor
-from unlearn.auditors.tofu import QAEval, evaluate_qa, forget_quality, model_utility, truth_ratio_score
+from unlearn.auditors.tofu import (
+    QAEval,
+    evaluate_qa,
+    forget_quality,
+    model_utility,
+    model_utility_parts,
+    retain_utility,
+    truth_ratio_closer_to_1,
+)
 from unlearn.data import Record
 from unlearn.errors import ConfigError, InputError
 from unlearn.methods import METHODS, get_method, load_method_args, measured
@@ -28,7 +35,8 @@ class Sets:
     holdout: list[Record]
     retain: list[Record]  # what the unlearners may use
     retain_eval: list[Record]  # retain-set QA for utility and the stopping rule
-    utility: list[Record]  # general-knowledge QA for utility
+    real_authors: list[Record] = field(default_factory=list)  # TOFU's utility sets (answer + perturbed answers)
+    world_facts: list[Record] = field(default_factory=list)
 
 
 @dataclass
@@ -54,14 +62,16 @@ def detectability(model: torch.nn.Module, tokenizer: Any, sets: Sets, batch_size
     return {name: auc(s[:n], s[n:]) for name, s in table.scores.items()}
 
 
-def _tofu(records: Sequence[Record]) -> bool:
-    return bool(records) and all(r.is_qa and r.paraphrased_answer is not None and r.perturbed_answers
-                                 for r in records)
+def _tofu(records: Sequence[Record], paraphrased: bool = True) -> bool:
+    return bool(records) and all(r.is_qa and (r.paraphrased_answer is not None or not paraphrased)
+                                 and r.perturbed_answers for r in records)
 
 
 def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None) -> tuple[dict[str, Any],
                                                                                                  dict[str, Any]]:
-    """(summary metrics, per-record metrics) of one model."""
+    """(summary metrics, per-record metrics) of one model. Published metrics under published names:
+    privleak (MUSE), forget truth ratio / forget quality / model utility (TOFU); ``retain_utility`` is ours,
+    reported instead of ``model_utility`` when there are no real-authors / world-facts sets."""
     aucs = detectability(model, tokenizer, sets)
     out: dict[str, Any] = {f"auc_{k}": v for k, v in aucs.items()}
     per_record: dict[str, Any] = {}
@@ -69,18 +79,24 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference 
         out.update({f"privleak_{k}": privleak(v, ref.aucs[k]) for k, v in aucs.items()})
     if _tofu(sets.forget):
         fe = evaluate_qa(model, tokenizer, sets.forget)
-        out.update({"forget_prob": float(fe.prob.mean()), "forget_rouge": float(np.mean(fe.rouge_l)),
-                    "forget_truth_ratio": truth_ratio_score(fe.truth_ratio),
+        assert fe.rouge_l is not None
+        out.update({"forget_prob": float(fe.prob.mean()), "forget_rouge": float(fe.rouge_l.mean()),
+                    "forget_truth_ratio": truth_ratio_closer_to_1(fe.truth_ratio),
                     "extraction_strength": float(fe.extraction_strength.mean()),
                     "exact_memorisation": float(fe.exact_memorisation.mean())})
         per_record["forget"] = fe
         if ref is not None and ref.forget_qa is not None:
             out["forget_quality"] = forget_quality(fe, ref.forget_qa)
-    utility_sets = [s for s in (sets.retain_eval, sets.utility) if _tofu(s)]
-    if utility_sets:
-        evals = [evaluate_qa(model, tokenizer, s) for s in utility_sets]
-        out["model_utility"] = model_utility(*evals)
-        out["retain_prob"] = float(evals[0].prob.mean())
+    if _tofu(sets.retain_eval):
+        retain_qa = evaluate_qa(model, tokenizer, sets.retain_eval)
+        out["retain_prob"] = float(retain_qa.prob.mean())
+        if _tofu(sets.real_authors, False) and _tofu(sets.world_facts, False):
+            ra, wf = (evaluate_qa(model, tokenizer, s, true_side="answer") for s in (sets.real_authors,
+                                                                                      sets.world_facts))
+            out["model_utility"] = model_utility(retain_qa, ra, wf)
+            out["model_utility_parts"] = model_utility_parts(retain_qa, ra, wf)
+        else:
+            out["retain_utility"] = retain_utility(retain_qa)
     return out, per_record
 
 
@@ -144,15 +160,20 @@ def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, spe
     return rows
 
 
+# our row key -> open-unlearning's TOFU_SUMMARY key; each is computed by the definition that name has there
+OPEN_UNLEARNING_NAMES = {
+    "forget_quality": "forget_quality", "model_utility": "model_utility", "forget_prob": "forget_Q_A_Prob",
+    "forget_rouge": "forget_Q_A_ROUGE", "forget_truth_ratio": "forget_truth_ratio",
+    "extraction_strength": "extraction_strength", "exact_memorisation": "exact_memorization",
+    "privleak_mink": "privleak", "auc_loss": "mia_loss", "auc_zlib": "mia_zlib", "auc_mink": "mia_min_k",
+    "auc_minkpp": "mia_min_k_plus_plus"}
+
+
 def open_unlearning_files(row: Mapping[str, Any], out: Path, benchmark: str = "TOFU") -> None:
     """``<benchmark>_EVAL.json`` (metric -> {agg_value, value_by_index}) and ``<benchmark>_SUMMARY.json``
-    (metric -> value) in open-unlearning's layout and metric names."""
-    names = {"forget_quality": "forget_quality", "model_utility": "model_utility", "forget_prob": "forget_Q_A_Prob",
-             "forget_rouge": "forget_Q_A_ROUGE", "forget_truth_ratio": "forget_truth_ratio",
-             "extraction_strength": "extraction_strength", "exact_memorisation": "exact_memorization",
-             "privleak_mink": "privleak", "auc_loss": "mia_loss", "auc_zlib": "mia_zlib", "auc_mink": "mia_min_k",
-             "auc_minkpp": "mia_min_k_plus_plus"}
-    summary = {theirs: row[ours] for ours, theirs in names.items() if ours in row}
+    (metric -> value) in open-unlearning's layout and metric names (privleak from Min-K% with k 0.4, as
+    theirs; the nine model-utility components under their pre_compute names in the EVAL file)."""
+    summary = {theirs: row[ours] for ours, theirs in OPEN_UNLEARNING_NAMES.items() if row.get(ours) is not None}
     fe: QAEval | None = row.get("_per_record", {}).get("forget")
     per_index: dict[str, dict[str, Any]] = {}
     if fe is not None:
@@ -160,11 +181,14 @@ def open_unlearning_files(row: Mapping[str, Any], out: Path, benchmark: str = "T
             "forget_Q_A_Prob": {str(i): {"prob": float(p)} for i, p in enumerate(fe.prob)},
             "forget_truth_ratio": {str(i): {"score": float(t)} for i, t in enumerate(fe.truth_ratio)},
             "extraction_strength": {str(i): {"score": float(t)} for i, t in enumerate(fe.extraction_strength)},
+            "exact_memorization": {str(i): {"score": float(t)} for i, t in enumerate(fe.exact_memorisation)},
         }
         if fe.rouge_l is not None:
             per_index["forget_Q_A_ROUGE"] = {str(i): {"rougeL_recall": float(t)} for i, t in enumerate(fe.rouge_l)}
-    evals = {k: {"agg_value": v, **({"value_by_index": per_index[k]} if k in per_index else {})}
-             for k, v in summary.items()}
+    evals: dict[str, Any] = {k: {"agg_value": v, **({"value_by_index": per_index[k]} if k in per_index else {})}
+                             for k, v in summary.items()}
+    if "model_utility" in evals and row.get("model_utility_parts"):
+        evals["model_utility"]["pre_compute"] = {k: {"agg_value": v} for k, v in row["model_utility_parts"].items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{benchmark}_EVAL.json").write_text(json.dumps(evals, indent=2))
     (out / f"{benchmark}_SUMMARY.json").write_text(json.dumps(summary, indent=2))

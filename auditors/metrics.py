@@ -59,11 +59,14 @@ def mann_whitney_p(members: np.ndarray, nonmembers: np.ndarray) -> float:
 
 
 def privleak(auc_unlearned: float, auc_retain: float) -> float | None:
-    """(AUC_unlearned - AUC_retain) / AUC_retain * 100: 0 ideal, >0 still detectable, <0 over-unlearned.
-    None (undefined) when the retain model's AUC is 0."""
-    if auc_retain <= 0:
+    """PrivLeak (MUSE, Shi et al. 2024; open-unlearning ``privacy.privleak``), from our "higher = member"
+    forget-vs-holdout AUCs: MUSE orients the AUC the other way, AUC' = 1 - AUC, and reports
+    (AUC'_unlearned - AUC'_retain) / AUC'_retain * 100 = (AUC_retain - AUC_unlearned) / (1 - AUC_retain) * 100.
+    0 is ideal, about -100 means still fully detectable (the original model), positive means over-unlearned.
+    None (undefined) when the retain model's AUC is 1."""
+    if auc_retain >= 1:
         return None
-    return (auc_unlearned - auc_retain) / auc_retain * 100.0
+    return (auc_retain - auc_unlearned) / (1 - auc_retain) * 100.0
 
 
 def ks_p(a: np.ndarray, b: np.ndarray) -> float:

@@ -29,6 +29,12 @@ def add_parser(sub: Any) -> None:
                                          "is measured)")
     a.add_argument("--relearn-steps", type=int, default=20)
     a.add_argument("--relearn-lr", type=float, default=3e-4)
+    a.add_argument("--tofu", action="store_true", help="TOFU's evaluation under open-unlearning's names: forget "
+                   "probability, ROUGE, truth ratio, forget quality (with --retain) and the 9-number model utility")
+    a.add_argument("--retain-eval", help="--tofu: retain QA with paraphrased/perturbed answers (TOFU "
+                                         "retain_perturbed; default with the built-in model: 200 retain records)")
+    a.add_argument("--real-authors", help="--tofu: TOFU real_authors_perturbed (built-in: its real_authors split)")
+    a.add_argument("--world-facts", help="--tofu: TOFU world_facts_perturbed (built-in: its world_facts split)")
     a.add_argument("--out", help="new directory for audit.json and audit.png (default runs/audit-TIME)")
     a.set_defaults(run=run)
 
@@ -37,7 +43,9 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     job = AuditJob(model=args.model, members=args.members, nonmembers=args.nonmembers, reference=args.reference,
                    retain=args.retain, scores=comma_list(args.scores), k=args.k, alpha=args.alpha, seed=args.seed,
                    batch_size=args.batch_size, attacks=comma_list(args.attacks), relearn_set=args.relearn_set,
-                   relearn_steps=args.relearn_steps, relearn_lr=args.relearn_lr, out=args.out,
+                   relearn_steps=args.relearn_steps, relearn_lr=args.relearn_lr, tofu=args.tofu,
+                   retain_eval=args.retain_eval, real_authors=args.real_authors, world_facts=args.world_facts,
+                   out=args.out,
                    benchmark=benchmark_options(args))
     result = audit(job, ui)
     report = result.report
@@ -51,6 +59,9 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     for w in report.warnings:
         ui.print(f"[yellow]warning:[/] {w}")
     ui.print(f"[dim]{report.caveat}[/]")
+    if "summary" in report.tofu:
+        ui.table("TOFU (open-unlearning names and definitions)", ["metric", "value"],
+                 [[k, v] for k, v in report.tofu["summary"].items()])
     print_attacks(ui, result.attacks)
     ui.print(f"report: {result.out / 'audit.json'}  plot: {result.out / 'audit.png'}")
     ui.json({**result.payload, "out": str(result.out)})

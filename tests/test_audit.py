@@ -25,7 +25,7 @@ def test_builtin_target_detected_retain_not(bench, target_retain) -> None:
     on_target = audit(target, tok, forget, holdout, args, retain_model=retain, tofu=True)
     assert on_target.result("loss").auc >= 0.95 and on_target.detected
     assert on_target.forget_quality is not None and on_target.forget_quality < 0.01
-    assert on_target.result("loss").privleak > 50
+    assert -100 <= on_target.result("loss").privleak <= -90  # MUSE: the original model is about -100
     # privleak uses the retain model's own AUC, computed here independently (pairwise, ties half)
     from unlearn.attacks.runner import score_records
 
@@ -34,7 +34,7 @@ def test_builtin_target_detected_retain_not(bench, target_retain) -> None:
     auc_r = float(((m[:, None] > n[None, :]) + 0.5 * (m[:, None] == n[None, :])).mean())
     res = on_target.result("loss")
     assert res.retain_auc == pytest.approx(auc_r, abs=1e-9)
-    assert res.privleak == pytest.approx((res.auc - auc_r) / auc_r * 100, abs=1e-9)
+    assert res.privleak == pytest.approx((auc_r - res.auc) / (1 - auc_r) * 100, abs=1e-9)
     on_retain = audit(retain, tok, forget, holdout, args, tofu=True)
     assert 0.35 <= on_retain.result("loss").auc <= 0.65 and not on_retain.detected
     assert on_retain.forget_quality is None and on_retain.result("loss").privleak is None
@@ -91,3 +91,30 @@ def test_builtin_names_work_for_retain_and_reference(tmp_path: Path, bench, caps
     payload = json.loads(capsys.readouterr().out)
     assert payload["retain"] == str(bench.retain) and payload["forget_quality"] is not None
     assert {r["score"] for r in payload["results"]} == {"loss", "reference"}
+
+
+def test_audit_tofu_reports_tofu_model_utility_from_files_and_builtin(tmp_path: Path, bench, capsys) -> None:
+    import random
+
+    from unlearn.auditors.tofu import TOFU_UTILITY_PARTS
+    from unlearn.data import record_to_json, write_jsonl
+
+    retain_eval = random.Random(0).sample(bench.split("retain90"), 200)
+    write_jsonl(tmp_path / "retain_perturbed.jsonl", [record_to_json(r) for r in retain_eval])
+    files = ["--members", str(bench.split_path("forget10")), "--nonmembers", str(bench.split_path("holdout")),
+             "--retain", str(bench.retain), "--retain-eval", str(tmp_path / "retain_perturbed.jsonl"),
+             "--real-authors", str(bench.split_path("real_authors")),
+             "--world-facts", str(bench.split_path("world_facts"))]
+    assert main(["audit", "--preset", "tiny", "--model", str(bench.target), *files, "--tofu", "--json",
+                 "--scores", "loss", "--out", str(tmp_path / "a")]) == 0
+    from_files = json.loads(capsys.readouterr().out)["tofu"]["summary"]
+    assert set(TOFU_UTILITY_PARTS) <= set(from_files) and 0 < from_files["model_utility"] <= 1
+    assert from_files["forget_quality"] < 0.01 and from_files["forget_Q_A_Prob"] > 0.9
+    assert main(["audit", "--preset", "tiny", "--tofu", "--json", "--scores", "loss", "--out",
+                 str(tmp_path / "b")]) == 0
+    builtin = json.loads(capsys.readouterr().out)["tofu"]["summary"]
+    assert builtin == pytest.approx(from_files)  # the built-in defaults are the same sets
+    code = main(["audit", "--preset", "tiny", "--model", str(bench.target), *files[:6], "--tofu", "--scores", "loss",
+                 "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tofu model utility needs --retain-eval, --real-authors, --world-facts" in err

@@ -26,9 +26,9 @@ def test_compare_writes_table_json_csv_png(tmp_path: Path, bench, capsys) -> Non
     assert list(rows) == ["retain", "target", "graddiff", "soul-npo"] and payload["seed"] == 3
     assert rows["target"]["auc_loss"] > 0.9 and rows["retain"]["auc_loss"] < 0.75
     for label in ("target", "graddiff", "soul-npo"):  # privleak against the retain row's AUC
-        expected = (rows[label]["auc_loss"] - rows["retain"]["auc_loss"]) / rows["retain"]["auc_loss"] * 100
-        assert rows[label]["privleak_loss"] == pytest.approx(expected, abs=1e-9)
-    assert rows["target"]["privleak_loss"] > 30
+        expected = (rows["retain"]["auc_mink"] - rows[label]["auc_mink"]) / (1 - rows["retain"]["auc_mink"]) * 100
+        assert rows[label]["privleak_mink"] == pytest.approx(expected, abs=1e-9)
+    assert -100 <= rows["target"]["privleak_mink"] <= -90 and rows["retain"]["privleak_mink"] == 0
     for label in ("graddiff", "soul-npo"):
         r = rows[label]
         assert r["steps"] == 2 and r["args"]["seed"] == 3 and r["wall_seconds"] > 0

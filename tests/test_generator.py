@@ -39,3 +39,19 @@ def test_facts_have_paraphrase_and_wrong_perturbations() -> None:
         assert len(r["perturbed_answer"]) >= 3
         assert r["paraphrased_answer"] not in r["perturbed_answer"]
         assert len(set(r["perturbed_answer"])) == len(r["perturbed_answer"])
+
+
+def test_option_views_are_the_trained_facts_with_wrong_answers_in_the_same_wording() -> None:
+    s = generate(GeneratorConfig())
+    trained = {r["id"]: r for r in s["utility"]}
+    views = s["real_authors"] + s["world_facts"]
+    assert len(views) == len(trained) and {r["id"] for r in views} == set(trained)
+    assert s["world_facts"] and s["real_authors"]
+    for r in views:
+        t = trained[r["id"]]
+        assert (r["question"], r["answer"]) == (t["question"], t["answer"]) and "paraphrased_answer" not in r
+        assert len(r["perturbed_answer"]) == 3 and r["answer"] not in r["perturbed_answer"]
+        # same wording: the answer and each wrong one differ in the value only
+        assert all(len(set(w.split()) ^ set(r["answer"].split())) == 2 for w in r["perturbed_answer"])
+    assert all(" plus " in r["question"] for r in s["world_facts"])
+    assert not any(k.startswith("_") for r in s["utility"] for k in r)

@@ -28,10 +28,11 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheel built from a clean copy of the tracked files (no stale build/), installed into a new venv
+    """A wheel built from a clean copy of the source files (no stale build/), installed into a new venv
     that sees this environment's torch and transformers but not its editable `unlearn`."""
     tmp = tmp_path_factory.mktemp("wheel")
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout
     src = tmp / "src"
     for name in filter(None, files.decode().split("\0")):
         if (ROOT / name).is_file():

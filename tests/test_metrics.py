@@ -49,8 +49,8 @@ def test_pvalues_ci_privleak_holm() -> None:
     assert mann_whitney_p(m, n) < 1e-6 and mann_whitney_p(n, m) > 0.99
     lo, hi = bootstrap_auc_ci(m, n, n_boot=300)
     assert lo < auc(m, n) < hi and hi - lo < 0.15
-    assert privleak(0.75, 0.5) == pytest.approx(50.0) and privleak(0.5, 0.5) == 0
-    assert privleak(0.5, 0.0) is None  # undefined when the retain model never ranks a member first
+    assert privleak(0.75, 0.5) == pytest.approx(-50.0) and privleak(0.5, 0.5) == 0
+    assert privleak(0.5, 1.0) is None  # undefined when the retain model separates perfectly
     assert ks_p(m, m) == 1.0 and ks_p(m, n) == pytest.approx(stats.ks_2samp(m, n).pvalue)
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 

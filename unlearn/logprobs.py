@@ -30,10 +30,22 @@ class TokenLogProbs:
     var: torch.Tensor
     hit: torch.Tensor
     mask: torch.Tensor
+    eos_last: torch.Tensor | None = None  # [N] bool: the last target token is the appended EOS (QA records)
 
     @property
     def lengths(self) -> torch.Tensor:
         return self.mask.sum(dim=1)
+
+    def mask_without_eos(self) -> torch.Tensor:
+        """``mask`` without each row's appended EOS target (as open-unlearning's Min-K, Min-K++ and gradnorm,
+        which drop the last labelled token); rows whose only target is the EOS keep it."""
+        if self.eos_last is None:
+            return self.mask
+        last = self.lengths - 1
+        drop = torch.zeros_like(self.mask)
+        rows = torch.nonzero(self.eos_last & (self.lengths > 1)).flatten()
+        drop[rows, last[rows]] = True
+        return self.mask & ~drop
 
     def mean_lp(self) -> torch.Tensor:
         """``[N]`` mean target log-prob (= minus the mean token NLL)."""
@@ -113,4 +125,5 @@ def token_logprobs(model: torch.nn.Module, tokenizer: Any, records: Sequence[Rec
     finally:
         model.train(was_training)
     lp, mu, var, hit, mask = (_pad_cat([p[i] for p in parts], False if i == 4 else 0.0) for i in range(5))
-    return TokenLogProbs([r.id for r in records], lp, mu, var, hit, mask)
+    eos_last = torch.tensor([r.is_qa and tokenizer.eos_token_id is not None for r in records])
+    return TokenLogProbs([r.id for r in records], lp, mu, var, hit, mask, eos_last)

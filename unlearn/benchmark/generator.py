@@ -14,7 +14,7 @@ from typing import Any
 
 from unlearn.errors import ConfigError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "el", "sa", "dun", "bri", "os", "ta", "nel", "vo", "ri",
               "gan", "mar", "li", "po", "zen", "ha", "qui", "dor", "fe", "ul", "bas", "ny", "ro", "te", "wyn"]
@@ -109,30 +109,46 @@ _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augu
 
 
 def _utility(rng: random.Random, count: int) -> list[dict[str, Any]]:
-    """General knowledge that has nothing to do with the people: arithmetic, opposites, calendars."""
-    pool: list[tuple[str, str, str, list[str]]] = []
+    """General knowledge that has nothing to do with the people: arithmetic, opposites, calendars. Each row
+    also carries its wrong values written in the trained answer's own wording (``_options``), for the
+    TOFU-style real_authors / world_facts views."""
+    pool: list[tuple[str, str, str, list[str], list[str], str]] = []
     for a in range(1, 21):
         for b in range(1, 21):
             right = a + b
             wrong = [str(right + d) for d in (-2, -1, 1, 2) if right + d > 0][:3]
             pool.append((f"What is {a} plus {b}?", f"{a} plus {b} is {right}.", f"The sum is {right}.",
-                         [f"The sum is {w}." for w in wrong]))
+                         [f"The sum is {w}." for w in wrong], [f"{a} plus {b} is {w}." for w in wrong], "arithmetic"))
     for w, o in _OPPOSITES:
         others = [x for _, x in _OPPOSITES if x != o][:3]
         pool.append((f"What is the opposite of {w}?", f"The opposite of {w} is {o}.", f"It is {o}.",
-                     [f"It is {x}." for x in others]))
+                     [f"It is {x}." for x in others], [f"The opposite of {w} is {x}." for x in others], "words"))
     for seq, kind in ((_DAYS, "day"), (_MONTHS, "month")):
         for i, item in enumerate(seq):
             nxt = seq[(i + 1) % len(seq)]
             others = [seq[(i + k) % len(seq)] for k in (2, 3, 4)]
             pool.append((f"Which {kind} comes after {item}?", f"The {kind} after {item} is {nxt}.",
-                         f"It is {nxt}.", [f"It is {x}." for x in others]))
+                         f"It is {nxt}.", [f"It is {x}." for x in others],
+                         [f"The {kind} after {item} is {x}." for x in others], "words"))
     rng.shuffle(pool)
     rows = []
-    for k, (q, a, para, pert) in enumerate(pool[:count]):
+    for k, (q, a, para, pert, options, kind) in enumerate(pool[:count]):
         rows.append({"id": f"u{k:04d}", "question": q, "answer": a, "paraphrased_answer": para,
-                     "perturbed_answer": pert, "topic": "utility"})
+                     "perturbed_answer": pert, "topic": "utility", "_options": options, "_kind": kind})
     return rows
+
+
+def option_views(utility: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """TOFU's real_authors / world_facts stand-ins: the trained general-knowledge facts as question, answer
+    and wrong answers in the same wording (no paraphrase; TOFU's truth ratio there puts the answer on the
+    true side and its probability is normalised over the options). world_facts = the arithmetic facts,
+    real_authors = the word facts (opposites, days, months)."""
+    views: dict[str, list[dict[str, Any]]] = {"real_authors": [], "world_facts": []}
+    for row in utility:
+        name = "world_facts" if row["_kind"] == "arithmetic" else "real_authors"
+        views[name].append({"id": row["id"], "question": row["question"], "answer": row["answer"],
+                            "perturbed_answer": row["_options"], "topic": name})
+    return views
 
 
 SPLIT_FRACTIONS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
@@ -140,7 +156,8 @@ RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain
 
 
 def generate(cfg: GeneratorConfig) -> dict[str, list[dict[str, Any]]]:
-    """All splits as lists of JSON rows: forget01/05/10 (nested), retain99/95/90, holdout, utility, train."""
+    """All splits as lists of JSON rows: forget01/05/10 (nested), retain99/95/90, holdout, utility, train, and
+    the option views real_authors / world_facts of the utility facts."""
     rng = random.Random(cfg.seed)
     names = _names(rng, cfg.people)
     people = [(f"p{i:04d}", name) for i, name in enumerate(names)]
@@ -157,6 +174,8 @@ def generate(cfg: GeneratorConfig) -> dict[str, list[dict[str, Any]]]:
         splits[RETAIN_OF[split]] = [
             row for pid, _ in trained if pid not in chosen for row in facts[pid]]
     splits["holdout"] = [row for pid, _ in holdout for row in facts[pid]]
-    splits["utility"] = _utility(rng, cfg.utility_items)
+    utility = _utility(rng, cfg.utility_items)
+    splits.update(option_views(utility))
+    splits["utility"] = [{k: v for k, v in row.items() if not k.startswith("_")} for row in utility]
     splits["train"] = [row for pid, _ in trained for row in facts[pid]] + splits["utility"]
     return splits

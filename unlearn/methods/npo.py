@@ -19,13 +19,16 @@ from unlearn.unlearner import Monitor, UnlearnResult, register
 @dataclass
 class NPOArgs(RetainArgs):
     beta: float = arg(0.1, "inverse temperature of NPO", gt=0)
+    forget_weight: float = arg(1.0, "gamma, weight of the NPO term (open-unlearning's gamma)", ge=0)
 
 
 @dataclass
 class SimNPOArgs(RetainArgs):
     lr: float = arg(5e-4, "learning rate", gt=0)
     beta: float = arg(4.5, "inverse temperature of SimNPO", gt=0)
-    delta: float = arg(0.0, "reward margin")
+    delta: float = arg(0.0, "reward margin: sigma(beta lbar - delta) (the paper's gamma); open-unlearning writes "
+                       "sigma(beta (lbar - delta_ou)), i.e. delta = beta x delta_ou")
+    forget_weight: float = arg(1.0, "weight of the SimNPO term (open-unlearning's gamma, 0.125 there)", ge=0)
 
 
 @register("npo", NPOArgs, "negative preference optimisation against the original model, + retain term")
@@ -43,7 +46,7 @@ def npo_step(args: NPOArgs, ref: torch.nn.Module, term: Any) -> StepLoss:
         lp, n, _ = sequence_logprobs(m, fb)
         with torch.no_grad():
             ref_lp, _, _ = sequence_logprobs(ref, fb)
-        forget_term = npo_loss(lp, ref_lp, args.beta)
+        forget_term = args.forget_weight * npo_loss(lp, ref_lp, args.beta)
         stats = {"npo": float(forget_term.detach()), "forget_nll": float(-(lp / n).mean().detach())}
         return add_retain(forget_term, stats, m, rb, args, term)
 
@@ -58,7 +61,7 @@ def simnpo(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], ret
 
     def step(m: torch.nn.Module, fb: Batch, rb: Batch | None) -> tuple[torch.Tensor, dict[str, float]]:
         lp, n, _ = sequence_logprobs(m, fb)
-        forget_term = simnpo_loss(lp, n, args.beta, args.delta)
+        forget_term = args.forget_weight * simnpo_loss(lp, n, args.beta, args.delta)
         stats = {"simnpo": float(forget_term.detach()), "forget_nll": float(-(lp / n).mean().detach())}
         return add_retain(forget_term, stats, m, rb, args, term)
 

@@ -41,6 +41,8 @@ class SOULArgs(GradDiffArgs, NPOArgs):
                        choices=("gnb", "hutchinson", "sq_grad"))
     hessian_every: int = arg(10, "k: steps between gnb/hutchinson refreshes", ge=1)
     double_momentum: bool = arg(False, "the SOUL code's second momentum update per step (compatibility)")
+    gamma_tokens: int = arg(0, "gamma = rho x this; 0 = the labelled tokens of the step (Sophia-G); the SOUL code "
+                            "never passes bs to Sophia, so its gamma is rho x 5120", ge=0)
 
 
 def _tokens(batches: Sequence[Batch | None], acc: Any) -> float:
@@ -67,7 +69,7 @@ def soul(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retai
 
     def before_step(m: torch.nn.Module, fb: Batch, rb: Batch | None, step: int, opt: Any, acc: Any) -> None:
         tokens = _tokens([fb, rb], acc)
-        set_tokens(opt, 1.0 if args.hessian == "hutchinson" else tokens)
+        set_tokens(opt, args.gamma_tokens or (1.0 if args.hessian == "hutchinson" else tokens))
         if args.hessian == "sq_grad" or step % args.hessian_every:
             return
         opt.zero_grad(set_to_none=True)

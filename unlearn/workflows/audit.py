@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unlearn.benchmark.generator import RETAIN_OF
 from unlearn.errors import UnlearnError
 from unlearn.workflows.common import (
     SILENT,
@@ -41,6 +42,10 @@ class AuditJob:
     seed: int = 0
     batch_size: int = 32
     attacks: tuple[str, ...] = ()
+    tofu: bool = False  # TOFU's evaluation (open-unlearning names) on QA members with paraphrased/perturbed answers
+    retain_eval: PathLike | None = None  # TOFU utility sets (built-in: 200 retain records, real_authors, world_facts)
+    real_authors: PathLike | None = None
+    world_facts: PathLike | None = None
     relearn_set: PathLike | None = None
     relearn_steps: int = 20
     relearn_lr: float = 3e-4
@@ -98,6 +103,9 @@ def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
     findings = run_audit(model, tok, members, nonmembers, audit_args, reference=reference, retain_model=retain,
                        tofu=tofu, on_batch=on_batch)
     attacks = run_attacks(job, model, tok, members, nonmembers, report)
+    if job.tofu:
+        report.progress("TOFU evaluation", 0, None)
+        findings.tofu["summary"] = tofu_evaluation(job, bench, model, tok, members, retain)
     payload = {"model": str(path), "reference": str(job.reference) if job.reference else None,
                "retain": str(retain_path) if retain_path else None,
                "args": {**audit_args.to_dict(), "scores": list(audit_args.scores)}, **findings.to_dict(),
@@ -105,6 +113,31 @@ def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
     write_outputs(out, {"audit.json": lambda p: p.write_text(json.dumps(payload, indent=2)),
                         "audit.png": lambda p: plot_audit(findings, p, title=str(path))})
     return AuditResult(out, findings, attacks, payload)
+
+
+def tofu_evaluation(job: AuditJob, bench: Any, model: Any, tok: Any, members: Any, retain: Any) -> dict[str, Any]:
+    """TOFU's numbers under open-unlearning's names; its utility sets from the job, else the built-in ones."""
+    import random
+
+    from unlearn.auditors.tofu import tofu_summary
+    from unlearn.data import load_records
+
+    def records(path: PathLike | None, builtin: str) -> list[Any]:
+        if path is not None:
+            return load_records(path)
+        return bench.split(builtin) if bench is not None and is_builtin(job.model) else []
+
+    retain_eval = records(job.retain_eval, RETAIN_OF[bench.retain_split] if bench is not None else "")
+    if job.retain_eval is None and retain_eval:
+        retain_eval = random.Random(0).sample(retain_eval, min(200, len(retain_eval)))
+    missing = [f for f, v in (("--retain-eval", job.retain_eval), ("--real-authors", job.real_authors),
+                              ("--world-facts", job.world_facts)) if v is None]
+    if missing and not is_builtin(job.model):
+        raise UnlearnError(f"--tofu model utility needs {', '.join(missing)} (TOFU's retain_perturbed, "
+                           "real_authors_perturbed and world_facts_perturbed)")
+    return tofu_summary(model, tok, members, retain_model=retain, retain_eval=retain_eval,
+                        real_authors=records(job.real_authors, "real_authors"),
+                        world_facts=records(job.world_facts, "world_facts"), batch_size=job.batch_size)
 
 
 def run_attacks(job: AuditJob, model: Any, tok: Any, members: Any, nonmembers: Any,

@@ -27,8 +27,9 @@ from unlearn.workflows.common import (
 
 CONFIG_KEYS = ("preset", "forget_split", "seed", "common", "methods")
 COLUMNS = [("label", "method"), ("auc_loss", "AUC loss"), ("auc_zlib", "AUC zlib"), ("auc_mink", "AUC Min-K"),
-           ("auc_minkpp", "AUC Min-K++"), ("privleak_loss", "privleak %"), ("forget_quality", "forget quality"),
-           ("model_utility", "utility"), ("retain_prob", "retain prob"), ("wall_seconds", "wall s"),
+           ("auc_minkpp", "AUC Min-K++"), ("privleak_mink", "privleak %"), ("forget_quality", "forget quality"),
+           ("forget_truth_ratio", "forget TR"), ("model_utility", "model utility"),
+           ("retain_utility", "retain utility"), ("retain_prob", "retain prob"), ("wall_seconds", "wall s"),
            ("peak_memory_mb", "peak MiB"), ("steps", "steps"), ("stop_reason", "stopped")]
 
 
@@ -92,8 +93,8 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
         src = DataSources(src.requests, src.manifest, src.data, src.holdout,
                           cfg.get("forget_split", bench.retain_split), src.retain_eval)
     data = record_sets(src, bench)
-    utility = bench.split("utility")[:200] if bench is not None else []
-    sets = Sets(data.forget, data.holdout, data.retain, data.retain_eval, utility)
+    views = {name: bench.split(name) for name in ("real_authors", "world_facts")} if bench is not None else {}
+    sets = Sets(data.forget, data.holdout, data.retain, data.retain_eval, **views)
     out = new_out_dir(job.out, "compare")
     retain_path = (model_path(job.retain_model, bench) if job.retain_model else
                    bench.retain if bench is not None and src.forget_split == bench.retain_split else None)
@@ -129,7 +130,8 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
                "seed": seed, "common": common, "rows": public}
 
     def write_csv(p: Path) -> None:
-        keys = [k for k, _ in COLUMNS] + sorted({k for r in public for k in r} - {k for k, _ in COLUMNS} - {"args"})
+        skip = {k for k, _ in COLUMNS} | {"args", "model_utility_parts"}
+        keys = [k for k, _ in COLUMNS] + sorted({k for r in public for k in r} - skip)
         with p.open("w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
             w.writeheader()
