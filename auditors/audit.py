@@ -10,7 +10,15 @@ import numpy as np
 import torch
 
 from unlearn.attacks.runner import DEFAULT_SCORES, SCORES, ScoreTable, score_records
-from unlearn.auditors.metrics import auc, bootstrap_auc_ci, holm, mann_whitney_p, privleak, tpr_at_fpr
+from unlearn.auditors.metrics import (
+    auc,
+    bootstrap_auc_ci,
+    bootstrap_privleak_ci,
+    holm,
+    mann_whitney_p,
+    privleak,
+    tpr_at_fpr,
+)
 from unlearn.auditors.tofu import QAEval, evaluate_qa, forget_quality
 from unlearn.config import Checked, arg
 from unlearn.data import Record
@@ -49,7 +57,8 @@ class ScoreResult:
     p_holm: float
     detected: bool
     retain_auc: float | None = None
-    privleak: float | None = None
+    privleak: float | None = None  # MUSE's, against the retain model
+    privleak_ci: tuple[float, float] | None = None
 
 
 @dataclass
@@ -63,7 +72,8 @@ class AuditReport:
     warnings: list[str]
     caveat: str = EXCHANGEABILITY
     forget_quality: float | None = None
-    tofu: dict[str, dict[str, float]] = field(default_factory=dict)
+    tofu: dict[str, dict[str, float]] = field(default_factory=dict)  # per-model QA summaries; "summary": TOFU's
+    muse: dict[str, float] = field(default_factory=dict)  # MUSE's VerbMem / KnowMem / privleak
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +163,8 @@ def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], non
         if ret is not None and name in ret[0].scores:
             res.retain_auc = auc(ret[0].scores[name], ret[1].scores[name])
             res.privleak = privleak(res.auc, res.retain_auc)
+            res.privleak_ci = bootstrap_privleak_ci(m, n, ret[0].scores[name], ret[1].scores[name],
+                                                    n_boot=args.n_boot, seed=args.seed)
         results.append(res)
     for res, p_adj in zip(results, holm([r.p_value for r in results])):
         res.p_holm = p_adj

@@ -69,6 +69,26 @@ def privleak(auc_unlearned: float, auc_retain: float) -> float | None:
     return (auc_retain - auc_unlearned) / (1 - auc_retain) * 100.0
 
 
+def bootstrap_privleak_ci(members: np.ndarray, nonmembers: np.ndarray, retain_members: np.ndarray,
+                          retain_nonmembers: np.ndarray, *, n_boot: int = 1000, level: float = 0.95,
+                          seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of privleak: the same resampled records score both models (paired), so the
+    interval reflects which records were drawn, not two independent draws."""
+    m, n = _as_arrays(members, nonmembers)
+    rm, rn = _as_arrays(retain_members, retain_nonmembers)
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        i, j = rng.integers(0, m.size, m.size), rng.integers(0, n.size, n.size)
+        v = privleak(auc(m[i], n[j]), auc(rm[i], rn[j]))
+        if v is not None:
+            vals.append(v)
+    if not vals:
+        return None
+    lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
 def ks_p(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sample Kolmogorov-Smirnov p-value (TOFU's forget quality uses it on truth ratios)."""
     return float(stats.ks_2samp(np.asarray(a), np.asarray(b)).pvalue)

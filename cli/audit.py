@@ -29,6 +29,8 @@ def add_parser(sub: Any) -> None:
                                          "is measured)")
     a.add_argument("--relearn-steps", type=int, default=20)
     a.add_argument("--relearn-lr", type=float, default=3e-4)
+    a.add_argument("--muse", action="store_true", help="MUSE's VerbMem (ROUGE-L F1 of continuations of text members) "
+                   "and KnowMem (ROUGE-L recall of answers to QA members), and privleak (Min-K%%, with --retain)")
     a.add_argument("--tofu", action="store_true", help="TOFU's evaluation under open-unlearning's names: forget "
                    "probability, ROUGE, truth ratio, forget quality (with --retain) and the 9-number model utility")
     a.add_argument("--retain-eval", help="--tofu: retain QA with paraphrased/perturbed answers (TOFU "
@@ -43,14 +45,14 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     job = AuditJob(model=args.model, members=args.members, nonmembers=args.nonmembers, reference=args.reference,
                    retain=args.retain, scores=comma_list(args.scores), k=args.k, alpha=args.alpha, seed=args.seed,
                    batch_size=args.batch_size, attacks=comma_list(args.attacks), relearn_set=args.relearn_set,
-                   relearn_steps=args.relearn_steps, relearn_lr=args.relearn_lr, tofu=args.tofu,
+                   relearn_steps=args.relearn_steps, relearn_lr=args.relearn_lr, muse=args.muse, tofu=args.tofu,
                    retain_eval=args.retain_eval, real_authors=args.real_authors, world_facts=args.world_facts,
                    out=args.out,
                    benchmark=benchmark_options(args))
     result = audit(job, ui)
     report = result.report
     rows = [[r.score, r.auc, f"[{r.auc_ci[0]:.3f}, {r.auc_ci[1]:.3f}]", r.tpr_at_1pct_fpr, r.tpr_at_01pct_fpr,
-             r.p_holm, r.privleak, "DETECTED" if r.detected else "not detected"] for r in report.results]
+             r.p_holm, _privleak(r), "DETECTED" if r.detected else "not detected"] for r in report.results]
     ui.table(f"audit of {result.payload['model']}: {report.n_members} members vs {report.n_nonmembers} non-members",
              ["score", "AUC", "95% CI", "TPR@1%FPR", "TPR@0.1%FPR", "p (Holm)", "privleak %", "verdict"], rows)
     if report.forget_quality is not None:
@@ -59,6 +61,9 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     for w in report.warnings:
         ui.print(f"[yellow]warning:[/] {w}")
     ui.print(f"[dim]{report.caveat}[/]")
+    if report.muse:
+        ui.table("MUSE (open-unlearning names and definitions)", ["metric", "value"],
+                 [[k, v] for k, v in report.muse.items()])
     if "summary" in report.tofu:
         ui.table("TOFU (open-unlearning names and definitions)", ["metric", "value"],
                  [[k, v] for k, v in report.tofu["summary"].items()])
@@ -66,6 +71,13 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     ui.print(f"report: {result.out / 'audit.json'}  plot: {result.out / 'audit.png'}")
     ui.json({**result.payload, "out": str(result.out)})
     return 1 if (args.fail_if_detected and report.detected) else 0
+
+
+def _privleak(r: Any) -> str | None:
+    if r.privleak is None:
+        return None
+    ci = f" [{r.privleak_ci[0]:.1f}, {r.privleak_ci[1]:.1f}]" if r.privleak_ci else ""
+    return f"{r.privleak:.1f}{ci}"
 
 
 def print_attacks(ui: UI, attacks: dict[str, Any]) -> None:

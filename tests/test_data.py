@@ -48,7 +48,7 @@ def test_text_records_and_int_ids(tmp_path: Path) -> None:
 @pytest.mark.parametrize("line, where, message", [
     ('{"id": 1, "text": "ok"', ":2", "invalid JSON"),
     ('[1, 2]', ":2", "expected a JSON object"),
-    ('{"id": 2}', ":2", "neither 'text' nor 'question'"),
+    ('{"id": 2}', ":2", "neither 'text', nor 'question' and 'answer', nor 'prompt' and 'gt'"),
     ('{"id": 2, "question": "q?"}', ":2 field 'answer'", "missing"),
     ('{"id": 2, "text": 5}', ":2 field 'text'", "must be a string"),
     ('{"id": 2, "text": "  "}', ":2 field 'text'", "must not be empty"),

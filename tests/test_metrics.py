@@ -73,3 +73,15 @@ def test_group_means_for_clustered_records() -> None:
     recs = [qa_record("x", "Q?", "A.", person="p1"), qa_record("y", "Q?", "B.", person="p2")]
     assert group_labels(recs) == ["p1", "p2"]
     assert group_labels([*recs, qa_record("z", "Q?", "C.")]) is None
+
+
+def test_privleak_bootstrap_ci_is_paired_and_covers_the_estimate() -> None:
+    from unlearn.auditors.metrics import bootstrap_privleak_ci
+
+    rng = np.random.default_rng(3)
+    rm, rn = rng.normal(0.1, 1, 100), rng.normal(0, 1, 300)  # a retain model: about 0.53
+    assert bootstrap_privleak_ci(rm, rn, rm, rn, n_boot=200) == (0.0, 0.0)  # the same model: exactly 0
+    um, un = rng.normal(0.6, 1, 100), rng.normal(0, 1, 300)  # still partly detectable
+    lo, hi = bootstrap_privleak_ci(um, un, rm, rn, n_boot=400)
+    point = privleak(auc(um, un), auc(rm, rn))
+    assert point is not None and lo < point < hi < 0 and hi - lo < 60

@@ -166,3 +166,22 @@ def test_model_utility_is_the_harmonic_mean_of_tofu_nine_numbers() -> None:
 
     with pytest.raises(UnlearnError, match="answer on the true side"):
         model_utility(retain, retain, wf)
+
+
+@pytest.mark.slow
+def test_muse_verbmem_and_knowmem_separate_the_trained_model_from_the_retrained_one(bench, tmp_path) -> None:
+    from unlearn.auditors.muse import knowmem_rouge, split_continuation, verbmem_rouge
+    from unlearn.data import Record, text_record
+    from unlearn.model import load_model
+
+    forget = bench.split("forget10")[:40]
+    continuations = [Record(r.id, r.prompt, r.response) for r in forget]  # MUSE's {prompt, gt} form
+    target, tok = load_model(bench.target)
+    retain, _ = load_model(bench.retain)
+    for fn, recs in ((verbmem_rouge, continuations), (knowmem_rouge, forget)):
+        t, r = fn(target, tok, recs).mean(), fn(retain, tok, recs).mean()
+        assert t > 0.9 and r < t - 0.2, (fn.__name__, t, r)
+    text = text_record("t", "one two three four five six seven eight nine ten eleven twelve")
+    prompt, rest = split_continuation(text, tok, 4)
+    assert (prompt + rest).replace(" ", "") == text.response.replace(" ", "")
+    assert len(tok(prompt, add_special_tokens=False)["input_ids"]) == 4

@@ -41,7 +41,7 @@ class Record:
     @property
     def text(self) -> str:
         """The canonical text of the record, what a request by text is matched against."""
-        return f"{self.question}\n{self.answer}" if self.is_qa else self.response
+        return f"{self.question}\n{self.answer}" if self.is_qa else self.prompt + self.response
 
     @property
     def paraphrased_answer(self) -> str | None:
@@ -126,11 +126,16 @@ def parse_record(obj: dict[str, Any], path: Path, line: int) -> Record:
         if "paraphrased_answer" in meta:
             _str_field(obj, "paraphrased_answer", path, line)
         return qa_record(_record_id(obj, path, line, f"{question}\n{answer}"), question, answer, **meta)
+    if "prompt" in obj and "gt" in obj:  # MUSE's verbatim-memorisation files: a prompt and its true continuation
+        prompt, gt = _str_field(obj, "prompt", path, line), _str_field(obj, "gt", path, line)
+        meta = {k: v for k, v in obj.items() if k not in ("id", "prompt", "gt")}
+        return Record(_record_id(obj, path, line, prompt + gt), prompt, gt, meta=meta)
     if "text" in obj:
         text = _str_field(obj, "text", path, line)
         meta = {k: v for k, v in obj.items() if k not in ("id", "text")}
         return text_record(_record_id(obj, path, line, text), text, **meta)
-    raise InputError("record has neither 'text' nor 'question' and 'answer'", file=path, line=line)
+    raise InputError("record has neither 'text', nor 'question' and 'answer', nor 'prompt' and 'gt'", file=path,
+                     line=line)
 
 
 def load_records(path: str | Path, *, allow_empty: bool = False) -> list[Record]:
@@ -153,6 +158,8 @@ def load_records(path: str | Path, *, allow_empty: bool = False) -> list[Record]
 def record_to_json(record: Record) -> dict[str, Any]:
     if record.is_qa:
         return {"id": record.id, "question": record.question, "answer": record.answer, **record.meta}
+    if record.prompt:
+        return {"id": record.id, "prompt": record.prompt, "gt": record.response, **record.meta}
     return {"id": record.id, "text": record.response, **record.meta}
 
 

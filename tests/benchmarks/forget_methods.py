@@ -31,6 +31,13 @@ from unlearn.methods import get_method, load_method_args
 from unlearn.model import load_model
 
 
+def _utility(model, tok, sets) -> float:
+    """TOFU's model utility over (retain, real_authors, world_facts)."""
+    retain, ra, wf = sets
+    views = (evaluate_qa(model, tok, s, true_side="answer") for s in (ra, wf))
+    return model_utility(evaluate_qa(model, tok, retain), *views)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="default")
@@ -50,21 +57,22 @@ def main() -> None:
     forget, holdout = bench.split(args.split), bench.split("holdout")
     retain = bench.split(RETAIN_OF[args.split]) + bench.split("utility")
     retain_eval = random.Random(0).sample(retain, 200)
-    utility_sets = (random.Random(1).sample(bench.split(RETAIN_OF[args.split]), 200), bench.split("utility")[:200])
+    utility_sets = (random.Random(1).sample(bench.split(RETAIN_OF[args.split]), 200), bench.split("real_authors"),
+                    bench.split("world_facts"))
     retrain_s = bench.report["models"]["retain"]["train_seconds"]
     gold, tok = load_model(bench.retain)
     gold_check = forget_check(gold, tok, forget, holdout, retain_eval)
     gold_tr = evaluate_qa(gold, tok, forget, rouge=False)
     target, _ = load_model(bench.target)
     target_check = forget_check(target, tok, forget, holdout, retain_eval)
-    target_mu = model_utility(*(evaluate_qa(target, tok, s) for s in utility_sets))
+    target_mu = _utility(target, tok, utility_sets)
     rows = [{"method": "target", "forget_auc": target_check["forget_auc"],
              "privleak": privleak(target_check["forget_auc"], gold_check["forget_auc"]),
              "forget_quality": forget_quality(evaluate_qa(target, tok, forget, rouge=False), gold_tr),
              "retain_prob_rel": 1.0, "model_utility_rel": 1.0, "steps": 0, "stop": "-", "time_rel": 0.0},
             {"method": "retain (retrain)", "forget_auc": gold_check["forget_auc"], "privleak": 0.0,
              "forget_quality": 1.0, "retain_prob_rel": gold_check["retain_prob"] / target_check["retain_prob"],
-             "model_utility_rel": model_utility(*(evaluate_qa(gold, tok, s) for s in utility_sets)) / target_mu,
+             "model_utility_rel": _utility(gold, tok, utility_sets) / target_mu,
              "steps": 0, "stop": "-", "time_rel": 1.0}]
     retrain_peak = _child(args, "retrain")["peak_mb"]
     rows[1]["mem_rel"] = 1.0
@@ -125,8 +133,9 @@ def run_one(args: argparse.Namespace) -> dict:
     gold_check = forget_check(gold, tok, forget, holdout, retain_eval)
     gold_tr = evaluate_qa(gold, tok, forget, rouge=False)
     target_check = forget_check(model, tok, forget, holdout, retain_eval)
-    utility_sets = (random.Random(1).sample(bench.split(RETAIN_OF[args.split]), 200), bench.split("utility")[:200])
-    target_mu = model_utility(*(evaluate_qa(model, tok, s) for s in utility_sets))
+    utility_sets = (random.Random(1).sample(bench.split(RETAIN_OF[args.split]), 200), bench.split("real_authors"),
+                    bench.split("world_facts"))
+    target_mu = _utility(model, tok, utility_sets)
     del gold
     torch.manual_seed(0)
     t = time.perf_counter()
@@ -139,7 +148,7 @@ def run_one(args: argparse.Namespace) -> dict:
             "forget_auc": after["forget_auc"], "privleak": privleak(after["forget_auc"], gold_check["forget_auc"]),
             "forget_quality": forget_quality(evaluate_qa(res.model, tok, forget, rouge=False), gold_tr),
             "retain_prob_rel": after["retain_prob"] / target_check["retain_prob"],
-            "model_utility_rel": model_utility(*(evaluate_qa(res.model, tok, s) for s in utility_sets)) / target_mu,
+            "model_utility_rel": _utility(res.model, tok, utility_sets) / target_mu,
             "steps": res.steps, "stop": res.stop_reason, "wall_s": wall, "peak_mb": peak}
 
 

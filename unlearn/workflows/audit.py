@@ -42,6 +42,7 @@ class AuditJob:
     seed: int = 0
     batch_size: int = 32
     attacks: tuple[str, ...] = ()
+    muse: bool = False  # MUSE's VerbMem (text members) and KnowMem (QA members), with privleak
     tofu: bool = False  # TOFU's evaluation (open-unlearning names) on QA members with paraphrased/perturbed answers
     retain_eval: PathLike | None = None  # TOFU utility sets (built-in: 200 retain records, real_authors, world_facts)
     real_authors: PathLike | None = None
@@ -103,6 +104,9 @@ def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
     findings = run_audit(model, tok, members, nonmembers, audit_args, reference=reference, retain_model=retain,
                        tofu=tofu, on_batch=on_batch)
     attacks = run_attacks(job, model, tok, members, nonmembers, report)
+    if job.muse:
+        report.progress("MUSE evaluation", 0, None)
+        findings.muse = muse_evaluation(model, tok, members, findings)
     if job.tofu:
         report.progress("TOFU evaluation", 0, None)
         findings.tofu["summary"] = tofu_evaluation(job, bench, model, tok, members, retain)
@@ -113,6 +117,21 @@ def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
     write_outputs(out, {"audit.json": lambda p: p.write_text(json.dumps(payload, indent=2)),
                         "audit.png": lambda p: plot_audit(findings, p, title=str(path))})
     return AuditResult(out, findings, attacks, payload)
+
+
+def muse_evaluation(model: Any, tok: Any, members: Any, findings: Any) -> dict[str, Any]:
+    """MUSE's numbers under open-unlearning's names, for the kinds of member records present."""
+    from unlearn.auditors.muse import knowmem_rouge, verbmem_rouge
+
+    out: dict[str, Any] = {}
+    if any(not r.is_qa for r in members):
+        out["forget_verbmem_ROUGE"] = float(verbmem_rouge(model, tok, members).mean())
+    if any(r.is_qa for r in members):
+        out["forget_knowmem_ROUGE"] = float(knowmem_rouge(model, tok, members).mean())
+    mink = [r for r in findings.results if r.score == "mink" and r.privleak is not None]
+    if mink:
+        out["privleak"] = mink[0].privleak
+    return out
 
 
 def tofu_evaluation(job: AuditJob, bench: Any, model: Any, tok: Any, members: Any, retain: Any) -> dict[str, Any]:
