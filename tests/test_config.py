@@ -125,3 +125,21 @@ def test_registries_share_one_shape() -> None:
                for n in CURVATURES)
     assert SCORES.names(one_pass=True) == ["loss", "zlib", "mink", "minkpp"]
     assert set(ATTRIBUTION.names()) == {"untrac", "untrac-inv", "tracin"}
+
+
+def test_every_shipped_method_preset_builds_and_changes_something() -> None:
+    import yaml
+
+    from unlearn.config import presets_dir
+
+    for name in presets("methods"):
+        raw = yaml.safe_load((presets_dir() / "methods" / f"{name}.yaml").read_text())
+        method = raw.pop("method")
+        args = load_method_args(method, name)
+        default = get_method(method).args_cls()
+        assert args.to_dict() != default.to_dict(), name  # a preset that equals the defaults is noise
+        for key, value in raw.items():
+            assert getattr(args, key) == (tuple(value) if isinstance(value, list) else value), (name, key)
+    soul = load_method_args("soul", "soul_paper")
+    assert (soul.hessian, soul.double_momentum, soul.gamma_tokens, soul.lr) == ("sq_grad", True, 5120, 5e-6)
+    assert load_method_args("simnpo", "simnpo_paper").forget_weight == 0.125

@@ -59,3 +59,23 @@ def test_sequence_logprobs_and_kl_against_explicit_loops(tiny_tokenizer) -> None
     assert float(retain_kl(logits, ref_logits, batch.labels)) == pytest.approx(sum(kl_terms) / len(kl_terms),
                                                                                abs=1e-5)
     assert float(retain_kl(logits, logits, batch.labels)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_forget_weight_scales_the_npo_and_simnpo_terms(tiny_model, tiny_tokenizer) -> None:
+    from unlearn.data import batches, qa_record
+    from unlearn.loop import frozen_copy
+    from unlearn.methods import load_method_args
+    from unlearn.methods.gradient import retain_term
+    from unlearn.methods.npo import npo_step
+
+    fb = next(iter(batches([qa_record("a", "Q?", "Some answer."), qa_record("b", "Q2?", "Other.")],
+                           tiny_tokenizer, 2)))
+    ref = frozen_copy(tiny_model)
+    with torch.no_grad():  # move the model off the reference so the NPO term is not at its constant
+        for p in tiny_model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    losses = {}
+    for w in (1.0, 0.125):
+        args = load_method_args("npo", overrides={"forget_weight": w, "retain_weight": 0.0})
+        losses[w], _ = npo_step(args, ref, retain_term(args, ref))(tiny_model, fb, None)
+    assert float(losses[0.125]) == pytest.approx(0.125 * float(losses[1.0]), rel=1e-6)
