@@ -15,16 +15,40 @@ def add_parser(sub: Any) -> None:
     v.add_argument("ledger", help="ledger JSONL")
     v.add_argument("--no-models", action="store_true", help="check the chain only, not the model files")
     v.set_defaults(run=run_verify)
+    r = sub_parser(lsub, "recover", "finish or roll back an interrupted commit; remove dead runs' temporary "
+                                    "directories beside the ledger")
+    r.add_argument("ledger", help="ledger JSONL")
+    r.set_defaults(run=run_recover)
 
 
 def run_verify(args: argparse.Namespace, ui: UI) -> int:
-    from unlearn.ledger import verify
+    """Exit 0: verified; 1: tampered or inconsistent (each problem on stderr); 2: could not be read."""
+    from unlearn.ledger import load_key, verify
 
-    n, problems = verify(args.ledger, check_models=not args.no_models)
-    for p in problems:
+    report = verify(args.ledger, check_models=not args.no_models, key=load_key())
+    for p in report.problems:
         ui.err.print(f"{args.ledger}:{p.line}: {p.message}", markup=False, highlight=False)
-    ok = not problems
-    ui.print(f"{args.ledger}: {n} entries, " + ("chain and model hashes verified" if ok else
-                                                  f"{len(problems)} problem(s)"))
-    ui.json({"ledger": args.ledger, "entries": n, "ok": ok, "problems": [p.__dict__ for p in problems]})
-    return 0 if ok else 1
+    for note in report.notes:
+        ui.print(f"[yellow]note:[/] {note}")
+    what = "chain, MACs, anchors" + ("" if args.no_models else " and model hashes")
+    ui.print(f"{args.ledger}: {report.entries} entries, " + (f"{what} verified" if report.ok else
+                                                             f"{len(report.problems)} problem(s)"))
+    ui.json({"ledger": args.ledger, "entries": report.entries, "ok": report.ok, "notes": report.notes,
+             "problems": [p.__dict__ for p in report.problems]})
+    return 0 if report.ok else 1
+
+
+def run_recover(args: argparse.Namespace, ui: UI) -> int:
+    from pathlib import Path
+
+    from unlearn.ledger import load_key, locked, recover, sweep_stale
+
+    path = Path(args.ledger)
+    with locked(path):
+        done = recover(path, load_key())
+        swept = sweep_stale(path.absolute().parent)
+    ui.print(done or "no interrupted commit")
+    for p in swept:
+        ui.print(f"removed the temporary directory of a dead run: {p}")
+    ui.json({"ledger": args.ledger, "recovered": done, "swept": [str(p) for p in swept]})
+    return 0

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
 
 from unlearn.cli import attribute, audit, benchmark, compare, forget, info, ledger, worst_case
 from unlearn.cli.common import UI, add_global_flags
-from unlearn.errors import UnlearnError
+from unlearn.errors import Interrupted, UnlearnError
 
 COMMANDS = (forget, audit, compare, attribute, worst_case, ledger, benchmark, info)
 
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     ui = UI(quiet=args.quiet or rank > 0, as_json=args.json and rank == 0)
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    old_term = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM is handled like Ctrl-C: honestly
     try:
         if getattr(args, "accelerate_config", None) and not os.environ.get("UNLEARN_LAUNCHED"):
             return relaunch(argv, args.accelerate_config)
@@ -80,12 +82,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         ui.err.print("interrupted: nothing was written")
         return 130
-    except Exception as exc:
+    except Interrupted as exc:
+        ui.err.print(str(exc), markup=False, highlight=False)
+        return 130
+    except Exception as exc:  # the one place that turns any failure into one line
         if args.debug:
             traceback.print_exc(file=sys.stderr)
         ui.error(_one_line(exc))
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run() -> None:
+    """The console script: after the command, a late Ctrl-C must not turn into a shutdown traceback."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -57,3 +57,17 @@ def bench() -> Any:
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ledger_key_file(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The operator's ledger key for this test session (never the user's ~/.config/unlearn/ledger.key);
+    subprocesses inherit it through the environment."""
+    path = tmp_path_factory.mktemp("key") / "ledger.key"
+    old = os.environ.get("UNLEARN_LEDGER_KEY_FILE")
+    os.environ["UNLEARN_LEDGER_KEY_FILE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("UNLEARN_LEDGER_KEY_FILE", None)
+    else:
+        os.environ["UNLEARN_LEDGER_KEY_FILE"] = old

@@ -45,8 +45,8 @@ def test_forget_builtin_person_end_to_end(tmp_path: Path, bench, capsys) -> None
     for r in forgotten:
         assert r.answer not in written and r.question not in written
         assert r.meta["name"] not in written
-    n, problems = verify(tmp_path / "unlearn-ledger.jsonl")
-    assert n == 1 and problems == []
+    report = verify(tmp_path / "unlearn-ledger.jsonl")
+    assert report.entries == 1 and report.problems == []
 
 
 @pytest.mark.parametrize("method", ["newton", "iau", "soul"])
@@ -75,7 +75,7 @@ def test_ledger_chain_and_tamper_detection(tmp_path: Path, bench, capsys) -> Non
             data = bytearray(original)
             data[offset + pos] = data[offset + pos] ^ 0x01
             ledger.write_bytes(bytes(data))
-            _, problems = verify(ledger, check_models=False)
+            problems = verify(ledger, check_models=False).problems
             assert problems and problems[0].line == line_no + 1, (line_no, pos, chr(original[offset + pos]))
     ledger.write_bytes(original)
     ledger.write_bytes(b"".join(lines[1:]))  # a removed entry breaks the chain
@@ -84,8 +84,7 @@ def test_ledger_chain_and_tamper_detection(tmp_path: Path, bench, capsys) -> Non
     assert ":1: chain broken" in capsys.readouterr().err
     ledger.write_bytes(original)
     (tmp_path / "a" / "model.safetensors").write_bytes(b"tampered")  # a swapped model is caught
-    _, problems = verify(ledger)
-    assert [p.line for p in problems] == [1]
+    assert [p.line for p in verify(ledger).problems] == [1]
 
 
 @pytest.mark.parametrize("lines, message", [
@@ -144,4 +143,4 @@ def test_interrupt_leaves_nothing_and_rerun_completes(tmp_path: Path, bench, sig
     assert leftovers == [], leftovers  # no output directory, no temp directory, no ledger entry
     assert main(_forget(tmp_path, "m", "--max-steps", "2")) == 0
     assert (tmp_path / "m" / "model.safetensors").is_file()
-    assert verify(tmp_path / "unlearn-ledger.jsonl")[0] == 1
+    assert verify(tmp_path / "unlearn-ledger.jsonl").entries == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,10 @@ from typing import Any
 import torch
 
 from unlearn.errors import InputError
+from unlearn.jsonio import iter_json_objects, show
 
 QA_TEMPLATE = "Question: {question}\nAnswer:"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 QA_FIELDS = ("paraphrased_answer", "perturbed_answer", "paraphrased_question")
 
 
@@ -81,20 +84,7 @@ def _str_field(obj: dict[str, Any], name: str, path: Path, line: int) -> str:
 
 
 def _iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    if not path.is_file():
-        raise InputError("file not found", file=path)
-    with path.open("r", encoding="utf-8") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"invalid JSON ({exc.msg} at column {exc.colno})", file=path,
-                                 line=line_no) from None
-            if not isinstance(obj, dict):
-                raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line_no)
-            yield line_no, obj
+    return iter_json_objects(path)
 
 
 def _record_id(obj: dict[str, Any], path: Path, line: int, content: str) -> str:
@@ -104,6 +94,8 @@ def _record_id(obj: dict[str, Any], path: Path, line: int, content: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InputError(f"must be a string or an integer, got {type(value).__name__}", file=path,
                          line=line, field="id")
+    if isinstance(value, int) and abs(value) >= 10**30:
+        raise InputError("integer id too large (use a string)", file=path, line=line, field="id")
     value = str(value)
     if not value.strip():
         raise InputError("must not be empty", file=path, line=line, field="id")
@@ -202,12 +194,36 @@ def load_manifest(path: str | Path) -> dict[str, ManifestEntry]:
                 raise InputError("missing", file=path, line=line_no, field=name)
         rid = _record_id(obj, path, line_no, "")
         if rid in entries:
-            raise InputError(f"duplicate id '{rid}'", file=path, line=line_no, field="id")
-        entries[rid] = ManifestEntry(rid, _str_field(obj, "source", path, line_no),
-                                     _str_field(obj, "sha256", path, line_no))
+            raise InputError(f"duplicate id '{show(rid)}'", file=path, line=line_no, field="id")
+        digest = _str_field(obj, "sha256", path, line_no)
+        if not _SHA256.fullmatch(digest):
+            raise InputError(f"must be 64 lowercase hex digits, got '{show(digest)}'", file=path, line=line_no,
+                             field="sha256")
+        entries[rid] = ManifestEntry(rid, _str_field(obj, "source", path, line_no), digest)
     if not entries:
         raise InputError("no entries (the manifest is empty)", file=path)
     return entries
+
+
+def check_against_manifest(records: Sequence[Record], manifest: dict[str, ManifestEntry], file: str | Path) -> None:
+    """Every training record must be in the manifest with the text the manifest hashed."""
+    missing = [r.id for r in records if r.id not in manifest]
+    if missing:
+        raise InputError(f"{len(missing)} record id(s) are not in the training manifest, e.g. '{show(missing[0])}'",
+                         file=file)
+    for r in records:
+        if text_hash(r.text) != manifest[r.id].sha256:
+            raise InputError(f"record '{show(r.id)}' differs from the text the manifest hashed (sha256 mismatch): "
+                             "the data file is not the training data", file=file)
+
+
+def check_holdout(holdout: Sequence[Record], manifest: dict[str, ManifestEntry], file: str | Path) -> None:
+    """Non-members must not be training members, by id or by text."""
+    hashes = {e.sha256 for e in manifest.values()}
+    for r in holdout:
+        if r.id in manifest or text_hash(r.text) in hashes:
+            raise InputError(f"holdout record '{show(r.id)}' is a training member (its id or text is in the "
+                             "manifest): holdout records must never have been trained on", file=file)
 
 
 @dataclass(frozen=True)
@@ -236,7 +252,7 @@ def load_requests(path: str | Path, manifest: dict[str, ManifestEntry]) -> Delet
         if has_id:
             rid = _record_id(obj, path, line_no, "")
             if rid not in manifest:
-                unknown.append(f"{rid} (line {line_no})")
+                unknown.append(f"{show(rid)} (line {line_no})")
                 continue
         else:
             text = _str_field(obj, "text", path, line_no)

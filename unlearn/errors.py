@@ -29,3 +29,7 @@ class ModelError(UnlearnError):
 
 class ConfigError(UnlearnError, ValueError):
     """An invalid argument or configuration value."""
+
+
+class Interrupted(UnlearnError):
+    """Ctrl-C or SIGTERM; the message says exactly what exists afterwards."""

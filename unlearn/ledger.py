@@ -1,35 +1,104 @@
-"""The deletion ledger: an append-only JSONL hash chain of processed requests.
+"""The deletion ledger: an append-only JSON Lines hash chain of answered requests, and the one commit
+protocol that writes a model and its entry together.
 
-Each entry holds record ids and salted sha256 hashes of the removed texts (never the texts), the
-weights hashes of the model before and after, and the hash of the previous entry. A data owner who
-knows a text can check it was removed: sha256(salt + text) with the entry's salt.
+Entries hold record ids and keyed digests of the removed texts (HMAC-SHA256 under an operator key that is
+never stored in the ledger: from the ledger alone a digest cannot be recomputed, so low-entropy texts
+cannot be guessed), the weights hashes before and after, the output path relative to the ledger, the
+previous entry's hash and the entry's own MAC. Anchors outside the file catch truncation and rewrites:
+each output model keeps a copy of its entry (``unlearn_ledger_anchor.json``), and ``<ledger>.head`` holds
+the entry count and head hash under the key.
+
+Commit (``commit_model``): the model is written into a temporary sibling; under an exclusive lock on
+``<ledger>.lock`` the chain head is re-read, the entry finalised and written into the model and into a
+journal ``<ledger>.pending``; then the model is renamed into place, the entry appended and fsynced, the
+head anchor updated and the journal removed. A crash at any point leaves either nothing, or model and
+entry, or a journal that the next commit (or ``unlearn ledger recover``) completes. Locks are
+``fcntl.flock``: on network file systems use a lock-capable mount or one writer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
+import hmac
 import json
 import os
+import re
 import secrets
+import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from unlearn.data import Record
-from unlearn.errors import InputError, ModelError
-from unlearn.model import model_hash
+from unlearn.errors import InputError, ModelError, UnlearnError
+from unlearn.jsonio import JSONProblem, parse_line, read_bytes, show
 
 GENESIS = "0" * 64
+VERSION = 2
+ANCHOR = "unlearn_ledger_anchor.json"
+KEY_ENV, KEY_FILE_ENV = "UNLEARN_LEDGER_KEY", "UNLEARN_LEDGER_KEY_FILE"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# Named points of the commit where tests pause (UNLEARN_COMMIT_PAUSE=stage) to kill the process.
+STAGES = ("written", "locked", "journaled", "renamed", "appended", "anchored")
+
+
+# ---------------------------------------------------------------- keys and digests
+
+def default_key_file() -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "unlearn" / "ledger.key"
+
+
+def load_key(*, create: bool = False) -> bytes | None:
+    """The operator key: ``$UNLEARN_LEDGER_KEY`` (hex), else the file ``$UNLEARN_LEDGER_KEY_FILE`` or
+    ``~/.config/unlearn/ledger.key`` (created, mode 0600, when ``create`` and missing)."""
+    env = os.environ.get(KEY_ENV)
+    if env:
+        try:
+            key = bytes.fromhex(env.strip())
+        except ValueError:
+            raise InputError(f"${KEY_ENV} must be hex digits") from None
+        if len(key) < 16:
+            raise InputError(f"${KEY_ENV} must be at least 16 bytes (32 hex digits)")
+        return key
+    path = Path(os.environ.get(KEY_FILE_ENV) or default_key_file())
+    if not path.exists():
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise InputError("ledger key file unreadable or not hex", file=path) from None
+    if len(key) < 16:
+        raise InputError("ledger key too short (at least 16 bytes)", file=path)
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """Names the key without revealing it."""
+    return hmac.new(key, b"unlearn-ledger-key-id", hashlib.sha256).hexdigest()[:16]
+
+
+def record_digest(key: bytes, salt: str, text: str) -> str:
+    """HMAC-SHA256(key, salt || text): a data owner with the operator's key can check a text was removed."""
+    return hmac.new(key, (salt + text).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def _canonical(entry: dict[str, Any]) -> bytes:
     return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _line(entry: dict[str, Any]) -> str:
-    """The one serialisation a ledger line may have (so whitespace edits are detected too)."""
+def line_of(entry: dict[str, Any]) -> str:
+    """The one serialisation a ledger line may have (so any byte edit is detected)."""
     return json.dumps(entry, sort_keys=True, ensure_ascii=True)
 
 
@@ -37,62 +106,312 @@ def entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "entry_hash"})).hexdigest()
 
 
-def salted_hash(salt: str, text: str) -> str:
-    return hashlib.sha256((salt + text).encode("utf-8")).hexdigest()
+def entry_mac(key: bytes, entry: dict[str, Any]) -> str:
+    return hmac.new(key, _canonical({k: v for k, v in entry.items() if k not in ("entry_hash", "mac")}),
+                    hashlib.sha256).hexdigest()
 
 
-def _read(path: Path) -> list[tuple[int, dict[str, Any] | None, str]]:
-    rows = []
-    for line_no, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError:
-            obj = None
-        rows.append((line_no, obj if isinstance(obj, dict) else None, raw))
-    return rows
-
-
-def last_hash(path: Path) -> str:
-    if not path.exists():
-        return GENESIS
-    rows = _read(path)
-    if not rows:
-        return GENESIS
-    _, obj, _ = rows[-1]
-    if obj is None or "entry_hash" not in obj:
-        raise InputError("the last ledger line is not a valid entry; run `unlearn ledger verify`",
-                         file=path, line=rows[-1][0])
-    return str(obj["entry_hash"])
-
-
-def make_entry(path: Path, *, request_file: str, records: Sequence[Record], method: str, config: dict[str, Any],
-               model_before: str, model_after: str, output: str, stop_reason: str) -> dict[str, Any]:
+def make_entry(key: bytes, *, records: Sequence[Record], method: str, config: dict[str, Any], model_before: str,
+               request_file: str | Path | None = None, stop_reason: str = "",
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The entry's content before it is chained (``finalise``); no deleted text, no unkeyed hash of any."""
     salt = secrets.token_hex(16)
-    entry: dict[str, Any] = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "request_file_sha256": hashlib.sha256(Path(request_file).read_bytes()).hexdigest() if request_file else None,
-        "salt": salt,
-        "records": [{"id": r.id, "salted_sha256": salted_hash(salt, r.text)} for r in records],
-        "method": method,
-        "config_sha256": hashlib.sha256(_canonical(config)).hexdigest(),
-        "model_before": model_before,
-        "model_after": model_after,
-        "output": output,
-        "stop_reason": stop_reason,
-        "prev_hash": last_hash(path),
-    }
+    request_digest = None
+    if request_file:
+        request_digest = hmac.new(key, read_bytes(Path(request_file)), hashlib.sha256).hexdigest()
+    return {"v": VERSION, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "key_id": key_id(key),
+            "salt": salt, "records": [{"id": r.id, "digest": record_digest(key, salt, r.text)} for r in records],
+            "request_file_digest": request_digest, "method": method,
+            "config_sha256": hashlib.sha256(_canonical(config)).hexdigest(), "model_before": model_before,
+            "stop_reason": stop_reason, **(extra or {})}
+
+
+def finalise(key: bytes, content: dict[str, Any], *, prev_hash: str, model_after: str, output: str) -> dict[str, Any]:
+    entry = {**content, "model_after": model_after, "output": output, "prev_hash": prev_hash}
+    entry["mac"] = entry_mac(key, entry)
     entry["entry_hash"] = entry_hash(entry)
     return entry
 
 
-def append(path: Path, entry: dict[str, Any]) -> None:
-    """Append one line and fsync; the ledger is never rewritten."""
+# ---------------------------------------------------------------- reading
+
+@dataclass
+class Row:
+    line: int
+    raw: bytes
+    entry: dict[str, Any] | None
+    problem: str | None = None
+
+
+def read_rows(path: Path) -> list[Row]:
+    """Every line as bytes, parsed strictly; a bad line is a row with a problem, never an exception."""
+    data = read_bytes(path)
+    if not data:
+        return []
+    lines = data.split(b"\n")
+    rows = []
+    for i, raw in enumerate(lines[:-1] if data.endswith(b"\n") else lines, start=1):
+        try:
+            obj = parse_line(raw)
+        except JSONProblem as exc:
+            rows.append(Row(i, raw, None, str(exc)))
+            continue
+        if not isinstance(obj, dict):
+            rows.append(Row(i, raw, None, f"not a JSON object ({type(obj).__name__})"))
+            continue
+        rows.append(Row(i, raw, obj, _schema_problem(obj)))
+    if not data.endswith(b"\n"):
+        rows[-1].problem = rows[-1].problem or "the last line is not terminated (a write was cut short)"
+    return rows
+
+
+def _schema_problem(e: dict[str, Any]) -> str | None:
+    for name in ("entry_hash", "prev_hash", "model_after", "model_before"):
+        if not isinstance(e.get(name), str) or not _HEX64.fullmatch(e[name]):
+            return f"field '{name}' is not a sha256 hex digest"
+    if not isinstance(e.get("output"), str) or not e["output"]:
+        return "field 'output' is not a path"
+    if not isinstance(e.get("records"), list) or not all(
+            isinstance(r, dict) and isinstance(r.get("id"), str) for r in e["records"]):
+        return "field 'records' is not a list of {id, digest}"
+    if not isinstance(e.get("mac"), str):
+        return "field 'mac' is missing"
+    return None
+
+
+def head_of(path: Path) -> tuple[int, str]:
+    """(entries, head hash) of a ledger whose every line is valid; a damaged ledger is an error."""
+    if not path.exists():
+        return 0, GENESIS
+    rows = read_rows(path)
+    bad = next((r for r in rows if r.problem or r.entry is None), None)
+    if bad is not None:
+        raise InputError(f"damaged ledger line ({bad.problem}); run `unlearn ledger verify`", file=path,
+                         line=bad.line)
+    return len(rows), (str(rows[-1].entry["entry_hash"]) if rows else GENESIS)  # type: ignore[index]
+
+
+# ---------------------------------------------------------------- locking, anchors, journal
+
+def _sidecar(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Exclusive lock on ``<ledger>.lock`` (fcntl.flock; released when the process dies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(_line(entry) + "\n")
+    fd = os.open(_sidecar(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def head_mac(key: bytes, entries: int, head: str) -> str:
+    return hmac.new(key, f"{entries}:{head}".encode(), hashlib.sha256).hexdigest()
+
+
+def write_head(path: Path, key: bytes, entries: int, head: str) -> None:
+    _write_atomic(_sidecar(path, ".head"), json.dumps(
+        {"entries": entries, "head": head, "key_id": key_id(key), "mac": head_mac(key, entries, head)}) + "\n")
+
+
+def _append_line(path: Path, entry: dict[str, Any]) -> None:
+    with path.open("ab") as fh:
+        fh.write((line_of(entry) + "\n").encode("ascii"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync_dir(path.parent)
+
+
+def _pause(stage: str) -> None:
+    if os.environ.get("UNLEARN_COMMIT_PAUSE") == stage:
+        print(f"PAUSED {stage}", flush=True)
+        time.sleep(3600)
+
+
+def append_entry(path: Path, key: bytes, content: dict[str, Any], *, model_after: str, output: str) -> dict[str, Any]:
+    """Chain and append one entry under the lock (no model to commit with it)."""
+    with locked(path):
+        recover(path, key)
+        n, head = head_of(path)
+        entry = finalise(key, content, prev_hash=head, model_after=model_after, output=output)
+        _append_line(path, entry)
+        write_head(path, key, n + 1, entry["entry_hash"])
+    return entry
+
+
+def relative_output(out: Path, ledger: Path) -> str:
+    return os.path.relpath(out.resolve(), ledger.resolve().parent)
+
+
+def resolve_output(entry_output: str, ledger: Path) -> Path:
+    p = Path(entry_output)
+    return p if p.is_absolute() else (ledger.resolve().parent / p)
+
+
+def check_paths(out: Path, ledger: Path, input_model: Path | None) -> None:
+    """Before any work: every place the commit will write is valid and writable."""
+    out, ledger = out.absolute(), ledger.absolute()
+    if input_model is not None:
+        m = input_model.resolve()
+        for name, p in (("--out", out), ("--ledger", ledger)):
+            if p.resolve() == m or m in p.resolve().parents:
+                raise InputError(f"{name} must not be inside the input model {m} (it is never modified)", file=p)
+    if out.exists():
+        raise InputError("output directory already exists (choose a new --out; nothing is overwritten)", file=out)
+    if ledger.exists() and ledger.is_dir():
+        raise InputError("the ledger is a directory, not a JSON Lines file", file=ledger)
+    if ledger.resolve() == out.resolve() or out.resolve() in ledger.resolve().parents:
+        raise InputError("the ledger must not be the output directory or inside it", file=ledger)
+    for p in (out.parent, ledger.parent):
+        existing = next((q for q in (p, *p.parents) if q.exists()), None)
+        if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError("directory not writable", file=existing or p)
+    if ledger.exists() and not os.access(ledger, os.R_OK | os.W_OK):
+        raise InputError("ledger not readable and writable", file=ledger)
+    head_of(ledger)  # a damaged ledger fails now, before any work
+
+
+# ---------------------------------------------------------------- the commit
+
+@dataclass
+class Commit:
+    out: Path
+    entry: dict[str, Any]
+
+
+def commit_model(ledger: Path, key: bytes, content: dict[str, Any], out: Path,
+                 write: Callable[[Path, dict[str, Any]], dict[str, Any]]) -> Commit:
+    """Write a model and its ledger entry together. ``write(directory, anchor_fields)`` writes the model
+    files (weights, receipt) into ``directory`` and returns its manifest (``weights_sha256``)."""
+    from unlearn.model import fsync_dir, temp_sibling
+
+    ledger, out = ledger.absolute(), out.absolute()
+    sweep_stale(out.parent)
+    tmp = temp_sibling(out)
+    try:
+        manifest = write(tmp, content)
+        _pause("written")
+        with locked(ledger):
+            _pause("locked")
+            recover(ledger, key)
+            n, head = head_of(ledger)
+            if out.exists():
+                raise ModelError(f"output directory already exists: {out} (created while this run worked)")
+            entry = finalise(key, content, prev_hash=head, model_after=manifest["weights_sha256"],
+                             output=relative_output(out, ledger))
+            anchor = {"ledger": os.path.relpath(ledger, out), "entry": entry}
+            _write_atomic(tmp / ANCHOR, json.dumps(anchor, indent=2) + "\n")
+            _write_atomic(_sidecar(ledger, ".pending"), json.dumps({"out": str(out), "tmp": str(tmp),
+                                                                     "entry": entry}) + "\n")
+            _pause("journaled")
+            os.rename(tmp, out)
+            fsync_dir(out.parent)
+            _pause("renamed")
+            _append_line(ledger, entry)
+            _pause("appended")
+            write_head(ledger, key, n + 1, entry["entry_hash"])
+            _pause("anchored")
+            _sidecar(ledger, ".pending").unlink()
+    except BaseException:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Commit(out, entry)
+
+
+def recover(ledger: Path, key: bytes | None) -> str | None:
+    """Finish or undo an interrupted commit (call under the lock). Returns what was done, or None."""
+    journal = _sidecar(ledger, ".pending")
+    if not journal.exists():
+        return None
+    try:
+        pending = json.loads(journal.read_text(encoding="utf-8"))
+        entry, out, tmp = pending["entry"], Path(pending["out"]), Path(pending["tmp"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError("unreadable commit journal; inspect it, then remove it", file=journal) from None
+    n, head = head_of(ledger)
+    anchored = _read_anchor(out)
+    if out.exists() and anchored is not None and anchored.get("entry") == entry:
+        if head == entry["prev_hash"]:
+            _append_line(ledger, entry)
+            n, head = n + 1, entry["entry_hash"]
+            done = f"completed the interrupted commit of {out}: its ledger entry was appended"
+        elif head == entry["entry_hash"]:
+            done = f"completed the interrupted commit of {out}: the entry was already appended"
+        else:
+            raise UnlearnError(f"{journal}: the ledger moved on past an interrupted commit of {out}; "
+                               "resolve by hand (the entry is in the model's anchor file)")
+    else:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        done = f"rolled back an interrupted commit of {out}: nothing of it was kept"
+    if key is not None and n:
+        write_head(ledger, key, n, head)
+    journal.unlink()
+    return done
+
+
+def _read_anchor(out: Path) -> dict[str, Any] | None:
+    try:
+        obj = parse_line((out / ANCHOR).read_bytes().replace(b"\n", b" "))
+    except (OSError, JSONProblem):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
+
+
+_TMP = re.compile(r"^\..+\.tmp-(\d+)-[^/]+$")
+
+
+def stale_temps(directory: Path) -> list[Path]:
+    """Temporary siblings left by runs that are no longer alive."""
+    if not directory.is_dir():
+        return []
+    out = []
+    for p in directory.iterdir():
+        m = _TMP.match(p.name)
+        if m and p.is_dir() and not _pid_alive(int(m.group(1))):
+            out.append(p)
+    return out
+
+
+def sweep_stale(directory: Path) -> list[Path]:
+    swept = stale_temps(directory)
+    for p in swept:
+        shutil.rmtree(p, ignore_errors=True)
+    return swept
+
+
+# ---------------------------------------------------------------- verification
 
 @dataclass
 class LedgerProblem:
@@ -100,35 +419,110 @@ class LedgerProblem:
     message: str
 
 
-def verify(path: str | Path, *, check_models: bool = True) -> tuple[int, list[LedgerProblem]]:
-    """Check every entry's hash, the chain, and (``check_models``) that each output model still has the
-    recorded weights hash. Returns (entries, problems)."""
+@dataclass
+class Verification:
+    entries: int
+    problems: list[LedgerProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(path: str | Path, *, check_models: bool = True, key: bytes | None = None) -> Verification:
+    """Every line's bytes, hash, MAC (with the key) and chain link; each output model (present, its weights,
+    its anchored copy of the entry); the head anchor; and anchored models whose entry is missing from the
+    ledger (truncation, deletion). A file that cannot be read is an ``InputError`` (exit 2); problems are
+    returned (exit 1)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("ledger file not found", file=path)
-    problems: list[LedgerProblem] = []
-    prev = GENESIS
-    rows = _read(path)
-    for line_no, obj, raw in rows:
-        if obj is None:
-            problems.append(LedgerProblem(line_no, "not a JSON object (line edited or truncated)"))
-            prev = ""
+    rows = read_rows(path)
+    report = Verification(len(rows))
+    add = report.problems.append
+    prev: str | None = GENESIS
+    hashes = set()
+    for row in rows:
+        e = row.entry
+        if row.problem or e is None:
+            add(LedgerProblem(row.line, f"{row.problem}: the line was edited or damaged"))
+            prev = None
             continue
-        if obj.get("entry_hash") != entry_hash(obj) or raw != _line(obj):
-            problems.append(LedgerProblem(line_no, "entry hash mismatch: the line was edited"))
-        if prev and obj.get("prev_hash") != prev:
-            problems.append(LedgerProblem(line_no, "chain broken: prev_hash does not match the previous entry "
-                                                   "(a line was removed, reordered or edited)"))
-        prev = str(obj.get("entry_hash", ""))
-        out = obj.get("output")
-        if check_models and out and Path(out).exists():
-            try:
-                actual = model_hash(out)
-            except ModelError as exc:
-                problems.append(LedgerProblem(line_no, f"output model unreadable: {exc}"))
-                continue
-            if actual != obj.get("model_after"):
-                recorded = str(obj.get("model_after"))[:12]
-                problems.append(LedgerProblem(line_no, f"model {out} no longer has the recorded weights "
-                                                       f"(sha256 {actual[:12]}... != {recorded}...)"))
-    return len(rows), problems
+        if e["entry_hash"] != entry_hash(e) or row.raw != line_of(e).encode("ascii"):
+            add(LedgerProblem(row.line, "entry hash mismatch: the line was edited"))
+        if key is not None and not hmac.compare_digest(str(e["mac"]), entry_mac(key, e)):
+            add(LedgerProblem(row.line, "MAC invalid: the entry was not written with the operator's key"))
+        if prev is not None and e["prev_hash"] != prev:
+            add(LedgerProblem(row.line, "chain broken: prev_hash does not match the previous entry "
+                                        "(a line was removed, reordered or inserted)"))
+        prev = e["entry_hash"]
+        hashes.add(e["entry_hash"])
+        if check_models:
+            _check_model(path, row.line, e, add)
+    _check_head(path, rows, key, report)
+    if check_models:
+        for orphan in _orphan_anchors(path, hashes):
+            add(LedgerProblem(len(rows), f"model {orphan} is anchored to an entry missing from this ledger "
+                                         "(entries were deleted or the ledger truncated)"))
+    if key is None:
+        report.notes.append("MACs not checked: no operator key ($UNLEARN_LEDGER_KEY or the key file)")
+    return report
+
+
+def _check_model(ledger: Path, line: int, e: dict[str, Any], add: Callable[[LedgerProblem], None]) -> None:
+    from unlearn.model import model_hash
+
+    out = resolve_output(e["output"], ledger)
+    if not out.exists():
+        add(LedgerProblem(line, f"output model {show(e['output'])} is missing"))
+        return
+    try:
+        actual = model_hash(out)
+    except ModelError as exc:
+        add(LedgerProblem(line, f"output model unreadable: {exc}"))
+        return
+    if actual != e["model_after"]:
+        add(LedgerProblem(line, f"model {show(e['output'])} no longer has the recorded weights "
+                                f"(sha256 {actual[:12]}... != {e['model_after'][:12]}...)"))
+    anchor = _read_anchor(out)
+    if anchor is None or anchor.get("entry") != e:
+        add(LedgerProblem(line, f"model {show(e['output'])} anchors a different entry: the ledger line was "
+                                "rewritten (or the anchor removed)"))
+
+
+def _check_head(path: Path, rows: list[Row], key: bytes | None, report: Verification) -> None:
+    head_file = _sidecar(path, ".head")
+    last = len(rows)
+    if not head_file.exists():
+        if rows:
+            report.problems.append(LedgerProblem(last, f"head anchor {head_file.name} is missing"))
+        return
+    try:
+        head = parse_line(head_file.read_bytes().strip())
+        entries, head_hash, mac = int(head["entries"]), str(head["head"]), str(head["mac"])
+    except (OSError, JSONProblem, KeyError, TypeError, ValueError):
+        report.problems.append(LedgerProblem(last, f"head anchor {head_file.name} is damaged"))
+        return
+    actual = rows[-1].entry.get("entry_hash") if rows and rows[-1].entry else GENESIS
+    if entries != len(rows) or head_hash != actual:
+        report.problems.append(LedgerProblem(last, f"head anchor says {entries} entries ending {head_hash[:12]}..., "
+                                                   f"the ledger has {len(rows)} ending {str(actual)[:12]}... "
+                                                   "(truncated, appended to or rewritten)"))
+    if key is not None and not hmac.compare_digest(mac, head_mac(key, entries, head_hash)):
+        report.problems.append(LedgerProblem(last, "head anchor MAC invalid: rewritten without the key"))
+
+
+def _orphan_anchors(ledger: Path, hashes: set[str]) -> list[Path]:
+    """Model directories beside the ledger whose anchor points at this ledger but whose entry it lacks."""
+    found = []
+    try:
+        siblings = [p for p in ledger.resolve().parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+    for d in sorted(siblings):
+        anchor = _read_anchor(d)
+        if anchor is None or not isinstance(anchor.get("entry"), dict):
+            continue
+        target = (d / str(anchor.get("ledger", ""))).resolve()
+        if target == ledger.resolve() and anchor["entry"].get("entry_hash") not in hashes:
+            found.append(d)
+    return found

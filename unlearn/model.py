@@ -114,38 +114,80 @@ def _same_or_inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
+def check_output(out: Path, input_dir: str | Path | None) -> None:
+    """A new output directory that is neither the input model, inside it, nor around it."""
+    if input_dir is not None and (_same_or_inside(out, Path(input_dir)) or _same_or_inside(Path(input_dir), out)):
+        raise ModelError(f"refusing to write {out}: it is (or contains) the input model {input_dir}")
+    if out.exists():
+        raise ModelError(f"output directory already exists: {out} (choose a new --out; nothing is overwritten)")
+
+
+def temp_sibling(out: Path) -> Path:
+    """A new empty directory beside ``out`` named ``.NAME.tmp-PID-XXXX`` (the PID lets a later run tell a
+    crashed run's leftovers from a live one's)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+
+
+def write_model_files(model: torch.nn.Module, tokenizer: Any, directory: Path,
+                      extra_files: dict[str, str] | None = None) -> dict[str, Any]:
+    """Weights (safetensors only), tokenizer, ``extra_files`` and the manifest of sha256 hashes into
+    ``directory``, each file fsynced; returns the manifest."""
+    from transformers.utils import logging as hf_logging
+
+    with _quiet_loading():
+        hf_logging.disable_progress_bar()
+        model.save_pretrained(str(directory), safe_serialization=True)
+        tokenizer.save_pretrained(str(directory))
+    for name, text in (extra_files or {}).items():
+        (directory / name).write_text(text, encoding="utf-8")
+    for f in directory.iterdir():
+        if f.suffix in (".bin", ".pt", ".pth", ".pkl"):
+            f.unlink()  # safetensors only
+    files = {f.name: sha256_file(f) for f in sorted(directory.iterdir()) if f.is_file()}
+    manifest = {"files": files, "weights_sha256": weights_hash(files)}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    fsync_tree(directory)
+    return manifest
+
+
+def fsync_tree(directory: Path) -> None:
+    """fsync every file in ``directory`` and the directory itself."""
+    for f in directory.iterdir():
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_model(model: torch.nn.Module, tokenizer: Any, out: str | Path, *, input_dir: str | Path | None = None,
                extra_files: dict[str, str] | None = None,
                before_commit: Callable[[Path], None] | None = None) -> dict[str, Any]:
-    """Write model + tokenizer to a NEW directory ``out`` atomically; returns the manifest.
+    """Write model + tokenizer to a NEW directory ``out`` atomically (no ledger); returns the manifest.
 
     ``extra_files`` maps file names to text written beside the weights. ``before_commit`` runs on the
     temporary directory just before the rename (tests use it to simulate a crash mid-write).
     """
     out = Path(out)
-    if input_dir is not None and (_same_or_inside(out, Path(input_dir)) or _same_or_inside(Path(input_dir), out)):
-        raise ModelError(f"refusing to write {out}: it is (or contains) the input model {input_dir}")
-    if out.exists():
-        raise ModelError(f"output directory already exists: {out} (choose a new --out; nothing is overwritten)")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    check_output(out, input_dir)
+    tmp = temp_sibling(out)
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        for f in tmp.iterdir():
-            if f.suffix in (".bin", ".pt", ".pth", ".pkl"):
-                f.unlink()  # safetensors only
-        files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
-        manifest = {"files": files, "weights_sha256": weights_hash(files)}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        manifest = write_model_files(model, tokenizer, tmp, extra_files)
         if before_commit is not None:
             before_commit(tmp)
         os.rename(tmp, out)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

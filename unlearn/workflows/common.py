@@ -12,8 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unlearn.data import DeletionRequest, Record, load_manifest, load_records, load_requests
+from unlearn.data import (
+    DeletionRequest,
+    Record,
+    check_against_manifest,
+    check_holdout,
+    load_manifest,
+    load_records,
+    load_requests,
+)
 from unlearn.errors import InputError, UnlearnError
+from unlearn.jsonio import show
 
 BUILTIN = ("builtin:target", "builtin:retain")
 PathLike = str | Path
@@ -134,7 +143,11 @@ def record_sets(src: DataSources, bench: Any | None) -> RecordSets:
         if missing:
             raise UnlearnError(f"{', '.join(missing)} required for a model that is not the built-in benchmark")
     manifest = load_manifest(src.manifest or bench.manifest)
-    data = [r for path in (src.data or [bench.split_path("train")]) for r in load_records(path)]
+    data: list[Record] = []
+    for path in src.data or [bench.split_path("train")]:
+        records = load_records(path)
+        check_against_manifest(records, manifest, path)
+        data += records
     by_id = {r.id: r for r in data}
     request: DeletionRequest | None = None
     if src.requests:
@@ -142,7 +155,7 @@ def record_sets(src: DataSources, bench: Any | None) -> RecordSets:
         absent = [i for i in request.ids if i not in by_id]
         if absent:
             raise InputError(f"requested ids are in the manifest but not in the training data: "
-                             f"{', '.join(absent[:10])}", file=src.requests)
+                             f"{', '.join(show(a) for a in absent[:10])}", file=src.requests)
         forget = [by_id[i] for i in request.ids]
         label = f"{len(forget)} record(s) from {src.requests}"
     else:
@@ -150,9 +163,6 @@ def record_sets(src: DataSources, bench: Any | None) -> RecordSets:
     forget_ids = {r.id for r in forget}
     retain = [r for r in data if r.id not in forget_ids]
     holdout = load_records(src.holdout) if src.holdout else bench.split("holdout")
-    clash = forget_ids & {r.id for r in holdout}
-    if clash:
-        raise InputError(f"holdout contains requested record '{sorted(clash)[0]}': holdout must be non-members",
-                         file=src.holdout or "holdout")
+    check_holdout(holdout, manifest, src.holdout or bench.split_path("holdout"))
     retain_eval = random.Random(0).sample(retain, min(len(retain), src.retain_eval))
     return RecordSets(request, forget, retain, holdout, retain_eval, label)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unlearn.errors import Interrupted
 from unlearn.workflows.common import (
     SILENT,
     BenchmarkOptions,
@@ -51,17 +52,16 @@ class ForgetResult:
 
 
 @contextlib.contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    """Hold Ctrl-C (and SIGTERM) until the block ends, so a commit is all-or-nothing."""
+def deferred_interrupts() -> Iterator[list[int]]:
+    """Hold Ctrl-C (and SIGTERM) until the block ends, so a commit is all-or-nothing; the caller learns
+    whether one came (the list of signals caught)."""
     caught: list[int] = []
     old = {s: signal.signal(s, lambda n, f: caught.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield caught
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        if caught:
-            raise KeyboardInterrupt
 
 
 def resolve_method_args(job: ForgetJob) -> Any:
@@ -79,7 +79,7 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     from unlearn.auditors.stopping import forget_check, make_monitor
     from unlearn.distributed import is_main_process
     from unlearn.methods import get_method, measured
-    from unlearn.model import load_model, model_hash, save_model
+    from unlearn.model import load_model, model_hash, write_model_files
 
     margs = resolve_method_args(job)
     method = get_method(job.method)
@@ -88,7 +88,9 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     sets = record_sets(job.data, bench)
     out = new_out_dir(job.out, f"forget-{job.method}")
     ledger_path = Path(job.ledger) if job.ledger else out.parent / "unlearn-ledger.jsonl"
-    ledger.last_hash(ledger_path)  # a damaged ledger fails now, before any work
+    ledger.check_paths(out, ledger_path, path)  # every place the commit writes, before any work
+    key = ledger.load_key(create=True)
+    assert key is not None
     before_hash = model_hash(path)
     model, tok = load_model(path)
     report.note(f"forgetting {sets.label}: {len(sets.forget)} records, retain {len(sets.retain)}, "
@@ -124,13 +126,18 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
         receipt["privleak_vs_retain"] = privleak(after["forget_auc"], gold["forget_auc"])
     if not is_main_process():  # every process unlearned its shard; the first one commits the result
         return ForgetResult(out, ledger_path, "", receipt)
-    with deferred_interrupts():
-        manifest = save_model(result.model, tok, out, input_dir=path,
-                              extra_files={RECEIPT: json.dumps(receipt, indent=2)})
-        entry = ledger.make_entry(ledger_path, request_file=str(job.data.requests or ""), records=sets.forget,
-                                  method=job.method, config=margs.to_dict(), model_before=before_hash,
-                                  model_after=manifest["weights_sha256"], output=str(out),
-                                  stop_reason=result.stop_reason)
-        ledger.append(ledger_path, entry)
-    receipt["ledger"] = {"path": str(ledger_path), "entry_hash": entry["entry_hash"]}
-    return ForgetResult(out, ledger_path, entry["entry_hash"], receipt)
+    content = ledger.make_entry(key, records=sets.forget, method=job.method, config=margs.to_dict(),
+                                model_before=before_hash, request_file=job.data.requests,
+                                stop_reason=result.stop_reason)
+    receipt["ledger"] = {"path": str(ledger_path.absolute())}
+
+    def write(directory: Path, _: dict[str, Any]) -> dict[str, Any]:
+        return write_model_files(result.model, tok, directory, {RECEIPT: json.dumps(receipt, indent=2)})
+
+    with deferred_interrupts() as caught:
+        commit = ledger.commit_model(ledger_path, key, content, out, write)
+    receipt["ledger"]["entry_hash"] = commit.entry["entry_hash"]
+    if caught:
+        raise Interrupted(f"interrupted after the commit: the model {out} and its ledger entry "
+                          f"{commit.entry['entry_hash'][:16]}... in {ledger_path} were both written")
+    return ForgetResult(out, ledger_path, commit.entry["entry_hash"], receipt)

@@ -1,0 +1,107 @@
+"""Strict JSON for untrusted files: bytes decoded as UTF-8 line by line, duplicate keys, NaN/Infinity, deep
+nesting, oversized lines and numbers refused, and every failure a value (never an exception escaping as a
+traceback); plus the escaped, truncated rendering of user-supplied strings in messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from unlearn.errors import InputError
+
+MAX_LINE_BYTES = 64 << 20  # one JSON line (a record, a manifest entry, a ledger entry)
+MAX_DEPTH = 64
+
+
+class JSONProblem(ValueError):
+    """What is wrong with one line: the message names it (column, key, ...)."""
+
+
+def show(value: object, limit: int = 60) -> str:
+    """A user-supplied string as it may appear in a message: control characters escaped, cut to ``limit``."""
+    text = str(value)
+    escaped = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise JSONProblem(f"duplicate key '{show(k)}'")
+        out[k] = v
+    return out
+
+
+def _constant(name: str) -> Any:
+    raise JSONProblem(f"{name} is not valid JSON")
+
+
+def _depth(raw: bytes) -> int:
+    depth = deepest = 0
+    in_string = escaped = False
+    for b in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:
+                escaped = True
+            elif b == 0x22:
+                in_string = False
+        elif b == 0x22:
+            in_string = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def parse_line(raw: bytes) -> Any:
+    """One JSON value from one line of bytes, or ``JSONProblem`` saying why not."""
+    if len(raw) > MAX_LINE_BYTES:
+        raise JSONProblem(f"line longer than {MAX_LINE_BYTES >> 20} MiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JSONProblem(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+    if _depth(raw) > MAX_DEPTH:
+        raise JSONProblem(f"nested more than {MAX_DEPTH} levels deep")
+    try:
+        return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+    except json.JSONDecodeError as exc:
+        raise JSONProblem(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # integers over 4300 digits, pathological nesting
+        if isinstance(exc, JSONProblem):
+            raise
+        raise JSONProblem(f"invalid JSON ({' '.join(str(exc).split())[:120]})") from None
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole file, or one ``InputError`` line (missing, a directory, unreadable)."""
+    if not path.exists():
+        raise InputError("file not found", file=path)
+    if not path.is_file():
+        raise InputError("not a regular file", file=path)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror or type(exc).__name__})", file=path) from None
+
+
+def iter_json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON Lines file; the first bad line is an
+    ``InputError`` naming the file and line."""
+    for line_no, raw in enumerate(read_bytes(path).split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = parse_line(raw)
+        except JSONProblem as exc:
+            raise InputError(str(exc), file=path, line=line_no) from None
+        if not isinstance(obj, dict):
+            raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line_no)
+        yield line_no, obj
