@@ -14,6 +14,7 @@ from unlearn.auditors.tofu import rouge_l
 from unlearn.data import Record
 from unlearn.errors import UnlearnError
 from unlearn.generation import greedy_answers, greedy_complete
+from unlearn.jsonio import show
 
 
 def split_continuation(record: Record, tokenizer: Any, prompt_tokens: int) -> tuple[str, str]:
@@ -23,7 +24,7 @@ def split_continuation(record: Record, tokenizer: Any, prompt_tokens: int) -> tu
         return record.prompt, record.response
     ids = tokenizer(record.response, add_special_tokens=False)["input_ids"]
     if len(ids) <= prompt_tokens:
-        raise UnlearnError(f"record '{record.id}' has {len(ids)} tokens: too short for a {prompt_tokens}-token "
+        raise UnlearnError(f"record '{show(record.id)}' has {len(ids)} tokens: too short for a {prompt_tokens}-token "
                            "prompt and a continuation")
     return tokenizer.decode(ids[:prompt_tokens]), tokenizer.decode(ids[prompt_tokens:])
 

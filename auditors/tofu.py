@@ -16,6 +16,7 @@ from unlearn.data import Record, with_answer
 from unlearn.distributed import sharded
 from unlearn.errors import UnlearnError
 from unlearn.generation import greedy_answers
+from unlearn.jsonio import show
 from unlearn.logprobs import TokenLogProbs, token_logprobs
 
 
@@ -103,7 +104,7 @@ def evaluate_qa(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record
     if bad:
         need = "paraphrased_answer and perturbed_answer" if need_para else "perturbed_answer"
         raise UnlearnError(f"TOFU metrics need QA records with {need}; missing on {len(bad)} record(s), "
-                           f"e.g. '{bad[0]}'")
+                           f"e.g. '{show(bad[0])}'")
 
     def local(shard: list[Record]) -> dict[str, np.ndarray]:
         e = _evaluate_local(model, tokenizer, shard, rouge, batch_size, need_para)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from unlearn.errors import ConfigError, InputError
+from unlearn.jsonio import read_bytes
 
 A = TypeVar("A", bound="Checked")
 
@@ -156,6 +157,21 @@ def build_args(cls: type[A], values: Mapping[str, Any], where: str = "config") -
     return obj
 
 
+def _unique_key_loader() -> type:
+    """yaml's SafeLoader, refusing a key given twice in one mapping (yaml keeps the last one silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+            dup = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+            if dup is not None:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{dup}'", node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """A yaml file that must hold a mapping; missing files and bad yaml are one-line input errors."""
     import yaml
@@ -164,9 +180,10 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise InputError("file not found", file=path)
     try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"invalid yaml ({str(exc).splitlines()[0]})", file=path) from None
+        loaded = yaml.load(read_bytes(p).decode("utf-8"), Loader=_unique_key_loader())
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise InputError(f"invalid yaml ({first})", file=path) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -138,7 +138,7 @@ def load_records(path: str | Path, *, allow_empty: bool = False) -> list[Record]
     for line_no, obj in _iter_json_lines(path):
         record = parse_record(obj, path, line_no)
         if record.id in seen:
-            raise InputError(f"duplicate id '{record.id}' (first on line {seen[record.id]})", file=path,
+            raise InputError(f"duplicate id '{show(record.id)}' (first on line {seen[record.id]})", file=path,
                              line=line_no, field="id")
         seen[record.id] = line_no
         records.append(record)
@@ -310,11 +310,11 @@ def encode_many(records: Sequence[Record], tokenizer: Any,
         if not record.prompt:
             prompt_ids = []
         if not response_ids:
-            raise InputError(f"record '{record.id}' has no tokens to score")
+            raise InputError(f"record '{show(record.id)}' has no tokens to score")
         eos = [tokenizer.eos_token_id] if record.is_qa and tokenizer.eos_token_id is not None else []
         ids = bos + prompt_ids + response_ids + eos
         if max_length is not None and len(ids) > max_length:
-            raise InputError(f"record '{record.id}' is {len(ids)} tokens, longer than the model's context "
+            raise InputError(f"record '{show(record.id)}' is {len(ids)} tokens, longer than the model's context "
                              f"({max_length}); shorten it or raise --max-length")
         out.append((ids, [-100] * (len(bos) + len(prompt_ids)) + response_ids + eos))
     return out

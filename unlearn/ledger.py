@@ -245,9 +245,15 @@ def _append_line(path: Path, entry: dict[str, Any]) -> None:
 
 
 def _pause(stage: str) -> None:
-    if os.environ.get("UNLEARN_COMMIT_PAUSE") == stage:
-        print(f"PAUSED {stage}", flush=True)
-        time.sleep(3600)
+    """Test hook: with UNLEARN_COMMIT_PAUSE=stage, stop here until the file $UNLEARN_COMMIT_RESUME exists
+    (or for an hour), so a test can kill or interrupt the commit at a named point."""
+    if os.environ.get("UNLEARN_COMMIT_PAUSE") != stage:
+        return
+    print(f"PAUSED {stage}", flush=True)
+    resume = os.environ.get("UNLEARN_COMMIT_RESUME")
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline and not (resume and Path(resume).exists()):
+        time.sleep(0.05)
 
 
 def append_entry(path: Path, key: bytes, content: dict[str, Any], *, model_after: str, output: str) -> dict[str, Any]:
