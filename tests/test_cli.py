@@ -56,7 +56,8 @@ def test_console_script_runs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("argv", _subcommands(), ids=lambda a: " ".join(a))
 def test_global_flags_work_before_and_after_every_subcommand(argv: list[str]) -> None:
     parser = build_parser()
-    extra = {"info": ["m"], "ledger verify": ["l.jsonl"], "attribute": ["--model", "m", "--train", "a", "--test", "t"]}
+    extra = {"info": ["m"], "ledger verify": ["l.jsonl"], "ledger recover": ["l.jsonl"],
+             "attribute": ["--model", "m", "--train", "a", "--test", "t"]}
     rest = extra.get(" ".join(argv), [])
     if argv in (["benchmark"], ["ledger"]):
         return  # groups: their actions carry the flags
