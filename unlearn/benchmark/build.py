@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -202,8 +201,12 @@ def build(cfg: BenchmarkConfig | str = "default", *, cache_dir: Path | None = No
     root = cache / "benchmark" / cfg.key()
     if root.exists() and not force and (root / "report.json").is_file():
         return Benchmark(root)
+    from unlearn.ledger import sweep_stale
+    from unlearn.model import temp_sibling
+
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    sweep_stale(root.parent)  # builds killed earlier (SIGKILL leaves their temporary directory behind)
+    tmp = temp_sibling(root)
     try:
         _build_into(tmp / "b", cfg, on_progress)
         if root.exists():

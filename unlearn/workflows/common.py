@@ -10,19 +10,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from unlearn.data import (
-    DeletionRequest,
-    Record,
-    check_against_manifest,
-    check_holdout,
-    load_manifest,
-    load_records,
-    load_requests,
-)
 from unlearn.errors import InputError, UnlearnError
 from unlearn.jsonio import show
+
+if TYPE_CHECKING:  # the CLI imports this module before any work: torch is loaded only when data is
+    from unlearn.data import DeletionRequest, Record
 
 BUILTIN = ("builtin:target", "builtin:retain")
 PathLike = str | Path
@@ -138,6 +132,9 @@ def _builtin_request(bench: Any, split: str | None) -> tuple[list[Record], str]:
 
 def record_sets(src: DataSources, bench: Any | None) -> RecordSets:
     """The requests validated against the manifest, and the forget / retain / holdout / retain-eval sets."""
+    from unlearn.data import check_against_manifest, check_holdout, load_manifest, load_records, load_requests
+
+
     if bench is None:
         missing = [f"--{n}" for n in ("requests", "manifest", "data", "holdout") if not getattr(src, n)]
         if missing:
