@@ -36,6 +36,7 @@ from typing import Any
 
 from unlearn.data import Record
 from unlearn.errors import InputError, ModelError, UnlearnError
+from unlearn.fsutil import fsync_dir, temp_sibling, write_atomic
 from unlearn.jsonio import JSONProblem, parse_line, read_bytes, show
 
 GENESIS = "0" * 64
@@ -209,30 +210,12 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def head_mac(key: bytes, entries: int, head: str) -> str:
     return hmac.new(key, f"{entries}:{head}".encode(), hashlib.sha256).hexdigest()
 
 
 def write_head(path: Path, key: bytes, entries: int, head: str) -> None:
-    _write_atomic(_sidecar(path, ".head"), json.dumps(
+    write_atomic(_sidecar(path, ".head"), json.dumps(
         {"entries": entries, "head": head, "key_id": key_id(key), "mac": head_mac(key, entries, head)}) + "\n")
 
 
@@ -241,7 +224,7 @@ def _append_line(path: Path, entry: dict[str, Any]) -> None:
         fh.write((line_of(entry) + "\n").encode("ascii"))
         fh.flush()
         os.fsync(fh.fileno())
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _pause(stage: str) -> None:
@@ -311,8 +294,6 @@ def commit_model(ledger: Path, key: bytes, content: dict[str, Any], out: Path,
                  write: Callable[[Path, dict[str, Any]], dict[str, Any]]) -> Commit:
     """Write a model and its ledger entry together. ``write(directory, anchor_fields)`` writes the model
     files (weights, receipt) into ``directory`` and returns its manifest (``weights_sha256``)."""
-    from unlearn.model import fsync_dir, temp_sibling
-
     ledger, out = ledger.absolute(), out.absolute()
     sweep_stale(out.parent)
     tmp = temp_sibling(out)
@@ -328,8 +309,8 @@ def commit_model(ledger: Path, key: bytes, content: dict[str, Any], out: Path,
             entry = finalise(key, content, prev_hash=head, model_after=manifest["weights_sha256"],
                              output=relative_output(out, ledger))
             anchor = {"ledger": os.path.relpath(ledger, out), "entry": entry}
-            _write_atomic(tmp / ANCHOR, json.dumps(anchor, indent=2) + "\n")
-            _write_atomic(_sidecar(ledger, ".pending"), json.dumps({"out": str(out), "tmp": str(tmp),
+            write_atomic(tmp / ANCHOR, json.dumps(anchor, indent=2) + "\n")
+            write_atomic(_sidecar(ledger, ".pending"), json.dumps({"out": str(out), "tmp": str(tmp),
                                                                      "entry": entry}) + "\n")
             _pause("journaled")
             os.rename(tmp, out)

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from unlearn.errors import ModelError
+from unlearn.fsutil import fsync_dir, fsync_tree, temp_sibling
 
 MANIFEST = "unlearn_manifest.json"
 WEIGHT_SUFFIXES = (".safetensors",)
@@ -122,13 +122,6 @@ def check_output(out: Path, input_dir: str | Path | None) -> None:
         raise ModelError(f"output directory already exists: {out} (choose a new --out; nothing is overwritten)")
 
 
-def temp_sibling(out: Path) -> Path:
-    """A new empty directory beside ``out`` named ``.NAME.tmp-PID-XXXX`` (the PID lets a later run tell a
-    crashed run's leftovers from a live one's)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-
-
 def write_model_files(model: torch.nn.Module, tokenizer: Any, directory: Path,
                       extra_files: dict[str, str] | None = None) -> dict[str, Any]:
     """Weights (safetensors only), tokenizer, ``extra_files`` and the manifest of sha256 hashes into
@@ -149,26 +142,6 @@ def write_model_files(model: torch.nn.Module, tokenizer: Any, directory: Path,
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     fsync_tree(directory)
     return manifest
-
-
-def fsync_tree(directory: Path) -> None:
-    """fsync every file in ``directory`` and the directory itself."""
-    for f in directory.iterdir():
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fsync_dir(directory)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_model(model: torch.nn.Module, tokenizer: Any, out: str | Path, *, input_dir: str | Path | None = None,

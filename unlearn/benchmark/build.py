@@ -201,8 +201,8 @@ def build(cfg: BenchmarkConfig | str = "default", *, cache_dir: Path | None = No
     root = cache / "benchmark" / cfg.key()
     if root.exists() and not force and (root / "report.json").is_file():
         return Benchmark(root)
+    from unlearn.fsutil import temp_sibling
     from unlearn.ledger import sweep_stale
-    from unlearn.model import temp_sibling
 
     root.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(root.parent)  # builds killed earlier (SIGKILL leaves their temporary directory behind)
