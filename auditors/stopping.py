@@ -1,5 +1,4 @@
-"""The stopping rule for unlearners: stop once the forget set is no longer detectable by the LOSS
-score against holdout (the audit's own test), or early when retain utility drops too far."""
+"""The stopping rule for unlearners (`make_monitor`) and the LOSS-only before/after check of receipts."""
 
 from __future__ import annotations
 
@@ -9,8 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from unlearn.attacks.runner import score_records
+from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
+from unlearn.auditors.audit import group_labels
 from unlearn.auditors.metrics import auc, mann_whitney_p
+from unlearn.auditors.verdict import INCONCLUSIVE, OVER_UNLEARNED, REMOVED, two_sided_verdict
 from unlearn.data import Record
 from unlearn.unlearner import Monitor, UnlearnArgs
 
@@ -29,18 +30,40 @@ def forget_check(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record
 
 def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
                  retain_eval: Sequence[Record], args: UnlearnArgs) -> Monitor:
+    """The stopping rule, on the CALIBRATION parts of the holdout and the retain evaluation set (the
+    receipt's verdict uses the other parts): two-sided over every one-pass score. Stop when no score
+    separates the forget set from held-out data in either direction (``forget_undetectable``); stop and back
+    off to the best checkpoint when the forget set became significantly LESS likely (``over_unlearned``) or
+    retain utility fell more than ``max_utility_drop`` (``utility_drop``). Reported per check: the AUC of
+    each score, ``distance`` = max |AUC - 0.5| (what the best checkpoint minimises) and ``utility_ok``."""
+    groups = group_labels(holdout)
     baseline: dict[str, float] = {}
+    nf, nh = len(forget), len(holdout)
 
     def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
-        m = forget_check(model, tokenizer, forget, holdout, retain_eval)
+        table = score_records(model, tokenizer, [*forget, *holdout, *retain_eval], list(ONE_PASS_SCORES))
+        fm = {k: v[:nf] for k, v in table.scores.items()}
+        hm = {k: v[nf:nf + nh] for k, v in table.scores.items()}
+        v = two_sided_verdict(fm, hm, nonmember_groups=groups, alpha=args.stop_alpha, n_boot=200, seed=step)
+        m: dict[str, Any] = {f"auc_{e.score}": e.auc for e in v.evidence}
+        m["forget_auc"] = m["auc_loss"]
+        m["distance"] = max(abs(e.auc - 0.5) for e in v.evidence)
+        m["status"] = v.status
+        retain_lp = table.scores["loss"][nf + nh:]
+        if len(retain_lp):
+            m["retain_prob"] = float(np.exp(retain_lp).mean())
         if not baseline:
-            baseline.update(m)
-        if "retain_prob" in m and m["retain_prob"] < (1 - args.max_utility_drop) * baseline["retain_prob"]:
-            return ("utility_drop", f"stopped early: retain utility fell to {m['retain_prob']:.3f} from "
-                    f"{baseline['retain_prob']:.3f} (more than max_utility_drop={args.max_utility_drop:.0%})", m)
-        if m["forget_p"] >= args.stop_alpha:
-            return ("forget_undetectable", f"forget set no longer detectable by LOSS vs holdout "
-                    f"(AUC {m['forget_auc']:.3f}, one-sided p = {m['forget_p']:.3f} >= {args.stop_alpha})", m)
+            baseline.update({k: x for k, x in m.items() if isinstance(x, float)})
+        m["utility_ok"] = "retain_prob" not in m or m["retain_prob"] >= (1 - args.max_utility_drop) * baseline[
+            "retain_prob"]
+        if not m["utility_ok"]:
+            return ("utility_drop", f"retain utility fell to {m['retain_prob']:.3f} from {baseline['retain_prob']:.3f} "
+                    f"(more than max_utility_drop={args.max_utility_drop:.0%})", m)
+        if v.status == OVER_UNLEARNED:
+            return "over_unlearned", v.message, m
+        if v.status in (REMOVED, INCONCLUSIVE):
+            return ("forget_undetectable", f"no score separates the forget set from the calibration holdout "
+                    f"(max |AUC - 0.5| {m['distance']:.3f}; {v.status.lower()} at this size)", m)
         return None, "", m
 
     return monitor

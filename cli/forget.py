@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from rich.markup import escape
+
 from unlearn.cli.common import UI, add_data_args, benchmark_options, data_sources, sub_parser
 from unlearn.workflows.forget import ForgetJob, forget, resolve_method_args
 
@@ -20,6 +22,13 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--seed", type=int, help="override seed")
     f.add_argument("--out", help="NEW output directory (default runs/forget-METHOD-TIME)")
     f.add_argument("--ledger", help="ledger JSONL to append to (default: unlearn-ledger.jsonl beside --out)")
+    f.add_argument("--retain-model", help="a model trained without the forget set: the verdict becomes relative to "
+                                          "it (default with the built-in model: its retain model, when it applies)")
+    f.add_argument("--relearn-attack", action="store_true", help="add the relearning attack to the receipt's battery")
+    f.add_argument("--detectable-auc", type=float, default=0.75,
+                   help="REMOVED needs the power to detect this AUC; weaker tests are INCONCLUSIVE")
+    f.add_argument("--copy-unchanged", action="store_true",
+                   help="write the weights even when the request needs no change (default: a receipt only)")
     f.add_argument("--dry-run", action="store_true", help="print the resolved method configuration and stop")
     f.add_argument("--accelerate-config", help="launch through `accelerate launch` with this config (a file, or a "
                                                "shipped name from configs/accelerate: DDP, DeepSpeed ZeRO-2/3, FSDP)")
@@ -29,8 +38,12 @@ def add_parser(sub: Any) -> None:
 def job_of(args: argparse.Namespace) -> ForgetJob:
     overrides = {k: v for k, v in (("max_steps", args.max_steps), ("lr", args.lr), ("seed", args.seed))
                  if v is not None}
+    from unlearn.auditors.battery import BatteryArgs
+
+    battery = BatteryArgs(relearn=args.relearn_attack, detectable_bound=args.detectable_auc)
     return ForgetJob(model=args.model, data=data_sources(args), method=args.method, config=args.config,
-                     overrides=overrides, out=args.out, ledger=args.ledger, benchmark=benchmark_options(args))
+                     overrides=overrides, out=args.out, ledger=args.ledger, retain_model=args.retain_model,
+                     battery=battery, copy_unchanged=args.copy_unchanged, benchmark=benchmark_options(args))
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
@@ -50,18 +63,25 @@ def run(args: argparse.Namespace, ui: UI) -> int:
 
 def print_receipt(ui: UI, r: dict[str, Any]) -> None:
     b, a = r["before"], r["after"]
-    rows = [["forget vs holdout LOSS AUC", b["forget_auc"], a["forget_auc"]],
-            ["one-sided Mann-Whitney p", b["forget_p"], a["forget_p"]],
+    rows = [["forget vs held-out LOSS AUC", b["forget_auc"], a["forget_auc"]],
             ["forget mean NLL", b["forget_nll"], a["forget_nll"]],
             ["retain utility (mean answer prob)", b.get("retain_prob"), a.get("retain_prob")]]
-    ui.table(f"receipt: {len(r['request']['ids'])} record(s) removed with {r['method']} -> {r['out']}",
-             ["audit", "before", "after"], rows)
+    what = "answered with no change" if r["unchanged"] else f"removed with {r['method']}"
+    ui.table(f"receipt: {len(r['request']['ids'])} record(s) {what} -> {r['out']}", ["check", "before", "after"], rows)
+    battery = [[row["attack"], row["verdict"]["status"],
+                " ".join(f"{e['score']} {e['auc']:.2f}" for e in row["verdict"]["evidence"]),
+                row["verdict"]["min_detectable_auc"], row["extraction"]["exact_match"]]
+               for row in r["battery"]["attacks"]]
+    kind = "relative to the retain model" if r["battery"]["verdict"]["relative"] else "absolute"
+    ui.table(f"attack battery on the held-out verdict split ({kind})",
+             ["attack", "verdict", "AUC per score", "detectable AUC", "exact match"], battery)
+    colour = {"REMOVED": "green", "NOT REMOVED": "red", "OVER-UNLEARNED": "red"}.get(r["verdict"], "yellow")
+    ui.print(f"[bold {colour}]{escape(r['verdict_message'])}[/]")
     leak = r.get("privleak_vs_retain")
     extra = f", privleak vs retain {leak:.1f}%" if leak is not None else ""
     memory = (f"peak memory {r['peak_memory_mb']:.0f} MiB ({r['peak_memory_kind']})" if r["peak_memory_mb"] is not None
               else "peak memory not measured")
-    ui.print(f"steps {r['steps']} ({r['stop_reason']}: {r['stop_message']}); wall {r['wall_seconds']:.1f} s; "
-             f"{memory}; retain utility x{r['retain_utility_relative']:.3f}{extra}")
-    if r["stop_reason"] == "utility_drop":
-        ui.print(f"[yellow]warning:[/] {r['stop_message']}")
+    ui.print(f"steps {r['steps']} ({r['stop_reason']}: {escape(r['stop_message'])}); wall {r['wall_seconds']:.1f} s "
+             f"+ battery {r['battery_seconds']:.1f} s; {memory}; retain utility x{r['retain_utility_relative']:.3f}"
+             f"{extra}")
     ui.print(f"ledger: {r['ledger']['path']} (entry {r['ledger']['entry_hash'][:16]}...)")

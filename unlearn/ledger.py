@@ -462,13 +462,19 @@ def _check_model(ledger: Path, line: int, e: dict[str, Any], add: Callable[[Ledg
     if not out.exists():
         add(LedgerProblem(line, f"output model {show(e['output'])} is missing"))
         return
+    weights = out
+    if e.get("unchanged"):  # the request needed no change: the receipt names the input weights
+        if not isinstance(e.get("model_in"), str):
+            add(LedgerProblem(line, "an unchanged-model entry without 'model_in'"))
+            return
+        weights = resolve_output(e["model_in"], ledger)
     try:
-        actual = model_hash(out)
+        actual = model_hash(weights)
     except ModelError as exc:
         add(LedgerProblem(line, f"output model unreadable: {exc}"))
         return
     if actual != e["model_after"]:
-        add(LedgerProblem(line, f"model {show(e['output'])} no longer has the recorded weights "
+        add(LedgerProblem(line, f"model {show(str(weights))} no longer has the recorded weights "
                                 f"(sha256 {actual[:12]}... != {e['model_after'][:12]}...)"))
     anchor = _read_anchor(out)
     if anchor is None or anchor.get("entry") != e:

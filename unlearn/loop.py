@@ -122,13 +122,32 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     return stopper.result(model, steps)
 
 
+BACK_OFF = ("over_unlearned", "utility_drop")
+
+
 class Stopper:
-    """Runs the stopping-rule monitor (in eval mode) and keeps the history and the reason to stop."""
+    """Runs the stopping-rule monitor (in eval mode), keeps the history and the reason to stop, and the best
+    checkpoint seen: the trainable weights at the check closest to indistinguishable (smallest ``distance``)
+    with utility inside the guard. A stop for overshooting (``over_unlearned``) or for utility restores it."""
 
     def __init__(self, monitor: Monitor | None, max_steps: int, current: Callable[[], torch.nn.Module]) -> None:
         self.monitor, self.current = monitor, current
         self.history: list[dict[str, Any]] = []
         self.reason, self.message = "max_steps", f"reached max_steps={max_steps}"
+        self.best: tuple[int, float, list[torch.Tensor]] | None = None
+        self.extra: dict[str, Any] = {}
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.current().parameters() if p.requires_grad]
+
+    def _keep(self, step: int, metrics: dict[str, Any]) -> None:
+        params = self._trainable()
+        if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3 shards: no host copy of the weights to keep
+            self.extra["back_off"] = "unavailable under DeepSpeed ZeRO-3"
+            return
+        good = metrics.get("utility_ok", True) and metrics.get("status") != "OVER-UNLEARNED"
+        if good and "distance" in metrics and (self.best is None or metrics["distance"] < self.best[1]):
+            self.best = (step, float(metrics["distance"]), [p.detach().to("cpu", copy=True) for p in params])
 
     def check(self, step: int) -> bool:
         if self.monitor is None:
@@ -137,17 +156,29 @@ class Stopper:
         model.eval()
         verdict, msg, metrics = self.monitor(model, step)
         self.history.append({"step": step, **metrics})
-        if verdict is not None:
-            self.reason, self.message = verdict, msg
-            return True
-        return False
+        self._keep(step, metrics)
+        if verdict is None:
+            return False
+        self.reason, self.message = verdict, msg
+        if verdict in BACK_OFF and self.best is not None and self.best[0] != step:
+            best_step, distance, saved = self.best
+            with torch.no_grad():
+                for p, v in zip(self._trainable(), saved, strict=True):
+                    p.copy_(v.to(p.device))
+            self.message += (f"; backed off to the weights of step {best_step} (max |AUC - 0.5| {distance:.3f} "
+                             "on the calibration split, utility inside the guard)")
+            self.extra["backed_off_to"] = best_step
+        return True
 
     def first(self) -> bool:
-        """The check before any step: a utility failure is an error, an undetectable forget set a stop."""
+        """The check before any step: a utility failure is an error, an indistinguishable forget set a stop."""
         if not self.check(0):
             return False
         if self.reason == "utility_drop":
             raise UnlearnError(f"the retain-utility check failed before any step: {self.message}")
+        if self.reason == "over_unlearned":
+            self.reason = "already_over_unlearned"
+            return True
         self.reason, self.message = "already_undetectable", f"nothing to do: {self.message}"
         return True
 
@@ -156,7 +187,8 @@ class Stopper:
             self.check(steps)
 
     def result(self, model: torch.nn.Module, steps: int, stats: dict[str, Any] | None = None) -> UnlearnResult:
-        return UnlearnResult(model, steps, self.reason, self.message, history=self.history, stats=stats or {})
+        return UnlearnResult(model, steps, self.reason, self.message, history=self.history,
+                             stats={**(stats or {}), **self.extra})
 
 
 def run_direct(model: torch.nn.Module, args: UnlearnArgs, update: Callable[[int], dict[str, Any]], *,

@@ -32,8 +32,8 @@ class UnlearnArgs(Checked):
     scope: str = arg("all", "parameters to change: all, last:N, regex:PATTERN")
     seed: int = arg(0, "seed of every random choice", ge=0)
     eval_every: int = arg(5, "steps between stopping-rule checks; 0 = never", ge=0)
-    stop_alpha: float = arg(0.05, "stop once forget vs holdout is no longer detectable by LOSS "
-                            "(one-sided MWU p >= stop_alpha)", gt=0, lt=1)
+    stop_alpha: float = arg(0.05, "level of the stopping rule's two-sided test of forget vs the calibration "
+                            "holdout over every one-pass score", gt=0, lt=1)
     max_utility_drop: float = arg(0.25, "stop early if retain utility falls below (1 - this) x its value "
                                   "before unlearning", gt=0, le=1)
 
@@ -48,7 +48,7 @@ class UnlearnArgs(Checked):
 class UnlearnResult:
     model: torch.nn.Module
     steps: int
-    stop_reason: str  # forget_undetectable | max_steps | utility_drop | converged
+    stop_reason: str  # forget_undetectable | over_unlearned | utility_drop | max_steps | already_undetectable
     stop_message: str
     wall_seconds: float = 0.0  # wall time, peak memory and its kind set by `measured` around the whole call
     peak_memory_mb: float | None = None  # see unlearn.memory: CUDA allocated above start, or process peak RSS

@@ -1,0 +1,152 @@
+"""Two-sided removal verdicts with a stated power.
+
+For each score s the statistic is the record-level AUC of members (the forget set) against held-out
+non-members. Its sampling distribution comes from a stratified bootstrap: the members are resampled by
+record (the claim is about these records) and the non-members by group (people are the unit a holdout is
+drawn in; records of one person are not independent). With k scores, each interval has level 1 - alpha/k
+(Bonferroni). The verdict:
+
+- NOT REMOVED: some score's interval lies above 0.5 (members still more likely than never-seen data);
+- OVER-UNLEARNED: some interval lies below 0.5 (members now *less* likely: an attacker spots them too);
+- INCONCLUSIVE: no interval excludes 0.5, but the smallest AUC this test would detect with 80% power,
+  0.5 + (z_{1-alpha/2k} + z_0.8) x SE_bootstrap, is above ``detectable_bound``;
+- REMOVED: no interval excludes 0.5 and the test had the power to see an AUC of ``detectable_bound``.
+
+With a retain model (trained without the members) the verdict is relative: the statistic is
+dAUC = AUC_unlearned - AUC_retain on the same resampled records (paired), so a shift between the forget set
+and the holdout that the never-trained model also sees is not called membership.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from unlearn.auditors.metrics import auc
+
+REMOVED, NOT_REMOVED, OVER_UNLEARNED, INCONCLUSIVE = "REMOVED", "NOT REMOVED", "OVER-UNLEARNED", "INCONCLUSIVE"
+SEVERITY = {NOT_REMOVED: 3, OVER_UNLEARNED: 2, INCONCLUSIVE: 1, REMOVED: 0}
+
+
+def min_detectable_auc(n_members: int, n_nonmembers: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest AUC a two-sided Mann-Whitney test at ``alpha`` detects with ``power`` (normal approximation,
+    null standard error sqrt((m + n + 1) / (12 m n)))."""
+    se = math.sqrt((n_members + n_nonmembers + 1) / (12 * n_members * n_nonmembers))
+    return min(1.0, 0.5 + (stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * se)
+
+
+def members_needed(target_auc: float, n_nonmembers: int, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Members needed to detect ``target_auc`` against ``n_nonmembers`` (None: no number suffices)."""
+    for m in range(1, 100_000):
+        if min_detectable_auc(m, n_nonmembers, alpha, power) <= target_auc:
+            return m
+    return None
+
+
+@dataclass
+class ScoreEvidence:
+    score: str
+    auc: float
+    ci: tuple[float, float]  # of the AUC, or of dAUC when relative
+    statistic: str  # "AUC" or "AUC - AUC_retain"
+    retain_auc: float | None
+    min_detectable: float  # the smallest |AUC - 0.5| + 0.5 this interval would have detected (80% power)
+    status: str
+
+
+@dataclass
+class Verdict:
+    status: str
+    message: str
+    alpha: float
+    detectable_bound: float
+    min_detectable_auc: float  # the worst (largest) over the scores
+    members: int
+    nonmember_groups: int
+    relative: bool
+    evidence: list[ScoreEvidence] = field(default_factory=list)
+    attack: str = "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _group_index(groups: Sequence[str] | None, n: int) -> list[np.ndarray]:
+    if groups is None:
+        return [np.array([i]) for i in range(n)]
+    by: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by.setdefault(g, []).append(i)
+    return [np.array(v) for v in by.values()]
+
+
+def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str, np.ndarray], *,
+                      nonmember_groups: Sequence[str] | None = None,
+                      retain_members: Mapping[str, np.ndarray] | None = None,
+                      retain_nonmembers: Mapping[str, np.ndarray] | None = None, alpha: float = 0.05,
+                      detectable_bound: float = 0.75, n_boot: int = 1000, seed: int = 0,
+                      attack: str = "none") -> Verdict:
+    """The verdict over all scores given (``score -> [N]`` arrays, higher = member)."""
+    names = list(members)
+    relative = retain_members is not None and retain_nonmembers is not None
+    k = len(names)
+    level = alpha / k
+    m = len(next(iter(members.values())))
+    blocks = _group_index(nonmember_groups, len(next(iter(nonmembers.values()))))
+    rng = np.random.default_rng(seed)
+    draws = [(rng.integers(0, m, m), np.concatenate([blocks[j] for j in rng.integers(0, len(blocks), len(blocks))]))
+             for _ in range(n_boot)]
+    z = stats.norm.ppf(1 - level / 2) + stats.norm.ppf(0.8)
+    evidence = []
+    for s in names:
+        mu, nu = np.asarray(members[s], float), np.asarray(nonmembers[s], float)
+        point = auc(mu, nu)
+        if relative:
+            assert retain_members is not None and retain_nonmembers is not None
+            mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
+            ref = auc(mr, nr)
+            boot = np.array([auc(mu[i], nu[j]) - auc(mr[i], nr[j]) for i, j in draws])
+            stat = "AUC - AUC_retain"
+        else:
+            ref = None
+            boot = np.array([auc(mu[i], nu[j]) for i, j in draws]) - 0.5
+            stat = "AUC"
+        lo, hi = np.quantile(boot, [level / 2, 1 - level / 2])
+        detectable = 0.5 + z * float(boot.std(ddof=1))
+        status = NOT_REMOVED if lo > 0 else OVER_UNLEARNED if hi < 0 else (
+            REMOVED if detectable <= detectable_bound else INCONCLUSIVE)
+        shift = 0.0 if relative else 0.5
+        evidence.append(ScoreEvidence(s, point, (float(lo) + shift, float(hi) + shift), stat, ref,
+                                      min(1.0, detectable), status))
+    worst = max(evidence, key=lambda e: SEVERITY[e.status])
+    status = worst.status
+    detect = max(e.min_detectable for e in evidence)
+    n_groups = len(blocks)
+    what = "AUC - AUC_retain" if relative else "AUC"
+    if status == NOT_REMOVED:
+        msg = (f"NOT REMOVED: {worst.score} still separates the forget set from held-out data ({what} "
+               f"{worst.ci[0]:.3f}..{worst.ci[1]:.3f} excludes {'0' if relative else '0.5'}, AUC {worst.auc:.3f})")
+    elif status == OVER_UNLEARNED:
+        msg = (f"OVER-UNLEARNED: by {worst.score} the forget set is now LESS likely than held-out data ({what} "
+               f"{worst.ci[0]:.3f}..{worst.ci[1]:.3f}, AUC {worst.auc:.3f}): detectable the other way")
+    elif status == INCONCLUSIVE:
+        needed = members_needed(detectable_bound, max(n_groups, 1), level)
+        msg = (f"INCONCLUSIVE: no score separates the sets, but with {m} forget records and {n_groups} held-out "
+               f"groups the test only detects AUC >= {detect:.2f} (bound {detectable_bound}); about "
+               f"{needed or 'more'} forget records (or more held-out groups) would be needed")
+    else:
+        msg = (f"REMOVED: no score separates the forget set from held-out data in either direction, and the test "
+               f"would have detected AUC {detect:.2f} (80% power, alpha {alpha} over {k} scores)")
+    if not relative:
+        msg += "; nothing controls a shift between the sets (give a retain model for a relative verdict)"
+    return Verdict(status, msg, alpha, detectable_bound, detect, m, n_groups, relative, evidence, attack)
+
+
+def worst_case(verdicts: Sequence[Verdict]) -> Verdict:
+    """The battery's verdict: the most severe over the attacks (NOT REMOVED > OVER-UNLEARNED > INCONCLUSIVE)."""
+    return max(verdicts, key=lambda v: SEVERITY[v.status])
