@@ -20,6 +20,7 @@ from unlearn.auditors.metrics import (
     tpr_at_fpr,
 )
 from unlearn.auditors.tofu import QAEval, evaluate_qa, forget_quality
+from unlearn.auditors.verdict import NOT_REMOVED, OVER_UNLEARNED, two_sided_verdict
 from unlearn.config import Checked, arg
 from unlearn.data import Record
 from unlearn.errors import UnlearnError
@@ -37,6 +38,8 @@ class AuditArgs(Checked):
     n_boot: int = arg(1000, "bootstrap resamples of the AUC CI", ge=10)
     seed: int = arg(0, "bootstrap seed", ge=0)
     batch_size: int = arg(32, "records per forward pass", ge=1)
+    detectable_bound: float = arg(0.75, "REMOVED needs the power to detect this AUC (else INCONCLUSIVE)", gt=0.5,
+                                  le=1)
 
     def extra_problems(self) -> list[str]:
         unknown = [s for s in self.scores if s not in SCORES]
@@ -74,6 +77,7 @@ class AuditReport:
     forget_quality: float | None = None
     tofu: dict[str, dict[str, float]] = field(default_factory=dict)  # per-model QA summaries; "summary": TOFU's
     muse: dict[str, float] = field(default_factory=dict)  # MUSE's VerbMem / KnowMem / privleak
+    removal: dict[str, Any] = field(default_factory=dict)  # the two-sided verdict (verdict.Verdict)
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,22 +172,24 @@ def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], non
         results.append(res)
     for res, p_adj in zip(results, holm([r.p_value for r in results])):
         res.p_holm = p_adj
-        res.detected = p_adj < args.alpha
-    detected = any(r.detected for r in results)
-    best = min(results, key=lambda r: r.p_holm)
-    if detected:
-        verdict = (f"DETECTED: the member set is still distinguishable from the non-members "
-                   f"({best.score}: AUC {best.auc:.3f} [{best.auc_ci[0]:.3f}, {best.auc_ci[1]:.3f}], "
-                   f"Holm-adjusted one-sided Mann-Whitney p = {best.p_holm:.2e} < alpha {args.alpha})")
-    else:
-        verdict = (f"NOT DETECTED at alpha {args.alpha}: no score separates members from non-members "
-                   f"(smallest Holm-adjusted p = {best.p_holm:.3f}, {best.score} AUC {best.auc:.3f}); "
-                   f"absence of evidence with {len(members)} members, not proof of removal")
+    # The verdict is two-sided over the scores (relative to the retain model when one is given): see verdict.py
+    names = [r.score for r in results if ret is None or r.score in ret[0].scores]
+    removal = two_sided_verdict(
+        {k: mem.scores[k] for k in names}, {k: non.scores[k] for k in names}, nonmember_groups=groups[1],
+        retain_members={k: ret[0].scores[k] for k in names} if ret is not None else None,
+        retain_nonmembers={k: ret[1].scores[k] for k in names} if ret is not None else None,
+        alpha=args.alpha, detectable_bound=args.detectable_bound, n_boot=args.n_boot, seed=args.seed)
+    status = {e.score: e.status for e in removal.evidence}
+    for res in results:
+        res.detected = status.get(res.score) in (NOT_REMOVED, OVER_UNLEARNED)
+    detected = removal.status in (NOT_REMOVED, OVER_UNLEARNED)
+    verdict = removal.message
     warnings = [w for w in [_length_warning(mem.lengths.astype(float), non.lengths.astype(float))] if w]
     if groups[0] is not None:
         warnings.append(f"records come in groups: p-values are over {len(set(groups[0]))} member groups vs "
                         f"{len(set(groups[1] or []))} non-member groups (group means), AUCs over records")
     report = AuditReport(len(members), len(nonmembers), args.alpha, results, detected, verdict, warnings,
+                         removal=removal.to_dict(),
                          scores={"members": {k: v.tolist() for k, v in mem.scores.items()},
                                  "nonmembers": {k: v.tolist() for k, v in non.scores.items()}})
     if tofu:

@@ -36,6 +36,9 @@ class Sets:
     retain: list[Record]  # what the unlearners may use
     retain_eval: list[Record]  # retain-set QA for utility and the stopping rule
     real_authors: list[Record] = field(default_factory=list)  # TOFU's utility sets (answer + perturbed answers)
+    # the stopping rule's own held-out records, disjoint from ``holdout`` / ``retain_eval`` (the metrics')
+    calibration: list[Record] = field(default_factory=list)
+    retain_calibration: list[Record] = field(default_factory=list)
     world_facts: list[Record] = field(default_factory=list)
 
 
@@ -149,7 +152,8 @@ def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, spe
         model, tok = load()
         torch.manual_seed(seed)
         random.seed(seed)
-        monitor = make_monitor(tok, sets.forget, sets.holdout, sets.retain_eval, args) if args.eval_every else None
+        monitor = (make_monitor(tok, sets.forget, sets.calibration or sets.holdout,
+                                sets.retain_calibration or sets.retain_eval, args) if args.eval_every else None)
         res = measured(get_method(spec.method).run, model, tok, sets.forget, sets.retain, args, monitor=monitor,
                        on_step=on_step)
         metrics, per_record = evaluate(res.model, tok, sets, reference)

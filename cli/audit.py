@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from rich.markup import escape
+
 from unlearn.cli.common import UI, benchmark_options, comma_list, sub_parser
 from unlearn.workflows.audit import AuditJob, audit
 
@@ -24,7 +26,8 @@ def add_parser(sub: Any) -> None:
     a.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     a.add_argument("--batch-size", type=int, default=32)
     a.add_argument("--fail-if-detected", action="store_true", help="exit 1 when the members are still detectable")
-    a.add_argument("--attacks", default="", help="comma list of extra attacks: relearn, extract")
+    a.add_argument("--attacks", default="", help="comma list of extra attacks: relearn, extract, quantize (8- and "
+                                                 "4-bit RTN with two-sided verdicts)")
     a.add_argument("--relearn-set", help="JSONL to relearn on (default: half the members' groups; the rest "
                                          "is measured)")
     a.add_argument("--relearn-steps", type=int, default=20)
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
              ["score", "AUC", "95% CI", "TPR@1%FPR", "TPR@0.1%FPR", "p (Holm)", "privleak %", "verdict"], rows)
     if report.forget_quality is not None:
         ui.print(f"forget quality (KS p of truth ratios vs retain model): {report.forget_quality:.3g}")
-    ui.print(("[bold red]" if report.detected else "[bold green]") + report.verdict + "[/]")
+    colour = "red" if report.detected else "green" if report.removal.get("status") == "REMOVED" else "yellow"
+    ui.print(f"[bold {colour}]" + escape(report.verdict) + "[/]")
     for w in report.warnings:
         ui.print(f"[yellow]warning:[/] {w}")
     ui.print(f"[dim]{report.caveat}[/]")
@@ -85,6 +89,12 @@ def print_attacks(ui: UI, attacks: dict[str, Any]) -> None:
         ui.table("extraction (greedy completion of the prompts)",
                  ["set", "exact match", "extraction strength", "token accuracy"],
                  [[k, *v.values()] for k, v in attacks["extract"].items()])
+    if "quantize" in attacks:
+        ui.table(f"quantization attack: worst case {attacks['quantize']['verdict']['status']}",
+                 ["attack", "verdict", "AUC per score", "exact match"],
+                 [[row["attack"], row["verdict"]["status"],
+                   " ".join(f"{e['score']} {e['auc']:.2f}" for e in row["verdict"]["evidence"]),
+                   row["extraction"]["exact_match"]] for row in attacks["quantize"]["attacks"]])
     if "relearn" in attacks:
         r = attacks["relearn"]
         ui.table(f"relearning attack: {r['steps']} steps (lr {r['lr']}) on {r['relearn_records']} records, "

@@ -144,3 +144,39 @@ def test_interrupt_leaves_nothing_and_rerun_completes(tmp_path: Path, bench, sig
     assert main(_forget(tmp_path, "m", "--max-steps", "2")) == 0
     assert (tmp_path / "m" / "model.safetensors").is_file()
     assert verify(tmp_path / "unlearn-ledger.jsonl").entries == 1
+
+
+def test_stopping_rule_never_sees_the_verdict_split(tmp_path: Path, bench, monkeypatch) -> None:
+    import unlearn.auditors.stopping as stopping
+    from unlearn.workflows.common import BenchmarkOptions
+    from unlearn.workflows.forget import ForgetJob, forget
+
+    seen: set[str] = set()
+    real = stopping.make_monitor
+
+    def spy(tok, forget_set, holdout, retain_eval, args):  # every record the stopping rule will ever score
+        seen.update(r.id for r in [*forget_set, *holdout, *retain_eval])
+        return real(tok, forget_set, holdout, retain_eval, args)
+
+    monkeypatch.setattr(stopping, "make_monitor", spy)
+    result = forget(ForgetJob(out=tmp_path / "m", overrides={"max_steps": 10, "eval_every": 2},
+                              benchmark=BenchmarkOptions("tiny")))
+    roles = result.receipt["roles"]
+    cal, ver = set(roles["holdout_calibration"]), set(roles["holdout_verdict"])
+    assert seen and not seen & ver and not seen & set(roles["retain_verdict"])
+    assert seen <= set(roles["forget"]) | cal | set(roles["retain_calibration"])
+    people = {r.id: r.meta["person"] for r in bench.split("holdout")}
+    assert {people[i] for i in cal}.isdisjoint({people[i] for i in ver})  # split by person
+    assert result.receipt["verdict"] in ("REMOVED", "NOT REMOVED", "OVER-UNLEARNED", "INCONCLUSIVE")
+    attacks = [a["attack"] for a in result.receipt["battery"]["attacks"]]
+    assert attacks == ["as is", "8-bit RTN", "4-bit RTN"] and result.receipt["battery"]["verdict"]["relative"]
+
+
+def test_a_request_that_needs_no_change_writes_no_copy(tmp_path: Path, bench, capsys) -> None:
+    # the retain model never saw the built-in person: nothing to do
+    assert main(_forget(tmp_path, "m", "--model", "builtin:retain", "--json")) == 0
+    receipt = json.loads(capsys.readouterr().out)
+    assert receipt["steps"] == 0 and receipt["stop_reason"] == "already_undetectable" and receipt["unchanged"]
+    assert not list((tmp_path / "m").glob("*.safetensors"))  # no duplicate of the weights
+    assert receipt["model_in_sha256"] == model_hash(bench.retain)
+    assert verify(tmp_path / "unlearn-ledger.jsonl").ok  # the entry points at the unchanged input weights

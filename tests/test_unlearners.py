@@ -118,33 +118,42 @@ def test_second_order_methods_forget_and_keep_retain(name: str, over: dict, rise
 STOP_CASES = [  # (method, overrides, expected reason): each reason of the stopping rule, reached for real
     ("grad_ascent", {"lr": 1e-7, "max_steps": 2, "eval_every": 1}, "max_steps"),
     ("npo", {"lr": 1e-3, "max_steps": 80, "eval_every": 4}, "utility_drop"),
-    ("graddiff", {"lr": 1e-3, "max_steps": 80, "eval_every": 4, "max_utility_drop": 0.5}, "forget_undetectable"),
+    ("graddiff", {"lr": 3e-4, "max_steps": 120, "eval_every": 4, "max_utility_drop": 0.5}, "forget_undetectable"),
+    ("graddiff", {"lr": 2e-3, "max_steps": 60, "eval_every": 5, "max_utility_drop": 1.0}, "over_unlearned"),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "over", "reason"), STOP_CASES, ids=[c[2] for c in STOP_CASES])
-def test_stopping_rule_reaches_each_reason_at_the_first_check_that_meets_it(name, over, reason, bench) -> None:
+def test_stopping_rule_reaches_each_reason_and_backs_off_to_the_best_checkpoint(name, over, reason, bench) -> None:
+    from unlearn.auditors.battery import split_by_group
     from unlearn.auditors.stopping import make_monitor
 
-    forget, holdout, retain = bench.split("forget10"), bench.split("holdout"), bench.split("retain90")
+    forget, retain = bench.split("forget10"), bench.split("retain90")
+    calibration, _ = split_by_group(bench.split("holdout"))
     args = load_method_args(name, overrides=over)
     model, tok = load_model(bench.target)
-    monitor = make_monitor(tok, forget, holdout, retain[:100], args)
+    monitor = make_monitor(tok, forget, calibration, retain[:100], args)
     res = get_method(name).run(model, tok, forget, retain, args, monitor=monitor)
     assert res.stop_reason == reason, (res.stop_reason, res.stop_message)
     hist = res.history
     assert [h["step"] for h in hist] == list(range(0, res.steps + 1, args.eval_every))
-    base = hist[0]["retain_prob"]
-    dropped = [h["retain_prob"] < (1 - args.max_utility_drop) * base for h in hist]
-    undetectable = [h["forget_p"] >= args.stop_alpha for h in hist]
+    # it stopped at the first check that met a rule: every earlier one was still detectable, utility fine
+    assert all(h["status"] == "NOT REMOVED" and h["utility_ok"] for h in hist[:-1])
     if reason == "max_steps":
-        assert res.steps == args.max_steps and not any(dropped) and not any(undetectable)
-    else:
-        assert (dropped if reason == "utility_drop" else undetectable)[-1]
-        assert not any(undetectable[:-1]) and not any(dropped[:-1])  # stopped at the first check meeting a rule
-        assert reason == "utility_drop" or not dropped[-1]  # utility is checked first
-        assert res.steps < args.max_steps
+        assert res.steps == args.max_steps and "backed_off_to" not in res.stats
+        return
+    assert res.steps < args.max_steps
+    last = hist[-1]
+    if reason == "forget_undetectable":
+        assert last["status"] in ("REMOVED", "INCONCLUSIVE") and "backed_off_to" not in res.stats
+        return
+    assert (not last["utility_ok"]) if reason == "utility_drop" else last["status"] == "OVER-UNLEARNED"
+    best = min(hist[:-1], key=lambda h: h["distance"])  # the checkpoint closest to indistinguishable
+    assert res.stats["backed_off_to"] == best["step"] and "backed off" in res.stop_message
+    again = monitor(res.model, 10**6)[2]  # the returned weights are that checkpoint's, not the overshoot's
+    assert again["distance"] == pytest.approx(best["distance"], abs=1e-9)
+    assert again["retain_prob"] == pytest.approx(best["retain_prob"], rel=1e-6)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from unlearn.workflows.common import (
     write_outputs,
 )
 
-ATTACKS = ("relearn", "extract")
+ATTACKS = ("relearn", "extract", "quantize")
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
 
     findings = run_audit(model, tok, members, nonmembers, audit_args, reference=reference, retain_model=retain,
                        tofu=tofu, on_batch=on_batch)
-    attacks = run_attacks(job, model, tok, members, nonmembers, report)
+    attacks = run_attacks(job, model, tok, members, nonmembers, report, retain)
     if job.muse:
         report.progress("MUSE evaluation", 0, None)
         findings.muse = muse_evaluation(model, tok, members, findings)
@@ -159,13 +159,21 @@ def tofu_evaluation(job: AuditJob, bench: Any, model: Any, tok: Any, members: An
                         world_facts=records(job.world_facts, "world_facts"), batch_size=job.batch_size)
 
 
-def run_attacks(job: AuditJob, model: Any, tok: Any, members: Any, nonmembers: Any,
-                report: Reporter) -> dict[str, Any]:
-    """The robustness attacks asked for: greedy extraction and relearning."""
+def run_attacks(job: AuditJob, model: Any, tok: Any, members: Any, nonmembers: Any, report: Reporter,
+                retain: Any = None) -> dict[str, Any]:
+    """The robustness attacks asked for: greedy extraction, relearning, and the quantization battery
+    (8- and 4-bit RTN, each with a two-sided verdict, relative to ``retain`` when given)."""
     from unlearn.auditors.robustness import extraction, relearn_report
     from unlearn.data import load_records
 
     out: dict[str, Any] = {}
+    if "quantize" in job.attacks:
+        from unlearn.auditors.battery import BatteryArgs, removal_battery
+
+        report.progress("quantization attack", 0, None)
+        battery = removal_battery(model, tok, members, nonmembers, BatteryArgs(alpha=job.alpha, seed=job.seed),
+                                  retain_model=retain)
+        out["quantize"] = battery.to_dict()
     if "extract" in job.attacks:
         report.progress("extraction attack", 0, None)
         out["extract"] = {"members": extraction(model, tok, members), "nonmembers": extraction(model, tok, nonmembers)}

@@ -71,6 +71,7 @@ def load_compare_config(spec: PathLike | None) -> dict[str, Any]:
 
 
 def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
+    from unlearn.auditors.battery import split_by_group
     from unlearn.auditors.compare import Sets, evaluate, open_unlearning_files, parse_specs, reference_of, run_compare
     from unlearn.auditors.plots import plot_compare
     from unlearn.distributed import is_main_process
@@ -94,7 +95,10 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
                           cfg.get("forget_split", bench.retain_split), src.retain_eval)
     data = record_sets(src, bench)
     views = {name: bench.split(name) for name in ("real_authors", "world_facts")} if bench is not None else {}
-    sets = Sets(data.forget, data.holdout, data.retain, data.retain_eval, **views)
+    holdout_cal, holdout_ver = split_by_group(data.holdout, seed=seed)  # stopping rule vs metrics
+    retain_cal, retain_ver = split_by_group(data.retain_eval, seed=seed)
+    sets = Sets(data.forget, holdout_ver, data.retain, retain_ver, **views, calibration=holdout_cal,
+                retain_calibration=retain_cal)
     out = new_out_dir(job.out, "compare")
     retain_path = (model_path(job.retain_model, bench) if job.retain_model else
                    bench.retain if bench is not None and src.forget_split == bench.retain_split else None)
