@@ -66,7 +66,7 @@ def split_by_group(records: Sequence[Record], fraction: float = 0.5, seed: int =
             [r for r, g in zip(records, key, strict=True) if g not in cal])
 
 
-def _scores(model: torch.nn.Module, tok: Any, forget: Sequence[Record],
+def forget_holdout_scores(model: torch.nn.Module, tok: Any, forget: Sequence[Record],
             holdout: Sequence[Record]) -> tuple[dict[str, Any], dict[str, Any]]:
     table = score_records(model, tok, [*forget, *holdout], list(ONE_PASS_SCORES))
     n = len(forget)
@@ -97,10 +97,10 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
         start = time.perf_counter()
         attacked = attack(model)
         measured = evaluated_half if name == "relearn" else evaluated
-        fm, hm = _scores(attacked, tokenizer, measured, holdout)
+        fm, hm = forget_holdout_scores(attacked, tokenizer, measured, holdout)
         kw: dict[str, Any] = {}
         if retain_model is not None:
-            rm, rh = _scores(attack(retain_model), tokenizer, measured, holdout)
+            rm, rh = forget_holdout_scores(attack(retain_model), tokenizer, measured, holdout)
             kw = {"retain_members": rm, "retain_nonmembers": rh}
         verdict = two_sided_verdict(fm, hm, nonmember_groups=groups, alpha=args.alpha,
                                     detectable_bound=args.detectable_bound, n_boot=args.n_boot, seed=args.seed,

@@ -1,0 +1,92 @@
+"""Calibration of the removal verdict on the built-in benchmark.
+
+Requests are people of the forget split (the retain model never saw them): single-person requests (each
+person, under two random calibration/verdict splits of the holdout) and the whole 10% split (under several
+splits). For each: the verdict on the retain model (absolute: its false-alarm rate, since it never saw the
+data) and on the target (absolute and relative to the retain model: it must be NOT REMOVED). Then, for each
+method, unlearning under the stopping rule (calibration split) and the battery (verdict split): the share of
+REMOVED / NOT REMOVED / OVER-UNLEARNED / INCONCLUSIVE without attacks, with 4-bit quantization, and with
+relearning (10% requests only: a single person has no second half to measure on), relative to the retain
+model, with wall times relative to retraining.
+
+    python tests/benchmarks/verdict_calibration.py [--preset tiny] [--methods graddiff,npo,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import time
+
+from unlearn.auditors.battery import BatteryArgs, forget_holdout_scores, removal_battery, split_by_group
+from unlearn.auditors.stopping import make_monitor
+from unlearn.auditors.verdict import two_sided_verdict
+from unlearn.benchmark.build import build
+from unlearn.benchmark.generator import RETAIN_OF
+from unlearn.methods import get_method, load_method_args, measured
+from unlearn.model import load_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--methods", default="grad_ascent,graddiff,npo,simnpo,newton,iau,soul")
+    ap.add_argument("--method-requests", type=int, default=4, help="single-person requests per method")
+    args = ap.parse_args()
+    bench = build(args.preset)
+    split = bench.retain_split
+    forget_all, holdout, retain = bench.split(split), bench.split("holdout"), bench.split(RETAIN_OF[split])
+    retain_eval = random.Random(0).sample(retain, 200)
+    people = sorted({r.meta["person"] for r in forget_all})
+    target, tok = load_model(bench.target)
+    gold, _ = load_model(bench.retain)
+    requests = [(f"{p}/s{s}", [r for r in forget_all if r.meta["person"] == p], s) for s in (0, 1) for p in people]
+    requests += [(f"{split}/s{s}", forget_all, s) for s in range(5)]
+    table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for name, forget, seed in requests:
+        kind = "single" if "/" in name and not name.startswith(split) else "10%"
+        _, ver = split_by_group(holdout, seed=seed)
+        groups = [r.meta["person"] for r in ver]
+        tm, th = forget_holdout_scores(target, tok, forget, ver)
+        rm, rh = forget_holdout_scores(gold, tok, forget, ver)
+        table[f"retain, absolute ({kind})"][two_sided_verdict(rm, rh, nonmember_groups=groups, seed=seed).status] += 1
+        table[f"target, absolute ({kind})"][two_sided_verdict(tm, th, nonmember_groups=groups, seed=seed).status] += 1
+        table[f"target, vs retain ({kind})"][two_sided_verdict(
+            tm, th, nonmember_groups=groups, retain_members=rm, retain_nonmembers=rh, seed=seed).status] += 1
+    t = time.perf_counter()
+    retrain_seconds = json.loads((bench.root / "report.json").read_text())["models"]["retain"]["train_seconds"]
+    method_requests = [r for r in requests if r[0].endswith("/s0") and not r[0].startswith(split)]
+    method_requests = method_requests[: args.method_requests] + [r for r in requests if r[0].startswith(split)][:1]
+    costs: dict[str, list[float]] = collections.defaultdict(list)
+    for method in args.methods.split(","):
+        for name, forget, seed in method_requests:
+            kind = "10%" if name.startswith(split) else "single"
+            cal, ver = split_by_group(holdout, seed=seed)
+            rcal, _ = split_by_group(retain_eval, seed=seed)
+            margs = load_method_args(method)
+            model, _ = load_model(bench.target)
+            res = measured(get_method(method).run, model, tok, forget, retain, margs,
+                           monitor=make_monitor(tok, forget, cal, rcal, margs))
+            start = time.perf_counter()
+            battery = removal_battery(res.model, tok, forget, ver, BatteryArgs(relearn=kind == "10%", seed=seed),
+                                      retain_model=gold)
+            costs[method].append((time.perf_counter() - start) / max(res.wall_seconds, 1e-9))
+            for row in battery.rows:
+                table[f"{method}: {row.attack} ({kind})"][row.verdict.status] += 1
+            table[f"{method}: worst case ({kind})"][battery.verdict.status] += 1
+            costs[method + " wall/retrain"].append(res.wall_seconds / retrain_seconds)
+    print(f"{'':44}{'REMOVED':>9}{'NOT REM.':>9}{'OVER':>7}{'INCONCL.':>9}{'n':>4}")
+    for key, c in table.items():
+        n = sum(c.values())
+        print(f"{key:44}" + "".join(f"{c[s] / n:>{w}.2f}" for s, w in (("REMOVED", 9), ("NOT REMOVED", 9),
+                                                                         ("OVER-UNLEARNED", 7), ("INCONCLUSIVE", 9)))
+              + f"{n:>4}")
+    for key, v in costs.items():
+        print(f"{key}: median {sorted(v)[len(v) // 2]:.2f} ({'battery / unlearning' if 'wall' not in key else ''})")
+    print(f"methods part: {time.perf_counter() - t:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
