@@ -1,0 +1,87 @@
+"""Every shipped method on the built-in forget split, judged as a receipt judges it: the stopping rule on the
+calibration split, then on the verdict split the two-sided verdict (relative to the retain model) and AUC per
+score, as is / after 8- and 4-bit RTN quantization / after relearning, with forget quality against the retain
+model, TOFU model utility relative to the target, and the cost: unlearning wall time relative to training the
+retain model, and the battery's time relative to the unlearning.
+
+    python tests/benchmarks/removal_table.py [--preset default] [--methods graddiff,npo] [--set npo.lr=2e-4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+import yaml
+
+from unlearn.auditors.battery import BatteryArgs, removal_battery, split_by_group
+from unlearn.auditors.stopping import make_monitor
+from unlearn.auditors.tofu import evaluate_qa, forget_quality, model_utility
+from unlearn.benchmark.build import build
+from unlearn.benchmark.generator import RETAIN_OF
+from unlearn.methods import get_method, load_method_args, measured
+from unlearn.model import load_model
+
+
+def utility(model, tok, sets) -> float:
+    retain, ra, wf = sets
+    return model_utility(evaluate_qa(model, tok, retain), *(evaluate_qa(model, tok, s, true_side="answer")
+                                                            for s in (ra, wf)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--methods", default="grad_ascent,graddiff,npo,simnpo,newton,iau,soul")
+    ap.add_argument("--set", action="append", default=[], help="method.key=value overrides")
+    args = ap.parse_args()
+    bench = build(args.preset)
+    split = bench.retain_split
+    forget, holdout, retain = bench.split(split), bench.split("holdout"), bench.split(RETAIN_OF[split])
+    cal, ver = split_by_group(holdout)
+    retain_eval = random.Random(0).sample(retain, 200)
+    rcal, rver = split_by_group(retain_eval)
+    u_sets = (rver, bench.split("real_authors"), bench.split("world_facts"))
+    target, tok = load_model(bench.target)
+    gold, _ = load_model(bench.retain)
+    gold_tr = evaluate_qa(gold, tok, forget, rouge=False)
+    target_utility = utility(target, tok, u_sets)
+    retrain = json.loads((bench.root / "report.json").read_text())["models"]["retain"]["train_seconds"]
+    rows = []
+    for name in ["target", *args.methods.split(",")]:
+        overrides = {k.split(".", 1)[1].split("=")[0]: yaml.safe_load(k.split("=", 1)[1])
+                     for k in args.set if k.split(".")[0] == name}
+        if name == "target":
+            model, res = target, None
+        else:
+            margs = load_method_args(name, overrides=overrides)
+            model = load_model(bench.target)[0]
+            res = measured(get_method(name).run, model, tok, forget, retain, margs,
+                           monitor=make_monitor(tok, forget, cal, rcal, margs))
+            model = res.model
+        start = time.perf_counter()
+        battery = removal_battery(model, tok, forget, ver, BatteryArgs(relearn=True), retain_model=gold)
+        battery_s = time.perf_counter() - start
+        row = {"method": name, "verdict": battery.verdict.status,
+               "attacks": {r.attack: (r.verdict.status, {e.score: round(e.auc, 3) for e in r.verdict.evidence},
+                                      r.extraction["exact_match"]) for r in battery.rows},
+               "forget_quality": forget_quality(evaluate_qa(model, tok, forget, rouge=False), gold_tr),
+               "utility_rel": utility(model, tok, u_sets) / target_utility,
+               "steps": res.steps if res else 0, "stop": res.stop_reason if res else "-",
+               "time_vs_retrain": (res.wall_seconds / retrain) if res else 0.0,
+               "battery_vs_unlearning": (battery_s / res.wall_seconds) if res else None}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\n{'method':12}{'verdict':15}{'FQ':>9}{'MU rel':>8}{'steps':>6} {'stop':22}{'t/retrain':>10}"
+          f"{'battery/t':>10}  per attack: status (loss AUC)")
+    for r in rows:
+        per = "; ".join(f"{a}: {s} ({aucs['loss']:.2f})" for a, (s, aucs, _) in r["attacks"].items())
+        bt = f"{r['battery_vs_unlearning']:.2f}" if r["battery_vs_unlearning"] is not None else "-"
+        print(f"{r['method']:12}{r['verdict']:15}{r['forget_quality']:9.2e}{r['utility_rel']:8.3f}{r['steps']:6d} "
+              f"{r['stop']:22}{r['time_vs_retrain']:10.2f}{bt:>10}  {per}")
+
+
+if __name__ == "__main__":
+    main()
