@@ -176,6 +176,7 @@ def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], non
     names = [r.score for r in results if ret is None or r.score in ret[0].scores]
     removal = two_sided_verdict(
         {k: mem.scores[k] for k in names}, {k: non.scores[k] for k in names}, nonmember_groups=groups[1],
+        member_groups=groups[0],
         retain_members={k: ret[0].scores[k] for k in names} if ret is not None else None,
         retain_nonmembers={k: ret[1].scores[k] for k in names} if ret is not None else None,
         alpha=args.alpha, detectable_bound=args.detectable_bound, n_boot=args.n_boot, seed=args.seed)

@@ -102,7 +102,8 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
         if retain_model is not None:
             rm, rh = forget_holdout_scores(attack(retain_model), tokenizer, measured, holdout)
             kw = {"retain_members": rm, "retain_nonmembers": rh}
-        verdict = two_sided_verdict(fm, hm, nonmember_groups=groups, alpha=args.alpha,
+        verdict = two_sided_verdict(fm, hm, nonmember_groups=groups, member_groups=group_labels(measured),
+                                    alpha=args.alpha,
                                     detectable_bound=args.detectable_bound, n_boot=args.n_boot, seed=args.seed,
                                     attack=name, **kw)
         rows.append(AttackRow(name, verdict, extraction(attacked, tokenizer, measured),

@@ -44,6 +44,8 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         table = score_records(model, tokenizer, [*forget, *holdout, *retain_eval], list(ONE_PASS_SCORES))
         fm = {k: v[:nf] for k, v in table.scores.items()}
         hm = {k: v[nf:nf + nh] for k, v in table.scores.items()}
+        # record level on the forget side: a target to stop at, also for a one-person request (the claim
+        # itself is the receipt's verdict, grouped or relative to a retain model)
         v = two_sided_verdict(fm, hm, nonmember_groups=groups, alpha=args.stop_alpha, n_boot=200, seed=step)
         m: dict[str, Any] = {f"auc_{e.score}": e.auc for e in v.evidence}
         m["forget_auc"] = m["auc_loss"]

@@ -1,10 +1,10 @@
 """Two-sided removal verdicts with a stated power.
 
-For each score s the statistic is the record-level AUC of members (the forget set) against held-out
-non-members. Its sampling distribution comes from a stratified bootstrap: the members are resampled by
-record (the claim is about these records) and the non-members by group (people are the unit a holdout is
-drawn in; records of one person are not independent). With k scores, each interval has level 1 - alpha/k
-(Bonferroni). The verdict:
+For each score s: when records come in groups (people), the absolute test is a two-sided Mann-Whitney test
+over group means, forget groups against held-out groups (a person's facts share one difficulty, so people
+are the unit; a single person can then never be judged absolutely: INCONCLUSIVE, with the number of people
+needed). Without groups the statistic is the record-level AUC with a bootstrap interval. With k scores each
+test has level alpha/k (Bonferroni). The verdict:
 
 - NOT REMOVED: some score's interval lies above 0.5 (members still more likely than never-seen data);
 - OVER-UNLEARNED: some interval lies below 0.5 (members now *less* likely: an attacker spots them too);
@@ -13,8 +13,9 @@ drawn in; records of one person are not independent). With k scores, each interv
 - REMOVED: no interval excludes 0.5 and the test had the power to see an AUC of ``detectable_bound``.
 
 With a retain model (trained without the members) the verdict is relative: the statistic is
-dAUC = AUC_unlearned - AUC_retain on the same resampled records (paired), so a shift between the forget set
-and the holdout that the never-trained model also sees is not called membership.
+dAUC = AUC_unlearned - AUC_retain on the same resampled records (paired; members resampled by group when
+there are several, held-out records by group), so a shift between the forget set and the holdout that the
+never-trained model also sees, a person's own difficulty included, is not called membership.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _group_index(groups: Sequence[str] | None, n: int) -> list[np.ndarray]:
 
 
 def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str, np.ndarray], *,
-                      nonmember_groups: Sequence[str] | None = None,
+                      nonmember_groups: Sequence[str] | None = None, member_groups: Sequence[str] | None = None,
                       retain_members: Mapping[str, np.ndarray] | None = None,
                       retain_nonmembers: Mapping[str, np.ndarray] | None = None, alpha: float = 0.05,
                       detectable_bound: float = 0.75, n_boot: int = 1000, seed: int = 0,
@@ -98,8 +99,15 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
     level = alpha / k
     m = len(next(iter(members.values())))
     blocks = _group_index(nonmember_groups, len(next(iter(nonmembers.values()))))
+    member_blocks = _group_index(member_groups, m)
+    grouped = member_groups is not None and nonmember_groups is not None
     rng = np.random.default_rng(seed)
-    draws = [(rng.integers(0, m, m), np.concatenate([blocks[j] for j in rng.integers(0, len(blocks), len(blocks))]))
+
+    def draw(bl: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([bl[j] for j in rng.integers(0, len(bl), len(bl))])
+
+    # members by group when there are several (else by record), held-out data by group
+    draws = [(draw(member_blocks if len(member_blocks) > 1 else _group_index(None, m)), draw(blocks))
              for _ in range(n_boot)]
     z = stats.norm.ppf(1 - level / 2) + stats.norm.ppf(0.8)
     evidence = []
@@ -111,34 +119,47 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
             mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
             ref = auc(mr, nr)
             boot = np.array([auc(mu[i], nu[j]) - auc(mr[i], nr[j]) for i, j in draws])
-            stat = "AUC - AUC_retain"
+            lo, hi = (float(q) for q in np.quantile(boot, [level / 2, 1 - level / 2]))
+            detectable = 0.5 + z * float(boot.std(ddof=1))
+            stat, ci = "AUC - AUC_retain", (lo, hi)
+        elif grouped:
+            # Absolute, records in groups: people are the unit (a person's facts share one difficulty), so the
+            # test is a two-sided Mann-Whitney over group means, powered by the number of groups.
+            gm = np.array([mu[b].mean() for b in member_blocks])
+            gn = np.array([nu[b].mean() for b in blocks])
+            ref = None
+            p = float(stats.mannwhitneyu(gm, gn, alternative="two-sided").pvalue)
+            g_auc = auc(gm, gn)
+            lo, hi = (g_auc - 0.5, g_auc - 0.5) if p < level else (min(0.0, g_auc - 0.5), max(0.0, g_auc - 0.5))
+            detectable = min_detectable_auc(len(member_blocks), len(blocks), level)
+            stat, ci = f"group AUC {g_auc:.3f}, p {p:.2g}", (lo + 0.5, hi + 0.5)
         else:
             ref = None
             boot = np.array([auc(mu[i], nu[j]) for i, j in draws]) - 0.5
-            stat = "AUC"
-        lo, hi = np.quantile(boot, [level / 2, 1 - level / 2])
-        detectable = 0.5 + z * float(boot.std(ddof=1))
+            lo, hi = (float(q) for q in np.quantile(boot, [level / 2, 1 - level / 2]))
+            detectable = 0.5 + z * float(boot.std(ddof=1))
+            stat, ci = "AUC", (lo + 0.5, hi + 0.5)
         status = NOT_REMOVED if lo > 0 else OVER_UNLEARNED if hi < 0 else (
             REMOVED if detectable <= detectable_bound else INCONCLUSIVE)
-        shift = 0.0 if relative else 0.5
-        evidence.append(ScoreEvidence(s, point, (float(lo) + shift, float(hi) + shift), stat, ref,
-                                      min(1.0, detectable), status))
+        evidence.append(ScoreEvidence(s, point, ci, stat, ref, min(1.0, detectable), status))
     worst = max(evidence, key=lambda e: SEVERITY[e.status])
     status = worst.status
     detect = max(e.min_detectable for e in evidence)
     n_groups = len(blocks)
-    what = "AUC - AUC_retain" if relative else "AUC"
+    unit = "groups" if grouped and not relative else "records"
+    n_units = len(member_blocks) if unit == "groups" else m
     if status == NOT_REMOVED:
-        msg = (f"NOT REMOVED: {worst.score} still separates the forget set from held-out data ({what} "
+        msg = (f"NOT REMOVED: {worst.score} still separates the forget set from held-out data ({worst.statistic} "
                f"{worst.ci[0]:.3f}..{worst.ci[1]:.3f} excludes {'0' if relative else '0.5'}, AUC {worst.auc:.3f})")
     elif status == OVER_UNLEARNED:
-        msg = (f"OVER-UNLEARNED: by {worst.score} the forget set is now LESS likely than held-out data ({what} "
-               f"{worst.ci[0]:.3f}..{worst.ci[1]:.3f}, AUC {worst.auc:.3f}): detectable the other way")
+        msg = (f"OVER-UNLEARNED: by {worst.score} the forget set is now LESS likely than held-out data "
+               f"({worst.statistic} {worst.ci[0]:.3f}..{worst.ci[1]:.3f}, AUC {worst.auc:.3f}): detectable the other "
+               f"way")
     elif status == INCONCLUSIVE:
         needed = members_needed(detectable_bound, max(n_groups, 1), level)
-        msg = (f"INCONCLUSIVE: no score separates the sets, but with {m} forget records and {n_groups} held-out "
-               f"groups the test only detects AUC >= {detect:.2f} (bound {detectable_bound}); about "
-               f"{needed or 'more'} forget records (or more held-out groups) would be needed")
+        msg = (f"INCONCLUSIVE: no score separates the sets, but with {n_units} forget {unit} and {n_groups} "
+               f"held-out groups the test only detects AUC >= {detect:.2f} (bound {detectable_bound}); about "
+               f"{needed or 'more'} forget {unit} (or more held-out groups) would be needed")
     else:
         msg = (f"REMOVED: no score separates the forget set from held-out data in either direction, and the test "
                f"would have detected AUC {detect:.2f} (80% power, alpha {alpha} over {k} scores)")

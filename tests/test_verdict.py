@@ -67,3 +67,25 @@ def test_min_detectable_auc_has_the_stated_power_in_simulation() -> None:
     assert abs(hits / 2000 - 0.8) < 0.04, hits / 2000
     assert members_needed(target, n, alpha) == m
     assert min_detectable_auc(1, 20) == 1.0 or min_detectable_auc(1, 20) > 0.9
+
+
+def test_grouped_absolute_test_keeps_its_false_alarm_rate_where_a_record_level_one_does_not() -> None:
+    """People differ (a random effect per person): facts of a never-trained person are not independent."""
+    rng = np.random.default_rng(2)
+    alarms = {"grouped": 0, "records": 0}
+    runs = 60
+    for _ in range(runs):
+        def people(k: int) -> tuple[np.ndarray, list[str]]:
+            effects = rng.normal(0, 1, k)
+            return (np.concatenate([e + rng.normal(0, 0.3, 5) for e in effects]),
+                    [f"{id(effects)}-{i // 5}" for i in range(5 * k)])
+
+        (m, mg), (n, ng) = people(10), people(20)
+        for kind, kw in (("grouped", {"member_groups": mg}), ("records", {})):
+            v = two_sided_verdict({"loss": m}, {"loss": n}, nonmember_groups=ng if kind == "grouped" else None,
+                                  n_boot=200, **kw)
+            alarms[kind] += v.status in (NOT_REMOVED, OVER_UNLEARNED)
+    assert alarms["grouped"] / runs <= 0.1, alarms
+    assert alarms["records"] / runs > 0.3, alarms  # what the grouping is for
+    single = two_sided_verdict({"loss": np.ones(10)}, {"loss": n}, nonmember_groups=ng, member_groups=["p"] * 10)
+    assert single.status == INCONCLUSIVE and "forget groups" in single.message

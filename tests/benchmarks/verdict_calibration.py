@@ -49,12 +49,16 @@ def main() -> None:
         kind = "single" if "/" in name and not name.startswith(split) else "10%"
         _, ver = split_by_group(holdout, seed=seed)
         groups = [r.meta["person"] for r in ver]
+        fg = [r.meta["person"] for r in forget]
         tm, th = forget_holdout_scores(target, tok, forget, ver)
         rm, rh = forget_holdout_scores(gold, tok, forget, ver)
-        table[f"retain, absolute ({kind})"][two_sided_verdict(rm, rh, nonmember_groups=groups, seed=seed).status] += 1
-        table[f"target, absolute ({kind})"][two_sided_verdict(tm, th, nonmember_groups=groups, seed=seed).status] += 1
-        table[f"target, vs retain ({kind})"][two_sided_verdict(
-            tm, th, nonmember_groups=groups, retain_members=rm, retain_nonmembers=rh, seed=seed).status] += 1
+        kw = {"nonmember_groups": groups, "member_groups": fg, "seed": seed}
+        table[f"retain, absolute ({kind})"][two_sided_verdict(rm, rh, **kw).status] += 1
+        table[f"target, absolute ({kind})"][two_sided_verdict(tm, th, **kw).status] += 1
+        table[f"retain, vs itself ({kind})"][two_sided_verdict(rm, rh, retain_members=rm, retain_nonmembers=rh,
+                                                               **kw).status] += 1
+        table[f"target, vs retain ({kind})"][two_sided_verdict(tm, th, retain_members=rm, retain_nonmembers=rh,
+                                                               **kw).status] += 1
     t = time.perf_counter()
     retrain_seconds = json.loads((bench.root / "report.json").read_text())["models"]["retain"]["train_seconds"]
     method_requests = [r for r in requests if r[0].endswith("/s0") and not r[0].startswith(split)]
