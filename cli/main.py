@@ -67,6 +67,7 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run one subcommand, and turn every error into one ``error:`` line and a non-zero exit
     (2 for bad input and failures, 130 for an interrupt; ``--debug`` prints the traceback too)."""
+    console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the application's own process, not the library's
     args = build_parser().parse_args(argv)
@@ -92,18 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        if console:  # the command is over: a late Ctrl-C must not become a shutdown traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run() -> None:
-    """The console script: after the command, a late Ctrl-C must not turn into a shutdown traceback."""
-    code = main()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.exit(code)
-
-
 if __name__ == "__main__":
-    run()
+    sys.exit(main())
