@@ -16,13 +16,14 @@ from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 from unlearn.auditors.metrics import auc, privleak
 from unlearn.auditors.stopping import make_monitor
 from unlearn.auditors.tofu import (
+    OPEN_UNLEARNING_NAMES,
     QAEval,
     evaluate_qa,
     forget_quality,
-    model_utility,
+    forget_summary,
+    harmonic_mean,
     model_utility_parts,
     retain_utility,
-    truth_ratio_closer_to_1,
 )
 from unlearn.data import Record
 from unlearn.errors import ConfigError, InputError
@@ -82,11 +83,7 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference 
         out.update({f"privleak_{k}": privleak(v, ref.aucs[k]) for k, v in aucs.items()})
     if _tofu(sets.forget):
         fe = evaluate_qa(model, tokenizer, sets.forget)
-        assert fe.rouge_l is not None
-        out.update({"forget_prob": float(fe.prob.mean()), "forget_rouge": float(fe.rouge_l.mean()),
-                    "forget_truth_ratio": truth_ratio_closer_to_1(fe.truth_ratio),
-                    "extraction_strength": float(fe.extraction_strength.mean()),
-                    "exact_memorisation": float(fe.exact_memorisation.mean())})
+        out.update(forget_summary(fe))
         per_record["forget"] = fe
         if ref is not None and ref.forget_qa is not None:
             out["forget_quality"] = forget_quality(fe, ref.forget_qa)
@@ -96,8 +93,9 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference 
         if _tofu(sets.real_authors, False) and _tofu(sets.world_facts, False):
             ra, wf = (evaluate_qa(model, tokenizer, s, true_side="answer") for s in (sets.real_authors,
                                                                                       sets.world_facts))
-            out["model_utility"] = model_utility(retain_qa, ra, wf)
-            out["model_utility_parts"] = model_utility_parts(retain_qa, ra, wf)
+            parts = model_utility_parts(retain_qa, ra, wf)
+            out["model_utility"] = harmonic_mean(list(parts.values()))
+            out["model_utility_parts"] = parts
         else:
             out["retain_utility"] = retain_utility(retain_qa)
     return out, per_record
@@ -162,15 +160,6 @@ def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, spe
                      "args": args.to_dict(), "_per_record": per_record})
         del model, res
     return rows
-
-
-# our row key -> open-unlearning's TOFU_SUMMARY key; each is computed by the definition that name has there
-OPEN_UNLEARNING_NAMES = {
-    "forget_quality": "forget_quality", "model_utility": "model_utility", "forget_prob": "forget_Q_A_Prob",
-    "forget_rouge": "forget_Q_A_ROUGE", "forget_truth_ratio": "forget_truth_ratio",
-    "extraction_strength": "extraction_strength", "exact_memorisation": "exact_memorization",
-    "privleak_mink": "privleak", "auc_loss": "mia_loss", "auc_zlib": "mia_zlib", "auc_mink": "mia_min_k",
-    "auc_minkpp": "mia_min_k_plus_plus"}
 
 
 def open_unlearning_files(row: Mapping[str, Any], out: Path, benchmark: str = "TOFU") -> None:

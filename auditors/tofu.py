@@ -152,7 +152,8 @@ TOFU_UTILITY_PARTS = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio
                       "ra_Q_A_ROUGE", "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
 
 
-def _hmean(values: Sequence[float]) -> float:
+def harmonic_mean(values: Sequence[float]) -> float:
+    """scipy's harmonic mean, 0 when any value is 0 (TOFU's utility with a zero part)."""
     return 0.0 if min(values) <= 0 else float(stats.hmean(values))
 
 
@@ -181,7 +182,7 @@ def model_utility_parts(retain: QAEval, real_authors: QAEval, world_facts: QAEva
 def model_utility(retain: QAEval, real_authors: QAEval, world_facts: QAEval) -> float:
     """TOFU's model utility (open-unlearning ``hm_aggregate``): the harmonic mean of the nine numbers of
     ``model_utility_parts``."""
-    return _hmean(list(model_utility_parts(retain, real_authors, world_facts).values()))
+    return harmonic_mean(list(model_utility_parts(retain, real_authors, world_facts).values()))
 
 
 def retain_utility(retain: QAEval) -> float:
@@ -190,8 +191,26 @@ def retain_utility(retain: QAEval) -> float:
     as ``model_utility``."""
     if retain.rouge_l is None:
         raise UnlearnError("retain utility needs ROUGE-L (evaluate with rouge=True)")
-    return _hmean([float(retain.prob.mean()), float(retain.rouge_l.mean()),
+    return harmonic_mean([float(retain.prob.mean()), float(retain.rouge_l.mean()),
                    truth_ratio_true_better(retain.truth_ratio)])
+
+
+def forget_summary(fe: QAEval) -> dict[str, float]:
+    """The forget-set numbers of TOFU's evaluation, under our row keys (``OPEN_UNLEARNING_NAMES`` maps them)."""
+    assert fe.rouge_l is not None
+    return {"forget_prob": float(fe.prob.mean()), "forget_rouge": float(fe.rouge_l.mean()),
+            "forget_truth_ratio": truth_ratio_closer_to_1(fe.truth_ratio),
+            "extraction_strength": float(fe.extraction_strength.mean()),
+            "exact_memorisation": float(fe.exact_memorisation.mean())}
+
+
+# our row key -> open-unlearning's TOFU_SUMMARY key; each is computed by the definition that name has there
+OPEN_UNLEARNING_NAMES = {
+    "forget_quality": "forget_quality", "model_utility": "model_utility", "forget_prob": "forget_Q_A_Prob",
+    "forget_rouge": "forget_Q_A_ROUGE", "forget_truth_ratio": "forget_truth_ratio",
+    "extraction_strength": "extraction_strength", "exact_memorisation": "exact_memorization",
+    "privleak_mink": "privleak", "auc_loss": "mia_loss", "auc_zlib": "mia_zlib", "auc_mink": "mia_min_k",
+    "auc_minkpp": "mia_min_k_plus_plus"}
 
 
 def tofu_summary(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], *,
@@ -202,11 +221,7 @@ def tofu_summary(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record
     forget_truth_ratio, extraction_strength, exact_memorization; forget_quality with a retain model; and
     model_utility with its nine parts when the retain / real-authors / world-facts sets are given."""
     fe = evaluate_qa(model, tokenizer, forget, batch_size=batch_size)
-    assert fe.rouge_l is not None
-    out: dict[str, Any] = {"forget_Q_A_Prob": float(fe.prob.mean()), "forget_Q_A_ROUGE": float(fe.rouge_l.mean()),
-                           "forget_truth_ratio": truth_ratio_closer_to_1(fe.truth_ratio),
-                           "extraction_strength": float(fe.extraction_strength.mean()),
-                           "exact_memorization": float(fe.exact_memorisation.mean())}
+    out: dict[str, Any] = {OPEN_UNLEARNING_NAMES[k]: v for k, v in forget_summary(fe).items()}
     if retain_model is not None:
         out["forget_quality"] = forget_quality(fe, evaluate_qa(retain_model, tokenizer, forget, rouge=False,
                                                                batch_size=batch_size))
@@ -215,6 +230,6 @@ def tofu_summary(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record
                  *(evaluate_qa(model, tokenizer, s, batch_size=batch_size, true_side="answer")
                    for s in (real_authors, world_facts))]
         parts = model_utility_parts(*evals)
-        out["model_utility"] = _hmean(list(parts.values()))
+        out["model_utility"] = harmonic_mean(list(parts.values()))
         out.update(parts)
     return out

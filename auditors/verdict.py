@@ -107,8 +107,8 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
         return np.concatenate([bl[j] for j in rng.integers(0, len(bl), len(bl))])
 
     # members by group when there are several (else by record), held-out data by group
-    draws = [(draw(member_blocks if len(member_blocks) > 1 else _group_index(None, m)), draw(blocks))
-             for _ in range(n_boot)]
+    member_units = member_blocks if len(member_blocks) > 1 else _group_index(None, m)
+    draws = [(draw(member_units), draw(blocks)) for _ in range(n_boot)]
     z = stats.norm.ppf(1 - level / 2) + stats.norm.ppf(0.8)
     evidence = []
     for s in names:

@@ -291,14 +291,14 @@ class Commit:
 
 
 def commit_model(ledger: Path, key: bytes, content: dict[str, Any], out: Path,
-                 write: Callable[[Path, dict[str, Any]], dict[str, Any]]) -> Commit:
-    """Write a model and its ledger entry together. ``write(directory, anchor_fields)`` writes the model
-    files (weights, receipt) into ``directory`` and returns its manifest (``weights_sha256``)."""
+                 write: Callable[[Path], dict[str, Any]]) -> Commit:
+    """Write a model and its ledger entry together. ``write(directory)`` writes the model files (weights,
+    receipt) into ``directory`` and returns its manifest (``weights_sha256``)."""
     ledger, out = ledger.absolute(), out.absolute()
     sweep_stale(out.parent)
     tmp = temp_sibling(out)
     try:
-        manifest = write(tmp, content)
+        manifest = write(tmp)
         _pause("written")
         with locked(ledger):
             _pause("locked")

@@ -126,10 +126,7 @@ def write_model_files(model: torch.nn.Module, tokenizer: Any, directory: Path,
                       extra_files: dict[str, str] | None = None) -> dict[str, Any]:
     """Weights (safetensors only), tokenizer, ``extra_files`` and the manifest of sha256 hashes into
     ``directory``, each file fsynced; returns the manifest."""
-    from transformers.utils import logging as hf_logging
-
     with _quiet_loading():
-        hf_logging.disable_progress_bar()
         model.save_pretrained(str(directory), safe_serialization=True)
         tokenizer.save_pretrained(str(directory))
     for name, text in (extra_files or {}).items():

@@ -14,7 +14,7 @@ from unlearn.data import text_record
 from unlearn.model import MANIFEST, sha256_file, weights_hash
 
 
-def write(directory: Path, content: dict) -> dict:
+def write(directory: Path) -> dict:
     (directory / "config.json").write_text("{}")
     (directory / "model.safetensors").write_bytes(os.urandom(256))
     files = {f.name: sha256_file(f) for f in sorted(directory.iterdir())}

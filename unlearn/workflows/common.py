@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unlearn.errors import InputError, UnlearnError
+from unlearn.fsutil import temp_sibling
 from unlearn.jsonio import show
 
 if TYPE_CHECKING:  # the CLI imports this module before any work: torch is loaded only when data is
@@ -84,8 +84,7 @@ def new_out_dir(out: PathLike | None, prefix: str) -> Path:
 
 def write_outputs(out: Path, files: Mapping[str, Callable[[Path], Any]]) -> None:
     """Write result files into a temp sibling and rename it into place: no half-written results."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_sibling(out)  # PID-named: a dead run's leftovers can be told from a live run's
     try:
         for name, writer in files.items():
             writer(tmp / name)

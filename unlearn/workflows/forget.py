@@ -159,7 +159,7 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
                                 stop_reason=result.stop_reason, extra=extra)
     receipt["ledger"] = {"path": str(ledger_path.absolute())}
 
-    def write(directory: Path, _: dict[str, Any]) -> dict[str, Any]:
+    def write(directory: Path) -> dict[str, Any]:
         if unchanged:  # the request needed no change: a receipt that names the unchanged input weights
             (directory / RECEIPT).write_text(json.dumps(receipt, indent=2), encoding="utf-8")
             return {"weights_sha256": before_hash}
