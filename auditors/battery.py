@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -73,14 +73,48 @@ def forget_holdout_scores(model: torch.nn.Module, tok: Any, forget: Sequence[Rec
     return {k: v[:n] for k, v in table.scores.items()}, {k: v[n:] for k, v in table.scores.items()}
 
 
+def weight_attacks(args: BatteryArgs) -> list[tuple[str, Callable[[torch.nn.Module], torch.nn.Module]]]:
+    """The model as is and its round-to-nearest quantized copies (8-bit per channel, lower bits group-wise)."""
+    variants: list[tuple[str, Callable[[torch.nn.Module], torch.nn.Module]]] = [("as is", lambda m: m)]
+    variants += [(f"{b}-bit RTN", lambda m, b=b: quantized_copy(m, b, args.group_size if b < 8 else None))
+                 for b in args.quant_bits]
+    return variants
+
+
+def request_verdicts(model: torch.nn.Module, tokenizer: Any, requests: Mapping[str, Sequence[Record]],
+                     holdout: Sequence[Record], args: BatteryArgs = BatteryArgs(), *,
+                     retain_model: torch.nn.Module | None = None) -> dict[str, Verdict]:
+    """The verdict of each answered request (name -> its records), worst case over the model as is and its
+    quantized copies; one scoring pass per attack over all requests' records (the regression guard)."""
+    names = list(requests)
+    records = [r for n in names for r in requests[n]]
+    groups = group_labels(holdout)
+    verdicts: dict[str, list[Verdict]] = {n: [] for n in names}
+    for attack_name, attack in weight_attacks(args):
+        fm, hm = forget_holdout_scores(attack(model), tokenizer, records, holdout)
+        rm = rh = None
+        if retain_model is not None:
+            rm, rh = forget_holdout_scores(attack(retain_model), tokenizer, records, holdout)
+        start = 0
+        for n in names:
+            rows = slice(start, start + len(requests[n]))
+            start = rows.stop
+            kw: dict[str, Any] = {}
+            if rm is not None and rh is not None:
+                kw = {"retain_members": {k: v[rows] for k, v in rm.items()}, "retain_nonmembers": rh}
+            verdicts[n].append(two_sided_verdict(
+                {k: v[rows] for k, v in fm.items()}, hm, nonmember_groups=groups,
+                member_groups=group_labels(requests[n]), alpha=args.alpha, detectable_bound=args.detectable_bound,
+                n_boot=args.n_boot, seed=args.seed, attack=attack_name, **kw))
+    return {n: worst_case(v) for n, v in verdicts.items()}
+
+
 def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
                     args: BatteryArgs = BatteryArgs(), *, retain_model: torch.nn.Module | None = None) -> Battery:
     """Every attack of the battery on ``forget`` against the held-out ``holdout``; relative to
     ``retain_model`` (attacked the same way) when given."""
     groups = group_labels(holdout)
-    variants: list[tuple[str, Any]] = [("as is", lambda m: m)]
-    variants += [(f"{b}-bit RTN", lambda m, b=b: quantized_copy(m, b, args.group_size if b < 8 else None))
-                 for b in args.quant_bits]
+    variants = weight_attacks(args)
     notes = []
     evaluated, evaluated_half = list(forget), []
     if args.relearn:

@@ -291,9 +291,10 @@ class Commit:
 
 
 def commit_model(ledger: Path, key: bytes, content: dict[str, Any], out: Path,
-                 write: Callable[[Path], dict[str, Any]]) -> Commit:
+                 write: Callable[[Path], dict[str, Any]], *, expect_head: str | None = None) -> Commit:
     """Write a model and its ledger entry together. ``write(directory)`` writes the model files (weights,
-    receipt) into ``directory`` and returns its manifest (``weights_sha256``)."""
+    receipt) into ``directory`` and returns its manifest (``weights_sha256``). With ``expect_head`` the
+    commit happens only if the ledger still ends at that entry hash (nobody committed meanwhile)."""
     ledger, out = ledger.absolute(), out.absolute()
     sweep_stale(out.parent)
     tmp = temp_sibling(out)
@@ -304,6 +305,9 @@ def commit_model(ledger: Path, key: bytes, content: dict[str, Any], out: Path,
             _pause("locked")
             recover(ledger, key)
             n, head = head_of(ledger)
+            if expect_head is not None and head != expect_head:
+                raise UnlearnError(f"{ledger}: another run committed while this one worked (head "
+                                   f"{head[:12]}..., expected {expect_head[:12]}...); nothing was written, rerun")
             if out.exists():
                 raise ModelError(f"output directory already exists: {out} (created while this run worked)")
             entry = finalise(key, content, prev_hash=head, model_after=manifest["weights_sha256"],

@@ -7,7 +7,7 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,11 @@ from unlearn.workflows.common import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from unlearn.auditors.battery import BatteryArgs
+    from unlearn.data import Record
+    from unlearn.unlearner import UnlearnResult
 
 RECEIPT = "unlearn_receipt.json"
 
@@ -78,19 +82,104 @@ def resolve_method_args(job: ForgetJob) -> Any:
     return load_method_args(job.method, job.config, job.overrides)
 
 
+@dataclass
+class Splits:
+    """The held-out roles: the stopping rule sees the calibration halves, the receipt's verdict the others."""
+
+    holdout_calibration: list[Record]
+    holdout_verdict: list[Record]
+    retain_calibration: list[Record]
+    retain_verdict: list[Record]
+
+    @classmethod
+    def of(cls, holdout: Sequence[Record], retain_eval: Sequence[Record], seed: int) -> Splits:
+        from unlearn.auditors.battery import split_by_group
+
+        return cls(*split_by_group(holdout, seed=seed), *split_by_group(retain_eval, seed=seed))
+
+    def roles(self, forget: Sequence[Record]) -> dict[str, list[str]]:
+        return {"forget": [r.id for r in forget], **{name: [r.id for r in getattr(self, name)] for name in (
+            "holdout_calibration", "holdout_verdict", "retain_calibration", "retain_verdict")}}
+
+
+def run_method(model: torch.nn.Module, tok: Any, forget: Sequence[Record], retain: Sequence[Record], splits: Splits,
+               margs: Any, method: str, report: Reporter = SILENT) -> UnlearnResult:
+    """``method`` under the stopping rule (calibration halves), with progress, wall time and peak memory."""
+    from unlearn.auditors.stopping import make_monitor
+    from unlearn.methods import get_method, measured
+
+    monitor = (make_monitor(tok, forget, splits.holdout_calibration, splits.retain_calibration, margs)
+               if margs.eval_every else None)
+    task = f"unlearning ({method})"
+
+    def on_step(step: int, total: int, stats: dict[str, Any]) -> None:
+        report.progress(task, step, total, stats_line(stats))
+
+    report.progress(task, 0, margs.max_steps)
+    return measured(get_method(method).run, model, tok, forget, retain, margs, monitor=monitor, on_step=on_step)
+
+
+def judge(result: UnlearnResult, tok: Any, forget: Sequence[Record], splits: Splits, before: dict[str, float],
+          battery_args: BatteryArgs | None, gold: torch.nn.Module | None, report: Reporter = SILENT) -> dict[str, Any]:
+    """The receipt's evidence for an unlearning run, on the verdict halves: the LOSS check before/after, the
+    attack battery (relative to ``gold`` when given) and privleak against it."""
+    from unlearn.auditors.battery import BatteryArgs, removal_battery
+    from unlearn.auditors.metrics import privleak
+    from unlearn.auditors.stopping import forget_check
+
+    after = forget_check(result.model, tok, forget, splits.holdout_verdict, splits.retain_verdict)
+    report.progress("attack battery", 0, None)
+    start = time.perf_counter()
+    battery = removal_battery(result.model, tok, forget, splits.holdout_verdict, battery_args or BatteryArgs(),
+                              retain_model=gold)
+    evidence: dict[str, Any] = {
+        "steps": result.steps, "stop_reason": result.stop_reason, "stop_message": result.stop_message,
+        "verdict": battery.verdict.status, "verdict_message": battery.verdict.message, "battery": battery.to_dict(),
+        "wall_seconds": round(result.wall_seconds, 3), "battery_seconds": round(time.perf_counter() - start, 3),
+        "peak_memory_mb": None if result.peak_memory_mb is None else round(result.peak_memory_mb, 1),
+        "peak_memory_kind": result.memory_kind, "before": before, "after": after, "history": result.history,
+        "method_stats": result.stats,
+        "retain_utility_relative": after.get("retain_prob", 0) / max(before.get("retain_prob", 1e-12), 1e-12)}
+    if gold is not None:
+        reference = forget_check(gold, tok, forget, splits.holdout_verdict, splits.retain_verdict)
+        evidence["privleak_vs_retain"] = privleak(after["forget_auc"], reference["forget_auc"])
+    return evidence
+
+
+def commit(ledger_path: Path, key: bytes, content: dict[str, Any], out: Path, receipt: dict[str, Any],
+           model: torch.nn.Module | None, tok: Any, unchanged_hash: str | None = None,
+           expect_head: str | None = None) -> str:
+    """Write the model (or, when ``model`` is None, a receipt naming the unchanged weights ``unchanged_hash``)
+    and its ledger entry in one commit, Ctrl-C held until both are written; the entry's hash."""
+    from unlearn import ledger
+    from unlearn.model import write_model_files
+
+    receipt["ledger"] = {"path": str(ledger_path.absolute())}
+
+    def write(directory: Path) -> dict[str, Any]:
+        if model is None:
+            (directory / RECEIPT).write_text(json.dumps(receipt, indent=2), encoding="utf-8")
+            return {"weights_sha256": unchanged_hash}
+        return write_model_files(model, tok, directory, {RECEIPT: json.dumps(receipt, indent=2)})
+
+    with deferred_interrupts() as caught:
+        done = ledger.commit_model(ledger_path, key, content, out, write, expect_head=expect_head)
+    receipt["ledger"]["entry_hash"] = done.entry["entry_hash"]
+    if caught:
+        raise Interrupted(f"interrupted after the commit: the model {out} and its ledger entry "
+                          f"{done.entry['entry_hash'][:16]}... in {ledger_path} were both written")
+    return str(done.entry["entry_hash"])
+
+
 def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     """Apply ``job``: the input model is never modified; the output directory and the ledger entry are
     written only when the whole run succeeded."""
     from unlearn import ledger
-    from unlearn.auditors.battery import BatteryArgs, removal_battery, split_by_group
-    from unlearn.auditors.metrics import privleak
-    from unlearn.auditors.stopping import forget_check, make_monitor
+    from unlearn.auditors.stopping import forget_check
     from unlearn.distributed import is_main_process
-    from unlearn.methods import get_method, measured
-    from unlearn.model import load_model, model_hash, write_model_files
+    from unlearn.model import load_model, model_hash
 
     margs = resolve_method_args(job)
-    method = get_method(job.method)
     bench = benchmark_if_needed([job.model], job.benchmark, report)
     path = model_path(job.model, bench)
     sets = record_sets(job.data, bench)
@@ -101,30 +190,17 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     assert key is not None
     before_hash = model_hash(path)
     model, tok = load_model(path)
-    # the stopping rule sees the calibration halves; the receipt's verdict only the other halves
-    holdout_cal, holdout_ver = split_by_group(sets.holdout, seed=margs.seed)
-    retain_cal, retain_ver = split_by_group(sets.retain_eval, seed=margs.seed)
+    splits = Splits.of(sets.holdout, sets.retain_eval, margs.seed)
     report.note(f"forgetting {sets.label}: {len(sets.forget)} records, retain {len(sets.retain)}, holdout "
-                f"{len(holdout_cal)} calibration + {len(holdout_ver)} verdict; method {job.method}")
-    before = forget_check(model, tok, sets.forget, holdout_ver, retain_ver)
-    monitor = make_monitor(tok, sets.forget, holdout_cal, retain_cal, margs) if margs.eval_every else None
-    task = f"unlearning ({job.method})"
-
-    def on_step(step: int, total: int, stats: dict[str, Any]) -> None:
-        report.progress(task, step, total, stats_line(stats))
-
-    report.progress(task, 0, margs.max_steps)
-    result = measured(method.run, model, tok, sets.forget, sets.retain, margs, monitor=monitor, on_step=on_step)
-    after = forget_check(result.model, tok, sets.forget, holdout_ver, retain_ver)
+                f"{len(splits.holdout_calibration)} calibration + {len(splits.holdout_verdict)} verdict; "
+                f"method {job.method}")
+    before = forget_check(model, tok, sets.forget, splits.holdout_verdict, splits.retain_verdict)
+    result = run_method(model, tok, sets.forget, sets.retain, splits, margs, job.method, report)
     gold_path = (Path(job.retain_model) if job.retain_model else
                  bench.retain if bench is not None and {r.id for r in sets.forget} <= {
                      r.id for r in bench.split(bench.retain_split)} else None)
     gold = load_model(gold_path)[0] if gold_path is not None else None
-    report.progress("attack battery", 0, None)
-    battery_start = time.perf_counter()
-    battery = removal_battery(result.model, tok, sets.forget, holdout_ver, job.battery or BatteryArgs(),
-                              retain_model=gold)
-    battery_seconds = time.perf_counter() - battery_start
+    evidence = judge(result, tok, sets.forget, splits, before, job.battery, gold, report)
     unchanged = result.steps == 0 and not job.copy_unchanged
     receipt: dict[str, Any] = {
         "request": {"file": str(job.data.requests) if job.data.requests else None, "label": sets.label,
@@ -132,43 +208,17 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
                     "duplicates_folded": sets.request.duplicates_folded if sets.request else 0},
         "sets": {"forget": len(sets.forget), "retain": len(sets.retain), "holdout": len(sets.holdout),
                  "retain_eval": len(sets.retain_eval)},
-        "roles": {"forget": [r.id for r in sets.forget],
-                  "holdout_calibration": [r.id for r in holdout_cal], "holdout_verdict": [r.id for r in holdout_ver],
-                  "retain_calibration": [r.id for r in retain_cal], "retain_verdict": [r.id for r in retain_ver]},
+        "roles": splits.roles(sets.forget),
         "model_in": str(path), "model_in_sha256": before_hash, "out": str(out),
-        "unchanged": unchanged, "method": job.method, "config": margs.to_dict(), "steps": result.steps,
-        "stop_reason": result.stop_reason, "stop_message": result.stop_message,
-        "verdict": battery.verdict.status, "verdict_message": battery.verdict.message,
-        "battery": battery.to_dict(), "retain_model": str(gold_path) if gold_path else None,
-        "wall_seconds": round(result.wall_seconds, 3), "battery_seconds": round(battery_seconds, 3),
-        "peak_memory_mb": None if result.peak_memory_mb is None else round(result.peak_memory_mb, 1),
-        "peak_memory_kind": result.memory_kind,
-        "before": before, "after": after, "history": result.history, "method_stats": result.stats,
-        "retain_utility_relative": after.get("retain_prob", 0) / max(before.get("retain_prob", 1e-12), 1e-12),
-    }
-    if gold is not None:
-        reference = forget_check(gold, tok, sets.forget, holdout_ver, retain_ver)
-        receipt["privleak_vs_retain"] = privleak(after["forget_auc"], reference["forget_auc"])
+        "unchanged": unchanged, "method": job.method, "config": margs.to_dict(),
+        "retain_model": str(gold_path) if gold_path else None, **evidence}
     if not is_main_process():  # every process unlearned its shard; the first one commits the result
         return ForgetResult(out, ledger_path, "", receipt)
-    extra = {"verdict": battery.verdict.status}
+    extra: dict[str, Any] = {"verdict": evidence["verdict"]}
     if unchanged:
         extra.update(unchanged=True, model_in=ledger.relative_output(Path(path), ledger_path.absolute()))
     content = ledger.make_entry(key, records=sets.forget, method=job.method, config=margs.to_dict(),
                                 model_before=before_hash, request_file=job.data.requests,
                                 stop_reason=result.stop_reason, extra=extra)
-    receipt["ledger"] = {"path": str(ledger_path.absolute())}
-
-    def write(directory: Path) -> dict[str, Any]:
-        if unchanged:  # the request needed no change: a receipt that names the unchanged input weights
-            (directory / RECEIPT).write_text(json.dumps(receipt, indent=2), encoding="utf-8")
-            return {"weights_sha256": before_hash}
-        return write_model_files(result.model, tok, directory, {RECEIPT: json.dumps(receipt, indent=2)})
-
-    with deferred_interrupts() as caught:
-        commit = ledger.commit_model(ledger_path, key, content, out, write)
-    receipt["ledger"]["entry_hash"] = commit.entry["entry_hash"]
-    if caught:
-        raise Interrupted(f"interrupted after the commit: the model {out} and its ledger entry "
-                          f"{commit.entry['entry_hash'][:16]}... in {ledger_path} were both written")
-    return ForgetResult(out, ledger_path, commit.entry["entry_hash"], receipt)
+    entry = commit(ledger_path, key, content, out, receipt, None if unchanged else result.model, tok, before_hash)
+    return ForgetResult(out, ledger_path, entry, receipt)
