@@ -1,4 +1,4 @@
-"""`unlearn ledger verify`: check the deletion ledger's hash chain and the recorded model hashes."""
+"""`unlearn ledger verify | recover | show`: check, repair after a crash, and print the deletion ledger."""
 
 from __future__ import annotations
 
@@ -19,6 +19,32 @@ def add_parser(sub: Any) -> None:
                                     "directories beside the ledger")
     r.add_argument("ledger", help="ledger JSONL")
     r.set_defaults(run=run_recover)
+    s = sub_parser(lsub, "show", "the entries, and the model-version chain of a request store's ledger")
+    s.add_argument("ledger", help="ledger JSONL (a store's is STORE/ledger.jsonl)")
+    s.set_defaults(run=run_show)
+
+
+def run_show(args: argparse.Namespace, ui: UI) -> int:
+    from pathlib import Path
+
+    from unlearn.ledger import read_rows
+
+    rows = [r for r in read_rows(Path(args.ledger)) if r.entry is not None]
+    table = []
+    for r in rows:
+        e = r.entry
+        assert e is not None
+        version = e.get("version")
+        table.append([r.line, e.get("time", "?"), f"v{version}" if version else "-",
+                      e["parent"][:12] if e.get("parent") else "-", e.get("strategy", "-"), e.get("method", "?"),
+                      ", ".join(e.get("requests", {})) or "-", len(e.get("records", [])),
+                      len(e.get("cumulative_records", [])) or "-", e.get("verdict", "-"), e.get("output", "?"),
+                      e["entry_hash"][:12]])
+    ui.table(f"{args.ledger}: {len(rows)} entries", ["line", "time", "version", "parent", "strategy", "method",
+                                                     "requests", "records", "cumulative", "verdict", "output",
+                                                     "entry"], table)
+    ui.json({"ledger": args.ledger, "entries": [r.entry for r in rows]})
+    return 0
 
 
 def run_verify(args: argparse.Namespace, ui: UI) -> int:

@@ -44,7 +44,7 @@ class _CheckoutFinder(importlib.abc.MetaPathFinder):
 
 if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "attacks" / "__init__.py").is_file() and not any(
         isinstance(f, _CheckoutFinder) for f in sys.meta_path):
-    sys.meta_path.append(_CheckoutFinder())
+    sys.meta_path.insert(0, _CheckoutFinder())  # this checkout's folders, not another install's
 
 _LAZY = {
     # workflows: a request in, a result dataclass out (what the CLI calls)

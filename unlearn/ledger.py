@@ -210,6 +210,11 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def pending_journal(path: Path) -> Path:
+    """The journal of a commit in progress (or interrupted): ``<ledger>.pending``."""
+    return _sidecar(path, ".pending")
+
+
 def head_mac(key: bytes, entries: int, head: str) -> str:
     return hmac.new(key, f"{entries}:{head}".encode(), hashlib.sha256).hexdigest()
 
@@ -449,6 +454,7 @@ def verify(path: str | Path, *, check_models: bool = True, key: bytes | None = N
         hashes.add(e["entry_hash"])
         if check_models:
             _check_model(path, row.line, e, add)
+    _check_versions(rows, add)
     _check_head(path, rows, key, report)
     if check_models:
         for orphan in _orphan_anchors(path, hashes):
@@ -484,6 +490,45 @@ def _check_model(ledger: Path, line: int, e: dict[str, Any], add: Callable[[Ledg
     if anchor is None or anchor.get("entry") != e:
         add(LedgerProblem(line, f"model {show(e['output'])} anchors a different entry: the ledger line was "
                                 "rewritten (or the anchor removed)"))
+
+
+def _check_versions(rows: list[Row], add: Callable[[LedgerProblem], None]) -> None:
+    """Model versions (entries of ``unlearn requests run``): one linear chain, each version's parent the one
+    before it, its starting weights its parent's (incremental) or the original's, the cumulative sets its
+    parent's plus its own requests, and no request answered twice."""
+    prev: dict[str, Any] | None = None
+    for row in rows:
+        e = row.entry
+        if row.problem or e is None or "version" not in e:
+            continue
+        try:
+            number, requests = int(e["version"]), dict(e["requests"])
+            expected_number = 1 if prev is None else int(prev["version"]) + 1
+            parent_requests = set(prev["cumulative_requests"]) if prev else set()
+            parent_records = set(prev["cumulative_records"]) if prev else set()
+            if number != expected_number or e.get("parent") != (prev["entry_hash"] if prev else None):
+                add(LedgerProblem(row.line, f"version {number} does not follow version "
+                                            f"{expected_number - 1} (parent missing, skipped or forked)"))
+            start = {"incremental": prev["model_after"] if prev else e["original_sha256"],
+                     "original": e["original_sha256"]}.get(e.get("strategy"))
+            if e["model_before"] != start:
+                origin = "parent's" if e.get("strategy") == "incremental" else "original"
+                add(LedgerProblem(row.line, f"version {number} did not start from its {origin} weights"))
+            if prev is not None and e["original_sha256"] != prev["original_sha256"]:
+                add(LedgerProblem(row.line, f"version {number} names a different original model"))
+            twice = parent_requests & set(requests)
+            if twice:
+                add(LedgerProblem(row.line, f"request(s) answered twice: {', '.join(sorted(map(show, twice)))}"))
+            new_records = {i for ids in requests.values() for i in ids}
+            if (set(e["cumulative_requests"]) != parent_requests | set(requests)
+                    or set(e["cumulative_records"]) != parent_records | new_records):
+                add(LedgerProblem(row.line, f"version {number}: the cumulative sets are not its parent's plus "
+                                            "its own requests"))
+            if not new_records <= {r["id"] for r in e["records"]}:
+                add(LedgerProblem(row.line, f"version {number} answers records it did not unlearn"))
+        except (KeyError, TypeError, ValueError) as exc:
+            add(LedgerProblem(row.line, f"version entry malformed ({type(exc).__name__}: {exc})"))
+        prev = e
 
 
 def _check_head(path: Path, rows: list[Row], key: bytes | None, report: Verification) -> None:

@@ -129,13 +129,14 @@ def _builtin_request(bench: Any, split: str | None) -> tuple[list[Record], str]:
     return [r for r in first if r.meta.get("person") == person], f"built-in person {person}"
 
 
-def record_sets(src: DataSources, bench: Any | None) -> RecordSets:
-    """The requests validated against the manifest, and the forget / retain / holdout / retain-eval sets."""
+def record_sets(src: DataSources, bench: Any | None, forget_ids: Sequence[str] | None = None) -> RecordSets:
+    """The requests validated against the manifest, and the forget / retain / holdout / retain-eval sets.
+    ``forget_ids`` (ids already validated, e.g. queued requests) replace the request file."""
     from unlearn.data import check_against_manifest, check_holdout, load_manifest, load_records, load_requests
 
-
     if bench is None:
-        missing = [f"--{n}" for n in ("requests", "manifest", "data", "holdout") if not getattr(src, n)]
+        needed = ("manifest", "data", "holdout") + (("requests",) if forget_ids is None else ())
+        missing = [f"--{n}" for n in needed if not getattr(src, n)]
         if missing:
             raise UnlearnError(f"{', '.join(missing)} required for a model that is not the built-in benchmark")
     manifest = load_manifest(src.manifest or bench.manifest)
@@ -146,7 +147,12 @@ def record_sets(src: DataSources, bench: Any | None) -> RecordSets:
         data += records
     by_id = {r.id: r for r in data}
     request: DeletionRequest | None = None
-    if src.requests:
+    if forget_ids is not None:
+        absent = [i for i in forget_ids if i not in by_id]
+        if absent:
+            raise InputError(f"queued ids are not in the training data: {', '.join(show(a) for a in absent[:10])}")
+        forget, label = [by_id[i] for i in forget_ids], f"{len(forget_ids)} queued record(s)"
+    elif src.requests:
         request = load_requests(src.requests, manifest)
         absent = [i for i in request.ids if i not in by_id]
         if absent:

@@ -1,0 +1,207 @@
+"""A served model's deletion history: the request queue, its model versions and its ledger, in one directory.
+
+    STORE/store.json      what the store serves: the original model, manifest, training data, holdout
+    STORE/queue.sqlite    requests (ids of records only): pending, or answered by a model version
+    STORE/ledger.jsonl    the deletion ledger; each version's entry records its parent, the requests it
+                          answers and the cumulative sets (``unlearn.ledger`` verifies the chain)
+    STORE/v0001, v0002 …  the model versions, each committed with its ledger entry
+
+The ledger is the truth: a request is answered exactly when a committed entry says so. The queue is brought
+in line with the ledger (``reconcile``) before every read, so a run killed after its commit and before the
+queue was updated is never answered twice, and one killed before its commit is simply run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unlearn import ledger
+from unlearn.errors import InputError, UnlearnError
+from unlearn.fsutil import write_atomic
+
+CONFIG, QUEUE, LEDGER = "store.json", "queue.sqlite", "ledger.jsonl"
+PENDING, ANSWERED = "pending", "answered"
+CUMULATIVE, EARLIER = "*all", "*earlier"  # verdict keys: every answered request, every one before this run
+
+
+@dataclass
+class Request:
+    name: str
+    seq: int
+    added: str
+    records: list[str]
+    status: str = PENDING
+    version: int | None = None
+    entry_hash: str | None = None
+    verdict: str | None = None
+
+
+@dataclass
+class Version:
+    """A model version as its ledger entry records it."""
+
+    number: int
+    entry: dict[str, Any]
+    path: Path
+
+    @property
+    def weights(self) -> Path:
+        """Where this version's weights are: its directory, or its parent's when the run changed nothing."""
+        if self.entry.get("unchanged"):
+            return ledger.resolve_output(self.entry["model_in"], self.path.parent / LEDGER)
+        return self.path
+
+    @property
+    def cumulative_records(self) -> list[str]:
+        return list(self.entry["cumulative_records"])
+
+    @property
+    def requests(self) -> dict[str, list[str]]:
+        return dict(self.entry["requests"])
+
+
+class Store:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / LEDGER
+
+    def exists(self) -> bool:
+        return (self.root / CONFIG).is_file()
+
+    def create(self, config: dict[str, Any]) -> None:
+        if self.exists():
+            raise UnlearnError(f"{self.root}: a store already exists here")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._db():
+            pass
+        write_atomic(self.root / CONFIG, json.dumps({**config, "created": _now()}, indent=2) + "\n")
+
+    def config(self) -> dict[str, Any]:
+        if not self.exists():
+            raise InputError("no request store here (create one with `unlearn requests add`)", file=self.root)
+        try:
+            return dict(json.loads((self.root / CONFIG).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"unreadable store configuration ({exc})", file=self.root / CONFIG) from None
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.root / QUEUE, timeout=30, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            con.execute("""CREATE TABLE IF NOT EXISTS requests (
+                name TEXT PRIMARY KEY, seq INTEGER NOT NULL, added TEXT NOT NULL, records TEXT NOT NULL,
+                status TEXT NOT NULL, version INTEGER, entry_hash TEXT, verdict TEXT)""")
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def run_lock(self) -> Iterator[None]:
+        """One run at a time per store (the lock dies with the process)."""
+        fd = os.open(self.root / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UnlearnError(f"{self.root}: another `requests run` is in progress") from None
+            yield
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------ the queue
+
+    def requests(self) -> list[Request]:
+        self.reconcile()
+        with self._db() as con:
+            rows = con.execute("SELECT name, seq, added, records, status, version, entry_hash, verdict "
+                               "FROM requests ORDER BY seq").fetchall()
+        return [Request(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+
+    def pending(self, limit: int | None = None) -> list[Request]:
+        todo = [r for r in self.requests() if r.status == PENDING]
+        return todo[:limit] if limit else todo
+
+    def add(self, name: str | None, record_ids: Sequence[str]) -> tuple[Request | None, list[str], list[str]]:
+        """Queue the ids not already answered or pending: (the new request or None, answered ids, pending ids)."""
+        current = self.requests()
+        answered = {i for r in current if r.status == ANSWERED for i in r.records}
+        queued = {i for r in current if r.status == PENDING for i in r.records}
+        seen_answered = [i for i in record_ids if i in answered]
+        seen_pending = [i for i in record_ids if i in queued]
+        fresh = [i for i in record_ids if i not in answered and i not in queued]
+        if not fresh:
+            return None, seen_answered, seen_pending
+        with self._db() as con:
+            con.execute("BEGIN IMMEDIATE")
+            seq = con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM requests").fetchone()[0]
+            name = name or f"req-{seq:04d}"
+            if con.execute("SELECT 1 FROM requests WHERE name = ?", (name,)).fetchone():
+                con.execute("ROLLBACK")
+                raise InputError(f"a request named {name!r} already exists", field="name")
+            con.execute("INSERT INTO requests (name, seq, added, records, status) VALUES (?, ?, ?, ?, ?)",
+                        (name, seq, _now(), json.dumps(fresh), PENDING))
+            con.execute("COMMIT")
+        return Request(name, seq, _now(), fresh), seen_answered, seen_pending
+
+    def reconcile(self) -> None:
+        """Make the queue say what the ledger says: answered exactly by the committed versions (an
+        interrupted commit is finished or rolled back first); requests only the ledger knows are restored."""
+        answered: dict[str, tuple[Version, list[str]]] = {}
+        for v in self.versions():
+            for name, ids in v.requests.items():
+                answered[name] = (v, ids)
+        with self._db() as con:
+            con.execute("BEGIN IMMEDIATE")
+            known = {r[0]: r[1] for r in con.execute("SELECT name, status FROM requests")}
+            for name, (v, ids) in answered.items():
+                verdict = v.entry.get("request_verdicts", {}).get(name)
+                if name not in known:
+                    seq = con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM requests").fetchone()[0]
+                    con.execute("INSERT INTO requests (name, seq, added, records, status) VALUES (?, ?, ?, ?, ?)",
+                                (name, seq, v.entry["time"], json.dumps(ids), PENDING))
+                con.execute("UPDATE requests SET status = ?, version = ?, entry_hash = ?, verdict = ? WHERE name = ?",
+                            (ANSWERED, v.number, v.entry["entry_hash"], verdict, name))
+            for name, status in known.items():
+                if status == ANSWERED and name not in answered:
+                    con.execute("UPDATE requests SET status = ?, version = NULL, entry_hash = NULL, verdict = NULL "
+                                "WHERE name = ?", (PENDING, name))
+            con.execute("COMMIT")
+
+    # ------------------------------------------------------------ versions
+
+    def versions(self) -> list[Version]:
+        """The version chain from the ledger (an interrupted commit is completed or rolled back first)."""
+        if not self.ledger.exists() and not ledger.pending_journal(self.ledger).exists():
+            return []
+        with ledger.locked(self.ledger):
+            ledger.recover(self.ledger, ledger.load_key())
+        if not self.ledger.exists():
+            return []
+        rows = ledger.read_rows(self.ledger)
+        bad = next((r for r in rows if r.problem or r.entry is None), None)
+        if bad is not None:
+            raise InputError(f"damaged ledger line ({bad.problem}); run `unlearn ledger verify`", file=self.ledger,
+                             line=bad.line)
+        return [Version(int(r.entry["version"]), r.entry, ledger.resolve_output(r.entry["output"], self.ledger))
+                for r in rows if r.entry is not None and "version" in r.entry]
+
+    def version_dir(self, number: int) -> Path:
+        return self.root / f"v{number:04d}"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

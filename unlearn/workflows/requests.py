@@ -1,0 +1,256 @@
+"""Deletion requests over time: queue requests in a store, answer every pending one in one unlearning run
+that writes the next model version, and never ship a version under which an earlier request is detectable
+again (the regression guard)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unlearn.errors import InputError, UnlearnError
+from unlearn.workflows.common import (
+    SILENT,
+    BenchmarkOptions,
+    DataSources,
+    PathLike,
+    Reporter,
+    is_builtin,
+    model_path,
+    record_sets,
+)
+
+if TYPE_CHECKING:
+    from unlearn.auditors.battery import BatteryArgs
+    from unlearn.store import Request, Store
+    from unlearn.unlearner import UnlearnResult
+
+STRATEGIES = ("incremental", "original")
+
+
+class RegressionError(UnlearnError):
+    """The run made an earlier answered request detectable again; nothing was written."""
+
+
+@dataclass(frozen=True)
+class AddJob:
+    """Queue the deletion request ``requests`` (JSONL of ids or texts). A store that does not exist yet is
+    created for ``model`` (default: the built-in target) and its training data ``data``."""
+
+    store: PathLike
+    requests: PathLike
+    name: str | None = None
+    model: PathLike | None = None
+    data: DataSources = DataSources()
+    retain_model: PathLike | None = None  # trained without every request to come: verdicts relative to it
+    benchmark: BenchmarkOptions = BenchmarkOptions()
+
+
+@dataclass
+class AddResult:
+    request: Request | None  # None: every id was already answered or pending
+    already_answered: list[str]
+    already_pending: list[str]
+    created: bool
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Answer the pending requests (at most ``batch_max``) in one run and commit the next model version.
+    ``incremental`` unlearns them from the latest version; ``original`` unlearns every request so far from
+    the original weights."""
+
+    store: PathLike
+    method: str = "npo"
+    config: PathLike | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    strategy: str = "incremental"
+    batch_max: int | None = None
+    max_repairs: int = 2  # unlearning rounds on earlier requests that became detectable again
+    battery: BatteryArgs | None = None
+    benchmark: BenchmarkOptions = BenchmarkOptions()
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"unknown strategy {self.strategy!r} (choose {' or '.join(STRATEGIES)})",
+                             field="strategy")
+        if self.batch_max is not None and self.batch_max < 1:
+            raise InputError("batch_max must be >= 1", field="batch_max")
+
+
+@dataclass
+class RunResult:
+    version: int | None  # None: nothing was pending
+    out: Path | None
+    entry_hash: str
+    answered: list[str]
+    receipt: dict[str, Any]
+    message: str
+
+
+def _store(path: PathLike) -> Store:
+    from unlearn.store import Store
+
+    return Store(path)
+
+
+def _sources(config: Mapping[str, Any], options: BenchmarkOptions) -> tuple[DataSources, Any, Path]:
+    """The store's data sources, the built-in benchmark when it serves it, and the original model's path."""
+    if config["builtin"]:
+        bench = dataclasses.replace(options, preset=config["preset"]).build()
+        return DataSources(retain_eval=config["retain_eval"]), bench, bench.target
+    src = DataSources(manifest=config["manifest"], data=tuple(config["data"]), holdout=config["holdout"],
+                      retain_eval=config["retain_eval"])
+    return src, None, Path(config["model"])
+
+
+def add_requests(job: AddJob, report: Reporter = SILENT) -> AddResult:
+    from unlearn.model import model_hash
+
+    store = _store(job.store)
+    created = not store.exists()
+    if created:
+        builtin = is_builtin(job.model)
+        bench = job.benchmark.build(report) if builtin else None
+        path = model_path(job.model, bench).absolute()
+        config = {"builtin": builtin, "preset": job.benchmark.preset, "model": str(path),
+                  "model_sha256": model_hash(path), "manifest": _absolute(job.data.manifest),
+                  "data": [_absolute(p) for p in job.data.data], "holdout": _absolute(job.data.holdout),
+                  "retain_model": _absolute(job.retain_model), "retain_eval": job.data.retain_eval}
+    elif job.model is not None or job.data != DataSources():
+        raise UnlearnError(f"{store.root} already serves {store.config()['model']}; give only the request file")
+    config = store.config() if not created else config
+    src, bench, _ = _sources(config, job.benchmark)
+    # validated at once: against the manifest, every id in the training data, every file readable
+    ids = [r.id for r in record_sets(dataclasses.replace(src, requests=job.requests), bench).forget]
+    if created:
+        store.create(config)
+    queued, answered, pending = store.add(job.name, ids)
+    return AddResult(queued, answered, pending, created)
+
+
+def _absolute(path: PathLike | None) -> str | None:
+    return str(Path(path).absolute()) if path else None
+
+
+def _merge(first: UnlearnResult, then: UnlearnResult) -> UnlearnResult:
+    return dataclasses.replace(then, steps=first.steps + then.steps, history=first.history + then.history,
+                               wall_seconds=first.wall_seconds + then.wall_seconds,
+                               peak_memory_mb=max(filter(None, (first.peak_memory_mb, then.peak_memory_mb)),
+                                                  default=None))
+
+
+def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
+    """Killed at any point, a rerun finishes the batch exactly once: the ledger entry and the model version
+    are one commit, and the queue follows the ledger."""
+    from unlearn import ledger
+    from unlearn.auditors.battery import BatteryArgs, request_verdicts
+    from unlearn.auditors.stopping import forget_check
+    from unlearn.auditors.verdict import NOT_REMOVED, OVER_UNLEARNED
+    from unlearn.methods import load_method_args
+    from unlearn.model import load_model, model_hash
+    from unlearn.store import ANSWERED, CUMULATIVE, EARLIER
+    from unlearn.workflows.forget import Splits, commit, judge, run_method
+
+    store = _store(job.store)
+    config = store.config()
+    margs = load_method_args(job.method, job.config, job.overrides)
+    with store.run_lock():
+        versions = store.versions()
+        requests = store.requests()
+        todo = [r for r in requests if r.status != ANSWERED][: job.batch_max]
+        if not todo:
+            return RunResult(None, None, "", [], {}, "no pending requests")
+        earlier = [r for r in requests if r.status == ANSWERED]
+        parent = versions[-1] if versions else None
+        src, bench, original = _sources(config, job.benchmark)
+        original_hash = model_hash(original)
+        if original_hash != config["model_sha256"]:
+            raise UnlearnError(f"the original model {original} changed since the store was created")
+        incremental = job.strategy == "incremental" and parent is not None
+        start = parent.weights if incremental and parent is not None else original
+        start_hash = model_hash(start)
+        if incremental and parent is not None and start_hash != parent.entry["model_after"]:
+            raise UnlearnError(f"version {parent.number} ({start}) no longer has its committed weights")
+        number = parent.number + 1 if parent else 1
+        out = store.version_dir(number)
+        ledger.check_paths(out, store.ledger, start)
+        head = ledger.head_of(store.ledger)[1]
+        key = ledger.load_key(create=True)
+        assert key is not None
+
+        new_ids = [i for r in todo for i in r.records]
+        earlier_ids = [i for r in earlier for i in r.records]
+        sets = record_sets(src, bench, forget_ids=earlier_ids + new_ids)  # retain: none of them
+        by_id = {r.id: r for r in sets.forget}
+        batch = [by_id[i] for i in new_ids]
+        forget = batch if incremental else [by_id[i] for i in earlier_ids + new_ids]
+        gold_path = (Path(config["retain_model"]) if config["retain_model"] else
+                     bench.retain if bench is not None and set(by_id) <= {r.id for r in bench.split(bench.retain_split)}
+                     else None)
+        gold = load_model(gold_path)[0] if gold_path is not None else None
+        model, tok = load_model(start)
+        splits = Splits.of(sets.holdout, sets.retain_eval, margs.seed)
+        report.note(f"version {number}: answering {len(todo)} request(s) ({len(batch)} records) "
+                    f"{'from version ' + str(parent.number) if incremental and parent else 'from the original'}; "
+                    f"{len(earlier)} earlier request(s) guarded")
+        before = forget_check(model, tok, batch, splits.holdout_verdict, splits.retain_verdict)
+        result = run_method(model, tok, forget, sets.retain, splits, margs, job.method, report)
+
+        # each request, the union of the earlier ones (compared with the union's verdict at the parent
+        # version: more records give the guard power a single person lacks) and the new cumulative union
+        groups = {r.name: [by_id[i] for i in r.records] for r in [*earlier, *todo]}
+        groups[CUMULATIVE] = [by_id[i] for i in earlier_ids + new_ids]
+        baseline: dict[str, str | None] = {r.name: r.verdict for r in earlier}
+        if earlier and parent is not None:
+            groups[EARLIER] = [by_id[i] for i in earlier_ids]
+            baseline[EARLIER] = parent.entry.get("request_verdicts", {}).get(CUMULATIVE)
+        battery_args = job.battery or BatteryArgs()
+        repaired: list[str] = []
+        for round_ in range(job.max_repairs + 1):
+            report.progress("regression guard", 0, None)
+            verdicts = request_verdicts(result.model, tok, groups, splits.holdout_verdict, battery_args,
+                                        retain_model=gold)
+            regressed = [n for n, was in baseline.items()
+                         if verdicts[n].status in (NOT_REMOVED, OVER_UNLEARNED) and verdicts[n].status != was]
+            if not regressed:
+                break
+            said = "; ".join(f"{n}: {was or 'unjudged'} -> {verdicts[n].status}" for n in regressed
+                             for was in [baseline[n]])
+            if round_ == job.max_repairs or any(verdicts[n].status == OVER_UNLEARNED for n in regressed):
+                raise RegressionError(f"version {number} would make earlier request(s) detectable again ({said}); "
+                                      "nothing was written (try --strategy original or another method)")
+            report.note(f"earlier request(s) detectable again ({said}): unlearning them again")
+            repair = list({r.id: r for n in regressed for r in groups[n]}.values())
+            result = _merge(result, run_method(result.model, tok, repair, sets.retain, splits, margs, job.method,
+                                               report))
+            repaired += [n for n in regressed if n not in repaired]
+        unlearned = list({r.id: r for r in forget + [r for n in repaired for r in groups[n]]}.values())
+        evidence = judge(result, tok, batch, splits, before, job.battery, gold, report)
+        unchanged = result.steps == 0
+        names = [r.name for r in todo]
+        receipt: dict[str, Any] = {
+            "request": {"label": f"queued request(s) {', '.join(names)}", "ids": [r.id for r in batch]},
+            "version": number, "parent": parent.number if parent else None, "strategy": job.strategy,
+            "requests": names, "cumulative_requests": [r.name for r in earlier] + names,
+            "request_verdicts": {n: v.status for n, v in verdicts.items() if n != EARLIER}, "repaired": repaired,
+            "roles": splits.roles(batch), "model_in": str(start), "model_in_sha256": start_hash, "out": str(out),
+            "unchanged": unchanged, "method": job.method, "config": margs.to_dict(),
+            "retain_model": str(gold_path) if gold_path else None, **evidence}
+        extra: dict[str, Any] = {
+            "version": number, "parent": parent.entry["entry_hash"] if parent else None, "strategy": job.strategy,
+            "original_sha256": original_hash, "requests": {r.name: r.records for r in todo},
+            "cumulative_requests": sorted(receipt["cumulative_requests"]),
+            "cumulative_records": sorted(set(earlier_ids + new_ids)),
+            "request_verdicts": receipt["request_verdicts"], "repaired": repaired, "verdict": evidence["verdict"]}
+        if unchanged:
+            extra.update(unchanged=True, model_in=ledger.relative_output(start, store.ledger.absolute()))
+        content = ledger.make_entry(key, records=unlearned, method=job.method, config=margs.to_dict(),
+                                    model_before=start_hash, stop_reason=result.stop_reason, extra=extra)
+        entry = commit(store.ledger, key, content, out, receipt, None if unchanged else result.model, tok,
+                       start_hash, expect_head=head)
+        store.reconcile()
+    return RunResult(number, out, entry, names, receipt,
+                     f"version {number} answers {', '.join(names)} ({evidence['verdict']})")
