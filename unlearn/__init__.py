@@ -57,6 +57,9 @@ _LAZY = {
     "WorstCaseResult": "unlearn.workflows.worst_case",
     "attribute": "unlearn.workflows.attribute", "AttributeJob": "unlearn.workflows.attribute",
     "AttributeResult": "unlearn.workflows.attribute",
+    "add_requests": "unlearn.workflows.requests", "AddJob": "unlearn.workflows.requests",
+    "run_requests": "unlearn.workflows.requests", "RunJob": "unlearn.workflows.requests",
+    "Store": "unlearn.store",
     "BenchmarkOptions": "unlearn.workflows.common", "DataSources": "unlearn.workflows.common",
     "resolve_method_args": "unlearn.workflows.forget",
     # core types
