@@ -29,16 +29,25 @@ def forget_check(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record
 
 
 def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
-                 retain_eval: Sequence[Record], args: UnlearnArgs) -> Monitor:
+                 retain_eval: Sequence[Record], args: UnlearnArgs,
+                 retain_model: torch.nn.Module | None = None) -> Monitor:
     """The stopping rule, on the CALIBRATION parts of the holdout and the retain evaluation set (the
     receipt's verdict uses the other parts): two-sided over every one-pass score. Stop when no score
     separates the forget set from held-out data in either direction (``forget_undetectable``); stop and back
     off to the best checkpoint when the forget set became significantly LESS likely (``over_unlearned``) or
-    retain utility fell more than ``max_utility_drop`` (``utility_drop``). Reported per check: the AUC of
-    each score, ``distance`` = max |AUC - 0.5| (what the best checkpoint minimises) and ``utility_ok``."""
+    retain utility fell more than ``max_utility_drop`` (``utility_drop``). With ``retain_model`` (trained
+    without the forget set; scored once, here) the target is the retain model's own separation: the test is
+    on AUC - AUC_retain, as in the receipt's relative verdict. Reported per check: the AUC of each score,
+    ``distance`` = max |AUC - target| (what the best checkpoint minimises, target 0.5 or AUC_retain) and
+    ``utility_ok``."""
     groups = group_labels(holdout)
     baseline: dict[str, float] = {}
     nf, nh = len(forget), len(holdout)
+    reference: dict[str, Any] = {}
+    if retain_model is not None:
+        table = score_records(retain_model, tokenizer, [*forget, *holdout], list(ONE_PASS_SCORES))
+        reference = {"retain_members": {k: v[:nf] for k, v in table.scores.items()},
+                     "retain_nonmembers": {k: v[nf:] for k, v in table.scores.items()}}
 
     def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
         table = score_records(model, tokenizer, [*forget, *holdout, *retain_eval], list(ONE_PASS_SCORES))
@@ -46,10 +55,11 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         hm = {k: v[nf:nf + nh] for k, v in table.scores.items()}
         # record level on the forget side: a target to stop at, also for a one-person request (the claim
         # itself is the receipt's verdict, grouped or relative to a retain model)
-        v = two_sided_verdict(fm, hm, nonmember_groups=groups, alpha=args.stop_alpha, n_boot=200, seed=step)
+        v = two_sided_verdict(fm, hm, nonmember_groups=groups, alpha=args.stop_alpha, n_boot=200, seed=step,
+                              **reference)
         m: dict[str, Any] = {f"auc_{e.score}": e.auc for e in v.evidence}
         m["forget_auc"] = m["auc_loss"]
-        m["distance"] = max(abs(e.auc - 0.5) for e in v.evidence)
+        m["distance"] = max(abs(e.auc - (0.5 if e.retain_auc is None else e.retain_auc)) for e in v.evidence)
         m["status"] = v.status
         retain_lp = table.scores["loss"][nf + nh:]
         if len(retain_lp):
@@ -64,8 +74,9 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         if v.status == OVER_UNLEARNED:
             return "over_unlearned", v.message, m
         if v.status in (REMOVED, INCONCLUSIVE):
+            target = "AUC_retain" if reference else "0.5"
             return ("forget_undetectable", f"no score separates the forget set from the calibration holdout "
-                    f"(max |AUC - 0.5| {m['distance']:.3f}; {v.status.lower()} at this size)", m)
+                    f"(max |AUC - {target}| {m['distance']:.3f}; {v.status.lower()} at this size)", m)
         return None, "", m
 
     return monitor

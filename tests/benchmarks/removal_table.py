@@ -59,7 +59,7 @@ def main() -> None:
             margs = load_method_args(name, overrides=overrides)
             model = load_model(bench.target)[0]
             res = measured(get_method(name).run, model, tok, forget, retain, margs,
-                           monitor=make_monitor(tok, forget, cal, rcal, margs))
+                           monitor=make_monitor(tok, forget, cal, rcal, margs, gold))
             model = res.model
         start = time.perf_counter()
         battery = removal_battery(model, tok, forget, ver, BatteryArgs(relearn=True), retain_model=gold)

@@ -72,7 +72,7 @@ def main() -> None:
             margs = load_method_args(method)
             model, _ = load_model(bench.target)
             res = measured(get_method(method).run, model, tok, forget, retain, margs,
-                           monitor=make_monitor(tok, forget, cal, rcal, margs))
+                           monitor=make_monitor(tok, forget, cal, rcal, margs, gold))
             start = time.perf_counter()
             battery = removal_battery(res.model, tok, forget, ver, BatteryArgs(relearn=kind == "10%", seed=seed),
                                       retain_model=gold)

@@ -103,12 +103,14 @@ class Splits:
 
 
 def run_method(model: torch.nn.Module, tok: Any, forget: Sequence[Record], retain: Sequence[Record], splits: Splits,
-               margs: Any, method: str, report: Reporter = SILENT) -> UnlearnResult:
-    """``method`` under the stopping rule (calibration halves), with progress, wall time and peak memory."""
+               margs: Any, method: str, report: Reporter = SILENT,
+               gold: torch.nn.Module | None = None) -> UnlearnResult:
+    """``method`` under the stopping rule (calibration halves; relative to ``gold``, a model trained without
+    the forget set, when given), with progress, wall time and peak memory."""
     from unlearn.auditors.stopping import make_monitor
     from unlearn.methods import get_method, measured
 
-    monitor = (make_monitor(tok, forget, splits.holdout_calibration, splits.retain_calibration, margs)
+    monitor = (make_monitor(tok, forget, splits.holdout_calibration, splits.retain_calibration, margs, gold)
                if margs.eval_every else None)
     task = f"unlearning ({method})"
 
@@ -194,12 +196,12 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     report.note(f"forgetting {sets.label}: {len(sets.forget)} records, retain {len(sets.retain)}, holdout "
                 f"{len(splits.holdout_calibration)} calibration + {len(splits.holdout_verdict)} verdict; "
                 f"method {job.method}")
-    before = forget_check(model, tok, sets.forget, splits.holdout_verdict, splits.retain_verdict)
-    result = run_method(model, tok, sets.forget, sets.retain, splits, margs, job.method, report)
     gold_path = (Path(job.retain_model) if job.retain_model else
                  bench.retain if bench is not None and {r.id for r in sets.forget} <= {
                      r.id for r in bench.split(bench.retain_split)} else None)
     gold = load_model(gold_path)[0] if gold_path is not None else None
+    before = forget_check(model, tok, sets.forget, splits.holdout_verdict, splits.retain_verdict)
+    result = run_method(model, tok, sets.forget, sets.retain, splits, margs, job.method, report, gold)
     evidence = judge(result, tok, sets.forget, splits, before, job.battery, gold, report)
     unchanged = result.steps == 0 and not job.copy_unchanged
     receipt: dict[str, Any] = {

@@ -197,7 +197,7 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
                     f"{'from version ' + str(parent.number) if incremental and parent else 'from the original'}; "
                     f"{len(earlier)} earlier request(s) guarded")
         before = forget_check(model, tok, batch, splits.holdout_verdict, splits.retain_verdict)
-        result = run_method(model, tok, forget, sets.retain, splits, margs, job.method, report)
+        result = run_method(model, tok, forget, sets.retain, splits, margs, job.method, report, gold)
 
         # each request, the union of the earlier ones (compared with the union's verdict at the parent
         # version: more records give the guard power a single person lacks) and the new cumulative union
@@ -225,7 +225,7 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
             report.note(f"earlier request(s) detectable again ({said}): unlearning them again")
             repair = list({r.id: r for n in regressed for r in groups[n]}.values())
             result = _merge(result, run_method(result.model, tok, repair, sets.retain, splits, margs, job.method,
-                                               report))
+                                               report, gold))
             repaired += [n for n in regressed if n not in repaired]
         unlearned = list({r.id: r for r in forget + [r for n in repaired for r in groups[n]]}.values())
         evidence = judge(result, tok, batch, splits, before, job.battery, gold, report)
