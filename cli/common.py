@@ -53,11 +53,24 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout", help="non-member JSONL for the stopping rule and the audit")
     p.add_argument("--forget-split", help="built-in benchmark: forget a whole split (forget01/05/10)")
     p.add_argument("--retain-eval", type=int, default=200, help="retain records used to measure utility")
+    add_fields_arg(p)
+
+
+def add_fields_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fields", type=field_map, help="the data's column names, ours=theirs, e.g. "
+                                                     "question=prompt,answer=completion (id, text, question, answer)")
+
+
+def field_map(value: str) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in comma_list(value)]
+    if not pairs or any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected ours=theirs[,ours=theirs...], got {value!r}")
+    return dict(pairs)  # type: ignore[arg-type]
 
 
 def data_sources(args: argparse.Namespace) -> DataSources:
     return DataSources(args.requests, args.manifest, tuple(args.data or ()), args.holdout, args.forget_split,
-                       args.retain_eval)
+                       args.retain_eval, args.fields)
 
 
 def comma_list(value: str | None) -> tuple[str, ...]:

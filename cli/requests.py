@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from unlearn.cli.common import UI, benchmark_options, sub_parser
+from unlearn.cli.common import UI, add_fields_arg, benchmark_options, sub_parser
 from unlearn.workflows.common import DataSources
 
 STORE_HELP = "the store directory: queue, ledger and model versions (default unlearn-store)"
@@ -27,6 +27,7 @@ def add_parser(sub: Any) -> None:
     a.add_argument("--retain-model", help="new store: a model trained without any requested record (relative "
                                           "verdicts)")
     a.add_argument("--retain-eval", type=int, default=200, help="new store: retain records used for utility")
+    add_fields_arg(a)
     a.set_defaults(run=run_add)
     ls = sub_parser(rsub, "list", "pending and answered requests, with the version that answered each")
     ls.add_argument("--store", default="unlearn-store", help=STORE_HELP)
@@ -51,7 +52,7 @@ def run_add(args: argparse.Namespace, ui: UI) -> int:
     from unlearn.workflows.requests import AddJob, add_requests
 
     given = DataSources(manifest=args.manifest, data=tuple(args.data or ()), holdout=args.holdout,
-                        retain_eval=args.retain_eval)
+                        retain_eval=args.retain_eval, fields=args.fields)
     res = add_requests(AddJob(args.store, args.file, args.name, args.model, given, args.retain_model,
                               benchmark_options(args)), ui)
     if res.created:

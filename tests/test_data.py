@@ -127,3 +127,72 @@ def test_encode_masks_prompt_and_collate_pads_both_sides(tiny_tokenizer) -> None
         encode(rec, tiny_tokenizer, max_length=3)
     assert sum(len(b) for b in batches([rec] * 5, tiny_tokenizer, 2)) == 5
     assert isinstance(b.input_ids, torch.Tensor)
+
+
+QA_ROWS = [{"id": "q1", "question": "Where was Kalo born?", "answer": "In Tolmere.",
+            "perturbed_answer": ["In Vask.", "In Oro."]},
+           {"id": "q2", "question": "What pet does Mira keep?", "answer": "A parrot."},
+           {"id": "t3", "text": "A plain text record, comma, \"quoted\"."}]
+
+
+def _same(records: list, expected: list) -> None:
+    assert [(r.id, r.text, r.perturbed_answers) for r in records] == [(r.id, r.text, r.perturbed_answers)
+                                                                      for r in expected]
+
+
+def test_every_published_form_loads_the_same_records(tmp_path: Path) -> None:
+    import csv
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    jsonl = write_lines(tmp_path / "r.jsonl", [json.dumps(r) for r in QA_ROWS])
+    expected = load_records(jsonl)
+    (tmp_path / "array.json").write_text(json.dumps(QA_ROWS, indent=2))
+    _same(load_records(tmp_path / "array.json"), expected)
+    # TOFU's files: several arrays written one after another
+    (tmp_path / "concat.json").write_text(json.dumps(QA_ROWS[:1]) + "\n" + json.dumps(QA_ROWS[1:], indent=1))
+    _same(load_records(tmp_path / "concat.json"), expected)
+    (tmp_path / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in QA_ROWS))  # JSON Lines named .json
+    _same(load_records(tmp_path / "lines.json"), expected)
+    flat = [{k: v for k, v in r.items() if k != "perturbed_answer"} for r in QA_ROWS]
+    with (tmp_path / "r.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["id", "question", "answer", "text"])
+        writer.writeheader()
+        writer.writerows(flat)
+    flat_expected = load_records(write_lines(tmp_path / "flat.jsonl", [json.dumps(r) for r in flat]))
+    _same(load_records(tmp_path / "r.csv"), flat_expected)
+    qa = QA_ROWS[:2]
+    qa_expected = load_records(write_lines(tmp_path / "qa.jsonl", [json.dumps(r) for r in qa]))
+    pq.write_table(pa.Table.from_pylist([{**r, "perturbed_answer": r.get("perturbed_answer", [])} for r in qa]),
+                   tmp_path / "r.parquet")
+    parquet = load_records(tmp_path / "r.parquet")
+    assert [(r.id, r.text) for r in parquet] == [(r.id, r.text) for r in qa_expected]
+    assert parquet[0].perturbed_answers == ["In Vask.", "In Oro."]
+    datasets.Dataset.from_list(flat[:2]).save_to_disk(str(tmp_path / "ds"))
+    _same(load_records(tmp_path / "ds"), [r for r in flat_expected][:2])
+    datasets.DatasetDict({"forget": datasets.Dataset.from_list(flat[:2])}).save_to_disk(str(tmp_path / "dd"))
+    _same(load_records(tmp_path / "dd" / "forget"), flat_expected[:2])
+    with pytest.raises(InputError, match="splits forget: name one"):
+        load_records(tmp_path / "dd")
+    # columns under other names
+    renamed = [{"uid": r["id"], "prompt": r["question"], "completion": r["answer"]} for r in qa]
+    (tmp_path / "renamed.json").write_text(json.dumps(renamed))
+    mapped = load_records(tmp_path / "renamed.json", fields={"id": "uid", "question": "prompt", "answer": "completion"})
+    assert [(r.id, r.text) for r in mapped] == [(r.id, r.text) for r in qa_expected]
+
+
+def test_bad_rows_in_every_form_name_the_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text('[\n {"id": "a", "text": "x"},\n {"id": "b", "question": 3, "answer": "y"}\n]')
+    with pytest.raises(InputError, match=r"bad.json:3 field 'question': must be a string"):
+        load_records(tmp_path / "bad.json")
+    (tmp_path / "cut.json").write_text('[{"id": "a", "text": "x"},')
+    with pytest.raises(InputError, match="cut.json.*unterminated"):
+        load_records(tmp_path / "cut.json")
+    (tmp_path / "bad.csv").write_text("id,question,answer\nq1,Where?,There\nq2,What?\n")
+    with pytest.raises(InputError, match=r"bad.csv:3 field 'answer': missing"):
+        load_records(tmp_path / "bad.csv")
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(InputError, match="bad.parquet: not a readable parquet file"):
+        load_records(tmp_path / "bad.parquet")

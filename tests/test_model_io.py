@@ -62,8 +62,13 @@ def test_refuses_to_overwrite_input_or_existing(tmp_path: Path, tiny_model_dir: 
     assert _tree_hashes(tiny_model_dir) == before
 
 
-def test_load_errors_are_one_line(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="not found.*hub names are not fetched") as exc:
+def test_load_errors_are_one_line(tmp_path: Path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelError, match="meta-llama/Llama-3.2-1B: not found in the Hugging Face cache .*hub "
+                                         r"\(HF_HUB_OFFLINE is set") as exc:
         load_model("meta-llama/Llama-3.2-1B")
     assert "\n" not in str(exc.value)
     with pytest.raises(ModelError, match="not found"):
@@ -81,3 +86,40 @@ def test_info(tiny_model_dir: Path, tiny_model) -> None:
     assert info.parameters == sum(p.numel() for p in tiny_model.parameters())
     assert info.layers == 2 and info.architecture == "LlamaForCausalLM"
     assert info.weights_sha256 == model_hash(tiny_model_dir)
+
+
+def _hub_cache(root: Path, repo: str, model_dir: Path, revision: str = "main") -> Path:
+    """The Hugging Face cache layout: models--ORG--NAME/{refs/REV, snapshots/COMMIT/files}."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = root / ("models--" + repo.replace("/", "--"))
+    shutil.copytree(model_dir, base / "snapshots" / commit)
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / revision).write_text(commit)
+    return base / "snapshots" / commit
+
+
+def test_hub_id_resolves_from_the_cache_offline(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    snapshot = _hub_cache(tmp_path / "hub", "acme/tiny", tiny_model_dir)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    code = ("import sys; from unlearn.model import load_model, model_hash, resolve_model;"
+            "m, t = load_model(sys.argv[1]); print(resolve_model(sys.argv[1]), model_hash(sys.argv[1]))")
+    out = subprocess.run([sys.executable, "-c", code, "acme/tiny"], env=env, capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    path, digest = out.stdout.split()
+    assert Path(path) == snapshot and digest == model_hash(tiny_model_dir)
+    out = subprocess.run([sys.executable, "-c", code, "acme/tiny@main"], env=env, capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 0 and Path(out.stdout.split()[0]) == snapshot
+    missing = subprocess.run([sys.executable, "-m", "unlearn.cli.main", "info", "acme/absent"], env=env,
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert missing.returncode == 2
+    lines = missing.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: acme/absent: not found in the Hugging Face cache")
+    assert str(tmp_path / "hub") in lines[-1] and "HF_HUB_OFFLINE" in lines[-1]

@@ -11,7 +11,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from unlearn.errors import InputError
-from unlearn.jsonio import iter_json_objects, show
+from unlearn.jsonio import iter_json_objects, read_bytes, show
 
 QA_TEMPLATE = "Question: {question}\nAnswer:"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -87,6 +87,118 @@ def _iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     return iter_json_objects(path)
 
 
+def _iter_json_arrays(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Objects of a JSON array, or of several arrays written one after another (TOFU's files); the number is
+    the line where each object starts."""
+    decoder = json.JSONDecoder()
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text):
+            return
+        if text[pos] != "[":
+            raise InputError("expected a JSON array", file=path, line=text.count("\n", 0, pos) + 1)
+        pos += 1
+        while True:
+            while pos < len(text) and text[pos] in " \t\r\n,":
+                pos += 1
+            if pos >= len(text):
+                raise InputError("unterminated JSON array", file=path, line=text.count("\n") + 1)
+            if text[pos] == "]":
+                pos += 1
+                break
+            line = text.count("\n", 0, pos) + 1
+            try:
+                obj, pos = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"invalid JSON ({exc.msg})", file=path, line=exc.lineno) from None
+            if not isinstance(obj, dict):
+                raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line)
+            yield line, obj
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(read_bytes(path).decode("utf-8-sig")))
+    for row in reader:
+        if None in row:
+            raise InputError("more cells than header columns", file=path, line=reader.line_num)
+        yield reader.line_num, {k: v for k, v in row.items() if v not in ("", None)}
+
+
+def _table_rows(table: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    for i, row in enumerate(table.to_pylist() if hasattr(table, "to_pylist") else table, start=1):
+        yield i, {k: v for k, v in row.items() if v is not None}
+
+
+def _optional(module: str, what: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InputError(f"reading {what} needs the '{module.split('.')[0]}' package: pip install 'unlearn[data]'") \
+            from None
+
+
+_HF_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+){0,2}$")
+
+
+def iter_objects(source: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line or row number, object)`` of every record in a data file, by its form: JSON Lines, a JSON array
+    (or concatenated arrays), CSV, parquet, a Hugging Face ``datasets`` directory (``save_to_disk``), or a
+    hub dataset ``org/name[:config[:split]]`` loaded through the ``datasets`` cache."""
+    path = Path(source)
+    if path.is_dir() and any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json")):
+        ds = _optional("datasets", "a saved Hugging Face dataset").load_from_disk(str(path))
+        if hasattr(ds, "keys"):  # a DatasetDict: one split must be named
+            raise InputError(f"a dataset with splits {', '.join(ds.keys())}: name one (DIR/SPLIT)", file=path)
+        return _table_rows(ds)
+    if not path.exists() and isinstance(source, str) and _HF_DATASET.match(source):
+        name, _, rest = source.partition(":")
+        config, _, split = rest.partition(":")
+        datasets = _optional("datasets", "a hub dataset")
+        try:
+            ds = datasets.load_dataset(name, config or None, split=split or "train")
+        except Exception as exc:
+            raise InputError(f"cannot load the dataset ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                             file=source) from None
+        return _table_rows(ds)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        pq = _optional("pyarrow.parquet", "parquet")
+        read_bytes(path)  # the same errors as any file (missing, a directory)
+        try:
+            return _table_rows(pq.read_table(path))
+        except Exception as exc:
+            raise InputError(f"not a readable parquet file ({type(exc).__name__})", file=path) from None
+    if suffix == ".csv":
+        return _iter_csv(path)
+    if suffix == ".json":
+        raw = read_bytes(path)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not valid UTF-8 (byte offset {exc.start})", file=path) from None
+        if text.lstrip().startswith("["):
+            return _iter_json_arrays(path, text)
+    return _iter_json_lines(path)
+
+
+def map_fields(obj: dict[str, Any], fields: Mapping[str, str] | None) -> dict[str, Any]:
+    """Rename a source's columns to ours: ``fields`` maps our name (id, text, question, answer, ...) to the
+    source's."""
+    if not fields:
+        return obj
+    theirs = set(fields.values())
+    out = {k: v for k, v in obj.items() if k not in theirs}
+    out.update({ours: obj[src] for ours, src in fields.items() if src in obj})
+    return out
+
+
 def _record_id(obj: dict[str, Any], path: Path, line: int, content: str) -> str:
     if "id" not in obj:
         return "h" + text_hash(content)[:16]
@@ -130,13 +242,16 @@ def parse_record(obj: dict[str, Any], path: Path, line: int) -> Record:
                      line=line)
 
 
-def load_records(path: str | Path, *, allow_empty: bool = False) -> list[Record]:
-    """Load a JSONL file of records; any bad line raises an `InputError` naming file, line and field."""
+def load_records(path: str | Path, *, allow_empty: bool = False,
+                 fields: Mapping[str, str] | None = None) -> list[Record]:
+    """Load records from any form ``iter_objects`` reads (JSONL by default); ``fields`` renames columns (ours ->
+    theirs). Any bad row raises an `InputError` naming file, line (or row) and field."""
+    where: str | Path = path
     path = Path(path)
     records: list[Record] = []
     seen: dict[str, int] = {}
-    for line_no, obj in _iter_json_lines(path):
-        record = parse_record(obj, path, line_no)
+    for line_no, obj in iter_objects(where):
+        record = parse_record(map_fields(obj, fields), path, line_no)
         if record.id in seen:
             raise InputError(f"duplicate id '{show(record.id)}' (first on line {seen[record.id]})", file=path,
                              line=line_no, field="id")

@@ -1,4 +1,5 @@
-"""Model I/O: load a local Hugging Face causal LM, save atomically to a new directory.
+"""Model I/O: load a Hugging Face causal LM (a local directory or a hub id through the HF cache), save
+atomically to a new directory.
 
 Saving writes into a temporary sibling directory and renames it into place, so a crash leaves
 nothing at the destination; only safetensors are written, with a manifest of sha256 hashes.
@@ -10,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,12 +27,36 @@ MANIFEST = "unlearn_manifest.json"
 WEIGHT_SUFFIXES = (".safetensors",)
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def is_hub_id(spec: str | Path) -> bool:
+    """``org/name`` or ``org/name@revision`` that is not an existing local path."""
+    return isinstance(spec, str) and bool(_HUB_ID.match(spec)) and not Path(spec).exists()
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """A local model directory as it is, or a Hugging Face hub id (``org/name[@revision]``) resolved through
+    the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``): taken from the cache when there, downloaded when
+    online, and with ``HF_HUB_OFFLINE=1`` never fetched (a one-line error names the id and the cache)."""
+    if not is_hub_id(spec):
+        return Path(spec)
+    from huggingface_hub import constants, snapshot_download
+
+    repo, _, revision = str(spec).partition("@")
+    try:
+        return Path(snapshot_download(repo, revision=revision or None, allow_patterns=_HUB_FILES))
+    except Exception as exc:
+        offline = " (HF_HUB_OFFLINE is set: nothing is downloaded)" if constants.HF_HUB_OFFLINE else ""
+        raise ModelError(f"{spec}: not found in the Hugging Face cache {constants.HF_HUB_CACHE}{offline} "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
 def _check_dir(path: str | Path) -> Path:
-    p = Path(path)
+    p = resolve_model(path)
     if not p.exists():
-        hint = " (hub names are not fetched: pass a local model directory)" if "/" in str(path) and not str(
-            path).startswith((".", "/")) else ""
-        raise ModelError(f"model directory not found: {path}{hint}")
+        raise ModelError(f"model directory not found: {path}")
     if not p.is_dir():
         raise ModelError(f"not a model directory: {path}")
     if not (p / "config.json").is_file():
@@ -43,7 +69,7 @@ def _check_dir(path: str | Path) -> Path:
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    p = Path(path)
+    p = resolve_model(path)
     try:
         tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as exc:

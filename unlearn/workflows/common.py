@@ -59,9 +59,12 @@ def is_builtin(spec: PathLike | None) -> bool:
 
 
 def model_path(spec: PathLike | None, bench: Any) -> Path:
-    """A model reference: a local directory, or ``builtin:target`` / ``builtin:retain`` (None = target)."""
+    """A model reference: a local directory, a Hugging Face hub id (``org/name[@revision]``, resolved through
+    the HF cache to its local snapshot), or ``builtin:target`` / ``builtin:retain`` (None = target)."""
     if not is_builtin(spec):
-        return Path(spec)  # type: ignore[arg-type]
+        from unlearn.model import resolve_model
+
+        return resolve_model(spec)  # type: ignore[arg-type]
     if bench is None:
         raise UnlearnError(f"'{spec}' names the built-in benchmark, which this run does not use")
     return bench.retain if str(spec) == "builtin:retain" else bench.target
@@ -105,6 +108,7 @@ class DataSources:
     holdout: PathLike | None = None
     forget_split: str | None = None
     retain_eval: int = 200
+    fields: Mapping[str, str] | None = None  # our field name -> the data's column, e.g. {"answer": "response"}
 
     def __post_init__(self) -> None:
         if self.retain_eval < 0:
@@ -142,7 +146,7 @@ def record_sets(src: DataSources, bench: Any | None, forget_ids: Sequence[str] |
     manifest = load_manifest(src.manifest or bench.manifest)
     data: list[Record] = []
     for path in src.data or [bench.split_path("train")]:
-        records = load_records(path)
+        records = load_records(path, fields=src.fields)
         check_against_manifest(records, manifest, path)
         data += records
     by_id = {r.id: r for r in data}
@@ -164,7 +168,7 @@ def record_sets(src: DataSources, bench: Any | None, forget_ids: Sequence[str] |
         forget, label = _builtin_request(bench, src.forget_split)
     forget_ids = {r.id for r in forget}
     retain = [r for r in data if r.id not in forget_ids]
-    holdout = load_records(src.holdout) if src.holdout else bench.split("holdout")
+    holdout = load_records(src.holdout, fields=src.fields) if src.holdout else bench.split("holdout")
     check_holdout(holdout, manifest, src.holdout or bench.split_path("holdout"))
     retain_eval = random.Random(0).sample(retain, min(len(retain), src.retain_eval))
     return RecordSets(request, forget, retain, holdout, retain_eval, label)

@@ -102,7 +102,7 @@ def _sources(config: Mapping[str, Any], options: BenchmarkOptions) -> tuple[Data
         bench = dataclasses.replace(options, preset=config["preset"]).build()
         return DataSources(retain_eval=config["retain_eval"]), bench, bench.target
     src = DataSources(manifest=config["manifest"], data=tuple(config["data"]), holdout=config["holdout"],
-                      retain_eval=config["retain_eval"])
+                      retain_eval=config["retain_eval"], fields=config.get("fields") or None)
     return src, None, Path(config["model"])
 
 
@@ -118,7 +118,8 @@ def add_requests(job: AddJob, report: Reporter = SILENT) -> AddResult:
         config = {"builtin": builtin, "preset": job.benchmark.preset, "model": str(path),
                   "model_sha256": model_hash(path), "manifest": _absolute(job.data.manifest),
                   "data": [_absolute(p) for p in job.data.data], "holdout": _absolute(job.data.holdout),
-                  "retain_model": _absolute(job.retain_model), "retain_eval": job.data.retain_eval}
+                  "retain_model": _absolute(job.retain_model), "retain_eval": job.data.retain_eval,
+                  "fields": dict(job.data.fields or {})}
     elif job.model is not None or job.data != DataSources():
         raise UnlearnError(f"{store.root} already serves {store.config()['model']}; give only the request file")
     config = store.config() if not created else config
