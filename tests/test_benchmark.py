@@ -42,7 +42,7 @@ def test_exact_match_agrees_with_greedy_generation(bench) -> None:
     records = bench.split("forget10")[:6] + bench.split("holdout")[:6]
     greedy_hits = 0
     for r in records:
-        ids = torch.tensor([[tok.bos_token_id] + tok.encode(r.prompt, add_special_tokens=False)])
+        ids = torch.tensor([tok.encode(r.prompt)])  # the tokenizer adds its BOS
         out = model.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=tok.eos_token_id,
                              pad_token_id=tok.pad_token_id)
         text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

@@ -196,3 +196,23 @@ def test_bad_rows_in_every_form_name_the_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(InputError, match="bad.parquet: not a readable parquet file"):
         load_records(tmp_path / "bad.parquet")
+
+
+def test_special_tokens_are_the_tokenizers_own_never_a_forced_bos(tiny_tokenizer) -> None:
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    from unlearn.data import encode_many, qa_record, special_prefix
+
+    rec = qa_record("q", "Where was Kalo Venra born?", "Tolmere.")
+    plain = tiny_tokenizer(rec.prompt, add_special_tokens=False)["input_ids"]
+    assert special_prefix(tiny_tokenizer) == [tiny_tokenizer.bos_token_id]  # it adds its BOS: we keep it
+    assert encode_many([rec], tiny_tokenizer)[0][0][: 1 + len(plain)] == [tiny_tokenizer.bos_token_id, *plain]
+    # a chat tokenizer whose bos_token is a role token it never prepends (SmolLM's <|im_start|>)
+    backend = tiny_tokenizer.backend_tokenizer.__class__.from_str(tiny_tokenizer.backend_tokenizer.to_str())
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    chat = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    assert chat("x")["input_ids"] == chat("x", add_special_tokens=False)["input_ids"]
+    assert special_prefix(chat) == []
+    ids, labels = encode_many([rec], chat)[0]
+    assert ids[: len(plain)] == plain and chat.bos_token_id not in ids

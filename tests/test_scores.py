@@ -90,9 +90,37 @@ def test_minkpp_moments_equal_explicit_vocab_sums(tiny_tokenizer) -> None:
 def test_one_forward_pass_per_batch_for_all_one_pass_scores(tiny_tokenizer) -> None:
     model = make_tiny_model(tiny_tokenizer)
     calls = []
-    model.register_forward_hook(lambda *a: calls.append(1))
+    model.base_model.register_forward_hook(lambda *a: calls.append(1))  # the decoder; logits per target chunk
     score_records(model, tiny_tokenizer, _records(), list(ONE_PASS_SCORES), batch_size=2)
     assert len(calls) == 3  # ceil(5 / 2) batches, shared by loss, zlib, mink and minkpp
+
+
+def test_target_only_logits_and_length_sorting_match_the_full_logits_path(tiny_tokenizer, monkeypatch) -> None:
+    import unlearn.logprobs as logprobs
+
+    model = make_tiny_model(tiny_tokenizer, seed=5)
+    recs = _records()
+    chunked = token_logprobs(model, tiny_tokenizer, recs, batch_size=2)
+    model.config.final_logit_softcapping = 3.0  # Gemma-2's output transform is applied on the chunked path too
+    capped = token_logprobs(model, tiny_tokenizer, recs, batch_size=2)
+    model.config.final_logit_softcapping = None
+    monkeypatch.setattr(logprobs, "output_head", lambda m: None)  # the model's own [B, T, V] logits
+    full = token_logprobs(model, tiny_tokenizer, recs, batch_size=2)
+    one = [token_logprobs(model, tiny_tokenizer, [r], batch_size=1) for r in recs]  # no padding, no sorting
+    assert chunked.ids == full.ids == [r.id for r in recs]
+    for name in ("lp", "mu", "var", "hit"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(full, name), atol=1e-5, rtol=1e-5)
+        for i, single in enumerate(one):
+            n = int(single.lengths[0])
+            torch.testing.assert_close(getattr(chunked, name)[i, :n], getattr(single, name)[0, :n], atol=1e-5,
+                                       rtol=1e-5)
+    assert torch.equal(chunked.mask, full.mask)
+    assert not torch.allclose(capped.lp, chunked.lp)
+    cap = 3.0 * torch.tanh(model(input_ids=torch.tensor([encode(recs[0], tiny_tokenizer)[0]])).logits[0].detach() / 3.0)
+    ids, labels = encode(recs[0], tiny_tokenizer)
+    first = next(t for t in range(len(ids) - 1) if labels[t + 1] != -100)
+    expected = torch.log_softmax(cap[first].double(), -1)[ids[first + 1]]
+    assert float(capped.lp[0, 0]) == pytest.approx(float(expected), abs=1e-5)
 
 
 def test_reference_and_gradnorm(tiny_tokenizer) -> None:

@@ -408,9 +408,22 @@ class Batch:
         return Batch(self.input_ids[rows], self.attention_mask[rows], self.labels[rows])
 
 
+def special_prefix(tokenizer: Any) -> list[int]:
+    """The tokens the tokenizer itself puts before a text (``add_special_tokens=True``): its BOS when it adds
+    one, nothing when it does not (never a forced BOS: some tokenizers' ``bos_token`` is a chat-role token
+    they never prepend)."""
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i:i + len(plain)] == plain:
+            return list(full[:i])
+    return []
+
+
 def encode_many(records: Sequence[Record], tokenizer: Any,
                 max_length: int | None = None) -> list[tuple[list[int], list[int]]]:
-    """Token ids and labels per record: BOS + prompt (masked) + response + EOS (labelled, QA only).
+    """Token ids and labels per record: the tokenizer's own prefix (BOS when it adds one) + prompt (masked) +
+    response + EOS (labelled, QA only).
 
     Prompt and response are tokenised separately so the loss boundary is exact; one batched
     tokenizer call each.
@@ -419,7 +432,7 @@ def encode_many(records: Sequence[Record], tokenizer: Any,
         return []
     prompts = tokenizer([r.prompt for r in records], add_special_tokens=False)["input_ids"]
     responses = tokenizer([r.response for r in records], add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = special_prefix(tokenizer)
     out = []
     for record, prompt_ids, response_ids in zip(records, prompts, responses):
         if not record.prompt:

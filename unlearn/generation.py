@@ -7,16 +7,16 @@ from typing import Any
 
 import torch
 
-from unlearn.data import Record, collate, pad_id_of
+from unlearn.data import Record, collate, pad_id_of, special_prefix
 
 
 @torch.no_grad()
 def greedy_complete(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 48,
                     batch_size: int = 32) -> list[str]:
-    """Greedy continuation of each prompt (BOS + prompt, left-padded), cut at EOS."""
+    """Greedy continuation of each prompt (the tokenizer's own prefix + prompt, left-padded), cut at EOS."""
     device = next(model.parameters()).device
     pad = pad_id_of(tokenizer)
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = special_prefix(tokenizer)
     was_training = model.training
     model.eval()
     out: list[str] = []

@@ -6,13 +6,14 @@ Every membership score, TOFU metric and likelihood-based loss in the toolkit is 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from unlearn.data import Batch, Record, batches
+from unlearn.data import Batch, Record, collate, encode_many, pad_id_of
 
 
 @dataclass
@@ -67,23 +68,50 @@ def _pad_cat(chunks: list[torch.Tensor], fill: float | bool) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=fill) for c in chunks])
 
 
-def batch_stats(logits: torch.Tensor, batch: Batch, moments: bool = True, hits: bool = True,
-                chunk: int = 4096) -> tuple[torch.Tensor, ...]:
-    """From logits ``[B, T, V]`` of one batch: ``lp, mu, var, hit, mask``, each ``[B, W]`` with the
-    target tokens of every row moved to the front (column j = j-th target token; W = most targets).
+def output_head(model: torch.nn.Module) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """(the decoder without its output layer, hidden -> logits) when the model splits that way (Hugging Face
+    causal LMs: ``base_model`` + ``get_output_embeddings``; Gemma-2's final soft-capping applied), else None."""
+    base = getattr(model, "base_model", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if base is None or base is model or not isinstance(head, torch.nn.Module):
+        return None
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    scale = getattr(getattr(model, "config", None), "logit_scale", None)
+    if scale not in (None, 1, 1.0):
+        return None  # an unusual output transform: take the model's own logits
 
-    Only target positions are normalised, ``chunk`` at a time in fp32, so a 128k vocabulary never
-    needs a ``[B, T, V]`` fp32 copy.
+    def logits_of(hidden: torch.Tensor) -> torch.Tensor:
+        x = head(hidden)
+        return cap * torch.tanh(x / cap) if cap else x
+
+    return base, logits_of
+
+
+def _logits_at(hidden: torch.Tensor, logits_of: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor,
+               cols: torch.Tensor) -> torch.Tensor:
+    return logits_of(hidden[rows, cols])
+
+
+def batch_stats(logits: torch.Tensor | Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: Batch,
+                moments: bool = True, hits: bool = True, chunk: int = 1024) -> tuple[torch.Tensor, ...]:
+    """From the logits of one batch: ``lp, mu, var, hit, mask``, each ``[B, W]`` with the target tokens of
+    every row moved to the front (column j = j-th target token; W = most targets).
+
+    ``logits`` is ``[B, T, V]``, or a function (rows, columns) -> ``[c, V]`` that computes them at those
+    positions only (the output layer applied to hidden states ``chunk`` positions at a time, so neither a
+    ``[B, T, V]`` tensor nor its fp32 copy ever exists).
     """
+    at = logits if callable(logits) else (lambda r, c: logits[r, c])
     labels = batch.labels[:, 1:]
     mask = labels != -100
     rows, cols = mask.nonzero(as_tuple=True)
     targets = labels[rows, cols]
     n = targets.numel()
-    lp, mu, var, hit = (torch.zeros(n, dtype=torch.float32, device=logits.device) for _ in range(4))
+    lp, mu, var, hit = (torch.zeros(n, dtype=torch.float32, device=labels.device) for _ in range(4))
     for s in range(0, n, chunk):
         sl = slice(s, s + chunk)
-        x = logits[rows[sl], cols[sl]].float()  # [c, V]
+        x = at(rows[sl], cols[sl]).float()  # [c, V]
         lse = torch.logsumexp(x, dim=-1)
         lp[sl] = x.gather(-1, targets[sl, None])[:, 0] - lse
         if hits:
@@ -109,21 +137,34 @@ def batch_stats(logits: torch.Tensor, batch: Batch, moments: bool = True, hits: 
 def token_logprobs(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], *, batch_size: int = 32,
                    padding_side: str = "right", moments: bool = True, hits: bool = True,
                    on_batch: Callable[[int], None] | None = None) -> TokenLogProbs:
-    """One batched forward pass per batch of records; see `TokenLogProbs`."""
+    """One batched forward pass per batch of records; see `TokenLogProbs`. Records are batched by token
+    length (less padding) and returned in their own order; logits exist only at target positions, a chunk
+    at a time (``output_head``)."""
     device = next(model.parameters()).device
     max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     was_training = model.training
     model.eval()
+    encoded = encode_many(records, tokenizer, max_len)
+    order = sorted(range(len(records)), key=lambda i: len(encoded[i][0]))
+    split = output_head(model)
+    base, logits_of = split if split is not None else (None, None)
+    pad = pad_id_of(tokenizer)
     parts: list[tuple[torch.Tensor, ...]] = []
     try:
-        for batch in batches(records, tokenizer, batch_size, max_length=max_len, padding_side=padding_side):
-            batch = batch.to(device)
-            logits = forward_logits(model, batch)
-            parts.append(batch_stats(logits, batch, moments, hits))
+        for start in range(0, len(order), batch_size):
+            batch = collate([encoded[i] for i in order[start:start + batch_size]], pad, padding_side).to(device)
+            if base is None or logits_of is None:
+                at: Any = forward_logits(model, batch)
+            else:
+                hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              position_ids=(batch.attention_mask.cumsum(1) - 1).clamp(min=0)).last_hidden_state
+                at = functools.partial(_logits_at, hidden, logits_of)
+            parts.append(batch_stats(at, batch, moments, hits))
             if on_batch is not None:
                 on_batch(len(batch))
     finally:
         model.train(was_training)
-    lp, mu, var, hit, mask = (_pad_cat([p[i] for p in parts], False if i == 4 else 0.0) for i in range(5))
+    back = torch.argsort(torch.tensor(order))
+    lp, mu, var, hit, mask = (_pad_cat([p[i] for p in parts], False if i == 4 else 0.0)[back] for i in range(5))
     eos_last = torch.tensor([r.is_qa and tokenizer.eos_token_id is not None for r in records])
     return TokenLogProbs([r.id for r in records], lp, mu, var, hit, mask, eos_last)

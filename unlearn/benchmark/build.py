@@ -26,7 +26,7 @@ from unlearn.logprobs import forward_logits
 from unlearn.model import save_model
 from unlearn.training import TrainArgs, train_lm
 
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
 
 
@@ -108,12 +108,16 @@ class Benchmark:
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
-    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers import ByteLevelBPETokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
                             show_progress=False)
+    bos = ("<s>", bpe.token_to_id("<s>"))  # the tokenizer adds its BOS itself, as Llama's do
+    bpe._tokenizer.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[bos])])
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>", model_max_length=1 << 30)
 
