@@ -115,7 +115,11 @@ def relearn(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], *
 
     if not records:
         raise UnlearnError("the relearning set is empty")
-    attacked = copy.deepcopy(model)
+    from unlearn.lora import is_peft, merged
+
+    attacked = merged(model) if is_peft(model) else copy.deepcopy(model)  # every weight, not just an adapter's
+    for p in attacked.parameters():
+        p.requires_grad_(True)
     epochs = steps * batch_size / len(records)
     train_lm(attacked, records, tokenizer, TrainArgs(epochs=epochs, batch_size=batch_size, lr=lr, warmup_frac=0.0,
                                                       min_lr_frac=1.0, seed=seed, bf16=False))

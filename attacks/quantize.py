@@ -33,7 +33,9 @@ def rtn(weight: torch.Tensor, bits: int, group_size: int | None = None) -> torch
 def quantized_copy(model: torch.nn.Module, bits: int, group_size: int | None = None) -> torch.nn.Module:
     """A copy of ``model`` whose every ``nn.Linear`` weight is RTN quantize-dequantized (the input is not
     touched). Group-wise when the input dimension allows ``group_size``, per channel otherwise."""
-    out = copy.deepcopy(model)
+    from unlearn.lora import is_peft, merged
+
+    out = merged(model) if is_peft(model) else copy.deepcopy(model)  # an adapter is attacked merged, as deployed
     done: set[int] = set()
     with torch.no_grad():
         for module in out.modules():

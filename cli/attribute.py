@@ -27,7 +27,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, ui: UI) -> int:
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size),
                                    ("seed", args.seed), ("scope", args.scope)) if v is not None}
-    result = attribute(AttributeJob(args.model, list(args.train), args.test, args.method, overrides, args.out), ui)
+    result = attribute(AttributeJob(args.model, list(args.train), args.test, args.method, overrides, args.out,
+                                       args.template), ui)
     ui.table(f"{args.method}: influence of each training set on {args.test} (higher = helped more)",
              ["dataset", "score", "rank"], [[r["dataset"], r["score"], r["rank"]] for r in result.ranking])
     ui.print(f"results: {result.out / 'attribution.json'}")

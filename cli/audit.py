@@ -14,6 +14,8 @@ from unlearn.workflows.audit import AuditJob, audit
 def add_parser(sub: Any) -> None:
     a = sub_parser(sub, "audit", "is a record set still detectable in a model? (membership inference)")
     a.add_argument("--model", help="model directory, or builtin:target / builtin:retain (default: built-in target)")
+    a.add_argument("--adapter", help="a LoRA adapter directory applied on --model (a directory holding "
+                                     "adapter_config.json can also be given as --model itself)")
     a.add_argument("--members", help="JSONL of records to test (default: the built-in forget split)")
     a.add_argument("--nonmembers", help="JSONL of comparable records never trained on (default: built-in holdout)")
     a.add_argument("--reference", help="reference model (same tokenizer) for the 'reference' score")
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                    relearn_steps=args.relearn_steps, relearn_lr=args.relearn_lr, muse=args.muse, tofu=args.tofu,
                    retain_eval=args.retain_eval, real_authors=args.real_authors, world_facts=args.world_facts,
                    out=args.out,
-                   benchmark=benchmark_options(args))
+                   benchmark=benchmark_options(args),
+                   template=args.template, adapter=args.adapter)
     result = audit(job, ui)
     report = result.report
     rows = [[r.score, r.auc, f"[{r.auc_ci[0]:.3f}, {r.auc_ci[1]:.3f}]", r.tpr_at_1pct_fpr, r.tpr_at_01pct_fpr,

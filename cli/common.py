@@ -25,6 +25,9 @@ GLOBAL_FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--cache",), {"help": "cache directory for the built-in benchmark (default ~/.cache/unlearn or $UNLEARN_CACHE)"}),
     (("--preset",), {"default": "default", "help": "built-in benchmark preset used when no model/data is given: "
                                                   "default or tiny"}),
+    (("--template",), {"help": "prompt format of QA records: plain ('Question: ...\\nAnswer: ...', default), chat "
+                               "(the tokenizer's chat template, loss on the assistant turn), a format string with "
+                               "{question}, or a yaml file (kind, prompt, response, system)"}),
 ]
 
 

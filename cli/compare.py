@@ -27,7 +27,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, ui: UI) -> int:
     job = CompareJob(config=args.config, methods=comma_list(args.methods) or None, model=args.model,
                      retain_model=args.retain_model, data=data_sources(args), max_steps=args.max_steps,
-                     seed=args.seed, out=args.out, benchmark=benchmark_options(args))
+                     seed=args.seed, out=args.out, benchmark=benchmark_options(args),
+                     template=args.template)
     result = compare(job, ui)
     rows = result.rows
     present = [(k, name) for k, name in COLUMNS if any(k in r for r in rows)]

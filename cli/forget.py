@@ -20,6 +20,11 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--max-steps", type=int, help="override max_steps")
     f.add_argument("--lr", type=float, help="override lr")
     f.add_argument("--seed", type=int, help="override seed")
+    f.add_argument("--scope", help="override scope: all, last:N, regex:PATTERN, or lora (unlearn into a LoRA adapter: "
+                                   "the base stays untouched and the output is the adapter)")
+    f.add_argument("--adapter", help="a LoRA adapter directory on --model (with --scope lora its own parameters are "
+                                     "unlearned)")
+    f.add_argument("--merge", action="store_true", help="with a LoRA adapter: write the merged model")
     f.add_argument("--out", help="NEW output directory (default runs/forget-METHOD-TIME)")
     f.add_argument("--ledger", help="ledger JSONL to append to (default: unlearn-ledger.jsonl beside --out)")
     f.add_argument("--retain-model", help="a model trained without the forget set: the verdict becomes relative to "
@@ -36,14 +41,15 @@ def add_parser(sub: Any) -> None:
 
 
 def job_of(args: argparse.Namespace) -> ForgetJob:
-    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("lr", args.lr), ("seed", args.seed))
-                 if v is not None}
+    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("lr", args.lr), ("seed", args.seed),
+                                   ("scope", args.scope)) if v is not None}
     from unlearn.auditors.battery import BatteryArgs
 
     battery = BatteryArgs(relearn=args.relearn_attack, detectable_bound=args.detectable_auc)
     return ForgetJob(model=args.model, data=data_sources(args), method=args.method, config=args.config,
                      overrides=overrides, out=args.out, ledger=args.ledger, retain_model=args.retain_model,
-                     battery=battery, copy_unchanged=args.copy_unchanged, benchmark=benchmark_options(args))
+                     battery=battery, copy_unchanged=args.copy_unchanged, benchmark=benchmark_options(args),
+                     template=args.template, adapter=args.adapter, merge=args.merge)
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:

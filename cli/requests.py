@@ -90,7 +90,8 @@ def run_run(args: argparse.Namespace, ui: UI) -> int:
 
     overrides = {k: v for k, v in (("max_steps", args.max_steps), ("lr", args.lr)) if v is not None}
     res = run_requests(RunJob(args.store, args.method, args.config, overrides, args.strategy, args.batch_max,
-                              args.max_repairs, BatteryArgs(relearn=args.relearn_attack), benchmark_options(args)), ui)
+                              args.max_repairs, BatteryArgs(relearn=args.relearn_attack), benchmark_options(args),
+                              args.template), ui)
     if res.version is not None:
         r = res.receipt
         print_receipt(ui, r)

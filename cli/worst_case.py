@@ -32,7 +32,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     job = WorstCaseJob(model=args.model, pool=args.pool, holdout=args.holdout, retain=args.retain,
                        retain_model=args.retain_model, k=args.k, method=args.method, config=args.config,
                        rounds=args.rounds, lower_steps=args.lower_steps, max_steps=args.max_steps,
-                       random_sets=args.random_sets, seed=args.seed, out=args.out, benchmark=benchmark_options(args))
+                       random_sets=args.random_sets, seed=args.seed, out=args.out, benchmark=benchmark_options(args),
+                       template=args.template)
     r = worst_case(job, ui)
     metrics = [k for k in r.rows[0] if k != "set"]
     ui.table(f"worst-case vs {len(r.rows) - 1} random forget sets of {args.k} records ({args.method}, "

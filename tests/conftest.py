@@ -71,3 +71,34 @@ def ledger_key_file(tmp_path_factory: pytest.TempPathFactory) -> Any:
         os.environ.pop("UNLEARN_LEDGER_KEY_FILE", None)
     else:
         os.environ["UNLEARN_LEDGER_KEY_FILE"] = old
+
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def make_chat_tokenizer(texts: list[str], vocab_size: int = 400) -> Any:
+    """A tokenizer shaped like SmolLM-Instruct's: byte-level BPE, ChatML special tokens, a Jinja chat template,
+    and a ``bos_token`` (``<|im_start|>``) that it never prepends by itself."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
+                            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|im_start|>",
+                                  eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=1 << 30)
+    tok.chat_template = CHATML
+    return tok
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory: pytest.TempPathFactory, bench: Any) -> Path:
+    """A tiny Llama with the chat tokenizer above, saved as a Hugging Face directory (random weights)."""
+    from unlearn.model import save_model
+
+    texts = [r.prompt + r.response for r in bench.split("train")[:400]] + CORPUS * 5
+    tok = make_chat_tokenizer(texts)
+    out = tmp_path_factory.mktemp("chat") / "chat-model"
+    save_model(make_tiny_model(tok, seed=1), tok, out)
+    return out

@@ -408,6 +408,85 @@ class Batch:
         return Batch(self.input_ids[rows], self.attention_mask[rows], self.labels[rows])
 
 
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a QA record becomes model input; the same for unlearning, scoring and generation.
+
+    ``plain``: ``Question: {question}\nAnswer:`` then `` {answer}`` + EOS (the built-in benchmark's format);
+    ``chat``: the tokenizer's own chat template, the question as the user turn (after ``system`` when
+    given) and the answer as the assistant turn, the loss on the assistant turn only (the answer and the
+    template's end-of-turn tokens); ``custom``: the ``prompt`` / ``response`` format strings + EOS. Plain-text
+    and MUSE prompt/continuation records are scored as they are under every format."""
+
+    kind: str = "plain"
+    prompt: str = QA_TEMPLATE
+    response: str = " {answer}"
+    system: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, **({"prompt": self.prompt, "response": self.response} if self.kind == "custom"
+                                      else {}), **({"system": self.system} if self.system else {})}
+
+
+PLAIN = PromptFormat()
+
+
+def parse_format(spec: str | Path | None) -> PromptFormat:
+    """``plain`` (default), ``chat``, a format string with ``{question}`` (the answer follows as `` {answer}``),
+    or a yaml file with ``kind`` / ``prompt`` / ``response`` / ``system``."""
+    if spec is None or str(spec) == "plain":
+        return PLAIN
+    if str(spec) == "chat":
+        return PromptFormat("chat")
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml"):
+        from unlearn.config import read_yaml_mapping
+
+        data = read_yaml_mapping(path)
+        unknown = set(data) - {"kind", "prompt", "response", "system"}
+        if unknown:
+            raise InputError(f"unknown key(s) {', '.join(sorted(unknown))} (kind, prompt, response, system)", file=path)
+        fmt = PromptFormat(**{"kind": "custom" if "prompt" in data else "chat", **data})
+    elif "{question}" in str(spec):
+        fmt = PromptFormat("custom", prompt=str(spec))
+    else:
+        raise InputError(f"template must be plain, chat, a format string with {{question}} or a yaml file, got "
+                         f"{show(str(spec))}", field="template")
+    if fmt.kind not in ("plain", "chat", "custom") or (fmt.kind == "custom" and (
+            "{question}" not in fmt.prompt or "{answer}" not in fmt.response)):
+        raise InputError("a custom template needs {question} in prompt and {answer} in response, kind plain, chat "
+                         "or custom", field="template")
+    return fmt
+
+
+def set_format(tokenizer: Any, fmt: PromptFormat) -> None:
+    """Every encoding and generation with ``tokenizer`` uses ``fmt`` from now on."""
+    if fmt.kind == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise InputError("template 'chat': this tokenizer has no chat template", field="template")
+    tokenizer.unlearn_format = fmt
+
+
+def format_of(tokenizer: Any) -> PromptFormat:
+    return getattr(tokenizer, "unlearn_format", PLAIN)
+
+
+def render(record: Record, tokenizer: Any, fmt: PromptFormat | None = None) -> tuple[str, str, bool]:
+    """(prompt text, response text, formatted by a chat template) of ``record`` under the tokenizer's format."""
+    fmt = fmt or format_of(tokenizer)
+    if not record.is_qa or fmt.kind == "plain":
+        return record.prompt, record.response, False
+    if fmt.kind == "custom":
+        return fmt.prompt.format(question=record.question), fmt.response.format(answer=record.answer), False
+    turns = [{"role": "system", "content": fmt.system}] if fmt.system else []
+    turns.append({"role": "user", "content": record.question})
+    prompt = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template([*turns, {"role": "assistant", "content": record.answer}], tokenize=False)
+    if not full.startswith(prompt) or len(full) == len(prompt):
+        raise InputError(f"record '{show(record.id)}': the chat template does not render the answer after the "
+                         "generation prompt; use --template plain or a custom format")
+    return prompt, full[len(prompt):], True
+
+
 def special_prefix(tokenizer: Any) -> list[int]:
     """The tokens the tokenizer itself puts before a text (``add_special_tokens=True``): its BOS when it adds
     one, nothing when it does not (never a forced BOS: some tokenizers' ``bos_token`` is a chat-role token
@@ -430,22 +509,30 @@ def encode_many(records: Sequence[Record], tokenizer: Any,
     """
     if not records:
         return []
-    prompts = tokenizer([r.prompt for r in records], add_special_tokens=False)["input_ids"]
-    responses = tokenizer([r.response for r in records], add_special_tokens=False)["input_ids"]
-    bos = special_prefix(tokenizer)
+    fmt = format_of(tokenizer)
+    rendered = [render(r, tokenizer, fmt) for r in records]
+    prompts = tokenizer([p for p, _, _ in rendered], add_special_tokens=False)["input_ids"]
+    responses = tokenizer([a for _, a, _ in rendered], add_special_tokens=False)["input_ids"]
+    prefix = special_prefix(tokenizer)
     out = []
-    for record, prompt_ids, response_ids in zip(records, prompts, responses):
-        if not record.prompt:
+    for record, (prompt, _, chat), prompt_ids, response_ids in zip(records, rendered, prompts, responses):
+        if not prompt:
             prompt_ids = []
         if not response_ids:
             raise InputError(f"record '{show(record.id)}' has no tokens to score")
-        eos = [tokenizer.eos_token_id] if record.is_qa and tokenizer.eos_token_id is not None else []
+        bos = [] if chat else prefix  # a chat template writes its own BOS
+        eos = [tokenizer.eos_token_id] if appends_eos(record, tokenizer, chat) else []
         ids = bos + prompt_ids + response_ids + eos
         if max_length is not None and len(ids) > max_length:
             raise InputError(f"record '{show(record.id)}' is {len(ids)} tokens, longer than the model's context "
                              f"({max_length}); shorten it or raise --max-length")
         out.append((ids, [-100] * (len(bos) + len(prompt_ids)) + response_ids + eos))
     return out
+
+
+def appends_eos(record: Record, tokenizer: Any, chat: bool) -> bool:
+    """QA answers end with the tokenizer's EOS, except under a chat template (its end-of-turn tokens)."""
+    return record.is_qa and not chat and tokenizer.eos_token_id is not None
 
 
 def encode(record: Record, tokenizer: Any, max_length: int | None = None) -> tuple[list[int], list[int]]:

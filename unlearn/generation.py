@@ -7,16 +7,17 @@ from typing import Any
 
 import torch
 
-from unlearn.data import Record, collate, pad_id_of, special_prefix
+from unlearn.data import Record, collate, format_of, pad_id_of, render, special_prefix
 
 
 @torch.no_grad()
 def greedy_complete(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 48,
-                    batch_size: int = 32) -> list[str]:
-    """Greedy continuation of each prompt (the tokenizer's own prefix + prompt, left-padded), cut at EOS."""
+                    batch_size: int = 32, prefix: bool = True) -> list[str]:
+    """Greedy continuation of each prompt (the tokenizer's own prefix, unless ``prefix`` is False, + prompt,
+    left-padded), cut at EOS."""
     device = next(model.parameters()).device
     pad = pad_id_of(tokenizer)
-    bos = special_prefix(tokenizer)
+    bos = special_prefix(tokenizer) if prefix else []
     was_training = model.training
     model.eval()
     out: list[str] = []
@@ -35,4 +36,15 @@ def greedy_complete(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[st
 
 
 def greedy_answers(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], **kwargs: Any) -> list[str]:
-    return [s.strip() for s in greedy_complete(model, tokenizer, [r.prompt for r in records], **kwargs)]
+    """Greedy answers to QA records, prompted as the tokenizer's format renders them."""
+    fmt = format_of(tokenizer)
+    rendered = [render(r, tokenizer, fmt) for r in records]
+    chat = [c for _, _, c in rendered]
+    out: list[str] = [""] * len(records)
+    for flag in (False, True):  # a chat template writes its own BOS
+        rows = [i for i, c in enumerate(chat) if c == flag]
+        if rows:
+            texts = greedy_complete(model, tokenizer, [rendered[i][0] for i in rows], prefix=not flag, **kwargs)
+            for i, t in zip(rows, texts, strict=True):
+                out[i] = t.strip()
+    return out

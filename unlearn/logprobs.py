@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from unlearn.data import Batch, Record, collate, encode_many, pad_id_of
+from unlearn.data import Batch, Record, appends_eos, collate, encode_many, format_of, pad_id_of, render
 
 
 @dataclass
@@ -71,6 +71,8 @@ def _pad_cat(chunks: list[torch.Tensor], fill: float | bool) -> torch.Tensor:
 def output_head(model: torch.nn.Module) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
     """(the decoder without its output layer, hidden -> logits) when the model splits that way (Hugging Face
     causal LMs: ``base_model`` + ``get_output_embeddings``; Gemma-2's final soft-capping applied), else None."""
+    if hasattr(model, "get_base_model"):  # a PEFT model: its LoRA layers live inside the base model
+        model = model.get_base_model()
     base = getattr(model, "base_model", None)
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
@@ -166,5 +168,6 @@ def token_logprobs(model: torch.nn.Module, tokenizer: Any, records: Sequence[Rec
         model.train(was_training)
     back = torch.argsort(torch.tensor(order))
     lp, mu, var, hit, mask = (_pad_cat([p[i] for p in parts], False if i == 4 else 0.0)[back] for i in range(5))
-    eos_last = torch.tensor([r.is_qa and tokenizer.eos_token_id is not None for r in records])
+    fmt = format_of(tokenizer)
+    eos_last = torch.tensor([appends_eos(r, tokenizer, render(r, tokenizer, fmt)[2]) for r in records])
     return TokenLogProbs([r.id for r in records], lp, mu, var, hit, mask, eos_last)

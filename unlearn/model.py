@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from unlearn.data import PromptFormat, parse_format, set_format
 from unlearn.errors import ModelError
 from unlearn.fsutil import fsync_dir, fsync_tree, temp_sibling
 
@@ -59,8 +61,8 @@ def _check_dir(path: str | Path) -> Path:
         raise ModelError(f"model directory not found: {path}")
     if not p.is_dir():
         raise ModelError(f"not a model directory: {path}")
-    if not (p / "config.json").is_file():
-        raise ModelError(f"{path}: no config.json, not a Hugging Face model directory")
+    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        raise ModelError(f"{path}: no config.json (nor adapter_config.json), not a Hugging Face model directory")
     if not any(f.suffix == ".safetensors" for f in p.iterdir()):
         raise ModelError(f"{path}: no *.safetensors weights (only safetensors are loaded)")
     return p
@@ -94,10 +96,20 @@ def _quiet_loading() -> Iterator[None]:
 
 
 def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
-               trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
-    """Load ``(model, tokenizer)`` from a local directory in eval mode; weights via safetensors only."""
+               trust_remote_code: bool = False, template: Any = None,
+               adapter: str | Path | None = None) -> tuple[torch.nn.Module, Any]:
+    """Load ``(model, tokenizer)`` from a local directory or hub id in eval mode; weights via safetensors only.
+    ``template``: the prompt format of QA records (``unlearn.data.parse_format``: plain, chat, a format string
+    or yaml file, or a ``PromptFormat``); a warning when the tokenizer has a chat template and plain is used.
+    ``adapter``: a LoRA adapter directory applied on top (``path`` may itself be an adapter directory: its
+    base is the one it names)."""
     from transformers import AutoModelForCausalLM
 
+    from unlearn import lora
+
+    resolved = resolve_model(path)
+    if adapter is None and lora.is_adapter_dir(resolved):
+        adapter, path = resolved, lora.base_of(resolved)
     p = _check_dir(path)
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "use_safetensors": True,
                               "trust_remote_code": trust_remote_code}
@@ -109,7 +121,17 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, attn_imp
     except Exception as exc:
         raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     model.eval()
-    return model, load_tokenizer(p, trust_remote_code=trust_remote_code)
+    own_tokenizer = adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file()
+    tok = load_tokenizer(adapter if own_tokenizer else p, trust_remote_code=trust_remote_code)  # type: ignore[arg-type]
+    if adapter is not None:
+        model = lora.load(model, adapter, base_path=p)
+    fmt = template if isinstance(template, PromptFormat) else parse_format(template)
+    set_format(tok, fmt)
+    if fmt.kind == "plain" and getattr(tok, "chat_template", None):
+        warnings.warn(f"{path}: the tokenizer has a chat template but QA records are scored in the plain "
+                      "'Question: ... Answer:' format; pass --template chat if the model was trained on chats",
+                      stacklevel=2)
+    return model, tok
 
 
 def sha256_file(path: Path) -> str:

@@ -13,7 +13,7 @@ _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 def check_scope(scope: str) -> str | None:
     """What is wrong with a scope string on its own (before any model is seen), or None."""
-    if scope == "all":
+    if scope in ("all", "lora"):
         return None
     kind, _, rest = scope.partition(":")
     if kind == "last":
@@ -24,12 +24,16 @@ def check_scope(scope: str) -> str | None:
         except re.error as exc:
             return f"'{scope}': bad regular expression ({exc})"
         return None
-    return f"unknown scope '{scope}'; use all, last:N or regex:PATTERN"
+    return f"unknown scope '{scope}'; use all, last:N, regex:PATTERN or lora"
 
 
 def scoped_names(model: torch.nn.Module, scope: str) -> list[str]:
-    """Names of the parameters in ``scope``: ``all``, ``last:N`` (the last N transformer blocks) or
-    ``regex:PATTERN`` (names matching PATTERN, `re.search`)."""
+    """Names of the parameters in ``scope``: ``all``, ``last:N`` (the last N transformer blocks),
+    ``regex:PATTERN`` (names matching PATTERN, `re.search`) or ``lora`` (a LoRA adapter's A and B)."""
+    if scope == "lora":
+        from unlearn.lora import LORA_PATTERN
+
+        scope = LORA_PATTERN
     names = [n for n, _ in model.named_parameters()]
     if scope == "all":
         chosen = names
@@ -50,7 +54,7 @@ def scoped_names(model: torch.nn.Module, scope: str) -> list[str]:
             raise ConfigError(f"scope '{scope}': bad regular expression ({exc})") from None
         chosen = [n for n in names if pattern.search(n)]
     else:
-        raise ConfigError(f"unknown scope '{scope}'; use all, last:N or regex:PATTERN")
+        raise ConfigError(f"unknown scope '{scope}'; use all, last:N, regex:PATTERN or lora")
     if not chosen:
         raise ConfigError(f"scope '{scope}' selects no parameters")
     return chosen

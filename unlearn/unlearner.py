@@ -29,7 +29,12 @@ class UnlearnArgs(Checked):
     optimizer: str = arg("adamw", "adamw or sgd", choices=("adamw", "sgd"))
     weight_decay: float = arg(0.0, "decoupled weight decay", ge=0)
     grad_clip: float = arg(1.0, "max global grad norm; 0 = off", ge=0)
-    scope: str = arg("all", "parameters to change: all, last:N, regex:PATTERN")
+    scope: str = arg("all", "parameters to change: all, last:N, regex:PATTERN, or lora (a LoRA adapter: a new one "
+                     "with lora_rank / lora_alpha / lora_targets, or the input adapter's own)")
+    lora_rank: int = arg(8, "rank of a new LoRA adapter (scope lora)", ge=1)
+    lora_alpha: float = arg(16.0, "LoRA scaling numerator (the update is alpha / rank x B A)", gt=0)
+    lora_targets: str = arg("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                            "module names a new LoRA adapter wraps (comma-separated)")
     seed: int = arg(0, "seed of every random choice", ge=0)
     eval_every: int = arg(5, "steps between stopping-rule checks; 0 = never", ge=0)
     stop_alpha: float = arg(0.05, "level of the stopping rule's two-sided test of forget vs the calibration "

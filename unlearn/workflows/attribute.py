@@ -23,6 +23,7 @@ class AttributeJob:
     method: str = "untrac"
     args: Mapping[str, Any] = field(default_factory=dict)
     out: PathLike | None = None
+    template: str | None = None  # prompt format: plain (default), chat, a format string or a yaml file
 
 
 @dataclass
@@ -52,7 +53,7 @@ def attribute(job: AttributeJob, report: Reporter = SILENT) -> AttributeResult:
     sources = {n: load_records(p) for n, p in named.items()}
     test = load_records(job.test)
     out = new_out_dir(job.out, "attribute")
-    model, tok = load_model(job.model)
+    model, tok = load_model(job.model, template=job.template)
     done = [0]
 
     def on_dataset(name: str) -> None:

@@ -52,6 +52,8 @@ class AuditJob:
     relearn_lr: float = 3e-4
     out: PathLike | None = None  # a NEW directory for audit.json and audit.png; default runs/audit-TIME
     benchmark: BenchmarkOptions = BenchmarkOptions()
+    template: str | None = None  # prompt format: plain (default), chat, a format string or a yaml file
+    adapter: PathLike | None = None  # a LoRA adapter applied on ``model``
 
 
 @dataclass
@@ -66,7 +68,7 @@ def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
     from unlearn.auditors.audit import AuditArgs
     from unlearn.auditors.audit import audit as run_audit
     from unlearn.auditors.plots import plot_audit
-    from unlearn.data import load_records
+    from unlearn.data import format_of, load_records, special_prefix
     from unlearn.model import check_same_tokenizer, load_model
 
     unknown = sorted(set(job.attacks) - set(ATTACKS))
@@ -81,17 +83,17 @@ def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
     members = load_records(job.members) if job.members else bench.split(bench.retain_split)
     nonmembers = load_records(job.nonmembers) if job.nonmembers else bench.split("holdout")
     out = new_out_dir(job.out, "audit")
-    model, tok = load_model(path)
+    model, tok = load_model(path, template=job.template, adapter=job.adapter)
     reference = None
     if job.reference:
         ref_path = model_path(job.reference, bench)
-        reference, ref_tok = load_model(ref_path)
+        reference, ref_tok = load_model(ref_path, template=job.template)
         check_same_tokenizer(tok, ref_tok, str(path), str(ref_path))
     retain_path = (model_path(job.retain, bench) if job.retain else
                    bench.retain if is_builtin(job.model) and job.members is None else None)
     retain = None
     if retain_path:
-        retain, retain_tok = load_model(retain_path)
+        retain, retain_tok = load_model(retain_path, template=job.template)
         check_same_tokenizer(tok, retain_tok, str(path), str(retain_path))
     tofu = retain is not None and all(r.is_qa and r.perturbed_answers for r in members)
     total = (len(members) + len(nonmembers)) * (1 + (retain is not None))
@@ -111,7 +113,8 @@ def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
         report.progress("TOFU evaluation", 0, None)
         findings.tofu["summary"] = tofu_evaluation(job, bench, model, tok, members, retain)
     payload = {"model": str(path), "reference": str(job.reference) if job.reference else None,
-               "retain": str(retain_path) if retain_path else None,
+               "retain": str(retain_path) if retain_path else None, "template": format_of(tok).describe(),
+               "special_prefix": special_prefix(tok),
                "args": {**audit_args.to_dict(), "scores": list(audit_args.scores)}, **findings.to_dict(),
                "attacks": attacks}
     write_outputs(out, {"audit.json": lambda p: p.write_text(json.dumps(payload, indent=2)),

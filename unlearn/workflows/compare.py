@@ -47,6 +47,7 @@ class CompareJob:
     seed: int | None = None
     out: PathLike | None = None
     benchmark: BenchmarkOptions = BenchmarkOptions()
+    template: str | None = None  # prompt format: plain (default), chat, a format string or a yaml file
 
 
 @dataclass
@@ -107,9 +108,9 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
     rows: list[dict[str, Any]] = []
     reference = None
     report.progress("reference models", 0, 2)
-    target, tok = load_model(path)
+    target, tok = load_model(path, template=job.template)
     if retain_path:
-        retain_model, retain_tok = load_model(retain_path)
+        retain_model, retain_tok = load_model(retain_path, template=job.template)
         check_same_tokenizer(tok, retain_tok, str(path), str(retain_path))
         reference = reference_of(retain_model, tok, sets)
         rows.append({"label": "retain", "method": "retrain", **evaluate(retain_model, tok, sets, reference)[0]})
@@ -127,8 +128,8 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
     def on_step(step: int, total: int, stats: dict[str, Any]) -> None:
         report.progress(f"method {current[0]}", step, total, stats_line(stats))
 
-    rows += run_compare(lambda: load_model(path), sets, specs, reference=reference, seed=seed, common=common,
-                        on_method=on_method, on_step=on_step)
+    rows += run_compare(lambda: load_model(path, template=job.template), sets, specs, reference=reference,
+                        seed=seed, common=common, on_method=on_method, on_step=on_step)
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     payload = {"model": str(path), "retain_model": str(retain_path) if retain_path else None, "forget": data.label,
                "seed": seed, "common": common, "rows": public}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unlearn.errors import Interrupted
+from unlearn.errors import ConfigError, Interrupted
 from unlearn.workflows.common import (
     SILENT,
     BenchmarkOptions,
@@ -51,7 +51,10 @@ class ForgetJob:
     retain_model: PathLike | None = None  # trained without the forget set: makes the verdict relative
     battery: BatteryArgs | None = None  # the receipt's attack battery (None: the defaults)
     copy_unchanged: bool = False  # write the weights even when the request needed no change
+    adapter: PathLike | None = None  # a LoRA adapter on ``model`` (scope lora unlearns its own parameters)
+    merge: bool = False  # with a LoRA adapter: write the merged model instead of the adapter
     benchmark: BenchmarkOptions = BenchmarkOptions()
+    template: str | None = None  # prompt format: plain (default), chat, a format string or a yaml file
 
 
 @dataclass
@@ -176,8 +179,9 @@ def commit(ledger_path: Path, key: bytes, content: dict[str, Any], out: Path, re
 def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     """Apply ``job``: the input model is never modified; the output directory and the ledger entry are
     written only when the whole run succeeded."""
-    from unlearn import ledger
+    from unlearn import ledger, lora
     from unlearn.auditors.stopping import forget_check
+    from unlearn.data import format_of, special_prefix
     from unlearn.distributed import is_main_process
     from unlearn.model import load_model, model_hash
 
@@ -190,8 +194,16 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     ledger.check_paths(out, ledger_path, path)  # every place the commit writes, before any work
     key = ledger.load_key(create=True)
     assert key is not None
-    before_hash = model_hash(path)
-    model, tok = load_model(path)
+    model, tok = load_model(path, template=job.template, adapter=job.adapter)
+    adapter_in = Path(job.adapter) if job.adapter else path if lora.is_adapter_dir(path) else None
+    before_hash = model_hash(adapter_in or path)
+    if margs.scope == "lora" and not lora.is_peft(model):
+        model = lora.attach(model, margs.lora_rank, margs.lora_alpha, margs.lora_targets, base_path=path)
+    elif lora.is_peft(model) and margs.scope != "lora":
+        raise ConfigError(f"the input carries a LoRA adapter: unlearn its parameters with scope lora (scope "
+                          f"'{margs.scope}' would change the frozen base), or merge it into a model first")
+    base_sha256 = model_hash(lora.base_of(adapter_in) if adapter_in and not job.adapter else path) if (
+        lora.is_peft(model)) else None
     splits = Splits.of(sets.holdout, sets.retain_eval, margs.seed)
     report.note(f"forgetting {sets.label}: {len(sets.forget)} records, retain {len(sets.retain)}, holdout "
                 f"{len(splits.holdout_calibration)} calibration + {len(splits.holdout_verdict)} verdict; "
@@ -199,7 +211,7 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     gold_path = (Path(job.retain_model) if job.retain_model else
                  bench.retain if bench is not None and {r.id for r in sets.forget} <= {
                      r.id for r in bench.split(bench.retain_split)} else None)
-    gold = load_model(gold_path)[0] if gold_path is not None else None
+    gold = load_model(gold_path, template=job.template)[0] if gold_path is not None else None
     before = forget_check(model, tok, sets.forget, splits.holdout_verdict, splits.retain_verdict)
     result = run_method(model, tok, sets.forget, sets.retain, splits, margs, job.method, report, gold)
     evidence = judge(result, tok, sets.forget, splits, before, job.battery, gold, report)
@@ -213,14 +225,20 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
         "roles": splits.roles(sets.forget),
         "model_in": str(path), "model_in_sha256": before_hash, "out": str(out),
         "unchanged": unchanged, "method": job.method, "config": margs.to_dict(),
+        "template": format_of(tok).describe(), "special_prefix": special_prefix(tok),
+        "adapter": {"in": str(adapter_in) if adapter_in else None, "base_sha256": base_sha256,
+                    "output": "merged model" if job.merge else "adapter"} if base_sha256 else None,
         "retain_model": str(gold_path) if gold_path else None, **evidence}
     if not is_main_process():  # every process unlearned its shard; the first one commits the result
         return ForgetResult(out, ledger_path, "", receipt)
     extra: dict[str, Any] = {"verdict": evidence["verdict"]}
+    if base_sha256:
+        extra.update(base_sha256=base_sha256, output_kind="merged" if job.merge else "adapter")
     if unchanged:
         extra.update(unchanged=True, model_in=ledger.relative_output(Path(path), ledger_path.absolute()))
     content = ledger.make_entry(key, records=sets.forget, method=job.method, config=margs.to_dict(),
                                 model_before=before_hash, request_file=job.data.requests,
                                 stop_reason=result.stop_reason, extra=extra)
-    entry = commit(ledger_path, key, content, out, receipt, None if unchanged else result.model, tok, before_hash)
+    written = None if unchanged else lora.merged(result.model) if job.merge else result.model
+    entry = commit(ledger_path, key, content, out, receipt, written, tok, before_hash)
     return ForgetResult(out, ledger_path, entry, receipt)

@@ -71,6 +71,7 @@ class RunJob:
     max_repairs: int = 2  # unlearning rounds on earlier requests that became detectable again
     battery: BatteryArgs | None = None
     benchmark: BenchmarkOptions = BenchmarkOptions()
+    template: str | None = None  # prompt format: plain (default), chat, a format string or a yaml file
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -150,6 +151,7 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
     from unlearn.auditors.battery import BatteryArgs, request_verdicts
     from unlearn.auditors.stopping import forget_check
     from unlearn.auditors.verdict import NOT_REMOVED, OVER_UNLEARNED
+    from unlearn.data import format_of, special_prefix
     from unlearn.methods import load_method_args
     from unlearn.model import load_model, model_hash
     from unlearn.store import ANSWERED, CUMULATIVE, EARLIER
@@ -191,8 +193,8 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
         gold_path = (Path(config["retain_model"]) if config["retain_model"] else
                      bench.retain if bench is not None and set(by_id) <= {r.id for r in bench.split(bench.retain_split)}
                      else None)
-        gold = load_model(gold_path)[0] if gold_path is not None else None
-        model, tok = load_model(start)
+        gold = load_model(gold_path, template=job.template)[0] if gold_path is not None else None
+        model, tok = load_model(start, template=job.template)
         splits = Splits.of(sets.holdout, sets.retain_eval, margs.seed)
         report.note(f"version {number}: answering {len(todo)} request(s) ({len(batch)} records) "
                     f"{'from version ' + str(parent.number) if incremental and parent else 'from the original'}; "
@@ -239,6 +241,7 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
             "request_verdicts": {n: v.status for n, v in verdicts.items() if n != EARLIER}, "repaired": repaired,
             "roles": splits.roles(batch), "model_in": str(start), "model_in_sha256": start_hash, "out": str(out),
             "unchanged": unchanged, "method": job.method, "config": margs.to_dict(),
+            "template": format_of(tok).describe(), "special_prefix": special_prefix(tok),
             "retain_model": str(gold_path) if gold_path else None, **evidence}
         extra: dict[str, Any] = {
             "version": number, "parent": parent.entry["entry_hash"] if parent else None, "strategy": job.strategy,
