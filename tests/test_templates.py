@@ -25,7 +25,7 @@ def test_chat_template_masks_exactly_the_assistant_turn(chat_model_dir: Path) ->
     by_hand_answer = tok(answer, add_special_tokens=False)["input_ids"]
     assert ids == by_hand_prompt + by_hand_answer  # no BOS forced, no EOS appended: the template has its own
     assert labels == [-100] * len(by_hand_prompt) + by_hand_answer
-    assert special_prefix(tok) == [] and tok.bos_token_id not in ids[:1]
+    assert special_prefix(tok) == []  # the tokenizer adds nothing itself (its bos_token is a role token)
     text = text_record("t", "Plain text is scored as it is.")  # only QA records take the template
     assert encode_many([text], tok)[0][0] == tok(text.response, add_special_tokens=False)["input_ids"]
     system = parse_format(_yaml(chat_model_dir.parent / "sys.yaml", "kind: chat\nsystem: Be brief.\n"))
@@ -80,7 +80,7 @@ def test_forget_and_audit_a_chat_model_end_to_end(chat_model_dir: Path, bench, t
     common = ["--manifest", str(bench.manifest), "--data", str(bench.split_path("train")), "--holdout",
               str(bench.split_path("holdout"))]
     assert main(["forget", "--model", str(chat_model_dir), "--template", "chat", "--requests", str(req), *common,
-                 "--max-steps", "3", "--out", str(tmp_path / "out"), "--quiet", "--json"]) == 0
+                 "--max-steps", "3", "--copy-unchanged", "--out", str(tmp_path / "out"), "--quiet", "--json"]) == 0
     receipt = json.loads(capsys.readouterr().out)
     assert receipt["template"] == {"kind": "chat"} and receipt["special_prefix"] == []
     assert receipt["verdict"] in ("REMOVED", "NOT REMOVED", "OVER-UNLEARNED", "INCONCLUSIVE")
