@@ -85,8 +85,11 @@ def request_verdicts(model: torch.nn.Module, tokenizer: Any, requests: Mapping[s
                      holdout: Sequence[Record], args: BatteryArgs = BatteryArgs(), *,
                      retain_model: torch.nn.Module | None = None) -> dict[str, Verdict]:
     """The verdict of each answered request (name -> its records), worst case over the model as is and its
-    quantized copies; one scoring pass per attack over all requests' records (the regression guard)."""
+    quantized copies; one scoring pass per attack over all requests' records (the regression guard). The
+    requests are one family of tests: each is judged at ``alpha / len(requests)`` (Bonferroni), so a guard
+    over many requests does not raise false alarms by its number of tests."""
     names = list(requests)
+    alpha = args.alpha / max(1, len(names))
     records = [r for n in names for r in requests[n]]
     groups = group_labels(holdout)
     verdicts: dict[str, list[Verdict]] = {n: [] for n in names}
@@ -104,7 +107,7 @@ def request_verdicts(model: torch.nn.Module, tokenizer: Any, requests: Mapping[s
                 kw = {"retain_members": {k: v[rows] for k, v in rm.items()}, "retain_nonmembers": rh}
             verdicts[n].append(two_sided_verdict(
                 {k: v[rows] for k, v in fm.items()}, hm, nonmember_groups=groups,
-                member_groups=group_labels(requests[n]), alpha=args.alpha, detectable_bound=args.detectable_bound,
+                member_groups=group_labels(requests[n]), alpha=alpha, detectable_bound=args.detectable_bound,
                 n_boot=args.n_boot, seed=args.seed, attack=attack_name, **kw))
     return {n: worst_case(v) for n, v in verdicts.items()}
 
