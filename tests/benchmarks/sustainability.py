@@ -15,6 +15,7 @@ people against the retain model, and wall time of the run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import tempfile
@@ -61,7 +62,7 @@ def main() -> None:
     target_utility = utility(target)
     # the gold standard's own separation of each person from the held-out people (it never saw any of them)
     gm, gh = forget_holdout_scores(gold, tok, [r for p in people for r in by_person[p]], splits.holdout_verdict)
-    offsets = {p: i * len(by_person[people[0]]) for i, p in enumerate(people)}
+    offsets = dict(zip(people, itertools.accumulate([0] + [len(by_person[p]) for p in people]), strict=False))
     gold_auc = {(p, score): auc(gm[score][offsets[p]:offsets[p] + len(by_person[p])], gh[score])
                 for p in people for score in ("loss", "minkpp")}
     rows = []
