@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unlearn.cli.common import UI, sub_parser
+from unlearn.cli.common import UI, load_options, sub_parser
 from unlearn.workflows.attribute import AttributeJob, attribute
 
 
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size),
                                    ("seed", args.seed), ("scope", args.scope)) if v is not None}
     result = attribute(AttributeJob(args.model, list(args.train), args.test, args.method, overrides, args.out,
-                                       args.template), ui)
+                                       load_options(args)), ui)
     ui.table(f"{args.method}: influence of each training set on {args.test} (higher = helped more)",
              ["dataset", "score", "rank"], [[r["dataset"], r["score"], r["rank"]] for r in result.ranking])
     ui.print(f"results: {result.out / 'attribution.json'}")

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from unlearn.cli.common import UI, benchmark_options, comma_list, sub_parser
+from unlearn.cli.common import UI, benchmark_options, comma_list, load_options, sub_parser
 from unlearn.workflows.audit import AuditJob, audit
 
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                    retain_eval=args.retain_eval, real_authors=args.real_authors, world_facts=args.world_facts,
                    out=args.out,
                    benchmark=benchmark_options(args),
-                   template=args.template, adapter=args.adapter)
+                   load=load_options(args), adapter=args.adapter)
     result = audit(job, ui)
     report = result.report
     rows = [[r.score, r.auc, f"[{r.auc_ci[0]:.3f}, {r.auc_ci[1]:.3f}]", r.tpr_at_1pct_fpr, r.tpr_at_01pct_fpr,

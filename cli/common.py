@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from unlearn.config import LoadOptions
 from unlearn.workflows.common import BenchmarkOptions, DataSources, Reporter
 
 GLOBAL_FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
@@ -28,6 +29,10 @@ GLOBAL_FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--template",), {"help": "prompt format of QA records: plain ('Question: ...\\nAnswer: ...', default), chat "
                                "(the tokenizer's chat template, loss on the assistant turn), a format string with "
                                "{question}, or a yaml file (kind, prompt, response, system)"}),
+    (("--dtype",), {"choices": ("float32", "bfloat16", "float16", "auto"), "help": "weights dtype of every model "
+                                                                                 "loaded (default float32)"}),
+    (("--device",), {"help": "device for scoring and audits, e.g. cuda:0 (default: the accelerator's, else cpu)"}),
+    (("--trust-remote-code",), {"action": "store_true", "help": "let a model's own Python code run when loading it"}),
 ]
 
 
@@ -42,6 +47,10 @@ def sub_parser(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     add_global_flags(p, top=False)
     return p
+
+
+def load_options(args: argparse.Namespace) -> LoadOptions:
+    return LoadOptions(args.template, args.dtype or "float32", args.device, args.trust_remote_code)
 
 
 def benchmark_options(args: argparse.Namespace) -> BenchmarkOptions:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unlearn.cli.common import UI, add_data_args, benchmark_options, comma_list, data_sources, sub_parser
+from unlearn.cli.common import UI, add_data_args, benchmark_options, comma_list, data_sources, load_options, sub_parser
 from unlearn.workflows.compare import COLUMNS, CompareJob, compare
 
 
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     job = CompareJob(config=args.config, methods=comma_list(args.methods) or None, model=args.model,
                      retain_model=args.retain_model, data=data_sources(args), max_steps=args.max_steps,
                      seed=args.seed, out=args.out, benchmark=benchmark_options(args),
-                     template=args.template)
+                     load=load_options(args))
     result = compare(job, ui)
     rows = result.rows
     present = [(k, name) for k, name in COLUMNS if any(k in r for r in rows)]

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from unlearn.cli.common import UI, add_data_args, benchmark_options, data_sources, sub_parser
+from unlearn.cli.common import UI, add_data_args, benchmark_options, data_sources, load_options, sub_parser
 from unlearn.workflows.forget import ForgetJob, forget, resolve_method_args
 
 
@@ -49,7 +49,7 @@ def job_of(args: argparse.Namespace) -> ForgetJob:
     return ForgetJob(model=args.model, data=data_sources(args), method=args.method, config=args.config,
                      overrides=overrides, out=args.out, ledger=args.ledger, retain_model=args.retain_model,
                      battery=battery, copy_unchanged=args.copy_unchanged, benchmark=benchmark_options(args),
-                     template=args.template, adapter=args.adapter, merge=args.merge)
+                     load=load_options(args), adapter=args.adapter, merge=args.merge)
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:

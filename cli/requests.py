@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from unlearn.cli.common import UI, add_fields_arg, benchmark_options, sub_parser
+from unlearn.cli.common import UI, add_fields_arg, benchmark_options, load_options, sub_parser
 from unlearn.workflows.common import DataSources
 
 STORE_HELP = "the store directory: queue, ledger and model versions (default unlearn-store)"
@@ -91,7 +91,7 @@ def run_run(args: argparse.Namespace, ui: UI) -> int:
     overrides = {k: v for k, v in (("max_steps", args.max_steps), ("lr", args.lr)) if v is not None}
     res = run_requests(RunJob(args.store, args.method, args.config, overrides, args.strategy, args.batch_max,
                               args.max_repairs, BatteryArgs(relearn=args.relearn_attack), benchmark_options(args),
-                              args.template), ui)
+                              load_options(args)), ui)
     if res.version is not None:
         r = res.receipt
         print_receipt(ui, r)

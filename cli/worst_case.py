@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unlearn.cli.common import UI, benchmark_options, sub_parser
+from unlearn.cli.common import UI, benchmark_options, load_options, sub_parser
 from unlearn.workflows.worst_case import WorstCaseJob, worst_case
 
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                        retain_model=args.retain_model, k=args.k, method=args.method, config=args.config,
                        rounds=args.rounds, lower_steps=args.lower_steps, max_steps=args.max_steps,
                        random_sets=args.random_sets, seed=args.seed, out=args.out, benchmark=benchmark_options(args),
-                       template=args.template)
+                       load=load_options(args))
     r = worst_case(job, ui)
     metrics = [k for k in r.rows[0] if k != "set"]
     ui.table(f"worst-case vs {len(r.rows) - 1} random forget sets of {args.k} records ({args.method}, "

@@ -123,3 +123,17 @@ def test_hub_id_resolves_from_the_cache_offline(tmp_path: Path, tiny_model_dir: 
     lines = missing.stderr.strip().splitlines()
     assert lines[-1].startswith("error: acme/absent: not found in the Hugging Face cache")
     assert str(tmp_path / "hub") in lines[-1] and "HF_HUB_OFFLINE" in lines[-1]
+
+
+def test_load_options_dtype_and_device(tiny_model_dir: Path) -> None:
+    import torch
+
+    from unlearn.config import LoadOptions
+    from unlearn.errors import ConfigError
+
+    model, tok = load_model(tiny_model_dir, LoadOptions(dtype="bfloat16", device="cpu"))
+    assert next(model.parameters()).dtype == torch.bfloat16
+    auto, _ = load_model(tiny_model_dir, LoadOptions(dtype="auto"))
+    assert next(auto.parameters()).dtype == torch.float32  # as the checkpoint stores it
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        LoadOptions(dtype="int3")

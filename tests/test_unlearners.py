@@ -234,3 +234,22 @@ def test_iau_step_equals_its_formula(bench, preconditioner: str) -> None:
         assert clear.float().mean() > 0.5
         assert torch.allclose(after[n].double()[clear], expected[clear], rtol=1e-4, atol=1e-7), n
         assert float((after[n].double() - theta0[n].double()).abs().max()) <= lr * (1 + 1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_weights(tiny_tokenizer) -> None:
+    from tests.conftest import make_tiny_model
+    from unlearn.data import qa_record
+
+    forget = [qa_record(f"f{i}", f"Where was Kalo Venra {i} born?", f"In Tolmere {i}.") for i in range(8)]
+    retain = [qa_record(f"r{i}", f"What pet does Mira Dun {i} keep?", f"A parrot {i}.") for i in range(8)]
+    out = []
+    for checkpointing in (False, True):
+        model = make_tiny_model(tiny_tokenizer, seed=4)
+        args = load_method_args("graddiff", overrides={"max_steps": 3, "eval_every": 0, "batch_size": 4,
+                                                       "retain_batch_size": 4, "lr": 1e-2,
+                                                       "gradient_checkpointing": checkpointing})
+        res = get_method("graddiff").run(model, tiny_tokenizer, forget, retain, args)
+        out.append(res.model.state_dict())
+        assert res.model.is_gradient_checkpointing == checkpointing
+    for k in out[0]:
+        torch.testing.assert_close(out[0][k], out[1][k], atol=1e-6, rtol=1e-5)

@@ -214,3 +214,27 @@ def resolve_config(spec: str | Path, kind: str) -> Path:
         return shipped
     known = ", ".join(presets(kind)) or "none"
     raise InputError(f"config not found (not a file, nor a shipped {kind} preset: {known})", file=spec)
+
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+    """How every model of a workflow is loaded: the prompt format of QA records (``template``: plain, chat, a
+    format string or a yaml file), the weights' dtype (``auto`` = as the checkpoint stores them), the device
+    (default: where the accelerator puts it, else CPU) and whether a model's own code may run."""
+
+    template: str | None = None
+    dtype: str = "float32"
+    device: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return "auto" if self.dtype == "auto" else getattr(torch, self.dtype)

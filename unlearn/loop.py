@@ -77,6 +77,8 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     acc = make_accelerator(accelerator)
     torch.manual_seed(args.seed)
     params = apply_scope(model, args.scope)
+    if args.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     max_len = getattr(model.config, "max_position_embeddings", None)
     forget_it = _cycle(_loader(forget, tokenizer, args.batch_size, args.seed, acc, max_len), acc)
     retain_it = _cycle(_loader(retain, tokenizer, args.retain_batch_size, args.seed + 1, acc, max_len),

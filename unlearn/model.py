@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from unlearn.config import LoadOptions
 from unlearn.data import PromptFormat, parse_format, set_format
 from unlearn.errors import ModelError
 from unlearn.fsutil import fsync_dir, fsync_tree, temp_sibling
@@ -95,17 +96,21 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
-               trust_remote_code: bool = False, template: Any = None,
+def load_model(path: str | Path, options: LoadOptions | None = None, *, dtype: torch.dtype = torch.float32,
+               attn_implementation: str | None = None, trust_remote_code: bool = False, template: Any = None,
                adapter: str | Path | None = None) -> tuple[torch.nn.Module, Any]:
     """Load ``(model, tokenizer)`` from a local directory or hub id in eval mode; weights via safetensors only.
     ``template``: the prompt format of QA records (``unlearn.data.parse_format``: plain, chat, a format string
     or yaml file, or a ``PromptFormat``); a warning when the tokenizer has a chat template and plain is used.
     ``adapter``: a LoRA adapter directory applied on top (``path`` may itself be an adapter directory: its
-    base is the one it names)."""
+    base is the one it names). ``options`` (``LoadOptions``) replaces dtype, template and trust_remote_code and
+    adds the device."""
     from transformers import AutoModelForCausalLM
 
     from unlearn import lora
+
+    if options is not None:
+        dtype, template, trust_remote_code = options.torch_dtype(), options.template, options.trust_remote_code
 
     resolved = resolve_model(path)
     if adapter is None and lora.is_adapter_dir(resolved):
@@ -125,6 +130,8 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, attn_imp
     tok = load_tokenizer(adapter if own_tokenizer else p, trust_remote_code=trust_remote_code)  # type: ignore[arg-type]
     if adapter is not None:
         model = lora.load(model, adapter, base_path=p)
+    if options is not None and options.device:
+        model.to(options.device)
     fmt = template if isinstance(template, PromptFormat) else parse_format(template)
     set_format(tok, fmt)
     if fmt.kind == "plain" and getattr(tok, "chat_template", None):

@@ -31,6 +31,8 @@ class UnlearnArgs(Checked):
     grad_clip: float = arg(1.0, "max global grad norm; 0 = off", ge=0)
     scope: str = arg("all", "parameters to change: all, last:N, regex:PATTERN, or lora (a LoRA adapter: a new one "
                      "with lora_rank / lora_alpha / lora_targets, or the input adapter's own)")
+    gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (less memory, ~30% "
+                                       "more time)")
     lora_rank: int = arg(8, "rank of a new LoRA adapter (scope lora)", ge=1)
     lora_alpha: float = arg(16.0, "LoRA scaling numerator (the update is alpha / rank x B A)", gt=0)
     lora_targets: str = arg("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",

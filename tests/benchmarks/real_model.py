@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from unlearn.benchmark.build import build
+from unlearn.config import LoadOptions
 from unlearn.data import build_manifest, parse_format, record_to_json, set_format, write_jsonl
 from unlearn.model import load_model, save_model
 from unlearn.training import TrainArgs, train_lm
@@ -93,7 +94,7 @@ def main() -> None:
     for name, overrides in (("full", {}), ("lora", {"scope": "lora"})):
         out = work / f"forget-{name}-{time.strftime('%H%M%S')}"
         t = time.perf_counter()
-        res = forget(ForgetJob(model=str(target), data=data, method="npo", template="chat",
+        res = forget(ForgetJob(model=str(target), data=data, method="npo", load=LoadOptions(template="chat"),
                                overrides={"max_steps": args.max_steps, "batch_size": 8, "retain_batch_size": 8,
                                           **overrides}, out=out, copy_unchanged=True))
         wall = time.perf_counter() - t

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unlearn.config import LoadOptions
 from unlearn.errors import InputError
 from unlearn.workflows.common import SILENT, PathLike, Reporter, new_out_dir, write_outputs
 
@@ -23,7 +24,7 @@ class AttributeJob:
     method: str = "untrac"
     args: Mapping[str, Any] = field(default_factory=dict)
     out: PathLike | None = None
-    template: str | None = None  # prompt format: plain (default), chat, a format string or a yaml file
+    load: LoadOptions = LoadOptions()  # prompt format, dtype, device, trust_remote_code of every model
 
 
 @dataclass
@@ -53,7 +54,7 @@ def attribute(job: AttributeJob, report: Reporter = SILENT) -> AttributeResult:
     sources = {n: load_records(p) for n, p in named.items()}
     test = load_records(job.test)
     out = new_out_dir(job.out, "attribute")
-    model, tok = load_model(job.model, template=job.template)
+    model, tok = load_model(job.model, job.load)
     done = [0]
 
     def on_dataset(name: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearn.benchmark.generator import RETAIN_OF
+from unlearn.config import LoadOptions
 from unlearn.errors import UnlearnError
 from unlearn.workflows.common import (
     SILENT,
@@ -52,7 +53,7 @@ class AuditJob:
     relearn_lr: float = 3e-4
     out: PathLike | None = None  # a NEW directory for audit.json and audit.png; default runs/audit-TIME
     benchmark: BenchmarkOptions = BenchmarkOptions()
-    template: str | None = None  # prompt format: plain (default), chat, a format string or a yaml file
+    load: LoadOptions = LoadOptions()  # prompt format, dtype, device, trust_remote_code of every model
     adapter: PathLike | None = None  # a LoRA adapter applied on ``model``
 
 
@@ -83,17 +84,17 @@ def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
     members = load_records(job.members) if job.members else bench.split(bench.retain_split)
     nonmembers = load_records(job.nonmembers) if job.nonmembers else bench.split("holdout")
     out = new_out_dir(job.out, "audit")
-    model, tok = load_model(path, template=job.template, adapter=job.adapter)
+    model, tok = load_model(path, job.load, adapter=job.adapter)
     reference = None
     if job.reference:
         ref_path = model_path(job.reference, bench)
-        reference, ref_tok = load_model(ref_path, template=job.template)
+        reference, ref_tok = load_model(ref_path, job.load)
         check_same_tokenizer(tok, ref_tok, str(path), str(ref_path))
     retain_path = (model_path(job.retain, bench) if job.retain else
                    bench.retain if is_builtin(job.model) and job.members is None else None)
     retain = None
     if retain_path:
-        retain, retain_tok = load_model(retain_path, template=job.template)
+        retain, retain_tok = load_model(retain_path, job.load)
         check_same_tokenizer(tok, retain_tok, str(path), str(retain_path))
     tofu = retain is not None and all(r.is_qa and r.perturbed_answers for r in members)
     total = (len(members) + len(nonmembers)) * (1 + (retain is not None))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unlearn.config import LoadOptions
 from unlearn.errors import InputError
 from unlearn.workflows.common import (
     SILENT,
@@ -47,7 +48,7 @@ class CompareJob:
     seed: int | None = None
     out: PathLike | None = None
     benchmark: BenchmarkOptions = BenchmarkOptions()
-    template: str | None = None  # prompt format: plain (default), chat, a format string or a yaml file
+    load: LoadOptions = LoadOptions()  # prompt format, dtype, device, trust_remote_code of every model
 
 
 @dataclass
@@ -108,9 +109,9 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
     rows: list[dict[str, Any]] = []
     reference = None
     report.progress("reference models", 0, 2)
-    target, tok = load_model(path, template=job.template)
+    target, tok = load_model(path, job.load)
     if retain_path:
-        retain_model, retain_tok = load_model(retain_path, template=job.template)
+        retain_model, retain_tok = load_model(retain_path, job.load)
         check_same_tokenizer(tok, retain_tok, str(path), str(retain_path))
         reference = reference_of(retain_model, tok, sets)
         rows.append({"label": "retain", "method": "retrain", **evaluate(retain_model, tok, sets, reference)[0]})
@@ -128,7 +129,7 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
     def on_step(step: int, total: int, stats: dict[str, Any]) -> None:
         report.progress(f"method {current[0]}", step, total, stats_line(stats))
 
-    rows += run_compare(lambda: load_model(path, template=job.template), sets, specs, reference=reference,
+    rows += run_compare(lambda: load_model(path, job.load), sets, specs, reference=reference,
                         seed=seed, common=common, on_method=on_method, on_step=on_step)
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     payload = {"model": str(path), "retain_model": str(retain_path) if retain_path else None, "forget": data.label,

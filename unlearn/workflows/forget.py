@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unlearn.config import LoadOptions
 from unlearn.errors import ConfigError, Interrupted
 from unlearn.workflows.common import (
     SILENT,
@@ -54,7 +55,7 @@ class ForgetJob:
     adapter: PathLike | None = None  # a LoRA adapter on ``model`` (scope lora unlearns its own parameters)
     merge: bool = False  # with a LoRA adapter: write the merged model instead of the adapter
     benchmark: BenchmarkOptions = BenchmarkOptions()
-    template: str | None = None  # prompt format: plain (default), chat, a format string or a yaml file
+    load: LoadOptions = LoadOptions()  # prompt format, dtype, device, trust_remote_code of every model
 
 
 @dataclass
@@ -194,7 +195,7 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     ledger.check_paths(out, ledger_path, path)  # every place the commit writes, before any work
     key = ledger.load_key(create=True)
     assert key is not None
-    model, tok = load_model(path, template=job.template, adapter=job.adapter)
+    model, tok = load_model(path, job.load, adapter=job.adapter)
     adapter_in = Path(job.adapter) if job.adapter else path if lora.is_adapter_dir(path) else None
     before_hash = model_hash(adapter_in or path)
     if margs.scope == "lora" and not lora.is_peft(model):
@@ -211,7 +212,7 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     gold_path = (Path(job.retain_model) if job.retain_model else
                  bench.retain if bench is not None and {r.id for r in sets.forget} <= {
                      r.id for r in bench.split(bench.retain_split)} else None)
-    gold = load_model(gold_path, template=job.template)[0] if gold_path is not None else None
+    gold = load_model(gold_path, job.load)[0] if gold_path is not None else None
     before = forget_check(model, tok, sets.forget, splits.holdout_verdict, splits.retain_verdict)
     result = run_method(model, tok, sets.forget, sets.retain, splits, margs, job.method, report, gold)
     evidence = judge(result, tok, sets.forget, splits, before, job.battery, gold, report)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unlearn.config import LoadOptions
 from unlearn.errors import InputError, UnlearnError
 from unlearn.workflows.common import (
     SILENT,
@@ -71,7 +72,7 @@ class RunJob:
     max_repairs: int = 2  # unlearning rounds on earlier requests that became detectable again
     battery: BatteryArgs | None = None
     benchmark: BenchmarkOptions = BenchmarkOptions()
-    template: str | None = None  # prompt format: plain (default), chat, a format string or a yaml file
+    load: LoadOptions = LoadOptions()  # prompt format, dtype, device, trust_remote_code of every model
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -193,8 +194,8 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
         gold_path = (Path(config["retain_model"]) if config["retain_model"] else
                      bench.retain if bench is not None and set(by_id) <= {r.id for r in bench.split(bench.retain_split)}
                      else None)
-        gold = load_model(gold_path, template=job.template)[0] if gold_path is not None else None
-        model, tok = load_model(start, template=job.template)
+        gold = load_model(gold_path, job.load)[0] if gold_path is not None else None
+        model, tok = load_model(start, job.load)
         splits = Splits.of(sets.holdout, sets.retain_eval, margs.seed)
         report.note(f"version {number}: answering {len(todo)} request(s) ({len(batch)} records) "
                     f"{'from version ' + str(parent.number) if incremental and parent else 'from the original'}; "

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from unlearn.config import LoadOptions
 from unlearn.errors import UnlearnError
 from unlearn.workflows.common import (
     SILENT,
@@ -43,7 +44,7 @@ class WorstCaseJob:
     seed: int = 0
     out: PathLike | None = None
     benchmark: BenchmarkOptions = BenchmarkOptions()
-    template: str | None = None  # prompt format: plain (default), chat, a format string or a yaml file
+    load: LoadOptions = LoadOptions()  # prompt format, dtype, device, trust_remote_code of every model
 
     def __post_init__(self) -> None:
         from unlearn.errors import ConfigError
@@ -91,8 +92,8 @@ def worst_case(job: WorstCaseJob, report: Reporter = SILENT) -> WorstCaseResult:
     gold_path = (model_path(job.retain_model, bench) if job.retain_model else
                  bench.retain if bench is not None and not job.pool else None)
     out = new_out_dir(job.out, "worst-case")
-    model, tok = load_model(path, template=job.template)
-    gold = load_model(gold_path, template=job.template)[0] if gold_path else None
+    model, tok = load_model(path, job.load)
+    gold = load_model(gold_path, job.load)[0] if gold_path else None
 
     def unlearn_with(a: Any) -> Any:
         return lambda m, recs: method.run(m, tok, recs, retain, a)
