@@ -56,16 +56,19 @@ def test_console_script_runs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("argv", _subcommands(), ids=lambda a: " ".join(a))
 def test_global_flags_work_before_and_after_every_subcommand(argv: list[str]) -> None:
     parser = build_parser()
-    extra = {"info": ["m"], "ledger verify": ["l.jsonl"], "ledger recover": ["l.jsonl"],
-             "attribute": ["--model", "m", "--train", "a", "--test", "t"]}
+    extra = {"info": ["m"], "ledger verify": ["l.jsonl"], "ledger recover": ["l.jsonl"], "ledger show": ["l.jsonl"],
+             "attribute": ["--model", "m", "--train", "a", "--test", "t"], "requests add": ["r.jsonl"]}
     rest = extra.get(" ".join(argv), [])
-    if argv in (["benchmark"], ["ledger"]):
+    if argv in (["benchmark"], ["ledger"], ["requests"]):
         return  # groups: their actions carry the flags
-    flags = ["--json", "--quiet", "--debug", "--cache", "C", "--preset", "tiny"]
+    flags = ["--json", "--quiet", "--debug", "--cache", "C", "--preset", "tiny", "--template", "chat", "--dtype",
+             "bfloat16", "--device", "cpu", "--trust-remote-code"]
     for args in (parser.parse_args([*flags, *argv, *rest]), parser.parse_args([*argv, *rest, *flags])):
         assert (args.json, args.quiet, args.debug, args.cache, args.preset) == (True, True, True, "C", "tiny")
+        assert (args.template, args.dtype, args.device, args.trust_remote_code) == ("chat", "bfloat16", "cpu", True)
     args = parser.parse_args([*argv, *rest])
     assert (args.json, args.quiet, args.debug, args.cache, args.preset) == (False, False, False, None, "default")
+    assert (args.template, args.dtype, args.device, args.trust_remote_code) == (None, None, None, False)
 
 
 def test_any_exception_is_one_error_line_and_debug_shows_the_traceback(tiny_model_dir: Path, capsys,
