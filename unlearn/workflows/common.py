@@ -139,7 +139,7 @@ def record_sets(src: DataSources, bench: Any | None, forget_ids: Sequence[str] |
     from unlearn.data import check_against_manifest, check_holdout, load_manifest, load_records, load_requests
 
     if bench is None:
-        needed = ("manifest", "data", "holdout") + (("requests",) if forget_ids is None else ())
+        needed = (("requests",) if forget_ids is None else ()) + ("manifest", "data", "holdout")
         missing = [f"--{n}" for n in needed if not getattr(src, n)]
         if missing:
             raise UnlearnError(f"{', '.join(missing)} required for a model that is not the built-in benchmark")
