@@ -3,7 +3,9 @@
 Requests are people of the forget split (the retain model never saw them): single-person requests (each
 person, under two random calibration/verdict splits of the holdout) and the whole 10% split (under several
 splits). For each: the verdict on the retain model (absolute: its false-alarm rate, since it never saw the
-data) and on the target (absolute and relative to the retain model: it must be NOT REMOVED). Then, for each
+data), on a second never-trained model (the retain recipe with seed 1: absolute, and relative to the retain
+model, the relative verdict's honest false-alarm rate) and on the target (absolute and relative to the retain
+model: it must be NOT REMOVED). Then, for each
 method, unlearning under the stopping rule (calibration split) and the battery (verdict split): the share of
 REMOVED / NOT REMOVED / OVER-UNLEARNED / INCONCLUSIVE without attacks, with 4-bit quantization, and with
 relearning (10% requests only: a single person has no second half to measure on), relative to the retain
@@ -16,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import random
 import time
+
+import torch
 
 from unlearn.auditors.battery import BatteryArgs, forget_holdout_scores, removal_battery, split_by_group
 from unlearn.auditors.stopping import make_monitor
@@ -27,6 +32,25 @@ from unlearn.benchmark.build import build
 from unlearn.benchmark.generator import RETAIN_OF
 from unlearn.methods import get_method, load_method_args, measured
 from unlearn.model import load_model
+
+
+def second_retain(bench, preset: str, tok) -> torch.nn.Module:
+    """The retain model's recipe and data with seed 1 (cached beside the benchmark)."""
+    from unlearn.benchmark.build import PRESETS, init_model
+    from unlearn.model import save_model
+    from unlearn.training import train_lm
+
+    path = bench.root.parent.parent / "calibration" / bench.root.name / "retain-seed1"
+    if not path.exists():
+        recipe = PRESETS[preset].recipe
+        forget_ids = {r.id for r in bench.split(bench.retain_split)}
+        model = init_model(recipe, tok, seed=1)
+        t = time.perf_counter()
+        train_lm(model, [r for r in bench.split("train") if r.id not in forget_ids], tok,
+                 dataclasses.replace(recipe.train, seed=1))
+        print(f"trained the seed-1 retain model in {time.perf_counter() - t:.0f} s", flush=True)
+        save_model(model, tok, path)
+    return load_model(path)[0]
 
 
 def main() -> None:
@@ -42,6 +66,7 @@ def main() -> None:
     people = sorted({r.meta["person"] for r in forget_all})
     target, tok = load_model(bench.target)
     gold, _ = load_model(bench.retain)
+    twin = second_retain(bench, args.preset, tok)
     requests = [(f"{p}/s{s}", [r for r in forget_all if r.meta["person"] == p], s) for s in (0, 1) for p in people]
     requests += [(f"{split}/s{s}", forget_all, s) for s in range(5)]
     table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -59,12 +84,18 @@ def main() -> None:
                                                                **kw).status] += 1
         table[f"target, vs retain ({kind})"][two_sided_verdict(tm, th, retain_members=rm, retain_nonmembers=rh,
                                                                **kw).status] += 1
+        # the honest false-alarm rate of the relative verdict: another model that never saw the data (same
+        # recipe, another seed) judged against the retain model
+        wm, wh = forget_holdout_scores(twin, tok, forget, ver)
+        table[f"retain seed 1, absolute ({kind})"][two_sided_verdict(wm, wh, **kw).status] += 1
+        table[f"retain seed 1, vs retain ({kind})"][two_sided_verdict(wm, wh, retain_members=rm,
+                                                                      retain_nonmembers=rh, **kw).status] += 1
     t = time.perf_counter()
     retrain_seconds = json.loads((bench.root / "report.json").read_text())["models"]["retain"]["train_seconds"]
     method_requests = [r for r in requests if r[0].endswith("/s0") and not r[0].startswith(split)]
     method_requests = method_requests[: args.method_requests] + [r for r in requests if r[0].startswith(split)][:1]
     costs: dict[str, list[float]] = collections.defaultdict(list)
-    for method in args.methods.split(","):
+    for method in [m for m in args.methods.split(",") if m]:
         for name, forget, seed in method_requests:
             kind = "10%" if name.startswith(split) else "single"
             cal, ver = split_by_group(holdout, seed=seed)
