@@ -42,11 +42,19 @@ def min_detectable_auc(n_members: int, n_nonmembers: int, alpha: float = 0.05, p
 
 
 def members_needed(target_auc: float, n_nonmembers: int, alpha: float = 0.05, power: float = 0.8) -> int | None:
-    """Members needed to detect ``target_auc`` against ``n_nonmembers`` (None: no number suffices)."""
-    for m in range(1, 100_000):
-        if min_detectable_auc(m, n_nonmembers, alpha, power) <= target_auc:
-            return m
-    return None
+    """Members needed to detect ``target_auc`` against ``n_nonmembers`` (None: no number suffices): the
+    smallest m with ``min_detectable_auc(m, n) <= target_auc``, solved in closed form from
+    z^2 (m + n + 1) <= 12 d^2 m n, d = target_auc - 0.5."""
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    d, n = target_auc - 0.5, n_nonmembers
+    if d <= 0 or 12 * d * d * n <= z * z:
+        return None
+    m = max(1, math.ceil(z * z * (n + 1) / (12 * d * d * n - z * z)))
+    while m > 1 and min_detectable_auc(m - 1, n, alpha, power) <= target_auc:  # float rounding at the boundary
+        m -= 1
+    while min_detectable_auc(m, n, alpha, power) > target_auc:
+        m += 1
+    return m
 
 
 @dataclass

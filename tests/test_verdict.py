@@ -69,6 +69,16 @@ def test_min_detectable_auc_has_the_stated_power_in_simulation() -> None:
     assert min_detectable_auc(1, 20) == 1.0 or min_detectable_auc(1, 20) > 0.9
 
 
+def test_members_needed_closed_form_equals_the_search() -> None:
+    def search(target: float, n: int, alpha: float) -> int | None:
+        return next((m for m in range(1, 20_000) if min_detectable_auc(m, n, alpha) <= target), None)
+
+    for target in (0.55, 0.6, 0.75, 0.9):
+        for n in (1, 3, 15, 40, 200):
+            for alpha in (0.05, 0.0125):
+                assert members_needed(target, n, alpha) == search(target, n, alpha), (target, n, alpha)
+
+
 def test_grouped_absolute_test_keeps_its_false_alarm_rate_where_a_record_level_one_does_not() -> None:
     """People differ (a random effect per person): facts of a never-trained person are not independent."""
     rng = np.random.default_rng(2)
