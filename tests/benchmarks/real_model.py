@@ -66,7 +66,7 @@ def main() -> None:
         convert_gguf(Path(args.gguf), base)
         print(f"converted {args.gguf} in {time.perf_counter() - t:.0f} s")
     bench = build("tiny")
-    pool = bench.split("train") + bench.split("holdout")
+    pool = [r for r in bench.split("train") + bench.split("holdout") if "person" in r.meta]
     people = sorted({r.meta["person"] for r in pool})
     random.Random(0).shuffle(people)
     members = set(people[: args.members])
