@@ -96,7 +96,7 @@ def _logits_at(hidden: torch.Tensor, logits_of: Callable[[torch.Tensor], torch.T
 
 
 def batch_stats(logits: torch.Tensor | Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: Batch,
-                moments: bool = True, hits: bool = True, chunk: int = 1024) -> tuple[torch.Tensor, ...]:
+                moments: bool = True, hits: bool = True, chunk: int = 256) -> tuple[torch.Tensor, ...]:
     """From the logits of one batch: ``lp, mu, var, hit, mask``, each ``[B, W]`` with the target tokens of
     every row moved to the front (column j = j-th target token; W = most targets).
 
