@@ -124,16 +124,13 @@ class Store:
 
     # ------------------------------------------------------------ the queue
 
-    def requests(self) -> list[Request]:
-        self.reconcile()
+    def requests(self, versions: Sequence[Version] | None = None) -> list[Request]:
+        """Every request, after reconciling with the ledger (``versions``: the chain already read)."""
+        self.reconcile(versions)
         with self._db() as con:
             rows = con.execute("SELECT name, seq, added, records, status, version, entry_hash, verdict "
                                "FROM requests ORDER BY seq").fetchall()
         return [Request(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
-
-    def pending(self, limit: int | None = None) -> list[Request]:
-        todo = [r for r in self.requests() if r.status == PENDING]
-        return todo[:limit] if limit else todo
 
     def add(self, name: str | None, record_ids: Sequence[str]) -> tuple[Request | None, list[str], list[str]]:
         """Queue the ids not already answered or pending: (the new request or None, answered ids, pending ids)."""
@@ -157,11 +154,11 @@ class Store:
             con.execute("COMMIT")
         return Request(name, seq, _now(), fresh), seen_answered, seen_pending
 
-    def reconcile(self) -> None:
+    def reconcile(self, versions: Sequence[Version] | None = None) -> None:
         """Make the queue say what the ledger says: answered exactly by the committed versions (an
         interrupted commit is finished or rolled back first); requests only the ledger knows are restored."""
         answered: dict[str, tuple[Version, list[str]]] = {}
-        for v in self.versions():
+        for v in self.versions() if versions is None else versions:
             for name, ids in v.requests.items():
                 answered[name] = (v, ids)
         with self._db() as con:

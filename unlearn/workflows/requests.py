@@ -163,7 +163,7 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
     margs = load_method_args(job.method, job.config, job.overrides)
     with store.run_lock():
         versions = store.versions()
-        requests = store.requests()
+        requests = store.requests(versions)
         todo = [r for r in requests if r.status != ANSWERED][: job.batch_max]
         if not todo:
             return RunResult(None, None, "", [], {}, "no pending requests")
