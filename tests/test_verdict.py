@@ -11,8 +11,10 @@ from unlearn.auditors.verdict import (
     NOT_REMOVED,
     OVER_UNLEARNED,
     REMOVED,
+    groups_needed,
     members_needed,
     min_detectable_auc,
+    placebo_t_test,
     two_sided_verdict,
     worst_case,
 )
@@ -99,3 +101,66 @@ def test_grouped_absolute_test_keeps_its_false_alarm_rate_where_a_record_level_o
     assert alarms["records"] / runs > 0.3, alarms  # what the grouping is for
     single = two_sided_verdict({"loss": np.ones(10)}, {"loss": n}, nonmember_groups=ng, member_groups=["p"] * 10)
     assert single.status == INCONCLUSIVE and "forget groups" in single.message
+
+
+def _two_never_trained_models(rng: np.random.Generator, people: int, per: int = 10,
+                              between: float = 0.6) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Scores of the same never-seen people under two models: a person's difficulty is shared, and each model
+    also has its own take on each person (``between``), as two seeds do."""
+    difficulty = rng.normal(0, 1, people)
+    groups = [f"p{i // per}" for i in range(people * per)]
+
+    def model() -> np.ndarray:
+        own = difficulty + rng.normal(0, between, people)
+        return np.concatenate([own[i] + rng.normal(0, 0.5, per) for i in range(people)])
+
+    return model(), model(), groups
+
+
+def test_relative_single_person_verdict_keeps_its_false_alarm_rate_across_never_trained_models() -> None:
+    """A second never-trained model judged against the retain model, one person at a time: the placebo
+    t-test stays near its level where the paired bootstrap over that person's records does not."""
+    rng = np.random.default_rng(3)
+    alarms = {"placebo": 0, "records": 0}
+    runs = 40
+    for _ in range(runs):
+        other, retain, groups = _two_never_trained_models(rng, 16)
+        m, h = slice(0, 10), slice(10, None)  # person 0 is the request, 15 held-out people
+        kw = {"retain_members": {"loss": retain[m]}, "retain_nonmembers": {"loss": retain[h]}, "n_boot": 200}
+        v = two_sided_verdict({"loss": other[m]}, {"loss": other[h]}, nonmember_groups=groups[10:],
+                              member_groups=groups[:10], **kw)
+        alarms["placebo"] += v.status in (NOT_REMOVED, OVER_UNLEARNED)
+        records = two_sided_verdict({"loss": other[m]}, {"loss": other[h]}, nonmember_groups=groups[10:], **kw)
+        alarms["records"] += records.status in (NOT_REMOVED, OVER_UNLEARNED)
+    assert alarms["placebo"] / runs <= 0.1, alarms
+    assert alarms["records"] / runs >= 0.3, alarms  # what the placebo groups are for
+
+
+def test_relative_grouped_verdict_detects_memorised_people_and_powers_many_groups() -> None:
+    rng = np.random.default_rng(4)
+    other, retain, groups = _two_never_trained_models(rng, 60, between=0.2)
+    m, h = slice(0, 300), slice(300, None)  # 30 forget people, 30 held-out people
+    kw = {"nonmember_groups": groups[300:], "member_groups": groups[:300], "n_boot": 100,
+          "retain_members": {"loss": retain[m]}, "retain_nonmembers": {"loss": retain[h]}}
+    assert two_sided_verdict({"loss": other[m]}, {"loss": other[h]}, **kw).status == REMOVED
+    memorised = two_sided_verdict({"loss": other[m] + 3}, {"loss": other[h]}, **kw)
+    assert memorised.status == NOT_REMOVED and "group dAUC" in memorised.message
+    assert two_sided_verdict({"loss": other[m] - 3}, {"loss": other[h]}, **kw).status == OVER_UNLEARNED
+    itself = two_sided_verdict({"loss": retain[m]}, {"loss": retain[h]}, **kw)
+    assert itself.status == REMOVED and itself.min_detectable_auc == 0.5
+    one = two_sided_verdict({"loss": other[:10]}, {"loss": other[h]}, **{
+        **kw, "member_groups": groups[:10], "retain_members": {"loss": retain[:10]}})
+    assert one.status == INCONCLUSIVE and "forget groups" in one.message, one.message
+
+
+def test_placebo_t_test_matches_scipy_and_groups_needed_reaches_the_power() -> None:
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0.3, 1, 7), rng.normal(0, 1, 12)
+    diff, (lo, hi), _, sd = placebo_t_test(a, b, 0.05)
+    ref = stats.ttest_ind(a, b, equal_var=True)
+    ci = ref.confidence_interval(0.95)
+    assert diff == pytest.approx(a.mean() - b.mean()) and (lo, hi) == pytest.approx((ci.low, ci.high))
+    k = groups_needed(0.5, 1.0, 40, 0.05)
+    assert k is not None and groups_needed(0.5, 1.0, 3, 0.05) is None
+    hits = sum(stats.ttest_ind(rng.normal(0.5, 1, k), rng.normal(0, 1, 40)).pvalue < 0.05 for _ in range(1000))
+    assert 0.74 < hits / 1000 < 0.9, (k, hits)
