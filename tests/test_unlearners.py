@@ -115,11 +115,13 @@ def test_second_order_methods_forget_and_keep_retain(name: str, over: dict, rise
         assert cert["retain_grad_norm_after"] > 0 and cert["last_step"]["update_norm"] > 0
 
 
+FIXED = {"eval_schedule": "fixed"}
 STOP_CASES = [  # (method, overrides, expected reason): each reason of the stopping rule, reached for real
-    ("grad_ascent", {"lr": 1e-7, "max_steps": 2, "eval_every": 1}, "max_steps"),
-    ("npo", {"lr": 1e-3, "max_steps": 80, "eval_every": 4}, "utility_drop"),
-    ("graddiff", {"lr": 3e-4, "max_steps": 120, "eval_every": 4, "max_utility_drop": 0.5}, "forget_undetectable"),
-    ("graddiff", {"lr": 2e-3, "max_steps": 60, "eval_every": 5, "max_utility_drop": 1.0}, "over_unlearned"),
+    ("grad_ascent", {"lr": 1e-7, "max_steps": 2, "eval_every": 1, **FIXED}, "max_steps"),
+    ("npo", {"lr": 1e-3, "max_steps": 80, "eval_every": 4, **FIXED}, "utility_drop"),
+    ("graddiff", {"lr": 3e-4, "max_steps": 120, "eval_every": 4, "max_utility_drop": 0.5, **FIXED},
+     "forget_undetectable"),
+    ("graddiff", {"lr": 2e-3, "max_steps": 60, "eval_every": 5, "max_utility_drop": 1.0, **FIXED}, "over_unlearned"),
 ]
 
 
@@ -154,6 +156,44 @@ def test_stopping_rule_reaches_each_reason_and_backs_off_to_the_best_checkpoint(
     again = monitor(res.model, 10**6)[2]  # the returned weights are that checkpoint's, not the overshoot's
     assert again["distance"] == pytest.approx(best["distance"], abs=1e-9)
     assert again["retain_prob"] == pytest.approx(best["retain_prob"], rel=1e-6)
+
+
+def test_adaptive_schedule_is_sparse_far_from_the_target_and_dense_near_it() -> None:
+    from unlearn.loop import MAX_GAP, next_check
+
+    h = [{"step": 0, "distance": 0.5}, {"step": 5, "distance": 0.49}]  # slow: 245 steps to go at this rate
+    assert next_check(h, 5) == 5 + 5 * MAX_GAP
+    h = [{"step": 0, "distance": 0.5}, {"step": 5, "distance": 0.3}]  # 7.5 steps to go: half of it, >= 1 gap
+    assert next_check(h, 5) == 10
+    h = [{"step": 0, "distance": 0.5}, {"step": 5, "distance": 0.4}]  # 20 to go: check after 10
+    assert next_check(h, 5) == 15
+    h = [{"step": 0, "distance": 0.2}, {"step": 10, "distance": 0.3}]  # moving away: the gap doubles
+    assert next_check(h, 5) == 30
+    assert next_check([{"step": 0, "distance": 0.5}], 5) == 5 and next_check([{"step": 3}, {"step": 6}], 3) == 9
+
+
+@pytest.mark.slow
+def test_adaptive_checks_are_fewer_and_stop_where_the_fixed_ones_do(bench) -> None:
+    from unlearn.auditors.battery import split_by_group
+    from unlearn.auditors.stopping import make_monitor
+
+    forget, retain = bench.split("forget10"), bench.split("retain90")
+    calibration, _ = split_by_group(bench.split("holdout"))
+    runs = {}
+    for schedule in ("fixed", "adaptive"):
+        args = load_method_args("graddiff", overrides={"lr": 3e-4, "max_steps": 120, "eval_every": 4,
+                                                       "max_utility_drop": 0.5, "eval_schedule": schedule})
+        model, tok = load_model(bench.target)
+        runs[schedule] = get_method("graddiff").run(model, tok, forget, retain, args,
+                                                    monitor=make_monitor(tok, forget, calibration, retain[:100], args))
+    fixed, adaptive = runs["fixed"], runs["adaptive"]
+    assert adaptive.stop_reason == fixed.stop_reason == "forget_undetectable"
+    steps = [h["step"] for h in adaptive.history]
+    assert all(s % 4 == 0 for s in steps) and len(steps) < len(fixed.history), (steps, len(fixed.history))
+    assert abs(adaptive.steps - fixed.steps) <= 4 * MAX_GAP_FOR_TEST, (adaptive.steps, fixed.steps)
+
+
+MAX_GAP_FOR_TEST = 2  # the adaptive stop may come later than the fixed one by at most this many fixed gaps
 
 
 @pytest.mark.slow

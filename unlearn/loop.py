@@ -92,7 +92,7 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     model.to(acc.device)
     configure_deepspeed(acc, args.batch_size // acc.num_processes, args.grad_clip)
     prepared, opt = acc.prepare(model, opt)
-    stopper = Stopper(monitor, args.max_steps, lambda: acc.unwrap_model(prepared))
+    stopper = Stopper(monitor, args, lambda: acc.unwrap_model(prepared))
     steps = 0
     stopped = stopper.first()
     prepared.train()
@@ -113,7 +113,7 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
         steps += 1
         if on_step is not None:
             on_step(steps, args.max_steps, {"loss": float(loss.detach()), **stats})
-        if args.eval_every and steps % args.eval_every == 0:
+        if stopper.due(steps):
             stopped = stopper.check(steps)
             prepared.train()
     stopper.last(steps)
@@ -127,15 +127,33 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
 BACK_OFF = ("over_unlearned", "utility_drop")
 
 
+MAX_GAP = 8  # the adaptive schedule checks at least every MAX_GAP x eval_every steps
+
+
+def next_check(history: list[dict[str, Any]], every: int) -> int:
+    """The step of the next adaptive check: after half the steps the last two checks predict until the
+    ``distance`` to the target (max |AUC - target| over the scores) reaches 0, rounded to a multiple of
+    ``every`` and clamped to [1, MAX_GAP] of it; the gap doubles while the distance does not shrink. The
+    decision depends on the monitor's numbers only (the same on every process)."""
+    last = history[-1]["step"]
+    if len(history) < 2 or "distance" not in history[-1] or "distance" not in history[-2]:
+        return last + every
+    gap = last - history[-2]["step"]
+    rate = (history[-2]["distance"] - history[-1]["distance"]) / max(gap, 1)
+    want = 0.5 * history[-1]["distance"] / rate if rate > 0 else 2 * gap
+    return last + every * min(max(round(want / every), 1), MAX_GAP)
+
+
 class Stopper:
     """Runs the stopping-rule monitor (in eval mode), keeps the history and the reason to stop, and the best
     checkpoint seen: the trainable weights at the check closest to indistinguishable (smallest ``distance``)
     with utility inside the guard. A stop for overshooting (``over_unlearned``) or for utility restores it."""
 
-    def __init__(self, monitor: Monitor | None, max_steps: int, current: Callable[[], torch.nn.Module]) -> None:
+    def __init__(self, monitor: Monitor | None, args: UnlearnArgs, current: Callable[[], torch.nn.Module]) -> None:
         self.monitor, self.current = monitor, current
+        self.every, self.schedule = args.eval_every, args.eval_schedule
         self.history: list[dict[str, Any]] = []
-        self.reason, self.message = "max_steps", f"reached max_steps={max_steps}"
+        self.reason, self.message = "max_steps", f"reached max_steps={args.max_steps}"
         self.best: tuple[int, float, list[torch.Tensor]] | None = None
         self.extra: dict[str, Any] = {}
 
@@ -150,6 +168,15 @@ class Stopper:
         good = metrics.get("utility_ok", True) and metrics.get("status") != "OVER-UNLEARNED"
         if good and "distance" in metrics and (self.best is None or metrics["distance"] < self.best[1]):
             self.best = (step, float(metrics["distance"]), [p.detach().to("cpu", copy=True) for p in params])
+
+    def due(self, step: int) -> bool:
+        """Whether to check after ``step``: every ``eval_every`` steps, or (adaptive) as often only near the
+        target, see `next_check`."""
+        if not self.every or self.monitor is None:
+            return False
+        if self.schedule == "fixed" or not self.history:
+            return step % self.every == 0
+        return step >= next_check(self.history, self.every)
 
     def check(self, step: int) -> bool:
         if self.monitor is None:
@@ -198,14 +225,14 @@ def run_direct(model: torch.nn.Module, args: UnlearnArgs, update: Callable[[int]
                on_step: Callable[[int, int, dict[str, Any]], None] | None = None) -> UnlearnResult:
     """For methods that set the weights directly (Newton, IAU): ``update(step)`` applies step ``step``
     (1-based) in place and returns its stats; the monitor is checked every ``eval_every`` steps."""
-    stopper = Stopper(monitor, args.max_steps, lambda: model)
+    stopper = Stopper(monitor, args, lambda: model)
     steps, stopped, stats = 0, stopper.first(), {}
     while not stopped and steps < args.max_steps:
         steps += 1
         stats = update(steps)
         if on_step is not None:
             on_step(steps, args.max_steps, {k: v for k, v in stats.items() if isinstance(v, float)})
-        if args.eval_every and steps % args.eval_every == 0:
+        if stopper.due(steps):
             stopped = stopper.check(steps)
     stopper.last(steps)
     model.eval()
