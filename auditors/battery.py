@@ -50,9 +50,11 @@ class Battery:
     verdict: Verdict  # the worst case
     rows: list[AttackRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reference_seconds: float = 0.0  # scoring the retain model under every attack (0 when given precomputed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": asdict(self.verdict), "attacks": [r.to_dict() for r in self.rows], "notes": self.notes}
+        return {"verdict": asdict(self.verdict), "attacks": [r.to_dict() for r in self.rows], "notes": self.notes,
+                "reference_seconds": round(self.reference_seconds, 3)}
 
 
 def split_by_group(records: Sequence[Record], fraction: float = 0.5, seed: int = 0) -> tuple[list[Record],
@@ -112,38 +114,58 @@ def request_verdicts(model: torch.nn.Module, tokenizer: Any, requests: Mapping[s
     return {n: worst_case(v) for n, v in verdicts.items()}
 
 
-def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
-                    args: BatteryArgs = BatteryArgs(), *, retain_model: torch.nn.Module | None = None) -> Battery:
-    """Every attack of the battery on ``forget`` against the held-out ``holdout``; relative to
-    ``retain_model`` (attacked the same way) when given."""
-    groups = group_labels(holdout)
-    variants = weight_attacks(args)
+Scores = tuple[dict[str, Any], dict[str, Any]]  # (forget, holdout): score name -> array
+
+
+def battery_plan(tokenizer: Any, forget: Sequence[Record], args: BatteryArgs) -> tuple[
+        list[tuple[str, Callable[[torch.nn.Module], torch.nn.Module], list[Record]]], list[str]]:
+    """(name, attack, the forget records it is measured on) for every attack of the battery, and notes."""
+    plan = [(name, attack, list(forget)) for name, attack in weight_attacks(args)]
     notes = []
-    evaluated, evaluated_half = list(forget), []
     if args.relearn:
         learn, evaluated_half = split_for_relearning(forget, args.seed)
         if learn and evaluated_half:
             from unlearn.attacks.adversarial import relearn
 
-            variants.append(("relearn", lambda m: relearn(m, tokenizer, learn, steps=args.relearn_steps,
-                                                          lr=args.relearn_lr, seed=args.seed)))
+            plan.append(("relearn", lambda m: relearn(m, tokenizer, learn, steps=args.relearn_steps,
+                                                      lr=args.relearn_lr, seed=args.seed), evaluated_half))
         else:
             notes.append("relearning attack skipped: the forget set has a single group to relearn and measure on")
+    return plan, notes
+
+
+def reference_scores(retain_model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record],
+                     holdout: Sequence[Record], args: BatteryArgs = BatteryArgs()) -> dict[str, Scores]:
+    """The retain model's scores under every attack of the battery: they do not depend on the unlearned model,
+    so one request judged for several methods (compare, benchmarks) computes them once."""
+    plan, _ = battery_plan(tokenizer, forget, args)
+    return {name: forget_holdout_scores(attack(retain_model), tokenizer, measured, holdout)
+            for name, attack, measured in plan}
+
+
+def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
+                    args: BatteryArgs = BatteryArgs(), *, retain_model: torch.nn.Module | None = None,
+                    reference: Mapping[str, Scores] | None = None) -> Battery:
+    """Every attack of the battery on ``forget`` against the held-out ``holdout``; relative to
+    ``retain_model`` (attacked the same way) when given, or to its ``reference_scores``."""
+    groups = group_labels(holdout)
+    plan, notes = battery_plan(tokenizer, forget, args)
+    start = time.perf_counter()
+    if reference is None and retain_model is not None:
+        reference = reference_scores(retain_model, tokenizer, forget, holdout, args)
+    reference_seconds = time.perf_counter() - start
     rows = []
-    for name, attack in variants:
+    for name, attack, measured in plan:
         start = time.perf_counter()
         attacked = attack(model)
-        measured = evaluated_half if name == "relearn" else evaluated
         fm, hm = forget_holdout_scores(attacked, tokenizer, measured, holdout)
         kw: dict[str, Any] = {}
-        if retain_model is not None:
-            rm, rh = forget_holdout_scores(attack(retain_model), tokenizer, measured, holdout)
-            kw = {"retain_members": rm, "retain_nonmembers": rh}
+        if reference is not None:
+            kw = {"retain_members": reference[name][0], "retain_nonmembers": reference[name][1]}
         verdict = two_sided_verdict(fm, hm, nonmember_groups=groups, member_groups=group_labels(measured),
-                                    alpha=args.alpha,
-                                    detectable_bound=args.detectable_bound, n_boot=args.n_boot, seed=args.seed,
-                                    attack=name, **kw)
+                                    alpha=args.alpha, detectable_bound=args.detectable_bound, n_boot=args.n_boot,
+                                    seed=args.seed, attack=name, **kw)
         rows.append(AttackRow(name, verdict, extraction(attacked, tokenizer, measured),
                               time.perf_counter() - start))
         del attacked
-    return Battery(worst_case([r.verdict for r in rows]), rows, notes)
+    return Battery(worst_case([r.verdict for r in rows]), rows, notes, reference_seconds)
