@@ -8,9 +8,11 @@ test has level alpha/k (Bonferroni). The verdict:
 
 - NOT REMOVED: some score's interval lies above 0.5 (members still more likely than never-seen data);
 - OVER-UNLEARNED: some interval lies below 0.5 (members now *less* likely: an attacker spots them too);
-- INCONCLUSIVE: no interval excludes 0.5, but the smallest AUC this test would detect with 80% power,
-  0.5 + (z_{1-alpha/2k} + z_0.8) x SE_bootstrap, is above ``detectable_bound``;
+- INCONCLUSIVE: no interval excludes 0.5, but the smallest AUC this test would detect with 80% power
+  (e.g. 0.5 + (z_{1-alpha/2k} + z_0.8) x SE for the bootstrap) is above ``detectable_bound``;
 - REMOVED: no interval excludes 0.5 and the test had the power to see an AUC of ``detectable_bound``.
+(Relative verdicts: the same with AUC - AUC_retain against 0, the bound being |AUC - AUC_retain| of
+``detectable_bound`` - 0.5.)
 
 With a retain model (trained without the members) the verdict is relative, so a shift between the forget set
 and the holdout that the never-trained model also sees, a person's own difficulty included, is not called
@@ -226,14 +228,19 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
         else:
             needed = members_needed(detectable_bound, max(n_groups, 1), level)
         msg = (f"INCONCLUSIVE: no score separates the sets, but with {n_units} forget {unit} and {n_groups} "
-               f"held-out groups the test only detects AUC >= {detect:.2f} (bound {detectable_bound}); about "
-               f"{needed or 'more'} forget {unit} (or more held-out groups) would be needed")
+               f"held-out groups the test only detects {_effect(detect, relative)} (bound "
+               f"{_effect(detectable_bound, relative)}); about {needed or 'more'} forget {unit} (or more held-out "
+               f"groups) would be needed")
     else:
         msg = (f"REMOVED: no score separates the forget set from held-out data in either direction, and the test "
-               f"would have detected AUC {detect:.2f} (80% power, alpha {alpha} over {k} scores)")
+               f"would have detected {_effect(detect, relative)} (80% power, alpha {alpha} over {k} scores)")
     if not relative:
         msg += "; nothing controls a shift between the sets (give a retain model for a relative verdict)"
     return Verdict(status, msg, alpha, detectable_bound, detect, m, n_groups, relative, evidence, attack)
+
+
+def _effect(auc_value: float, relative: bool) -> str:
+    return f"|AUC - AUC_retain| >= {auc_value - 0.5:.2f}" if relative else f"AUC >= {auc_value:.2f}"
 
 
 def worst_case(verdicts: Sequence[Verdict]) -> Verdict:
