@@ -21,7 +21,9 @@ held-out records, minus the retain model's, d_g = AUC_u(g) - AUC_r(g); each held
 statistic against the other held-out groups (leave one group out). Two models that never saw a group still
 disagree about it (seed, data order: on the built-in benchmark the standard deviation of d over never-seen
 people is about 0.2 AUC), so the held-out groups' d are the null distribution ("placebo" groups): a pooled
-two-sample t-test of the forget groups' d against them, powered by the numbers of groups. (A paired bootstrap
+two-sample t-test of the forget groups' d against them, powered by the numbers of groups; the scores
+share one critical value at family level alpha (`joint_critical_value`, their correlation instead of
+Bonferroni). (A paired bootstrap
 over one person's records treats the retain model as the only possible never-trained model and raised false
 alarms on 45% of single-person requests judged on a second seed.) Without groups the statistic is dAUC over
 the same resampled records (paired bootstrap), records being the unit.
@@ -83,19 +85,36 @@ def leave_one_group_out_aucs(scores: np.ndarray, blocks: list[np.ndarray]) -> np
     return np.array(out)
 
 
-def placebo_t_test(d_members: np.ndarray, d_placebo: np.ndarray, level: float,
-                   power: float = 0.8) -> tuple[float, tuple[float, float], float, float]:
+def placebo_t_test(d_members: np.ndarray, d_placebo: np.ndarray, level: float, power: float = 0.8,
+                   critical: float | None = None) -> tuple[float, tuple[float, float], float, float]:
     """Pooled two-sample t-test of the members' per-group statistics against the placebo groups' (the null
-    distribution): (mean difference, its two-sided interval at ``level``, the smallest difference detected
-    with ``power``, the pooled standard deviation)."""
+    distribution): (mean difference, its two-sided interval at ``level`` (or +- ``critical`` standard errors),
+    the smallest difference detected with ``power``, the pooled standard deviation)."""
     k, n = len(d_members), len(d_placebo)
     dof = k + n - 2
     ss = ((d_members - d_members.mean()) ** 2).sum() + ((d_placebo - d_placebo.mean()) ** 2).sum()
     sd = math.sqrt(ss / dof)
     se = sd * math.sqrt(1 / k + 1 / n)
     diff = float(d_members.mean() - d_placebo.mean())
-    q = float(stats.t.ppf(1 - level / 2, dof))
+    q = float(stats.t.ppf(1 - level / 2, dof)) if critical is None else critical
     return diff, (diff - q * se, diff + q * se), (q + float(stats.t.ppf(power, dof))) * se, sd
+
+
+def joint_critical_value(pairs: Sequence[tuple[np.ndarray, np.ndarray]], alpha: float, draws: int = 20000,
+                         seed: int = 0) -> float:
+    """The critical |t| for the placebo t-tests of several scores at family level ``alpha``: the 1 - alpha
+    quantile of max |T_s|, T a multivariate t with the scores' residual correlation over the groups (the
+    scores of one model are strongly correlated, so this is well below Bonferroni's, which caps it)."""
+    k, n = len(pairs[0][0]), len(pairs[0][1])
+    dof = k + n - 2
+    bonferroni = float(stats.t.ppf(1 - alpha / (2 * len(pairs)), dof))
+    resid = np.stack([np.concatenate([a - a.mean(), b - b.mean()]) for a, b in pairs])
+    if len(pairs) == 1 or (resid.std(axis=1) == 0).any():
+        return bonferroni
+    rng = np.random.default_rng(seed)
+    z = rng.multivariate_normal(np.zeros(len(pairs)), np.corrcoef(resid), draws, method="eigh")
+    t = np.abs(z) / np.sqrt(rng.chisquare(dof, draws) / dof)[:, None]
+    return min(float(np.quantile(t.max(axis=1), 1 - alpha)), bonferroni)
 
 
 def groups_needed(effect: float, sd: float, n_placebo: int, level: float, power: float = 0.8) -> int | None:
@@ -169,16 +188,22 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
     z = stats.norm.ppf(1 - level / 2) + stats.norm.ppf(0.8)
     evidence = []
     placebo_sd: dict[str, float] = {}
+    placebo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if relative and grouped and len(blocks) >= 3:
+        assert retain_members is not None and retain_nonmembers is not None
+        for s in names:
+            mu, nu = np.asarray(members[s], float), np.asarray(nonmembers[s], float)
+            mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
+            placebo[s] = (group_aucs(mu, member_blocks, nu) - group_aucs(mr, member_blocks, nr),
+                          leave_one_group_out_aucs(nu, blocks) - leave_one_group_out_aucs(nr, blocks))
+        critical = joint_critical_value(list(placebo.values()), alpha, seed=seed)
     for s in names:
         mu, nu = np.asarray(members[s], float), np.asarray(nonmembers[s], float)
         point = auc(mu, nu)
-        if relative and grouped and len(blocks) >= 3:
+        if placebo:
             assert retain_members is not None and retain_nonmembers is not None
-            mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
-            ref = auc(mr, nr)
-            d_members = group_aucs(mu, member_blocks, nu) - group_aucs(mr, member_blocks, nr)
-            d_placebo = leave_one_group_out_aucs(nu, blocks) - leave_one_group_out_aucs(nr, blocks)
-            diff, (lo, hi), effect, placebo_sd[s] = placebo_t_test(d_members, d_placebo, level)
+            ref = auc(np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float))
+            diff, (lo, hi), effect, placebo_sd[s] = placebo_t_test(*placebo[s], level, critical=critical)
             detectable = 0.5 + effect
             stat, ci = f"group dAUC {diff:+.3f} vs {len(blocks)} held-out groups", (lo, hi)
         elif relative:

@@ -12,6 +12,7 @@ from unlearn.auditors.verdict import (
     OVER_UNLEARNED,
     REMOVED,
     groups_needed,
+    joint_critical_value,
     members_needed,
     min_detectable_auc,
     placebo_t_test,
@@ -164,3 +165,28 @@ def test_placebo_t_test_matches_scipy_and_groups_needed_reaches_the_power() -> N
     assert k is not None and groups_needed(0.5, 1.0, 3, 0.05) is None
     hits = sum(stats.ttest_ind(rng.normal(0.5, 1, k), rng.normal(0, 1, 40)).pvalue < 0.05 for _ in range(1000))
     assert 0.74 < hits / 1000 < 0.9, (k, hits)
+
+
+def test_joint_critical_value_sits_between_one_test_and_bonferroni_and_keeps_the_family_level() -> None:
+    rng = np.random.default_rng(6)
+    k, n, alpha = 10, 20, 0.05
+    one, bonf = stats.t.ppf(1 - alpha / 2, k + n - 2), stats.t.ppf(1 - alpha / 8, k + n - 2)
+
+    def scores(rho: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        common = rng.normal(0, 1, k + n)
+        cols = [np.sqrt(rho) * common + np.sqrt(1 - rho) * rng.normal(0, 1, k + n) for _ in range(4)]
+        return [(c[:k], c[k:]) for c in cols]
+
+    near_one = joint_critical_value([(a, b) for a, b in [scores(0.999)[0]] * 4], alpha)
+    assert near_one == pytest.approx(one, abs=0.05)
+    independent = joint_critical_value(scores(0.0), alpha)
+    assert bonf - 0.2 < independent <= bonf
+    alarms = 0
+    for _ in range(300):
+        pairs = scores(0.8)
+        c = joint_critical_value(pairs, alpha, draws=4000)
+        ts = [abs(placebo_t_test(a, b, alpha)[0]) / (placebo_t_test(a, b, alpha)[3] * np.sqrt(1 / k + 1 / n))
+              for a, b in pairs]
+        alarms += max(ts) > c
+        assert one < c < bonf
+    assert alarms / 300 <= 0.08, alarms
