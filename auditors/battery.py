@@ -51,6 +51,8 @@ class Battery:
     rows: list[AttackRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reference_seconds: float = 0.0  # scoring the retain model under every attack (0 when given precomputed)
+    scores: dict[str, Scores] = field(default_factory=dict, repr=False)  # the model's, per attack
+    reference: Mapping[str, Scores] = field(default_factory=dict, repr=False)  # the retain model's
 
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": asdict(self.verdict), "attacks": [r.to_dict() for r in self.rows], "notes": self.notes,
@@ -154,11 +156,11 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
     if reference is None and retain_model is not None:
         reference = reference_scores(retain_model, tokenizer, forget, holdout, args)
     reference_seconds = time.perf_counter() - start
-    rows = []
+    rows, scores = [], {}
     for name, attack, measured in plan:
         start = time.perf_counter()
         attacked = attack(model)
-        fm, hm = forget_holdout_scores(attacked, tokenizer, measured, holdout)
+        fm, hm = scores[name] = forget_holdout_scores(attacked, tokenizer, measured, holdout)
         kw: dict[str, Any] = {}
         if reference is not None:
             kw = {"retain_members": reference[name][0], "retain_nonmembers": reference[name][1]}
@@ -168,4 +170,4 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
         rows.append(AttackRow(name, verdict, extraction(attacked, tokenizer, measured),
                               time.perf_counter() - start))
         del attacked
-    return Battery(worst_case([r.verdict for r in rows]), rows, notes, reference_seconds)
+    return Battery(worst_case([r.verdict for r in rows]), rows, notes, reference_seconds, scores, reference or {})

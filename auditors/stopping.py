@@ -21,10 +21,17 @@ def forget_check(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record
     """LOSS AUC and one-sided MWU p of forget vs holdout, and retain utility (mean answer probability)."""
     scored = score_records(model, tokenizer, [*forget, *holdout, *retain_eval], ["loss"])
     s = scored.scores["loss"]
-    f, h, r = s[: len(forget)], s[len(forget): len(forget) + len(holdout)], s[len(forget) + len(holdout):]
+    return check_from_scores(s[: len(forget)], s[len(forget): len(forget) + len(holdout)],
+                             s[len(forget) + len(holdout):])
+
+
+def check_from_scores(forget_loss: np.ndarray, holdout_loss: np.ndarray,
+                      retain_loss: np.ndarray | None = None) -> dict[str, float]:
+    """`forget_check` from LOSS scores already computed (e.g. by the attack battery)."""
+    f, h = forget_loss, holdout_loss
     out = {"forget_auc": auc(f, h), "forget_p": mann_whitney_p(f, h), "forget_nll": float(-f.mean())}
-    if len(r):
-        out["retain_prob"] = float(np.exp(r).mean())
+    if retain_loss is not None and len(retain_loss):
+        out["retain_prob"] = float(np.exp(retain_loss).mean())
     return out
 
 

@@ -129,15 +129,20 @@ def judge(result: UnlearnResult, tok: Any, forget: Sequence[Record], splits: Spl
           battery_args: BatteryArgs | None, gold: torch.nn.Module | None, report: Reporter = SILENT) -> dict[str, Any]:
     """The receipt's evidence for an unlearning run, on the verdict halves: the LOSS check before/after, the
     attack battery (relative to ``gold`` when given) and privleak against it."""
+    from unlearn.attacks.runner import score_records
     from unlearn.auditors.battery import BatteryArgs, removal_battery
-    from unlearn.auditors.metrics import privleak
-    from unlearn.auditors.stopping import forget_check
+    from unlearn.auditors.metrics import auc, privleak
+    from unlearn.auditors.stopping import check_from_scores
 
-    after = forget_check(result.model, tok, forget, splits.holdout_verdict, splits.retain_verdict)
     report.progress("attack battery", 0, None)
     start = time.perf_counter()
     battery = removal_battery(result.model, tok, forget, splits.holdout_verdict, battery_args or BatteryArgs(),
                               retain_model=gold)
+    # the LOSS check after, from the battery's own scores of the model as is (one more pass: retain utility)
+    f, h = battery.scores["as is"]
+    retain_lp = (score_records(result.model, tok, splits.retain_verdict, ["loss"]).scores["loss"]
+                 if splits.retain_verdict else None)
+    after = check_from_scores(f["loss"], h["loss"], retain_lp)
     evidence: dict[str, Any] = {
         "steps": result.steps, "stop_reason": result.stop_reason, "stop_message": result.stop_message,
         "verdict": battery.verdict.status, "verdict_message": battery.verdict.message, "battery": battery.to_dict(),
@@ -146,9 +151,9 @@ def judge(result: UnlearnResult, tok: Any, forget: Sequence[Record], splits: Spl
         "peak_memory_kind": result.memory_kind, "before": before, "after": after, "history": result.history,
         "method_stats": result.stats,
         "retain_utility_relative": after.get("retain_prob", 0) / max(before.get("retain_prob", 1e-12), 1e-12)}
-    if gold is not None:
-        reference = forget_check(gold, tok, forget, splits.holdout_verdict, splits.retain_verdict)
-        evidence["privleak_vs_retain"] = privleak(after["forget_auc"], reference["forget_auc"])
+    if battery.reference:
+        rf, rh = battery.reference["as is"]
+        evidence["privleak_vs_retain"] = privleak(after["forget_auc"], auc(rf["loss"], rh["loss"]))
     return evidence
 
 
