@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,9 @@ def check_from_scores(forget_loss: np.ndarray, holdout_loss: np.ndarray,
     return out
 
 
+QUICK_MARGIN = 0.2  # least AUC excess over the target on the quick subsample that skips the full check
+
+
 def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
                  retain_eval: Sequence[Record], args: UnlearnArgs,
                  retain_model: torch.nn.Module | None = None) -> Monitor:
@@ -46,7 +50,12 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     without the forget set; scored once, here) the target is the retain model's own separation: the test is
     on AUC - AUC_retain, as in the receipt's relative verdict. Reported per check: the AUC of each score,
     ``distance`` = max |AUC - target| (what the best checkpoint minimises, target 0.5 or AUC_retain) and
-    ``utility_ok``."""
+    ``utility_ok``.
+
+    With ``args.quick_check`` > 0 each check first scores a fixed subsample of that many records per set; when
+    every score's AUC there is still more than ``QUICK_MARGIN`` above its target and retain utility has lost
+    less than half the guard, the full check is skipped (far from every boundary, nothing to decide). Every
+    decision is the full check's."""
     groups = group_labels(holdout)
     baseline: dict[str, float] = {}
     nf, nh = len(forget), len(holdout)
@@ -55,8 +64,34 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         table = score_records(retain_model, tokenizer, [*forget, *holdout], list(ONE_PASS_SCORES))
         reference = {"retain_members": {k: v[:nf] for k, v in table.scores.items()},
                      "retain_nonmembers": {k: v[nf:] for k, v in table.scores.items()}}
+    rng = random.Random(args.seed)
+    picks = [sorted(rng.sample(range(n), args.quick_check)) if 0 < args.quick_check < n else list(range(n))
+             for n in (nf, nh, len(retain_eval))]
+    quick_on = any(len(p) < n for p, n in zip(picks, (nf, nh, len(retain_eval)), strict=True))
+    quick_base: dict[str, float] = {}
+
+    def quick(model: torch.nn.Module) -> dict[str, Any]:
+        """Scores on a fixed subsample: the least excess AUC over the target and retain utility."""
+        qf, qh, qr = picks
+        records = [*(forget[i] for i in qf), *(holdout[i] for i in qh), *(retain_eval[i] for i in qr)]
+        t = score_records(model, tokenizer, records, list(ONE_PASS_SCORES)).scores
+        a, b = len(qf), len(qf) + len(qh)
+        excess = [auc(v[:a], v[a:b]) - (auc(reference["retain_members"][k][qf],
+                                            reference["retain_nonmembers"][k][qh]) if reference else 0.5)
+                  for k, v in t.items()]
+        return {"excess": min(excess), "distance": max(abs(e) for e in excess),
+                "retain_prob": float(np.exp(t["loss"][b:]).mean()) if len(qr) else None}
 
     def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
+        if quick_on:
+            q = quick(model)
+            if not quick_base:
+                quick_base.update(q)
+            elif q["excess"] > QUICK_MARGIN and (q["retain_prob"] is None or q["retain_prob"] >= (
+                    1 - args.max_utility_drop / 2) * quick_base["retain_prob"]):
+                # every score still far above the target and utility far from the guard: no full check
+                return None, "", {"quick": True, "quick_excess": q["excess"], "status": "NOT REMOVED",
+                                  "distance": q["distance"], "utility_ok": True}
         table = score_records(model, tokenizer, [*forget, *holdout, *retain_eval], list(ONE_PASS_SCORES))
         fm = {k: v[:nf] for k, v in table.scores.items()}
         hm = {k: v[nf:nf + nh] for k, v in table.scores.items()}

@@ -115,7 +115,7 @@ def test_second_order_methods_forget_and_keep_retain(name: str, over: dict, rise
         assert cert["retain_grad_norm_after"] > 0 and cert["last_step"]["update_norm"] > 0
 
 
-FIXED = {"eval_schedule": "fixed"}
+FIXED = {"eval_schedule": "fixed", "quick_check": 0}
 STOP_CASES = [  # (method, overrides, expected reason): each reason of the stopping rule, reached for real
     ("grad_ascent", {"lr": 1e-7, "max_steps": 2, "eval_every": 1, **FIXED}, "max_steps"),
     ("npo", {"lr": 1e-3, "max_steps": 80, "eval_every": 4, **FIXED}, "utility_drop"),
@@ -158,6 +158,28 @@ def test_stopping_rule_reaches_each_reason_and_backs_off_to_the_best_checkpoint(
     assert again["retain_prob"] == pytest.approx(best["retain_prob"], rel=1e-6)
 
 
+@pytest.mark.slow
+def test_quick_checks_skip_full_ones_far_from_the_target_and_stop_where_full_checks_do(bench) -> None:
+    from unlearn.auditors.battery import split_by_group
+    from unlearn.auditors.stopping import make_monitor
+
+    forget, retain = bench.split("forget10"), bench.split("retain90")
+    calibration, _ = split_by_group(bench.split("holdout"))
+    runs = {}
+    for quick in (0, 24):
+        args = load_method_args("graddiff", overrides={"lr": 3e-4, "max_steps": 120, "eval_every": 4,
+                                                       "max_utility_drop": 0.5, "quick_check": quick})
+        model, tok = load_model(bench.target)
+        runs[quick] = get_method("graddiff").run(model, tok, forget, retain, args,
+                                                 monitor=make_monitor(tok, forget, calibration, retain[:100], args))
+    full, quick = runs[0], runs[24]
+    assert [h["step"] for h in quick.history] == [h["step"] for h in full.history]  # same schedule
+    skipped = [h for h in quick.history if h.get("quick")]
+    assert skipped and all(h["quick_excess"] > 0.2 for h in skipped), quick.history
+    assert (quick.stop_reason, quick.steps) == (full.stop_reason, full.steps)
+    assert not quick.history[-1].get("quick") and not quick.history[0].get("quick")
+
+
 def test_adaptive_schedule_is_sparse_far_from_the_target_and_dense_near_it() -> None:
     from unlearn.loop import MAX_GAP, next_check
 
@@ -182,7 +204,8 @@ def test_adaptive_checks_are_fewer_and_stop_where_the_fixed_ones_do(bench) -> No
     runs = {}
     for schedule in ("fixed", "adaptive"):
         args = load_method_args("graddiff", overrides={"lr": 3e-4, "max_steps": 120, "eval_every": 4,
-                                                       "max_utility_drop": 0.5, "eval_schedule": schedule})
+                                                       "max_utility_drop": 0.5, "eval_schedule": schedule,
+                                                       "quick_check": 0})
         model, tok = load_model(bench.target)
         runs[schedule] = get_method("graddiff").run(model, tok, forget, retain, args,
                                                     monitor=make_monitor(tok, forget, calibration, retain[:100], args))
