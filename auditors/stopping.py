@@ -54,8 +54,9 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
 
     With ``args.quick_check`` > 0 each check first scores a fixed subsample of that many records per set; when
     every score's AUC there is still more than ``QUICK_MARGIN`` above its target and retain utility has lost
-    less than half the guard, the full check is skipped (far from every boundary, nothing to decide). Every
-    decision is the full check's."""
+    less than half the guard, the full check is skipped (far from every boundary, nothing to decide); once a
+    full check finds a score within that margin, every later check is full. Every decision is a full
+    check's."""
     groups = group_labels(holdout)
     baseline: dict[str, float] = {}
     nf, nh = len(forget), len(holdout)
@@ -69,6 +70,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
              for n in (nf, nh, len(retain_eval))]
     quick_on = any(len(p) < n for p, n in zip(picks, (nf, nh, len(retain_eval)), strict=True))
     quick_base: dict[str, float] = {}
+    near: list[bool] = []  # grows at each full check; the quick ones stop once one was near a boundary
 
     def quick(model: torch.nn.Module) -> dict[str, Any]:
         """Scores on a fixed subsample: the least excess AUC over the target and retain utility."""
@@ -83,7 +85,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
                 "retain_prob": float(np.exp(t["loss"][b:]).mean()) if len(qr) else None}
 
     def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
-        if quick_on:
+        if quick_on and not any(near):
             q = quick(model)
             if not quick_base:
                 quick_base.update(q)
@@ -103,6 +105,8 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         m["forget_auc"] = m["auc_loss"]
         m["distance"] = max(abs(e.auc - (0.5 if e.retain_auc is None else e.retain_auc)) for e in v.evidence)
         m["status"] = v.status
+        # once a full check finds a score near its target, the quick ones would not skip again: go straight on
+        near.append(min(e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence) <= QUICK_MARGIN)
         retain_lp = table.scores["loss"][nf + nh:]
         if len(retain_lp):
             m["retain_prob"] = float(np.exp(retain_lp).mean())
