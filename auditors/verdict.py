@@ -23,10 +23,10 @@ disagree about it (seed, data order: on the built-in benchmark the standard devi
 people is about 0.2 AUC), so the held-out groups' d are the null distribution ("placebo" groups): a pooled
 two-sample t-test of the forget groups' d against them, powered by the numbers of groups; the scores
 share one critical value at family level alpha (`joint_critical_value`, their correlation instead of
-Bonferroni). (A paired bootstrap
-over one person's records treats the retain model as the only possible never-trained model and raised false
-alarms on 45% of single-person requests judged on a second seed.) Without groups the statistic is dAUC over
-the same resampled records (paired bootstrap), records being the unit.
+Bonferroni). (A paired bootstrap over one person's records treats the retain model as the only possible
+never-trained model and raised false alarms on 45% of single-person requests judged on a second seed.)
+Without groups the statistic is dAUC over the same resampled records (paired bootstrap), records being the
+unit.
 """
 
 from __future__ import annotations
