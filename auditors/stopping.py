@@ -91,9 +91,10 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
                 quick_base.update(q)
             elif q["excess"] > QUICK_MARGIN and (q["retain_prob"] is None or q["retain_prob"] >= (
                     1 - args.max_utility_drop / 2) * quick_base["retain_prob"]):
-                # every score still far above the target and utility far from the guard: no full check
-                return None, "", {"quick": True, "quick_excess": q["excess"], "status": "NOT REMOVED",
-                                  "distance": q["distance"], "utility_ok": True}
+                # every score still far above the target and utility far from the guard: no full check (and no
+                # ``distance``: a subsample's is not comparable with the full checks' when choosing the best one)
+                return None, "", {"quick": True, "quick_excess": q["excess"], "quick_distance": q["distance"],
+                                  "status": "NOT REMOVED", "utility_ok": True}
         table = score_records(model, tokenizer, [*forget, *holdout, *retain_eval], list(ONE_PASS_SCORES))
         fm = {k: v[:nf] for k, v in table.scores.items()}
         hm = {k: v[nf:nf + nh] for k, v in table.scores.items()}
