@@ -56,7 +56,8 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     every score's AUC there is still more than ``QUICK_MARGIN`` above its target and retain utility has lost
     less than half the guard, the full check is skipped (far from every boundary, nothing to decide); once a
     full check finds a score within that margin, every later check is full. Every decision is a full
-    check's."""
+    check's. Checks with every score that far above the target are reported ``far``: the best checkpoint
+    among them is the latest (a quick check has no comparable distance), and any other check beats them."""
     groups = group_labels(holdout)
     baseline: dict[str, float] = {}
     nf, nh = len(forget), len(holdout)
@@ -92,9 +93,9 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
             elif q["excess"] > QUICK_MARGIN and (q["retain_prob"] is None or q["retain_prob"] >= (
                     1 - args.max_utility_drop / 2) * quick_base["retain_prob"]):
                 # every score still far above the target and utility far from the guard: no full check (and no
-                # ``distance``: a subsample's is not comparable with the full checks' when choosing the best one)
-                return None, "", {"quick": True, "quick_excess": q["excess"], "quick_distance": q["distance"],
-                                  "status": "NOT REMOVED", "utility_ok": True}
+                # ``distance``: a subsample's is not comparable with the full checks'; "far" ranks it)
+                return None, "", {"quick": True, "far": True, "quick_excess": q["excess"],
+                                  "quick_distance": q["distance"], "status": "NOT REMOVED", "utility_ok": True}
         table = score_records(model, tokenizer, [*forget, *holdout, *retain_eval], list(ONE_PASS_SCORES))
         fm = {k: v[:nf] for k, v in table.scores.items()}
         hm = {k: v[nf:nf + nh] for k, v in table.scores.items()}
@@ -108,6 +109,8 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         m["status"] = v.status
         # once a full check finds a score near its target, the quick ones would not skip again: go straight on
         near.append(min(e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence) <= QUICK_MARGIN)
+        if quick_on:
+            m["far"] = not near[-1]
         retain_lp = table.scores["loss"][nf + nh:]
         if len(retain_lp):
             m["retain_prob"] = float(np.exp(retain_lp).mean())

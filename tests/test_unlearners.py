@@ -182,6 +182,36 @@ def test_quick_checks_skip_full_ones_far_from_the_target_and_stop_where_full_che
     assert not quick.history[-1].get("quick") and not quick.history[0].get("quick")
 
 
+@pytest.mark.parametrize(("script", "backed_to"), [
+    ([{"distance": 0.5, "far": True}, {"far": True}, {"far": True}, {"status": "OVER-UNLEARNED", "distance": 0.3}],
+     2),
+    ([{"distance": 0.5, "far": True}, {"far": True}, {"distance": 0.1}, {"far": True},
+      {"status": "OVER-UNLEARNED"}], 2),
+    ([{"distance": 0.5}, {"distance": 0.2}, {"distance": 0.4}, {"status": "OVER-UNLEARNED", "distance": 0.1}], 1),
+])
+def test_back_off_prefers_the_closest_full_check_then_the_latest_far_one(script, backed_to) -> None:
+    """Quick checks have no comparable distance: among "far" checks the latest is the best, and any check
+    with a distance near the target beats them all."""
+    from unlearn.loop import run_direct
+    from unlearn.unlearner import UnlearnArgs
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+
+    def update(step: int) -> dict:
+        with torch.no_grad():
+            model.weight.fill_(float(step))  # the weights say which step they are from
+        return {}
+
+    def monitor(m, step):
+        metrics = {"status": "NOT REMOVED", "utility_ok": True, **script[step]}
+        return ("over_unlearned", "overshot", metrics) if metrics["status"] == "OVER-UNLEARNED" else (None, "", metrics)
+
+    res = run_direct(model, UnlearnArgs(max_steps=len(script) - 1, eval_every=1, quick_check=0), update,
+                     monitor=monitor)
+    assert res.stats["backed_off_to"] == backed_to and float(res.model.weight) == backed_to
+
+
 def test_adaptive_schedule_is_sparse_far_from_the_target_and_dense_near_it() -> None:
     from unlearn.loop import MAX_GAP, next_check
 

@@ -155,6 +155,7 @@ class Stopper:
         self.history: list[dict[str, Any]] = []
         self.reason, self.message = "max_steps", f"reached max_steps={args.max_steps}"
         self.best: tuple[int, float, list[torch.Tensor]] | None = None
+        self.best_rank = (0.0, 0.0)
         self.extra: dict[str, Any] = {}
 
     def _trainable(self) -> list[torch.nn.Parameter]:
@@ -166,8 +167,15 @@ class Stopper:
             self.extra["back_off"] = "unavailable under DeepSpeed ZeRO-3"
             return
         good = metrics.get("utility_ok", True) and metrics.get("status") != "OVER-UNLEARNED"
-        if good and "distance" in metrics and (self.best is None or metrics["distance"] < self.best[1]):
-            self.best = (step, float(metrics["distance"]), [p.detach().to("cpu", copy=True) for p in params])
+        if not good or ("distance" not in metrics and not metrics.get("far")):
+            return
+        # A check closer to the target wins; among checks the monitor calls "far" (every score well above its
+        # target: a quick check has no comparable distance) the latest wins, and any other check beats them.
+        rank = (0.0, float(step)) if metrics.get("far") else (1.0, -float(metrics["distance"]))
+        if self.best is None or rank > self.best_rank:
+            self.best_rank = rank
+            self.best = (step, float(metrics.get("distance", float("nan"))),
+                         [p.detach().to("cpu", copy=True) for p in params])
 
     def due(self, step: int) -> bool:
         """Whether to check after ``step``: every ``eval_every`` steps, or (adaptive) as often only near the
@@ -194,8 +202,10 @@ class Stopper:
             with torch.no_grad():
                 for p, v in zip(self._trainable(), saved, strict=True):
                     p.copy_(v.to(p.device))
-            self.message += (f"; backed off to the weights of step {best_step} (max |AUC - 0.5| {distance:.3f} "
-                             "on the calibration split, utility inside the guard)")
+            where = (f"max |AUC - target| {distance:.3f}" if distance == distance else
+                     "the latest check with every score still well above its target")
+            self.message += (f"; backed off to the weights of step {best_step} ({where} on the calibration split, "
+                             "utility inside the guard)")
             self.extra["backed_off_to"] = best_step
         return True
 

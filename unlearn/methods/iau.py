@@ -37,8 +37,6 @@ class IAUArgs(UnlearnArgs):
     max_steps: int = arg(10, "k: influence steps (repeated under the stopping rule, same Adam moments)", ge=1)
     batch_size: int = arg(32, "examples per gradient-accumulation batch", ge=1)
     eval_every: int = arg(1, "steps between stopping-rule checks; 0 = never", ge=0)
-    quick_check: int = arg(0, "records per set of a quick check before the full one (see UnlearnArgs); off: each "
-                           "step here is a large one, and every check a candidate to back off to", ge=0)
     preconditioner: str = arg("adam", "adam (public code) or identity (paper)", choices=("adam", "identity"))
     forget_weight: float = arg(1.0, "weight of grad L_F", ge=0)
     retain_examples: int = arg(0, "retain records in grad L_R (0 = all)", ge=0)

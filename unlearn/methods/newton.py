@@ -47,8 +47,6 @@ class NewtonArgs(UnlearnArgs):
     max_steps: int = arg(20, "Newton steps (gradient and curvature recomputed), under the stopping rule", ge=1)
     batch_size: int = arg(32, "examples per batch for gradients and curvature", ge=1)
     eval_every: int = arg(1, "steps between stopping-rule checks; 0 = never", ge=0)
-    quick_check: int = arg(0, "records per set of a quick check before the full one (see UnlearnArgs); off: each "
-                           "step here is a large one, and every check a candidate to back off to", ge=0)
     scope: str = arg("last:1", "parameters to change: all, last:N, regex:PATTERN")
     form: str = arg("forget", "forget (theta + lr n_f/n_r H^-1 grad L_F) or retain (theta - H^-1 grad L_R); "
                     "one retain-form step barely moves the forget set on the built-in benchmark",
