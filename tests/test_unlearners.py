@@ -209,7 +209,7 @@ def test_back_off_prefers_the_closest_full_check_then_the_latest_far_one(script,
 
     res = run_direct(model, UnlearnArgs(max_steps=len(script) - 1, eval_every=1, quick_check=0), update,
                      monitor=monitor)
-    assert res.stats["backed_off_to"] == backed_to and float(res.model.weight) == backed_to
+    assert res.stats["backed_off_to"] == backed_to and res.model.weight.item() == backed_to
 
 
 def test_adaptive_schedule_is_sparse_far_from_the_target_and_dense_near_it() -> None:
