@@ -12,9 +12,11 @@ once per request for all methods, relative to each method's unlearning.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import time
+from typing import Any
 
 import yaml
 
@@ -25,6 +27,39 @@ from unlearn.benchmark.build import build
 from unlearn.benchmark.generator import RETAIN_OF
 from unlearn.methods import get_method, load_method_args, measured
 from unlearn.model import load_model
+
+
+@dataclasses.dataclass
+class Sets:
+    """The built-in forget split with its calibration / verdict halves, as the benchmarks of #14 use them."""
+
+    bench: Any
+    forget: list
+    retain: list
+    cal: list  # the stopping rule's half of the holdout
+    ver: list  # the verdict's half
+    rcal: list  # the stopping rule's half of 200 retain records
+    u_sets: tuple  # model utility: the other half of those retain records, real authors, world facts
+    target: Any
+    tok: Any
+    gold: Any  # the retain model
+
+
+def load_sets(preset: str) -> Sets:
+    bench = build(preset)
+    split = bench.retain_split
+    forget, holdout, retain = bench.split(split), bench.split("holdout"), bench.split(RETAIN_OF[split])
+    cal, ver = split_by_group(holdout)
+    rcal, rver = split_by_group(random.Random(0).sample(retain, 200))
+    target, tok = load_model(bench.target)
+    return Sets(bench, forget, retain, cal, ver, rcal, (rver, bench.split("real_authors"), bench.split("world_facts")),
+                target, tok, load_model(bench.retain)[0])
+
+
+def method_overrides(name: str, specs: list[str]) -> dict[str, Any]:
+    """``method.key=value`` command-line overrides that name ``name``."""
+    return {k.split(".", 1)[1].split("=")[0]: yaml.safe_load(k.split("=", 1)[1])
+            for k in specs if k.split(".")[0] == name}
 
 
 def utility(model, tok, sets) -> float:
@@ -39,15 +74,10 @@ def main() -> None:
     ap.add_argument("--methods", default="grad_ascent,graddiff,npo,simnpo,newton,iau,soul")
     ap.add_argument("--set", action="append", default=[], help="method.key=value overrides")
     args = ap.parse_args()
-    bench = build(args.preset)
-    split = bench.retain_split
-    forget, holdout, retain = bench.split(split), bench.split("holdout"), bench.split(RETAIN_OF[split])
-    cal, ver = split_by_group(holdout)
-    retain_eval = random.Random(0).sample(retain, 200)
-    rcal, rver = split_by_group(retain_eval)
-    u_sets = (rver, bench.split("real_authors"), bench.split("world_facts"))
-    target, tok = load_model(bench.target)
-    gold, _ = load_model(bench.retain)
+    sets = load_sets(args.preset)
+    bench, forget, retain, cal, ver, rcal, u_sets = (sets.bench, sets.forget, sets.retain, sets.cal, sets.ver,
+                                                     sets.rcal, sets.u_sets)
+    target, tok, gold = sets.target, sets.tok, sets.gold
     gold_tr = evaluate_qa(gold, tok, forget, rouge=False)
     target_utility = utility(target, tok, u_sets)
     retrain = json.loads((bench.root / "report.json").read_text())["models"]["retain"]["train_seconds"]
@@ -57,8 +87,7 @@ def main() -> None:
     reference_s = time.perf_counter() - start
     rows = []
     for name in ["target", *args.methods.split(",")]:
-        overrides = {k.split(".", 1)[1].split("=")[0]: yaml.safe_load(k.split("=", 1)[1])
-                     for k in args.set if k.split(".")[0] == name}
+        overrides = method_overrides(name, args.set)
         if name == "target":
             model, res = target, None
         else:
