@@ -73,15 +73,16 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     quick_base: dict[str, float] = {}
     near: list[bool] = []  # grows at each full check; the quick ones stop once one was near a boundary
 
+    qf, qh, qr = picks
+    quick_records = [*(forget[i] for i in qf), *(holdout[i] for i in qh), *(retain_eval[i] for i in qr)]
+    quick_target = {k: auc(reference["retain_members"][k][qf], reference["retain_nonmembers"][k][qh])
+                    if reference else 0.5 for k in ONE_PASS_SCORES}
+
     def quick(model: torch.nn.Module) -> dict[str, Any]:
         """Scores on a fixed subsample: the least excess AUC over the target and retain utility."""
-        qf, qh, qr = picks
-        records = [*(forget[i] for i in qf), *(holdout[i] for i in qh), *(retain_eval[i] for i in qr)]
-        t = score_records(model, tokenizer, records, list(ONE_PASS_SCORES)).scores
+        t = score_records(model, tokenizer, quick_records, list(ONE_PASS_SCORES)).scores
         a, b = len(qf), len(qf) + len(qh)
-        excess = [auc(v[:a], v[a:b]) - (auc(reference["retain_members"][k][qf],
-                                            reference["retain_nonmembers"][k][qh]) if reference else 0.5)
-                  for k, v in t.items()]
+        excess = [auc(v[:a], v[a:b]) - quick_target[k] for k, v in t.items()]
         return {"excess": min(excess), "distance": max(abs(e) for e in excess),
                 "retain_prob": float(np.exp(t["loss"][b:]).mean()) if len(qr) else None}
 
@@ -105,10 +106,11 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
                               **reference)
         m: dict[str, Any] = {f"auc_{e.score}": e.auc for e in v.evidence}
         m["forget_auc"] = m["auc_loss"]
-        m["distance"] = max(abs(e.auc - (0.5 if e.retain_auc is None else e.retain_auc)) for e in v.evidence)
+        excess = [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
+        m["distance"] = max(abs(x) for x in excess)
         m["status"] = v.status
         # once a full check finds a score near its target, the quick ones would not skip again: go straight on
-        near.append(min(e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence) <= QUICK_MARGIN)
+        near.append(min(excess) <= QUICK_MARGIN)
         if quick_on:
             m["far"] = not near[-1]
         retain_lp = table.scores["loss"][nf + nh:]

@@ -182,14 +182,17 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
     def draw(bl: list[np.ndarray]) -> np.ndarray:
         return np.concatenate([bl[j] for j in rng.integers(0, len(bl), len(bl))])
 
-    # members by group when there are several (else by record), held-out data by group
-    member_units = member_blocks if len(member_blocks) > 1 else _group_index(None, m)
-    draws = [(draw(member_units), draw(blocks)) for _ in range(n_boot)]
     z = stats.norm.ppf(1 - level / 2) + stats.norm.ppf(0.8)
     evidence = []
     placebo_sd: dict[str, float] = {}
     placebo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if relative and grouped and len(blocks) >= 3:
+    draws: list[tuple[np.ndarray, np.ndarray]] = []
+    use_placebo = relative and grouped and len(blocks) >= 3
+    if not use_placebo and (relative or not grouped):  # the bootstrap paths (grouped absolute is rank-based)
+        # members by group when there are several (else by record), held-out data by group
+        member_units = member_blocks if len(member_blocks) > 1 else _group_index(None, m)
+        draws = [(draw(member_units), draw(blocks)) for _ in range(n_boot)]
+    if use_placebo:
         assert retain_members is not None and retain_nonmembers is not None
         for s in names:
             mu, nu = np.asarray(members[s], float), np.asarray(nonmembers[s], float)
