@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from unlearn.auditors.metrics import auc
+from unlearn.auditors.metrics import auc, resampled_aucs
 
 REMOVED, NOT_REMOVED, OVER_UNLEARNED, INCONCLUSIVE = "REMOVED", "NOT REMOVED", "OVER-UNLEARNED", "INCONCLUSIVE"
 SEVERITY = {NOT_REMOVED: 3, OVER_UNLEARNED: 2, INCONCLUSIVE: 1, REMOVED: 0}
@@ -213,7 +213,7 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
             assert retain_members is not None and retain_nonmembers is not None
             mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
             ref = auc(mr, nr)
-            boot = np.array([auc(mu[i], nu[j]) - auc(mr[i], nr[j]) for i, j in draws])
+            boot = resampled_aucs(mu, nu, draws) - resampled_aucs(mr, nr, draws)
             lo, hi = (float(q) for q in np.quantile(boot, [level / 2, 1 - level / 2]))
             detectable = 0.5 + z * float(boot.std(ddof=1))
             stat, ci = "AUC - AUC_retain", (lo, hi)
@@ -230,7 +230,7 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
             stat, ci = f"group AUC {g_auc:.3f}, p {p:.2g}", (lo + 0.5, hi + 0.5)
         else:
             ref = None
-            boot = np.array([auc(mu[i], nu[j]) for i, j in draws]) - 0.5
+            boot = resampled_aucs(mu, nu, draws) - 0.5
             lo, hi = (float(q) for q in np.quantile(boot, [level / 2, 1 - level / 2]))
             detectable = 0.5 + z * float(boot.std(ddof=1))
             stat, ci = "AUC", (lo + 0.5, hi + 0.5)

@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from unlearn.auditors.metrics import auc, bootstrap_auc_ci, holm, ks_p, mann_whitney_p, privleak, roc_curve, tpr_at_fpr
+from unlearn.auditors.metrics import (
+    auc,
+    bootstrap_auc_ci,
+    holm,
+    ks_p,
+    mann_whitney_p,
+    privleak,
+    resampled_aucs,
+    roc_curve,
+    tpr_at_fpr,
+)
 from unlearn.auditors.tofu import rouge_l_recall
 
 
@@ -30,6 +40,17 @@ def test_auc_and_tpr_equal_brute_force_with_ties(seed: int) -> None:
     assert auc(m, n) == pytest.approx(_brute_auc(m, n), abs=1e-12)
     for fpr in (0.0, 0.001, 0.01, 0.1, 0.5):
         assert tpr_at_fpr(m, n, fpr) == pytest.approx(_brute_tpr(m, n, fpr))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_resampled_aucs_equal_one_brute_force_auc_per_draw(seed: int) -> None:
+    """Draws of any length (groups resampled whole), repeated indices and ties, over several chunks."""
+    rng = np.random.default_rng(seed)
+    m = rng.integers(0, 8, size=40).astype(float)
+    n = rng.integers(-2, 6, size=25).astype(float)
+    draws = [(rng.integers(0, 40, rng.integers(1, 60)), rng.integers(0, 25, rng.integers(1, 40))) for _ in range(70)]
+    got = resampled_aucs(m, n, draws, chunk=16)
+    assert got == pytest.approx([_brute_auc(m[i], n[j]) for i, j in draws], abs=1e-12)
 
 
 def test_roc_and_edge_cases() -> None:
