@@ -93,8 +93,10 @@ def parse_scores(spec: str | Sequence[str]) -> list[str]:
 
 def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], scores: Sequence[str], *,
                   k: float = 0.4, reference: torch.nn.Module | None = None, batch_size: int = 32,
-                  on_batch: Callable[[int], None] | None = None, padding_side: str = "right") -> ScoreTable:
-    """Compute the requested scores; the one-pass ones share a single forward pass of ``model``.
+                  on_batch: Callable[[int], None] | None = None, padding_side: str = "right",
+                  hits: bool = False) -> ScoreTable:
+    """Compute the requested scores; the one-pass ones share a single forward pass of ``model``. With ``hits``
+    the table's token log-probs also say where the argmax is the target (extraction, from the same pass).
 
     Under several processes each rank scores an interleaved shard and the scores are gathered (the
     table then carries no token log-probs)."""
@@ -103,7 +105,8 @@ def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Reco
     if any(SCORES.entry(n).info.get("needs_reference") for n in scores) and reference is None:
         raise UnlearnError("the 'reference' score needs a reference model (--reference)")
     if rank_world()[1] == 1:
-        return _score_local(model, tokenizer, records, scores, k, reference, batch_size, on_batch, padding_side)
+        return _score_local(model, tokenizer, records, scores, k, reference, batch_size, on_batch, padding_side,
+                            hits)
 
     def local(shard: list[Record]) -> dict[str, np.ndarray]:
         t = _score_local(model, tokenizer, shard, scores, k, reference, batch_size, on_batch, padding_side)
@@ -116,9 +119,10 @@ def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Reco
 
 def _score_local(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], scores: Sequence[str], k: float,
                  reference: torch.nn.Module | None, batch_size: int,
-                 on_batch: Callable[[int], None] | None, padding_side: str = "right") -> ScoreTable:
+                 on_batch: Callable[[int], None] | None, padding_side: str = "right",
+                 hits: bool = False) -> ScoreTable:
     moments = any(SCORES.entry(n).info.get("moments") for n in scores)
-    tlp = token_logprobs(model, tokenizer, records, batch_size=batch_size, moments=moments, hits=False,
+    tlp = token_logprobs(model, tokenizer, records, batch_size=batch_size, moments=moments, hits=hits,
                          on_batch=on_batch, padding_side=padding_side)
     ctx = ScoreContext(model, tokenizer, records, tlp, k, reference, batch_size, padding_side)
     out = {name: SCORES.get(name)(ctx) for name in scores}

@@ -13,11 +13,13 @@ from typing import Any
 import torch
 
 from unlearn.attacks.quantize import quantized_copy
-from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
+from unlearn.attacks.runner import ONE_PASS_SCORES, ScoreTable, score_records
 from unlearn.auditors.audit import group_labels
-from unlearn.auditors.robustness import extraction, split_for_relearning
+from unlearn.auditors.robustness import extraction, extraction_stats, split_for_relearning
 from unlearn.auditors.verdict import Verdict, two_sided_verdict, worst_case
 from unlearn.data import Record
+
+Scores = tuple[dict[str, Any], dict[str, Any]]  # (forget, holdout): score name -> array
 
 
 @dataclass
@@ -70,11 +72,23 @@ def split_by_group(records: Sequence[Record], fraction: float = 0.5, seed: int =
             [r for r, g in zip(records, key, strict=True) if g not in cal])
 
 
-def forget_holdout_scores(model: torch.nn.Module, tok: Any, forget: Sequence[Record],
-            holdout: Sequence[Record]) -> tuple[dict[str, Any], dict[str, Any]]:
-    table = score_records(model, tok, [*forget, *holdout], list(ONE_PASS_SCORES))
-    n = len(forget)
+def _split(table: ScoreTable, n: int) -> Scores:
     return {k: v[:n] for k, v in table.scores.items()}, {k: v[n:] for k, v in table.scores.items()}
+
+
+def forget_holdout_scores(model: torch.nn.Module, tok: Any, forget: Sequence[Record],
+                          holdout: Sequence[Record]) -> Scores:
+    return _split(score_records(model, tok, [*forget, *holdout], list(ONE_PASS_SCORES)), len(forget))
+
+
+def scores_and_extraction(model: torch.nn.Module, tok: Any, forget: Sequence[Record],
+                          holdout: Sequence[Record]) -> tuple[Scores, dict[str, float]]:
+    """`forget_holdout_scores` and the forget set's `extraction`, from the same forward pass."""
+    table = score_records(model, tok, [*forget, *holdout], list(ONE_PASS_SCORES), hits=True)
+    n = len(forget)
+    ext = (extraction_stats(table.logprobs.take(slice(0, n))) if table.logprobs is not None
+           else extraction(model, tok, forget))  # several processes: the gathered table has no log-probs
+    return _split(table, n), ext
 
 
 def weight_attacks(args: BatteryArgs) -> list[tuple[str, Callable[[torch.nn.Module], torch.nn.Module]]]:
@@ -114,9 +128,6 @@ def request_verdicts(model: torch.nn.Module, tokenizer: Any, requests: Mapping[s
                 member_groups=group_labels(requests[n]), alpha=alpha, detectable_bound=args.detectable_bound,
                 n_boot=args.n_boot, seed=args.seed, attack=attack_name, **kw))
     return {n: worst_case(v) for n, v in verdicts.items()}
-
-
-Scores = tuple[dict[str, Any], dict[str, Any]]  # (forget, holdout): score name -> array
 
 
 def battery_plan(tokenizer: Any, forget: Sequence[Record], args: BatteryArgs) -> tuple[
@@ -160,14 +171,14 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
     for name, attack, measured in plan:
         start = time.perf_counter()
         attacked = attack(model)
-        fm, hm = scores[name] = forget_holdout_scores(attacked, tokenizer, measured, holdout)
+        (fm, hm), extracted = scores_and_extraction(attacked, tokenizer, measured, holdout)
+        scores[name] = (fm, hm)
         kw: dict[str, Any] = {}
         if reference is not None:
             kw = {"retain_members": reference[name][0], "retain_nonmembers": reference[name][1]}
         verdict = two_sided_verdict(fm, hm, nonmember_groups=groups, member_groups=group_labels(measured),
                                     alpha=args.alpha, detectable_bound=args.detectable_bound, n_boot=args.n_boot,
                                     seed=args.seed, attack=name, **kw)
-        rows.append(AttackRow(name, verdict, extraction(attacked, tokenizer, measured),
-                              time.perf_counter() - start))
+        rows.append(AttackRow(name, verdict, extracted, time.perf_counter() - start))
         del attacked
     return Battery(worst_case([r.verdict for r in rows]), rows, notes, reference_seconds, scores, reference or {})

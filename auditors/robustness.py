@@ -14,14 +14,18 @@ from unlearn.auditors.audit import group_labels
 from unlearn.auditors.metrics import auc
 from unlearn.auditors.tofu import extraction_strength, token_accuracy
 from unlearn.data import Record
-from unlearn.logprobs import token_logprobs
+from unlearn.logprobs import TokenLogProbs, token_logprobs
 
 
 def extraction(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record]) -> dict[str, float]:
     """Greedy completion of each record's prompt (QA: the question; text: from the start): the rate of
     exact reproductions (every target token is the argmax, i.e. greedy decoding returns the reference)
     and the mean extraction strength (1 - shortest prefix after which the rest is reproduced / length)."""
-    t = token_logprobs(model, tokenizer, records, moments=False)
+    return extraction_stats(token_logprobs(model, tokenizer, records, moments=False))
+
+
+def extraction_stats(t: TokenLogProbs) -> dict[str, float]:
+    """`extraction` from log-probs computed with ``hits`` (e.g. by the scoring pass)."""
     hit = token_accuracy(t)
     return {"exact_match": float((hit >= 1.0 - 1e-12).mean()), "extraction_strength":
             float(extraction_strength(t).mean()), "token_accuracy": float(hit.mean())}

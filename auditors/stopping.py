@@ -12,7 +12,14 @@ import torch
 from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 from unlearn.auditors.audit import group_labels
 from unlearn.auditors.metrics import auc, mann_whitney_p
-from unlearn.auditors.verdict import INCONCLUSIVE, OVER_UNLEARNED, REMOVED, two_sided_verdict
+from unlearn.auditors.verdict import (
+    INCONCLUSIVE,
+    NOT_REMOVED,
+    OVER_UNLEARNED,
+    REMOVED,
+    ScoreEvidence,
+    two_sided_verdict,
+)
 from unlearn.data import Record
 from unlearn.unlearner import Monitor, UnlearnArgs
 
@@ -36,7 +43,15 @@ def check_from_scores(forget_loss: np.ndarray, holdout_loss: np.ndarray,
     return out
 
 
-QUICK_MARGIN = 0.2  # least AUC excess over the target on the quick subsample that skips the full check
+QUICK_MARGIN = 0.2  # a full check with every score's AUC this far above its target is "far" (back-off ranking)
+QUICK_ALPHA_SHARE = 0.2  # a quick check skips the full one at this share of stop_alpha (a stricter test)
+QUICK_LEAD = 1.5  # after a full check, try a quick one next only if some score's lower CI bound is this many
+# half-widths above its target (the subsample's interval is about 2.7x wider: below that it rarely skips)
+
+
+def _lead(e: ScoreEvidence) -> float:
+    """How far a score's interval lies above its target (0 relative to a retain model, else AUC 0.5)."""
+    return e.ci[0] - (0.0 if e.retain_auc is not None else 0.5)
 
 
 def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
@@ -52,12 +67,14 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     ``distance`` = max |AUC - target| (what the best checkpoint minimises, target 0.5 or AUC_retain) and
     ``utility_ok``.
 
-    With ``args.quick_check`` > 0 each check first scores a fixed subsample of that many records per set; when
-    every score's AUC there is still more than ``QUICK_MARGIN`` above its target and retain utility has lost
-    less than half the guard, the full check is skipped (far from every boundary, nothing to decide); once a
-    full check finds a score within that margin, every later check is full. Every decision is a full
-    check's. Checks with every score that far above the target are reported ``far``: the best checkpoint
-    among them is the latest (a quick check has no comparable distance), and any other check beats them."""
+    With ``args.quick_check`` > 0 a check may first score a fixed subsample of that many records per set and
+    skip the full check when the subsample alone already shows a score NOT REMOVED, at a stricter level
+    (``QUICK_ALPHA_SHARE`` of ``stop_alpha``), with retain utility inside half the guard: the full check,
+    with more records, would then almost surely continue too. Only a full check stops. A quick check is
+    tried after a skip, and after a full check whose clearest NOT REMOVED score leads by ``QUICK_LEAD``
+    half-widths (otherwise the subsample would rarely skip, and cost a third of a full check for nothing).
+    Skipped checks and full checks with every score more than ``QUICK_MARGIN`` above its target are reported
+    ``far``: the best checkpoint among them is the latest, and any other check beats them."""
     groups = group_labels(holdout)
     baseline: dict[str, float] = {}
     nf, nh = len(forget), len(holdout)
@@ -71,32 +88,36 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
              for n in (nf, nh, len(retain_eval))]
     quick_on = any(len(p) < n for p, n in zip(picks, (nf, nh, len(retain_eval)), strict=True))
     quick_base: dict[str, float] = {}
-    near: list[bool] = []  # grows at each full check; the quick ones stop once one was near a boundary
+    try_quick = [quick_on]
 
     qf, qh, qr = picks
     quick_records = [*(forget[i] for i in qf), *(holdout[i] for i in qh), *(retain_eval[i] for i in qr)]
-    quick_target = {k: auc(reference["retain_members"][k][qf], reference["retain_nonmembers"][k][qh])
-                    if reference else 0.5 for k in ONE_PASS_SCORES}
+    quick_groups = [groups[i] for i in qh] if groups is not None else None
+    quick_reference = {"retain_members": {k: v[qf] for k, v in reference["retain_members"].items()},
+                       "retain_nonmembers": {k: v[qh] for k, v in reference["retain_nonmembers"].items()}
+                       } if reference else {}
 
-    def quick(model: torch.nn.Module) -> dict[str, Any]:
-        """Scores on a fixed subsample: the least excess AUC over the target and retain utility."""
+    def quick(model: torch.nn.Module, step: int) -> dict[str, Any]:
+        """The subsample's verdict at the stricter level, and its retain utility."""
         t = score_records(model, tokenizer, quick_records, list(ONE_PASS_SCORES)).scores
         a, b = len(qf), len(qf) + len(qh)
-        excess = [auc(v[:a], v[a:b]) - quick_target[k] for k, v in t.items()]
-        return {"excess": min(excess), "distance": max(abs(e) for e in excess),
+        v = two_sided_verdict({k: x[:a] for k, x in t.items()}, {k: x[a:b] for k, x in t.items()},
+                              nonmember_groups=quick_groups, alpha=args.stop_alpha * QUICK_ALPHA_SHARE, n_boot=400,
+                              seed=step, **quick_reference)
+        return {"status": v.status, "lead": max(_lead(e) for e in v.evidence),
                 "retain_prob": float(np.exp(t["loss"][b:]).mean()) if len(qr) else None}
 
     def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
-        if quick_on and not any(near):
-            q = quick(model)
+        if try_quick[0]:
+            q = quick(model, step)
             if not quick_base:
                 quick_base.update(q)
-            elif q["excess"] > QUICK_MARGIN and (q["retain_prob"] is None or q["retain_prob"] >= (
+            elif q["status"] == NOT_REMOVED and (q["retain_prob"] is None or q["retain_prob"] >= (
                     1 - args.max_utility_drop / 2) * quick_base["retain_prob"]):
-                # every score still far above the target and utility far from the guard: no full check (and no
+                # a score separates the sets even on the subsample: the full check would go on too (no
                 # ``distance``: a subsample's is not comparable with the full checks'; "far" ranks it)
-                return None, "", {"quick": True, "far": True, "quick_excess": q["excess"],
-                                  "quick_distance": q["distance"], "status": "NOT REMOVED", "utility_ok": True}
+                return None, "", {"quick": True, "far": True, "quick_lead": q["lead"], "status": NOT_REMOVED,
+                                  "utility_ok": True}
         table = score_records(model, tokenizer, [*forget, *holdout, *retain_eval], list(ONE_PASS_SCORES))
         fm = {k: v[:nf] for k, v in table.scores.items()}
         hm = {k: v[nf:nf + nh] for k, v in table.scores.items()}
@@ -109,10 +130,9 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         excess = [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
         m["distance"] = max(abs(x) for x in excess)
         m["status"] = v.status
-        # once a full check finds a score near its target, the quick ones would not skip again: go straight on
-        near.append(min(excess) <= QUICK_MARGIN)
+        try_quick[0] = quick_on and any(_lead(e) > QUICK_LEAD * (e.ci[1] - e.ci[0]) / 2 for e in v.evidence)
         if quick_on:
-            m["far"] = not near[-1]
+            m["far"] = min(excess) > QUICK_MARGIN
         retain_lp = table.scores["loss"][nf + nh:]
         if len(retain_lp):
             m["retain_prob"] = float(np.exp(retain_lp).mean())

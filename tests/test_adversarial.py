@@ -98,3 +98,18 @@ def test_cli_audit_attacks_and_worst_case(tmp_path: Path, bench, capsys) -> None
     assert len(wc["selected_ids"]) == 10 and [r["set"] for r in wc["rows"]] == ["worst-case", "random-1", "random-2"]
     ids = [json.loads(line)["id"] for line in (tmp_path / "w" / "selected.jsonl").read_text().splitlines()]
     assert ids == wc["selected_ids"] and "privleak" in wc["gap"]
+
+
+def test_battery_extraction_comes_from_the_scoring_pass(bench) -> None:
+    """The battery's scores and extraction from one forward pass equal the two computed apart."""
+    from unlearn.auditors.battery import forget_holdout_scores, scores_and_extraction
+
+    forget, holdout = bench.split("forget10")[:30], bench.split("holdout")[:20]
+    target, tok = load_model(bench.target)
+    (fm, hm), ext = scores_and_extraction(target, tok, forget, holdout)
+    apart_f, apart_h = forget_holdout_scores(target, tok, forget, holdout)
+    for k in apart_f:
+        np.testing.assert_allclose(fm[k], apart_f[k], rtol=1e-9)
+        np.testing.assert_allclose(hm[k], apart_h[k], rtol=1e-9)
+    assert ext == pytest.approx(extraction(target, tok, forget))
+    assert ext["exact_match"] > 0.5  # the target memorised its training people: the comparison is not of zeros

@@ -48,6 +48,12 @@ class TokenLogProbs:
         drop[rows, last[rows]] = True
         return self.mask & ~drop
 
+    def take(self, rows: slice) -> TokenLogProbs:
+        """The statistics of a contiguous run of records."""
+        eos = None if self.eos_last is None else self.eos_last[rows]
+        return TokenLogProbs(self.ids[rows], self.lp[rows], self.mu[rows], self.var[rows], self.hit[rows],
+                             self.mask[rows], eos)
+
     def mean_lp(self) -> torch.Tensor:
         """``[N]`` mean target log-prob (= minus the mean token NLL)."""
         return (self.lp * self.mask).sum(1) / self.lengths.clamp(min=1)
