@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 
 from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 from unlearn.auditors.audit import group_labels
@@ -49,6 +50,16 @@ QUICK_LEAD = 1.5  # after a full check, try a quick one next only if some score'
 # half-widths above its target (the subsample's interval is about 2.7x wider: below that it rarely skips)
 
 
+def utility_clearly_kept(probs: np.ndarray, base: np.ndarray, floor: float, alpha: float) -> bool:
+    """Whether mean(probs) / mean(base) (the same records before and now) is above ``floor`` by a one-sided
+    test at ``alpha`` (delta-method standard error of the ratio of paired means); True with no records."""
+    if not len(probs):
+        return True
+    ratio = float(probs.mean() / base.mean())
+    se = float(np.std(probs - ratio * base, ddof=1) / (base.mean() * np.sqrt(len(probs)))) if len(probs) > 1 else 0.0
+    return ratio - float(stats.norm.ppf(1 - alpha)) * se >= floor
+
+
 def _lead(e: ScoreEvidence) -> float:
     """How far a score's interval lies above its target (0 relative to a retain model, else AUC 0.5)."""
     return e.ci[0] - (0.0 if e.retain_auc is not None else 0.5)
@@ -87,7 +98,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     picks = [sorted(rng.sample(range(n), args.quick_check)) if 0 < args.quick_check < n else list(range(n))
              for n in (nf, nh, len(retain_eval))]
     quick_on = any(len(p) < n for p, n in zip(picks, (nf, nh, len(retain_eval)), strict=True))
-    quick_base: dict[str, float] = {}
+    quick_base: list[np.ndarray] = []  # the subsample's retain answer probabilities at the first check
     try_quick = [quick_on]
 
     qf, qh, qr = picks
@@ -104,16 +115,15 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         v = two_sided_verdict({k: x[:a] for k, x in t.items()}, {k: x[a:b] for k, x in t.items()},
                               nonmember_groups=quick_groups, alpha=args.stop_alpha * QUICK_ALPHA_SHARE, n_boot=400,
                               seed=step, **quick_reference)
-        return {"status": v.status, "lead": max(_lead(e) for e in v.evidence),
-                "retain_prob": float(np.exp(t["loss"][b:]).mean()) if len(qr) else None}
+        return {"status": v.status, "lead": max(_lead(e) for e in v.evidence), "retain_probs": np.exp(t["loss"][b:])}
 
     def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
         if try_quick[0]:
             q = quick(model, step)
             if not quick_base:
-                quick_base.update(q)
-            elif q["status"] == NOT_REMOVED and (q["retain_prob"] is None or q["retain_prob"] >= (
-                    1 - args.max_utility_drop / 2) * quick_base["retain_prob"]):
+                quick_base.append(q["retain_probs"])
+            elif q["status"] == NOT_REMOVED and utility_clearly_kept(
+                    q["retain_probs"], quick_base[0], 1 - args.max_utility_drop, args.stop_alpha * QUICK_ALPHA_SHARE):
                 # a score separates the sets even on the subsample: the full check would go on too (no
                 # ``distance``: a subsample's is not comparable with the full checks'; "far" ranks it)
                 return None, "", {"quick": True, "far": True, "quick_lead": q["lead"], "status": NOT_REMOVED,

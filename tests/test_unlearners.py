@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -184,6 +185,26 @@ def test_quick_checks_skip_only_where_the_full_check_goes_on_and_stop_where_full
     assert all(said[h["step"]] == "NOT REMOVED" for h in skipped), (said, skipped)
     assert (quick.stop_reason, quick.steps) == (full.stop_reason, full.steps)
     assert not quick.history[-1].get("quick") and not quick.history[0].get("quick")
+
+
+def test_utility_clearly_kept_holds_its_level_and_has_power() -> None:
+    """Records' retain probabilities before and now (now = before x a per-record factor): at a population
+    ratio equal to the floor the test says "kept" at most about alpha of the time; 10 points above it, mostly."""
+    from unlearn.auditors.stopping import utility_clearly_kept
+
+    rng = np.random.default_rng(0)
+
+    def rate(true_ratio: float, alpha: float = 0.05, n: int = 48, trials: int = 2000) -> float:
+        kept = 0
+        for _ in range(trials):
+            base = rng.beta(2, 2, n)
+            now = base * true_ratio * rng.lognormal(-0.045, 0.3, n)  # E[factor] = true_ratio
+            kept += utility_clearly_kept(now, base, 0.75, alpha)
+        return kept / trials
+
+    assert rate(0.75) <= 0.05 * 1.5
+    assert rate(0.85) >= 0.8
+    assert utility_clearly_kept(np.array([]), np.array([]), 0.75, 0.05)
 
 
 @pytest.mark.parametrize(("script", "backed_to"), [
