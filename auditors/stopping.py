@@ -98,7 +98,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     picks = [sorted(rng.sample(range(n), args.quick_check)) if 0 < args.quick_check < n else list(range(n))
              for n in (nf, nh, len(retain_eval))]
     quick_on = any(len(p) < n for p, n in zip(picks, (nf, nh, len(retain_eval)), strict=True))
-    quick_base: list[np.ndarray] = []  # the subsample's retain answer probabilities at the first check
+    quick_base: list[np.ndarray] = []  # the subsample's retain answer probabilities at the first (full) check
     try_quick = [quick_on]
 
     qf, qh, qr = picks
@@ -118,11 +118,9 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         return {"status": v.status, "lead": max(_lead(e) for e in v.evidence), "retain_probs": np.exp(t["loss"][b:])}
 
     def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
-        if try_quick[0]:
+        if try_quick[0] and quick_base:
             q = quick(model, step)
-            if not quick_base:
-                quick_base.append(q["retain_probs"])
-            elif q["status"] == NOT_REMOVED and utility_clearly_kept(
+            if q["status"] == NOT_REMOVED and utility_clearly_kept(
                     q["retain_probs"], quick_base[0], 1 - args.max_utility_drop, args.stop_alpha * QUICK_ALPHA_SHARE):
                 # a score separates the sets even on the subsample: the full check would go on too (no
                 # ``distance``: a subsample's is not comparable with the full checks'; "far" ranks it)
@@ -144,6 +142,8 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         if quick_on:
             m["far"] = min(excess) > QUICK_MARGIN
         retain_lp = table.scores["loss"][nf + nh:]
+        if quick_on and not quick_base:  # the first check is full: the subsample's utility base is a slice of it
+            quick_base.append(np.exp(retain_lp[qr]))
         if len(retain_lp):
             m["retain_prob"] = float(np.exp(retain_lp).mean())
         if not baseline:

@@ -114,6 +114,7 @@ def main() -> None:
                "utility_rel": utility(model, tok, u_sets) / target_utility,
                "steps": res.steps if res else 0, "stop": res.stop_reason if res else "-",
                "checks": len(res.history) if res else 0,
+               "full_checks": sum(not h.get("quick") for h in res.history) if res else 0,
                "rule_vs_unlearning": (rule_s[0] / max(res.wall_seconds - rule_s[0], 1e-9)) if res else None,
                "battery_no_relearn_vs_unlearning": (no_relearn / max(res.wall_seconds - rule_s[0], 1e-9))
                if res else None,
@@ -125,7 +126,7 @@ def main() -> None:
                "reference_vs_unlearning": (reference_s / max(res.wall_seconds - rule_s[0], 1e-9)) if res else None}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n{'method':12}{'verdict':15}{'FQ':>9}{'MU rel':>8}{'steps':>6}{'checks':>7} {'stop':22}"
+    print(f"\n{'method':12}{'verdict':15}{'FQ':>9}{'MU rel':>8}{'steps':>6}{'checks':>11} {'stop':22}"
           f"{'t/retrain':>10}{'battery/t':>10}{'rule':>6}{'batt.':>6}{'cost':>6}  per attack: status (loss AUC)")
     for r in rows:
         per = "; ".join(f"{a}: {s} ({aucs['loss']:.2f})" for a, (s, aucs, _) in r["attacks"].items())
@@ -134,7 +135,8 @@ def main() -> None:
         parts = "".join(f"{r[k]:6.2f}" if r[k] is not None else f"{'-':>6}"
                         for k in ("rule_vs_unlearning", "battery_no_relearn_vs_unlearning"))
         print(f"{r['method']:12}{r['verdict']:15}{r['forget_quality']:9.2e}{r['utility_rel']:8.3f}{r['steps']:6d}"
-              f"{r['checks']:7d} {r['stop']:22}{r['time_vs_retrain']:10.2f}{bt:>10}{parts}{cost:>6}  {per}")
+              f"{r['checks']:5d} ({r['full_checks']:3d}) {r['stop']:22}{r['time_vs_retrain']:10.2f}{bt:>10}{parts}"
+              f"{cost:>6}  {per}")
 
 
 if __name__ == "__main__":
