@@ -44,7 +44,8 @@ def check_from_scores(forget_loss: np.ndarray, holdout_loss: np.ndarray,
     return out
 
 
-QUICK_MARGIN = 0.2  # a full check with every score's AUC this far above its target is "far" (back-off ranking)
+QUICK_MARGIN = 0.2  # AUC above the target that is "far": a full check's every score (back-off ranking), or a
+# skipped check's lower bound (the next check is deferred)
 QUICK_ALPHA_SHARE = 0.2  # a quick check skips the full one at this share of stop_alpha (a stricter test)
 QUICK_LEAD = 1.5  # after a full check, try a quick one next only if some score's lower CI bound is this many
 # half-widths above its target (the subsample's interval is about 2.7x wider: below that it rarely skips)
@@ -80,12 +81,15 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
 
     With ``args.quick_check`` > 0 a check may first score a fixed subsample of that many records per set and
     skip the full check when the subsample alone already shows a score NOT REMOVED, at a stricter level
-    (``QUICK_ALPHA_SHARE`` of ``stop_alpha``), with retain utility inside half the guard: the full check,
-    with more records, would then almost surely continue too. Only a full check stops. A quick check is
-    tried after a skip, and after a full check whose clearest NOT REMOVED score leads by ``QUICK_LEAD``
-    half-widths (otherwise the subsample would rarely skip, and cost a third of a full check for nothing).
+    (``QUICK_ALPHA_SHARE`` of ``stop_alpha``) and its retain utility significantly inside the guard
+    (`utility_clearly_kept`): the full check, with more records, would then almost surely go on too. Only a
+    full check stops. A quick check is tried after a skip, and after a full check whose clearest NOT REMOVED
+    score leads by ``QUICK_LEAD`` half-widths (otherwise the subsample would rarely skip, and cost a third of
+    a full check for nothing).
     Skipped checks and full checks with every score more than ``QUICK_MARGIN`` above its target are reported
-    ``far``: the best checkpoint among them is the latest, and any other check beats them."""
+    ``far``: the best checkpoint among them is the latest, and any other check beats them. A skipped check
+    whose lead (the subsample's lower bound) is still above ``QUICK_MARGIN`` asks to ``defer`` the next
+    check: far from the target the checks come every 2 x ``eval_every`` steps."""
     groups = group_labels(holdout)
     baseline: dict[str, float] = {}
     nf, nh = len(forget), len(holdout)
@@ -125,7 +129,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
                 # a score separates the sets even on the subsample: the full check would go on too (no
                 # ``distance``: a subsample's is not comparable with the full checks'; "far" ranks it)
                 return None, "", {"quick": True, "far": True, "quick_lead": q["lead"], "status": NOT_REMOVED,
-                                  "utility_ok": True}
+                                  "utility_ok": True, "defer": q["lead"] > QUICK_MARGIN}
         table = score_records(model, tokenizer, [*forget, *holdout, *retain_eval], list(ONE_PASS_SCORES))
         fm = {k: v[:nf] for k, v in table.scores.items()}
         hm = {k: v[nf:nf + nh] for k, v in table.scores.items()}

@@ -176,7 +176,10 @@ def _graddiff_until_undetectable(bench, **over):
 @pytest.mark.slow
 def test_quick_checks_skip_only_where_the_full_check_goes_on_and_stop_where_full_checks_do(bench) -> None:
     full, quick = (_graddiff_until_undetectable(bench, quick_check=n) for n in (0, 24))
-    assert [h["step"] for h in quick.history] == [h["step"] for h in full.history]  # same schedule
+    steps = [h["step"] for h in quick.history]
+    assert set(steps) <= {h["step"] for h in full.history}  # the same schedule, less the deferred checks
+    deferred = [(a, b) for a, b, h in zip(steps, steps[1:], quick.history, strict=False) if h.get("defer")]
+    assert deferred and all(b - a == 8 for a, b in deferred), quick.history  # 2 x eval_every when far
     skipped = [h for h in quick.history if h.get("quick")]
     assert skipped and all(h["quick_lead"] > 0 for h in skipped), quick.history
     # the weights at a step are the same in both runs (checks do not touch training): where the quick run
@@ -235,6 +238,21 @@ def test_back_off_prefers_the_closest_full_check_then_the_latest_far_one(script,
     res = run_direct(model, UnlearnArgs(max_steps=len(script) - 1, eval_every=1, quick_check=0), update,
                      monitor=monitor)
     assert res.stats["backed_off_to"] == backed_to and res.model.weight.item() == backed_to
+
+
+def test_a_check_marked_defer_skips_the_next_one() -> None:
+    from unlearn.loop import run_direct
+    from unlearn.unlearner import UnlearnArgs
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    calls = []
+
+    def monitor(m, step):
+        calls.append(step)
+        return None, "", {"status": "NOT REMOVED", "utility_ok": True, "far": True, "defer": step in (0, 2)}
+
+    run_direct(model, UnlearnArgs(max_steps=6, eval_every=1, quick_check=0), lambda step: {}, monitor=monitor)
+    assert calls == [0, 2, 4, 5, 6]
 
 
 def test_adaptive_schedule_is_sparse_far_from_the_target_and_dense_near_it() -> None:

@@ -179,9 +179,11 @@ class Stopper:
 
     def due(self, step: int) -> bool:
         """Whether to check after ``step``: every ``eval_every`` steps, or (adaptive) as often only near the
-        target, see `next_check`."""
+        target, see `next_check`; ``2 x eval_every`` after a check the monitor marked ``defer``."""
         if not self.every or self.monitor is None:
             return False
+        if self.history and self.history[-1].get("defer"):  # the monitor saw the target far off: skip one
+            return step - self.history[-1]["step"] >= 2 * self.every
         if self.schedule == "fixed" or not self.history:
             return step % self.every == 0
         return step >= next_check(self.history, self.every)
