@@ -85,6 +85,18 @@ def leave_one_group_out_aucs(scores: np.ndarray, blocks: list[np.ndarray]) -> np
     return np.array(out)
 
 
+def group_mean_shifts(scores: np.ndarray, blocks: list[np.ndarray], reference: np.ndarray) -> np.ndarray:
+    """Each group's mean score minus the mean of ``reference``: unlike an AUC it does not saturate, so a
+    memorised group (every record far above every held-out one) stands out by how far, not just by order."""
+    return np.array([scores[b].mean() for b in blocks]) - reference.mean()
+
+
+def leave_one_group_out_shifts(scores: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
+    """Each group's mean score minus the mean of the other groups' records."""
+    total, n = scores.sum(), len(scores)
+    return np.array([scores[b].mean() - (total - scores[b].sum()) / (n - len(b)) for b in blocks])
+
+
 def placebo_t_test(d_members: np.ndarray, d_placebo: np.ndarray, level: float, power: float = 0.8,
                    critical: float | None = None) -> tuple[float, tuple[float, float], float, float]:
     """Pooled two-sample t-test of the members' per-group statistics against the placebo groups' (the null
@@ -185,7 +197,8 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
     z = stats.norm.ppf(1 - level / 2) + stats.norm.ppf(0.8)
     evidence = []
     placebo_sd: dict[str, float] = {}
-    placebo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    placebo: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per score: (forget groups', held-out groups') dAUC
+    shifts: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the same for the mean-score shift
     draws: list[tuple[np.ndarray, np.ndarray]] = []
     use_placebo = relative and grouped and len(blocks) >= 3
     if not use_placebo and (relative or not grouped):  # the bootstrap paths (grouped absolute is rank-based)
@@ -199,7 +212,10 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
             mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
             placebo[s] = (group_aucs(mu, member_blocks, nu) - group_aucs(mr, member_blocks, nr),
                           leave_one_group_out_aucs(nu, blocks) - leave_one_group_out_aucs(nr, blocks))
-        critical = joint_critical_value(list(placebo.values()), alpha, seed=seed)
+            shifts[s] = (group_mean_shifts(mu, member_blocks, nu) - group_mean_shifts(mr, member_blocks, nr),
+                         leave_one_group_out_shifts(nu, blocks) - leave_one_group_out_shifts(nr, blocks))
+        # one family: the AUC and the mean-shift test of every score
+        critical = joint_critical_value([*placebo.values(), *shifts.values()], alpha, seed=seed)
     for s in names:
         mu, nu = np.asarray(members[s], float), np.asarray(nonmembers[s], float)
         point = auc(mu, nu)
@@ -209,6 +225,11 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
             diff, (lo, hi), effect, placebo_sd[s] = placebo_t_test(*placebo[s], level, critical=critical)
             detectable = 0.5 + effect
             stat, ci = f"group dAUC {diff:+.3f} vs {len(blocks)} held-out groups", (lo, hi)
+            shift, (slo, shi), _, _ = placebo_t_test(*shifts[s], level, critical=critical)
+            if lo <= 0 and (slo > 0 or (shi < 0 <= hi)):
+                # the mean shift decides where the AUC cannot (saturated, or too coarse for one group)
+                stat, ci = f"group mean-{s} shift {shift:+.3g} vs {len(blocks)} held-out groups", (slo, shi)
+                lo, hi = ci
         elif relative:
             assert retain_members is not None and retain_nonmembers is not None
             mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)

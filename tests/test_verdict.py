@@ -154,6 +154,26 @@ def test_relative_grouped_verdict_detects_memorised_people_and_powers_many_group
     assert one.status == INCONCLUSIVE and "forget groups" in one.message, one.message
 
 
+def test_a_memorised_single_person_is_detected_by_its_mean_shift_where_the_auc_saturates() -> None:
+    """One person far above every held-out record: its AUC is 1.0 whatever the margin, so the AUC excess is
+    1 - AUC_retain(person), small for a person the retain model already finds likely; the mean-score shift
+    is not capped. Memorised people are NOT REMOVED (and wiped-out ones OVER-UNLEARNED) nearly always."""
+    rng = np.random.default_rng(7)
+    found = {"not_removed": 0, "by_shift": 0, "over": 0}
+    runs = 40
+    for _ in range(runs):
+        other, retain, groups = _two_never_trained_models(rng, 16)
+        m, h = slice(0, 10), slice(10, None)
+        kw = {"nonmember_groups": groups[10:], "member_groups": groups[:10], "n_boot": 100,
+              "retain_members": {"loss": retain[m]}, "retain_nonmembers": {"loss": retain[h]}}
+        v = two_sided_verdict({"loss": other[m] + 6}, {"loss": other[h]}, **kw)
+        found["not_removed"] += v.status == NOT_REMOVED
+        found["by_shift"] += "mean-loss shift" in v.message
+        found["over"] += two_sided_verdict({"loss": other[m] - 6}, {"loss": other[h]}, **kw).status == OVER_UNLEARNED
+    assert found["not_removed"] / runs >= 0.95 and found["over"] / runs >= 0.95, found
+    assert found["by_shift"] / runs >= 0.3, found  # the people the AUC alone misses
+
+
 def test_placebo_t_test_matches_scipy_and_groups_needed_reaches_the_power() -> None:
     rng = np.random.default_rng(5)
     a, b = rng.normal(0.3, 1, 7), rng.normal(0, 1, 12)
