@@ -21,10 +21,15 @@ held-out records, minus the retain model's, d_g = AUC_u(g) - AUC_r(g); each held
 statistic against the other held-out groups (leave one group out). Two models that never saw a group still
 disagree about it (seed, data order: on the built-in benchmark the standard deviation of d over never-seen
 people is about 0.2 AUC), so the held-out groups' d are the null distribution ("placebo" groups): a pooled
-two-sample t-test of the forget groups' d against them, powered by the numbers of groups; the scores
-share one critical value at family level alpha (`joint_critical_value`, their correlation instead of
-Bonferroni). (A paired bootstrap over one person's records treats the retain model as the only possible
-never-trained model and raised false alarms on 45% of single-person requests judged on a second seed.)
+two-sample t-test of the forget groups' d against them, powered by the numbers of groups. The same test runs
+on each group's mean-score shift (mean over the group minus the mean of the held-out records, minus the retain
+model's): an AUC saturates at 1.0 for a memorised person, so its excess over the retain model's is
+1 - AUC_r(g), small for a person the retain model already finds likely, while the mean shift is not capped;
+it decides where the AUC test does not reject (the minimum detectable effect stays the AUC test's). The AUC
+tests share one critical value at family level 0.8 alpha, the shift tests one at 0.2 alpha
+(`joint_critical_value`: their correlation instead of Bonferroni within a family). (A paired bootstrap
+over one person's records treats the retain model as the only possible never-trained model and raised false
+alarms on 45% of single-person requests judged on a second seed.)
 Without groups the statistic is dAUC over the same resampled records (paired bootstrap), records being the
 unit.
 """
@@ -42,6 +47,7 @@ from scipy import stats
 from unlearn.auditors.metrics import auc, resampled_aucs
 
 REMOVED, NOT_REMOVED, OVER_UNLEARNED, INCONCLUSIVE = "REMOVED", "NOT REMOVED", "OVER-UNLEARNED", "INCONCLUSIVE"
+SHIFT_ALPHA_SHARE = 0.2  # of a placebo verdict's alpha, for the mean-shift tests (the AUC tests keep the rest)
 SEVERITY = {NOT_REMOVED: 3, OVER_UNLEARNED: 2, INCONCLUSIVE: 1, REMOVED: 0}
 
 
@@ -214,8 +220,10 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
                           leave_one_group_out_aucs(nu, blocks) - leave_one_group_out_aucs(nr, blocks))
             shifts[s] = (group_mean_shifts(mu, member_blocks, nu) - group_mean_shifts(mr, member_blocks, nr),
                          leave_one_group_out_shifts(nu, blocks) - leave_one_group_out_shifts(nr, blocks))
-        # one family: the AUC and the mean-shift test of every score
-        critical = joint_critical_value([*placebo.values(), *shifts.values()], alpha, seed=seed)
+        # the AUC tests and the mean-shift tests split alpha (Bonferroni between the two families): the shift
+        # test only has to catch what the AUC cannot express, effects far beyond a saturated AUC
+        critical = joint_critical_value(list(placebo.values()), alpha * (1 - SHIFT_ALPHA_SHARE), seed=seed)
+        shift_critical = joint_critical_value(list(shifts.values()), alpha * SHIFT_ALPHA_SHARE, seed=seed)
     for s in names:
         mu, nu = np.asarray(members[s], float), np.asarray(nonmembers[s], float)
         point = auc(mu, nu)
@@ -225,7 +233,7 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
             diff, (lo, hi), effect, placebo_sd[s] = placebo_t_test(*placebo[s], level, critical=critical)
             detectable = 0.5 + effect
             stat, ci = f"group dAUC {diff:+.3f} vs {len(blocks)} held-out groups", (lo, hi)
-            shift, (slo, shi), _, _ = placebo_t_test(*shifts[s], level, critical=critical)
+            shift, (slo, shi), _, _ = placebo_t_test(*shifts[s], level, critical=shift_critical)
             if lo <= 0 and (slo > 0 or (shi < 0 <= hi)):
                 # the mean shift decides where the AUC cannot (saturated, or too coarse for one group)
                 stat, ci = f"group mean-{s} shift {shift:+.3g} vs {len(blocks)} held-out groups", (slo, shi)
