@@ -26,7 +26,8 @@ on each group's mean-score shift (mean over the group minus the mean of the held
 model's): an AUC saturates at 1.0 for a memorised person, so its excess over the retain model's is
 1 - AUC_r(g), small for a person the retain model already finds likely, while the mean shift is not capped;
 it decides where the AUC test does not reject (the minimum detectable effect stays the AUC test's). The AUC
-tests share one critical value at family level 0.8 alpha, the shift tests one at 0.2 alpha
+tests share one critical value at family level 0.8 alpha, the shift tests (LOSS, zlib, Min-K%: not Min-K%++,
+whose record scores are heavy-tailed) one at 0.2 alpha
 (`joint_critical_value`: their correlation instead of Bonferroni within a family). (A paired bootstrap
 over one person's records treats the retain model as the only possible never-trained model and raised false
 alarms on 45% of single-person requests judged on a second seed.)
@@ -48,6 +49,10 @@ from unlearn.auditors.metrics import auc, resampled_aucs
 
 REMOVED, NOT_REMOVED, OVER_UNLEARNED, INCONCLUSIVE = "REMOVED", "NOT REMOVED", "OVER-UNLEARNED", "INCONCLUSIVE"
 SHIFT_ALPHA_SHARE = 0.2  # of a placebo verdict's alpha, for the mean-shift tests (the AUC tests keep the rest)
+# The scores whose group means are tested too: averages of token log-probs. Min-K%++ divides by the spread of
+# the next-token distribution, so its record scores are heavy-tailed and a group mean is not a stable statistic
+# (one never-seen person's mean moved by +150 between two never-trained models on the built-in benchmark).
+SHIFT_SCORES = ("loss", "zlib", "mink")
 SEVERITY = {NOT_REMOVED: 3, OVER_UNLEARNED: 2, INCONCLUSIVE: 1, REMOVED: 0}
 
 
@@ -218,12 +223,14 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
             mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
             placebo[s] = (group_aucs(mu, member_blocks, nu) - group_aucs(mr, member_blocks, nr),
                           leave_one_group_out_aucs(nu, blocks) - leave_one_group_out_aucs(nr, blocks))
-            shifts[s] = (group_mean_shifts(mu, member_blocks, nu) - group_mean_shifts(mr, member_blocks, nr),
-                         leave_one_group_out_shifts(nu, blocks) - leave_one_group_out_shifts(nr, blocks))
+            if s in SHIFT_SCORES:
+                shifts[s] = (group_mean_shifts(mu, member_blocks, nu) - group_mean_shifts(mr, member_blocks, nr),
+                             leave_one_group_out_shifts(nu, blocks) - leave_one_group_out_shifts(nr, blocks))
         # the AUC tests and the mean-shift tests split alpha (Bonferroni between the two families): the shift
         # test only has to catch what the AUC cannot express, effects far beyond a saturated AUC
         critical = joint_critical_value(list(placebo.values()), alpha * (1 - SHIFT_ALPHA_SHARE), seed=seed)
-        shift_critical = joint_critical_value(list(shifts.values()), alpha * SHIFT_ALPHA_SHARE, seed=seed)
+        shift_critical = joint_critical_value(list(shifts.values()), alpha * SHIFT_ALPHA_SHARE,
+                                              seed=seed) if shifts else 0.0
     for s in names:
         mu, nu = np.asarray(members[s], float), np.asarray(nonmembers[s], float)
         point = auc(mu, nu)
@@ -233,11 +240,12 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
             diff, (lo, hi), effect, placebo_sd[s] = placebo_t_test(*placebo[s], level, critical=critical)
             detectable = 0.5 + effect
             stat, ci = f"group dAUC {diff:+.3f} vs {len(blocks)} held-out groups", (lo, hi)
-            shift, (slo, shi), _, _ = placebo_t_test(*shifts[s], level, critical=shift_critical)
-            if lo <= 0 and (slo > 0 or (shi < 0 <= hi)):
-                # the mean shift decides where the AUC cannot (saturated, or too coarse for one group)
-                stat, ci = f"group mean-{s} shift {shift:+.3g} vs {len(blocks)} held-out groups", (slo, shi)
-                lo, hi = ci
+            if s in shifts:
+                shift, (slo, shi), _, _ = placebo_t_test(*shifts[s], level, critical=shift_critical)
+                if lo <= 0 and (slo > 0 or shi < 0 <= hi):
+                    # the mean shift decides where the AUC cannot (saturated, or too coarse for one group)
+                    stat, ci = f"group mean-{s} shift {shift:+.3g} vs {len(blocks)} held-out groups", (slo, shi)
+                    lo, hi = ci
         elif relative:
             assert retain_members is not None and retain_nonmembers is not None
             mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
