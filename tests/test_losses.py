@@ -50,15 +50,15 @@ def test_sequence_logprobs_and_kl_against_explicit_loops(tiny_tokenizer) -> None
             label = int(batch.labels[b, t + 1])
             if label == -100:
                 continue
-            logp = torch.log_softmax(logits[b, t].double(), -1)
+            logp = torch.log_softmax(logits[b, t].detach().double(), -1)
             total += float(logp[label])
             count += 1
-            p_ref = torch.softmax(ref_logits[b, t].double(), -1)
+            p_ref = torch.softmax(ref_logits[b, t].detach().double(), -1)
             kl_terms.append(float((p_ref * (p_ref.log() - logp)).sum()))
-        assert float(lp[b]) == pytest.approx(total, abs=1e-4) and int(n[b]) == count
-    assert float(retain_kl(logits, ref_logits, batch.labels)) == pytest.approx(sum(kl_terms) / len(kl_terms),
+        assert lp[b].item() == pytest.approx(total, abs=1e-4) and int(n[b]) == count
+    assert retain_kl(logits, ref_logits, batch.labels).item() == pytest.approx(sum(kl_terms) / len(kl_terms),
                                                                                abs=1e-5)
-    assert float(retain_kl(logits, logits, batch.labels)) == pytest.approx(0.0, abs=1e-6)
+    assert retain_kl(logits, logits, batch.labels).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_forget_weight_scales_the_npo_and_simnpo_terms(tiny_model, tiny_tokenizer) -> None:
