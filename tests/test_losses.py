@@ -78,4 +78,4 @@ def test_forget_weight_scales_the_npo_and_simnpo_terms(tiny_model, tiny_tokenize
     for w in (1.0, 0.125):
         args = load_method_args("npo", overrides={"forget_weight": w, "retain_weight": 0.0})
         losses[w], _ = npo_step(args, ref, retain_term(args, ref))(tiny_model, fb, None)
-    assert float(losses[0.125]) == pytest.approx(0.125 * float(losses[1.0]), rel=1e-6)
+    assert losses[0.125].item() == pytest.approx(0.125 * losses[1.0].item(), rel=1e-6)
