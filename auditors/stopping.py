@@ -85,7 +85,8 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     (`utility_clearly_kept`): the full check, with more records, would then almost surely go on too. Only a
     full check stops. A quick check is tried after a skip, and after a full check whose clearest NOT REMOVED
     score leads by ``QUICK_LEAD`` half-widths (otherwise the subsample would rarely skip, and cost a third of
-    a full check for nothing).
+    a full check for nothing). The first check (before any step) is a quick one too, plus the retain set
+    for the utility baseline.
     Skipped checks and full checks with every score more than ``QUICK_MARGIN`` above its target are reported
     ``far``: the best checkpoint among them is the latest, and any other check beats them. A skipped check
     whose lead (the subsample's lower bound) is still above ``QUICK_MARGIN`` asks to ``defer`` the next
@@ -102,7 +103,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     picks = [sorted(rng.sample(range(n), args.quick_check)) if 0 < args.quick_check < n else list(range(n))
              for n in (nf, nh, len(retain_eval))]
     quick_on = any(len(p) < n for p, n in zip(picks, (nf, nh, len(retain_eval)), strict=True))
-    quick_base: list[np.ndarray] = []  # the subsample's retain answer probabilities at the first (full) check
+    quick_base: list[np.ndarray] = []  # the subsample's retain answer probabilities at the first check
     try_quick = [quick_on]
 
     qf, qh, qr = picks
@@ -122,10 +123,16 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         return {"status": v.status, "lead": max(_lead(e) for e in v.evidence), "retain_probs": np.exp(t["loss"][b:])}
 
     def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
-        if try_quick[0] and quick_base:
+        if try_quick[0]:
             q = quick(model, step)
-            if q["status"] == NOT_REMOVED and utility_clearly_kept(
-                    q["retain_probs"], quick_base[0], 1 - args.max_utility_drop, args.stop_alpha * QUICK_ALPHA_SHARE):
+            first = not quick_base
+            if first:
+                quick_base.append(q["retain_probs"])
+            if q["status"] == NOT_REMOVED and (first or utility_clearly_kept(
+                    q["retain_probs"], quick_base[0], 1 - args.max_utility_drop, args.stop_alpha * QUICK_ALPHA_SHARE)):
+                if first and len(retain_eval):  # the full checks' utility baseline: the whole retain set, once
+                    lp = score_records(model, tokenizer, retain_eval, ["loss"]).scores["loss"]
+                    baseline["retain_prob"] = float(np.exp(lp).mean())
                 # a score separates the sets even on the subsample: the full check would go on too (no
                 # ``distance``: a subsample's is not comparable with the full checks'; "far" ranks it)
                 return None, "", {"quick": True, "far": True, "quick_lead": q["lead"], "status": NOT_REMOVED,
@@ -146,8 +153,6 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         if quick_on:
             m["far"] = min(excess) > QUICK_MARGIN
         retain_lp = table.scores["loss"][nf + nh:]
-        if quick_on and not quick_base:  # the first check is full: the subsample's utility base is a slice of it
-            quick_base.append(np.exp(retain_lp[qr]))
         if len(retain_lp):
             m["retain_prob"] = float(np.exp(retain_lp).mean())
         if not baseline:
