@@ -12,6 +12,7 @@ from scipy import stats
 
 from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 from unlearn.auditors.audit import group_labels
+from unlearn.auditors.battery import forget_holdout_scores
 from unlearn.auditors.metrics import auc, mann_whitney_p
 from unlearn.auditors.verdict import (
     INCONCLUSIVE,
@@ -96,15 +97,14 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     nf, nh = len(forget), len(holdout)
     reference: dict[str, Any] = {}
     if retain_model is not None:
-        table = score_records(retain_model, tokenizer, [*forget, *holdout], list(ONE_PASS_SCORES))
-        reference = {"retain_members": {k: v[:nf] for k, v in table.scores.items()},
-                     "retain_nonmembers": {k: v[nf:] for k, v in table.scores.items()}}
+        retain_members, retain_nonmembers = forget_holdout_scores(retain_model, tokenizer, forget, holdout)
+        reference = {"retain_members": retain_members, "retain_nonmembers": retain_nonmembers}
     rng = random.Random(args.seed)
     picks = [sorted(rng.sample(range(n), args.quick_check)) if 0 < args.quick_check < n else list(range(n))
              for n in (nf, nh, len(retain_eval))]
     quick_on = any(len(p) < n for p, n in zip(picks, (nf, nh, len(retain_eval)), strict=True))
-    quick_base: list[np.ndarray] = []  # the subsample's retain answer probabilities at the first check
-    try_quick = [quick_on]
+    quick_base: np.ndarray | None = None  # the subsample's retain answer probabilities at the first check
+    try_quick = quick_on
 
     qf, qh, qr = picks
     quick_records = [*(forget[i] for i in qf), *(holdout[i] for i in qh), *(retain_eval[i] for i in qr)]
@@ -123,13 +123,14 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         return {"status": v.status, "lead": max(_lead(e) for e in v.evidence), "retain_probs": np.exp(t["loss"][b:])}
 
     def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
-        if try_quick[0]:
+        nonlocal quick_base, try_quick
+        if try_quick:
             q = quick(model, step)
-            first = not quick_base
-            if first:
-                quick_base.append(q["retain_probs"])
+            first = quick_base is None
+            if quick_base is None:
+                quick_base = q["retain_probs"]
             if q["status"] == NOT_REMOVED and (first or utility_clearly_kept(
-                    q["retain_probs"], quick_base[0], 1 - args.max_utility_drop, args.stop_alpha * QUICK_ALPHA_SHARE)):
+                    q["retain_probs"], quick_base, 1 - args.max_utility_drop, args.stop_alpha * QUICK_ALPHA_SHARE)):
                 if first and len(retain_eval):  # the full checks' utility baseline: the whole retain set, once
                     lp = score_records(model, tokenizer, retain_eval, ["loss"]).scores["loss"]
                     baseline["retain_prob"] = float(np.exp(lp).mean())
@@ -149,7 +150,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         excess = [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
         m["distance"] = max(abs(x) for x in excess)
         m["status"] = v.status
-        try_quick[0] = quick_on and any(_lead(e) > QUICK_LEAD * (e.ci[1] - e.ci[0]) / 2 for e in v.evidence)
+        try_quick = quick_on and any(_lead(e) > QUICK_LEAD * (e.ci[1] - e.ci[0]) / 2 for e in v.evidence)
         if quick_on:
             m["far"] = min(excess) > QUICK_MARGIN
         retain_lp = table.scores["loss"][nf + nh:]
