@@ -13,7 +13,7 @@ from unlearn.attacks.scores import gradnorm_score, loss_score, mink_score, minkp
 from unlearn.data import Record
 from unlearn.distributed import rank_world, sharded
 from unlearn.errors import UnlearnError
-from unlearn.logprobs import TokenLogProbs, token_logprobs
+from unlearn.logprobs import Prepared, TokenLogProbs, token_logprobs
 from unlearn.registry import Registry
 
 
@@ -94,19 +94,20 @@ def parse_scores(spec: str | Sequence[str]) -> list[str]:
 def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], scores: Sequence[str], *,
                   k: float = 0.4, reference: torch.nn.Module | None = None, batch_size: int = 32,
                   on_batch: Callable[[int], None] | None = None, padding_side: str = "right",
-                  hits: bool = False) -> ScoreTable:
+                  hits: bool = False, prepared: Prepared | None = None) -> ScoreTable:
     """Compute the requested scores; the one-pass ones share a single forward pass of ``model``. With ``hits``
     the table's token log-probs also say where the argmax is the target (extraction, from the same pass).
+    ``prepared``: the records' batches, tokenised once for repeated scoring (`unlearn.logprobs.prepare`).
 
     Under several processes each rank scores an interleaved shard and the scores are gathered (the
-    table then carries no token log-probs)."""
+    table then carries no token log-probs, and ``prepared`` is not used: each rank batches its shard)."""
     if not records:
         raise UnlearnError("cannot score an empty set of records")
     if any(SCORES.entry(n).info.get("needs_reference") for n in scores) and reference is None:
         raise UnlearnError("the 'reference' score needs a reference model (--reference)")
     if rank_world()[1] == 1:
         return _score_local(model, tokenizer, records, scores, k, reference, batch_size, on_batch, padding_side,
-                            hits)
+                            hits, prepared)
 
     def local(shard: list[Record]) -> dict[str, np.ndarray]:
         t = _score_local(model, tokenizer, shard, scores, k, reference, batch_size, on_batch, padding_side)
@@ -120,10 +121,10 @@ def score_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[Reco
 def _score_local(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], scores: Sequence[str], k: float,
                  reference: torch.nn.Module | None, batch_size: int,
                  on_batch: Callable[[int], None] | None, padding_side: str = "right",
-                 hits: bool = False) -> ScoreTable:
+                 hits: bool = False, prepared: Prepared | None = None) -> ScoreTable:
     moments = any(SCORES.entry(n).info.get("moments") for n in scores)
     tlp = token_logprobs(model, tokenizer, records, batch_size=batch_size, moments=moments, hits=hits,
-                         on_batch=on_batch, padding_side=padding_side)
+                         on_batch=on_batch, padding_side=padding_side, prepared=prepared)
     ctx = ScoreContext(model, tokenizer, records, tlp, k, reference, batch_size, padding_side)
     out = {name: SCORES.get(name)(ctx) for name in scores}
     return ScoreTable([r.id for r in records], {n: v.numpy() for n, v in out.items()},

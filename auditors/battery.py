@@ -18,6 +18,7 @@ from unlearn.auditors.audit import group_labels
 from unlearn.auditors.robustness import extraction, extraction_stats, split_for_relearning
 from unlearn.auditors.verdict import Verdict, two_sided_verdict, worst_case
 from unlearn.data import Record
+from unlearn.logprobs import Prepared, max_length_of, prepare
 
 Scores = tuple[dict[str, Any], dict[str, Any]]  # (forget, holdout): score name -> array
 
@@ -76,15 +77,22 @@ def _split(table: ScoreTable, n: int) -> Scores:
     return {k: v[:n] for k, v in table.scores.items()}, {k: v[n:] for k, v in table.scores.items()}
 
 
-def forget_holdout_scores(model: torch.nn.Module, tok: Any, forget: Sequence[Record],
-                          holdout: Sequence[Record]) -> Scores:
-    return _split(score_records(model, tok, [*forget, *holdout], list(ONE_PASS_SCORES)), len(forget))
+def forget_holdout_scores(model: torch.nn.Module, tok: Any, forget: Sequence[Record], holdout: Sequence[Record],
+                          prepared: Prepared | None = None) -> Scores:
+    """Every one-pass score of ``forget`` and of ``holdout`` (``prepared``: `prepare` of the two, in order)."""
+    table = score_records(model, tok, [*forget, *holdout], list(ONE_PASS_SCORES), prepared=prepared)
+    return _split(table, len(forget))
 
 
-def scores_and_extraction(model: torch.nn.Module, tok: Any, forget: Sequence[Record],
-                          holdout: Sequence[Record]) -> tuple[Scores, dict[str, float]]:
+def prepare_pair(model: torch.nn.Module, tok: Any, forget: Sequence[Record], holdout: Sequence[Record]) -> Prepared:
+    """The batches of ``forget`` then ``holdout``, tokenised once for the several models that score them."""
+    return prepare([*forget, *holdout], tok, max_length=max_length_of(model))
+
+
+def scores_and_extraction(model: torch.nn.Module, tok: Any, forget: Sequence[Record], holdout: Sequence[Record],
+                          prepared: Prepared | None = None) -> tuple[Scores, dict[str, float]]:
     """`forget_holdout_scores` and the forget set's `extraction`, from the same forward pass."""
-    table = score_records(model, tok, [*forget, *holdout], list(ONE_PASS_SCORES), hits=True)
+    table = score_records(model, tok, [*forget, *holdout], list(ONE_PASS_SCORES), hits=True, prepared=prepared)
     n = len(forget)
     ext = (extraction_stats(table.logprobs.take(slice(0, n))) if table.logprobs is not None
            else extraction(model, tok, forget))  # several processes: the gathered table has no log-probs
@@ -111,11 +119,12 @@ def request_verdicts(model: torch.nn.Module, tokenizer: Any, requests: Mapping[s
     records = [r for n in names for r in requests[n]]
     groups = group_labels(holdout)
     verdicts: dict[str, list[Verdict]] = {n: [] for n in names}
+    batches = prepare_pair(model, tokenizer, records, holdout)
     for attack_name, attack in weight_attacks(args):
-        fm, hm = forget_holdout_scores(attack(model), tokenizer, records, holdout)
+        fm, hm = forget_holdout_scores(attack(model), tokenizer, records, holdout, batches)
         rm = rh = None
         if retain_model is not None:
-            rm, rh = forget_holdout_scores(attack(retain_model), tokenizer, records, holdout)
+            rm, rh = forget_holdout_scores(attack(retain_model), tokenizer, records, holdout, batches)
         start = 0
         for n in names:
             rows = slice(start, start + len(requests[n]))
@@ -132,8 +141,10 @@ def request_verdicts(model: torch.nn.Module, tokenizer: Any, requests: Mapping[s
 
 def battery_plan(tokenizer: Any, forget: Sequence[Record], args: BatteryArgs) -> tuple[
         list[tuple[str, Callable[[torch.nn.Module], torch.nn.Module], list[Record]]], list[str]]:
-    """(name, attack, the forget records it is measured on) for every attack of the battery, and notes."""
-    plan = [(name, attack, list(forget)) for name, attack in weight_attacks(args)]
+    """(name, attack, the forget records it is measured on) for every attack of the battery, and notes; the
+    weight attacks share one list of records."""
+    whole = list(forget)
+    plan = [(name, attack, whole) for name, attack in weight_attacks(args)]
     notes = []
     if args.relearn:
         learn, evaluated_half = split_for_relearning(forget, args.seed)
@@ -152,8 +163,23 @@ def reference_scores(retain_model: torch.nn.Module, tokenizer: Any, forget: Sequ
     """The retain model's scores under every attack of the battery: they do not depend on the unlearned model,
     so one request judged for several methods (compare, benchmarks) computes them once."""
     plan, _ = battery_plan(tokenizer, forget, args)
-    return {name: forget_holdout_scores(attack(retain_model), tokenizer, measured, holdout)
+    batches = batches_of(retain_model, tokenizer, holdout)
+    return {name: forget_holdout_scores(attack(retain_model), tokenizer, measured, holdout, batches(measured))
             for name, attack, measured in plan}
+
+
+def batches_of(model: torch.nn.Module, tokenizer: Any, holdout: Sequence[Record]) -> Callable[[list[Record]],
+                                                                                              Prepared]:
+    """measured records -> their `prepare_pair` with ``holdout``, made once per list (the battery's weight
+    attacks share one)."""
+    made: dict[int, Prepared] = {}
+
+    def get(measured: list[Record]) -> Prepared:
+        if id(measured) not in made:
+            made[id(measured)] = prepare_pair(model, tokenizer, measured, holdout)
+        return made[id(measured)]
+
+    return get
 
 
 def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
@@ -168,10 +194,11 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
         reference = reference_scores(retain_model, tokenizer, forget, holdout, args)
     reference_seconds = time.perf_counter() - start
     rows, scores = [], {}
+    batches = batches_of(model, tokenizer, holdout)
     for name, attack, measured in plan:
         start = time.perf_counter()
         attacked = attack(model)
-        (fm, hm), extracted = scores_and_extraction(attacked, tokenizer, measured, holdout)
+        (fm, hm), extracted = scores_and_extraction(attacked, tokenizer, measured, holdout, batches(measured))
         scores[name] = (fm, hm)
         kw: dict[str, Any] = {}
         if reference is not None:

@@ -23,6 +23,7 @@ from unlearn.auditors.verdict import (
     two_sided_verdict,
 )
 from unlearn.data import Record
+from unlearn.logprobs import Prepared, max_length_of, prepare
 from unlearn.unlearner import Monitor, UnlearnArgs
 
 
@@ -108,6 +109,15 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
 
     qf, qh, qr = picks
     quick_records = [*(forget[i] for i in qf), *(holdout[i] for i in qh), *(retain_eval[i] for i in qr)]
+    full_records = [*forget, *holdout, *retain_eval]
+    made: dict[str, Prepared] = {}
+
+    def batches(kind: str, model: torch.nn.Module) -> Prepared:
+        """The quick or the full check's records, tokenised at the first check: every check scores the same."""
+        if kind not in made:
+            made[kind] = prepare(quick_records if kind == "quick" else full_records, tokenizer,
+                                 max_length=max_length_of(model))
+        return made[kind]
     quick_groups = [groups[i] for i in qh] if groups is not None else None
     quick_reference = {"retain_members": {k: v[qf] for k, v in reference["retain_members"].items()},
                        "retain_nonmembers": {k: v[qh] for k, v in reference["retain_nonmembers"].items()}
@@ -115,7 +125,8 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
 
     def quick(model: torch.nn.Module, step: int) -> dict[str, Any]:
         """The subsample's verdict at the stricter level, and its retain utility."""
-        t = score_records(model, tokenizer, quick_records, list(ONE_PASS_SCORES)).scores
+        t = score_records(model, tokenizer, quick_records, list(ONE_PASS_SCORES),
+                          prepared=batches("quick", model)).scores
         a, b = len(qf), len(qf) + len(qh)
         v = two_sided_verdict({k: x[:a] for k, x in t.items()}, {k: x[a:b] for k, x in t.items()},
                               nonmember_groups=quick_groups, alpha=args.stop_alpha * QUICK_ALPHA_SHARE, n_boot=400,
@@ -138,7 +149,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
                 # ``distance``: a subsample's is not comparable with the full checks'; "far" ranks it)
                 return None, "", {"quick": True, "far": True, "quick_lead": q["lead"], "status": NOT_REMOVED,
                                   "utility_ok": True, "defer": q["lead"] > QUICK_MARGIN}
-        table = score_records(model, tokenizer, [*forget, *holdout, *retain_eval], list(ONE_PASS_SCORES))
+        table = score_records(model, tokenizer, full_records, list(ONE_PASS_SCORES), prepared=batches("full", model))
         fm = {k: v[:nf] for k, v in table.scores.items()}
         hm = {k: v[nf:nf + nh] for k, v in table.scores.items()}
         # record level on the forget side: a target to stop at, also for a one-person request (the claim

@@ -12,7 +12,7 @@ from unlearn.attacks.runner import ONE_PASS_SCORES, parse_scores, score_records
 from unlearn.attacks.scores import gradnorm_score, reference_score
 from unlearn.data import encode, qa_record, text_record
 from unlearn.errors import UnlearnError
-from unlearn.logprobs import token_logprobs
+from unlearn.logprobs import prepare, token_logprobs
 
 
 def _records() -> list:
@@ -121,6 +121,21 @@ def test_target_only_logits_and_length_sorting_match_the_full_logits_path(tiny_t
     first = next(t for t in range(len(ids) - 1) if labels[t + 1] != -100)
     expected = torch.log_softmax(cap[first].double(), -1)[ids[first + 1]]
     assert float(capped.lp[0, 0]) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_prepared_batches_score_as_fresh_ones_for_every_model(tiny_tokenizer) -> None:
+    recs = _records()
+    batches = prepare(recs, tiny_tokenizer, batch_size=2)
+    for seed in (1, 2):  # one preparation, several models (the battery's attacks, the stopping rule's checks)
+        model = make_tiny_model(tiny_tokenizer, seed=seed)
+        fresh = score_records(model, tiny_tokenizer, recs, list(ONE_PASS_SCORES), batch_size=2, hits=True)
+        again = score_records(model, tiny_tokenizer, recs, list(ONE_PASS_SCORES), hits=True, prepared=batches)
+        for name in ONE_PASS_SCORES:
+            np.testing.assert_array_equal(fresh.scores[name], again.scores[name])
+        assert torch.equal(fresh.logprobs.hit, again.logprobs.hit)
+        assert torch.equal(fresh.logprobs.eos_last, again.logprobs.eos_last)
+    with pytest.raises(ValueError, match="other records"):
+        token_logprobs(model, tiny_tokenizer, recs[::-1], prepared=batches)
 
 
 def test_reference_and_gradnorm(tiny_tokenizer) -> None:

@@ -141,26 +141,56 @@ def batch_stats(logits: torch.Tensor | Callable[[torch.Tensor, torch.Tensor], to
     return (*out, front)
 
 
+@dataclass
+class Prepared:
+    """Records tokenised, ordered by length and collated once, to be scored again and again (every check of
+    the stopping rule, every attack of the battery)."""
+
+    ids: list[str]
+    order: list[int]  # batch position -> record index
+    batches: list[Batch]
+    eos_last: torch.Tensor
+
+
+def prepare(records: Sequence[Record], tokenizer: Any, *, max_length: int | None = None, batch_size: int = 32,
+            padding_side: str = "right") -> Prepared:
+    """The batches `token_logprobs` runs: records batched by token length (less padding)."""
+    encoded = encode_many(records, tokenizer, max_length)
+    order = sorted(range(len(records)), key=lambda i: len(encoded[i][0]))
+    pad = pad_id_of(tokenizer)
+    batches = [collate([encoded[i] for i in order[s:s + batch_size]], pad, padding_side)
+               for s in range(0, len(order), batch_size)]
+    fmt = format_of(tokenizer)
+    eos_last = torch.tensor([appends_eos(r, tokenizer, render(r, tokenizer, fmt)[2]) for r in records])
+    return Prepared([r.id for r in records], order, batches, eos_last)
+
+
+def max_length_of(model: torch.nn.Module) -> int | None:
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
 @torch.no_grad()
 def token_logprobs(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], *, batch_size: int = 32,
                    padding_side: str = "right", moments: bool = True, hits: bool = True,
-                   on_batch: Callable[[int], None] | None = None) -> TokenLogProbs:
+                   on_batch: Callable[[int], None] | None = None, prepared: Prepared | None = None) -> TokenLogProbs:
     """One batched forward pass per batch of records; see `TokenLogProbs`. Records are batched by token
     length (less padding) and returned in their own order; logits exist only at target positions, a chunk
-    at a time (``output_head``)."""
+    at a time (``output_head``). ``prepared``: these records' `prepare` (the batching arguments then are
+    its own)."""
     device = next(model.parameters()).device
-    max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if prepared is None:
+        prepared = prepare(records, tokenizer, max_length=max_length_of(model), batch_size=batch_size,
+                           padding_side=padding_side)
+    elif prepared.ids != [r.id for r in records]:
+        raise ValueError("the prepared batches are of other records")
     was_training = model.training
     model.eval()
-    encoded = encode_many(records, tokenizer, max_len)
-    order = sorted(range(len(records)), key=lambda i: len(encoded[i][0]))
     split = output_head(model)
     base, logits_of = split if split is not None else (None, None)
-    pad = pad_id_of(tokenizer)
     parts: list[tuple[torch.Tensor, ...]] = []
     try:
-        for start in range(0, len(order), batch_size):
-            batch = collate([encoded[i] for i in order[start:start + batch_size]], pad, padding_side).to(device)
+        for cpu_batch in prepared.batches:
+            batch = cpu_batch.to(device)
             if base is None or logits_of is None:
                 at: Any = forward_logits(model, batch)
             else:
@@ -172,8 +202,6 @@ def token_logprobs(model: torch.nn.Module, tokenizer: Any, records: Sequence[Rec
                 on_batch(len(batch))
     finally:
         model.train(was_training)
-    back = torch.argsort(torch.tensor(order))
+    back = torch.argsort(torch.tensor(prepared.order))
     lp, mu, var, hit, mask = (_pad_cat([p[i] for p in parts], False if i == 4 else 0.0)[back] for i in range(5))
-    fmt = format_of(tokenizer)
-    eos_last = torch.tensor([appends_eos(r, tokenizer, render(r, tokenizer, fmt)[2]) for r in records])
-    return TokenLogProbs([r.id for r in records], lp, mu, var, hit, mask, eos_last)
+    return TokenLogProbs(list(prepared.ids), lp, mu, var, hit, mask, prepared.eos_last.clone())
