@@ -16,7 +16,7 @@ from unlearn.attacks.quantize import quantized_copy
 from unlearn.attacks.runner import ONE_PASS_SCORES, ScoreTable, score_records
 from unlearn.auditors.audit import group_labels
 from unlearn.auditors.robustness import extraction, extraction_stats, split_for_relearning
-from unlearn.auditors.verdict import Verdict, two_sided_verdict, worst_case
+from unlearn.auditors.verdict import NOT_REMOVED, Verdict, two_sided_verdict, worst_case
 from unlearn.data import Record
 from unlearn.logprobs import Prepared, max_length_of, prepare
 
@@ -34,6 +34,7 @@ class BatteryArgs:
     relearn_lr: float = 3e-4
     n_boot: int = 500
     seed: int = 0
+    exhaustive: bool = False  # run every attack; else stop at the first NOT REMOVED (the worst case is decided)
 
 
 @dataclass
@@ -164,8 +165,14 @@ def reference_scores(retain_model: torch.nn.Module, tokenizer: Any, forget: Sequ
     so one request judged for several methods (compare, benchmarks) computes them once."""
     plan, _ = battery_plan(tokenizer, forget, args)
     batches = batches_of(retain_model, tokenizer, holdout)
-    return {name: forget_holdout_scores(attack(retain_model), tokenizer, measured, holdout, batches(measured))
+    return {name: _attacked_scores(retain_model, tokenizer, attack, measured, holdout, batches)
             for name, attack, measured in plan}
+
+
+def _attacked_scores(model: torch.nn.Module, tokenizer: Any, attack: Callable[[torch.nn.Module], torch.nn.Module],
+                     measured: list[Record], holdout: Sequence[Record],
+                     batches: Callable[[list[Record]], Prepared]) -> Scores:
+    return forget_holdout_scores(attack(model), tokenizer, measured, holdout, batches(measured))
 
 
 def batches_of(model: torch.nn.Module, tokenizer: Any, holdout: Sequence[Record]) -> Callable[[list[Record]],
@@ -186,26 +193,35 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
                     args: BatteryArgs = BatteryArgs(), *, retain_model: torch.nn.Module | None = None,
                     reference: Mapping[str, Scores] | None = None) -> Battery:
     """Every attack of the battery on ``forget`` against the held-out ``holdout``; relative to
-    ``retain_model`` (attacked the same way) when given, or to its ``reference_scores``."""
+    ``retain_model`` (attacked the same way) when given, or to its ``reference_scores``. Unless
+    ``args.exhaustive``, the attacks after the first one that finds the forget set NOT REMOVED are not run
+    (named in the notes): no later one can change the worst case."""
     groups = group_labels(holdout)
     plan, notes = battery_plan(tokenizer, forget, args)
-    start = time.perf_counter()
-    if reference is None and retain_model is not None:
-        reference = reference_scores(retain_model, tokenizer, forget, holdout, args)
-    reference_seconds = time.perf_counter() - start
+    ref: dict[str, Scores] = dict(reference or {})
+    reference_seconds = 0.0
     rows, scores = [], {}
     batches = batches_of(model, tokenizer, holdout)
+    ref_batches = batches_of(retain_model, tokenizer, holdout) if retain_model is not None else None
     for name, attack, measured in plan:
+        if name not in ref and retain_model is not None and ref_batches is not None:
+            start = time.perf_counter()  # the retain model, attacked alike: only for the attacks that run
+            ref[name] = _attacked_scores(retain_model, tokenizer, attack, measured, holdout, ref_batches)
+            reference_seconds += time.perf_counter() - start
         start = time.perf_counter()
         attacked = attack(model)
         (fm, hm), extracted = scores_and_extraction(attacked, tokenizer, measured, holdout, batches(measured))
         scores[name] = (fm, hm)
         kw: dict[str, Any] = {}
-        if reference is not None:
-            kw = {"retain_members": reference[name][0], "retain_nonmembers": reference[name][1]}
+        if name in ref:
+            kw = {"retain_members": ref[name][0], "retain_nonmembers": ref[name][1]}
         verdict = two_sided_verdict(fm, hm, nonmember_groups=groups, member_groups=group_labels(measured),
                                     alpha=args.alpha, detectable_bound=args.detectable_bound, n_boot=args.n_boot,
                                     seed=args.seed, attack=name, **kw)
         rows.append(AttackRow(name, verdict, extracted, time.perf_counter() - start))
         del attacked
-    return Battery(worst_case([r.verdict for r in rows]), rows, notes, reference_seconds, scores, reference or {})
+        if verdict.status == NOT_REMOVED and not args.exhaustive and len(rows) < len(plan):
+            notes.append(f"not run: {', '.join(n for n, _, _ in plan[len(rows):])} ('{name}' already found the "
+                         "forget set NOT REMOVED, the most severe verdict; exhaustive runs every attack)")
+            break
+    return Battery(worst_case([r.verdict for r in rows]), rows, notes, reference_seconds, scores, ref)

@@ -30,6 +30,8 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--retain-model", help="a model trained without the forget set: the verdict becomes relative to "
                                           "it (default with the built-in model: its retain model, when it applies)")
     f.add_argument("--relearn-attack", action="store_true", help="add the relearning attack to the receipt's battery")
+    f.add_argument("--full-battery", action="store_true",
+                   help="run every attack even after one finds the forget set NOT REMOVED (the verdict is the same)")
     f.add_argument("--detectable-auc", type=float, default=0.75,
                    help="REMOVED needs the power to detect this AUC; weaker tests are INCONCLUSIVE")
     f.add_argument("--copy-unchanged", action="store_true",
@@ -45,7 +47,8 @@ def job_of(args: argparse.Namespace) -> ForgetJob:
                                    ("scope", args.scope)) if v is not None}
     from unlearn.auditors.battery import BatteryArgs
 
-    battery = BatteryArgs(relearn=args.relearn_attack, detectable_bound=args.detectable_auc)
+    battery = BatteryArgs(relearn=args.relearn_attack, detectable_bound=args.detectable_auc,
+                          exhaustive=args.full_battery)
     return ForgetJob(model=args.model, data=data_sources(args), method=args.method, config=args.config,
                      overrides=overrides, out=args.out, ledger=args.ledger, retain_model=args.retain_model,
                      battery=battery, copy_unchanged=args.copy_unchanged, benchmark=benchmark_options(args),
@@ -81,6 +84,8 @@ def print_receipt(ui: UI, r: dict[str, Any]) -> None:
     kind = "relative to the retain model" if r["battery"]["verdict"]["relative"] else "absolute"
     ui.table(f"attack battery on the held-out verdict split ({kind})",
              ["attack", "verdict", "AUC per score", "detectable AUC", "exact match"], battery)
+    for note in r["battery"]["notes"]:
+        ui.print(f"[dim]{escape(note)}[/]")
     colour = {"REMOVED": "green", "NOT REMOVED": "red", "OVER-UNLEARNED": "red"}.get(r["verdict"], "yellow")
     ui.print(f"[bold {colour}]{escape(r['verdict_message'])}[/]")
     leak = r.get("privleak_vs_retain")

@@ -113,3 +113,23 @@ def test_battery_extraction_comes_from_the_scoring_pass(bench) -> None:
         np.testing.assert_allclose(hm[k], apart_h[k], rtol=1e-9)
     assert ext == pytest.approx(extraction(target, tok, forget))
     assert ext["exact_match"] > 0.5  # the target memorised its training people: the comparison is not of zeros
+
+
+def test_battery_stops_at_the_first_not_removed_unless_exhaustive(bench) -> None:
+    """The attacks after the first NOT REMOVED cannot change the worst case: not run (and named), unless asked;
+    the retain model is attacked only as far as the battery goes. An attack that does not say NOT REMOVED
+    (the retain model judged against itself) lets the next one run."""
+    from unlearn.auditors.battery import BatteryArgs, removal_battery
+
+    forget, holdout = bench.split("forget10")[:40], bench.split("holdout")[:60]
+    target, tok = load_model(bench.target)
+    gold, _ = load_model(bench.retain)
+    short = removal_battery(target, tok, forget, holdout, BatteryArgs(n_boot=100), retain_model=gold)
+    full = removal_battery(target, tok, forget, holdout, BatteryArgs(n_boot=100, exhaustive=True), retain_model=gold)
+    assert [r.attack for r in full.rows] == ["as is", "8-bit RTN", "4-bit RTN"]
+    assert [r.attack for r in short.rows] == ["as is"] and short.rows[0].verdict.status == "NOT REMOVED"
+    assert "not run: 8-bit RTN, 4-bit RTN" in short.notes[0] and set(short.reference) == {"as is"}
+    assert short.verdict.status == full.verdict.status == "NOT REMOVED"
+    assert short.rows[0].verdict == full.rows[0].verdict
+    itself = removal_battery(gold, tok, forget, holdout, BatteryArgs(n_boot=100), retain_model=gold)
+    assert [r.attack for r in itself.rows] == ["as is", "8-bit RTN", "4-bit RTN"] and not itself.notes

@@ -169,8 +169,12 @@ def test_stopping_rule_never_sees_the_verdict_split(tmp_path: Path, bench, monke
     people = {r.id: r.meta["person"] for r in bench.split("holdout")}
     assert {people[i] for i in cal}.isdisjoint({people[i] for i in ver})  # split by person
     assert result.receipt["verdict"] in ("REMOVED", "NOT REMOVED", "OVER-UNLEARNED", "INCONCLUSIVE")
-    attacks = [a["attack"] for a in result.receipt["battery"]["attacks"]]
-    assert attacks == ["as is", "8-bit RTN", "4-bit RTN"] and result.receipt["battery"]["verdict"]["relative"]
+    battery = result.receipt["battery"]
+    attacks = [a["attack"] for a in battery["attacks"]]
+    assert battery["verdict"]["relative"] and attacks == ["as is", "8-bit RTN", "4-bit RTN"][:len(attacks)]
+    # the attacks stop only at a NOT REMOVED (10 steps leave the person known), and say what they skipped
+    assert [a["verdict"]["status"] for a in battery["attacks"]][:-1].count("NOT REMOVED") == 0
+    assert (len(attacks) == 3) == (not battery["notes"])
 
 
 def test_a_request_that_needs_no_change_writes_no_copy(tmp_path: Path, bench, capsys) -> None:

@@ -175,8 +175,8 @@ def run_attacks(job: AuditJob, model: Any, tok: Any, members: Any, nonmembers: A
         from unlearn.auditors.battery import BatteryArgs, removal_battery
 
         report.progress("quantization attack", 0, None)
-        battery = removal_battery(model, tok, members, nonmembers, BatteryArgs(alpha=job.alpha, seed=job.seed),
-                                  retain_model=retain)
+        battery = removal_battery(model, tok, members, nonmembers,
+                                  BatteryArgs(alpha=job.alpha, seed=job.seed, exhaustive=True), retain_model=retain)
         out["quantize"] = battery.to_dict()
     if "extract" in job.attacks:
         report.progress("extraction attack", 0, None)
