@@ -27,26 +27,50 @@ def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
 
 def resampled_aucs(members: np.ndarray, nonmembers: np.ndarray,
                    draws: Sequence[tuple[np.ndarray, np.ndarray]], chunk: int = 64) -> np.ndarray:
-    """``auc(members[i], nonmembers[j])`` for every index pair ``(i, j)`` in ``draws`` (any lengths), without a
-    sort per draw: scores become ranks in the pooled set; per draw the non-members' rank histogram, summed
-    along the ranks, counts for every member the non-members below it (ties one half)."""
+    """``auc(members[i], nonmembers[j])`` for every index pair ``(i, j)`` in ``draws`` (any lengths)."""
+    m, n = _as_arrays(members, nonmembers)
+    out = np.empty(len(draws))
+    for lo in range(0, len(draws), chunk):
+        part = draws[lo: lo + chunk]
+        out[lo: lo + len(part)] = weighted_aucs(
+            m, n, np.stack([np.bincount(i, minlength=m.size) for i, _ in part]),
+            np.stack([np.bincount(j, minlength=n.size) for _, j in part]))
+    return out
+
+
+def weighted_aucs(members: np.ndarray, nonmembers: np.ndarray, member_counts: np.ndarray,
+                  nonmember_counts: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """Per row of the count matrices (``[B, |M|]``, ``[B, |N|]``: how often each record was drawn), the AUC of
+    the resampled sets, without a sort per row: scores become ranks in the pooled set; per row the
+    non-members' rank histogram, summed along the ranks, counts for every member the non-members below it
+    (ties one half)."""
     m, n = _as_arrays(members, nonmembers)
     _, ranks = np.unique(np.concatenate([m, n]), return_inverse=True)
     mr, nr = ranks[: m.size], ranks[m.size:]
     k = int(ranks.max()) + 1
     order = np.argsort(nr, kind="stable")
     present, starts = np.unique(nr[order], return_index=True)
-    out = np.empty(len(draws))
-    for lo in range(0, len(draws), chunk):
-        part = draws[lo: lo + chunk]
-        cm = np.stack([np.bincount(i, minlength=m.size) for i, _ in part]).astype(np.float64)
-        cn = np.stack([np.bincount(j, minlength=n.size) for _, j in part]).astype(np.float64)
-        hist = np.zeros((len(part), k))
+    out = np.empty(len(member_counts))
+    for lo in range(0, len(member_counts), chunk):
+        cm = np.asarray(member_counts[lo: lo + chunk], np.float64)
+        cn = np.asarray(nonmember_counts[lo: lo + chunk], np.float64)
+        hist = np.zeros((len(cm), k))
         hist[:, present] = np.add.reduceat(cn[:, order], starts, axis=1)
         below = np.cumsum(hist, axis=1) - hist
         wins = (cm * (below[:, mr] + 0.5 * hist[:, mr])).sum(axis=1)
-        out[lo: lo + len(part)] = wins / (cm.sum(axis=1) * cn.sum(axis=1))
+        out[lo: lo + len(cm)] = wins / (cm.sum(axis=1) * cn.sum(axis=1))
     return out
+
+
+def block_bootstrap_counts(rng: np.random.Generator, blocks: Sequence[np.ndarray], n: int,
+                           n_boot: int) -> np.ndarray:
+    """``[n_boot, n]``: how often each of ``n`` records is drawn when its block (a group, or the record alone)
+    is resampled with the others, ``len(blocks)`` blocks with replacement per draw (for `weighted_aucs`)."""
+    owner = np.empty(n, dtype=np.int64)
+    for g, b in enumerate(blocks):
+        owner[b] = g
+    picks = rng.multinomial(len(blocks), np.full(len(blocks), 1.0 / len(blocks)), size=n_boot)
+    return picks[:, owner]
 
 
 def roc_curve(members: np.ndarray, nonmembers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

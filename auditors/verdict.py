@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from unlearn.auditors.metrics import auc, resampled_aucs
+from unlearn.auditors.metrics import auc, block_bootstrap_counts, weighted_aucs
 
 REMOVED, NOT_REMOVED, OVER_UNLEARNED, INCONCLUSIVE = "REMOVED", "NOT REMOVED", "OVER-UNLEARNED", "INCONCLUSIVE"
 SHIFT_ALPHA_SHARE = 0.2  # of a placebo verdict's alpha, for the mean-shift tests (the AUC tests keep the rest)
@@ -201,21 +201,18 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
     member_blocks = _group_index(member_groups, m)
     grouped = member_groups is not None and nonmember_groups is not None
     rng = np.random.default_rng(seed)
-
-    def draw(bl: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate([bl[j] for j in rng.integers(0, len(bl), len(bl))])
-
     z = stats.norm.ppf(1 - level / 2) + stats.norm.ppf(0.8)
     evidence = []
     placebo_sd: dict[str, float] = {}
     placebo: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per score: (forget groups', held-out groups') dAUC
     shifts: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the same for the mean-score shift
-    draws: list[tuple[np.ndarray, np.ndarray]] = []
+    counts: tuple[np.ndarray, np.ndarray] | None = None  # bootstrap draws: how often each record is drawn
     use_placebo = relative and grouped and len(blocks) >= 3
     if not use_placebo and (relative or not grouped):  # the bootstrap paths (grouped absolute is rank-based)
         # members by group when there are several (else by record), held-out data by group
         member_units = member_blocks if len(member_blocks) > 1 else _group_index(None, m)
-        draws = [(draw(member_units), draw(blocks)) for _ in range(n_boot)]
+        counts = (block_bootstrap_counts(rng, member_units, m, n_boot),
+                  block_bootstrap_counts(rng, blocks, len(next(iter(nonmembers.values()))), n_boot))
     if use_placebo:
         assert retain_members is not None and retain_nonmembers is not None
         for s in names:
@@ -250,7 +247,8 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
             assert retain_members is not None and retain_nonmembers is not None
             mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
             ref = auc(mr, nr)
-            boot = resampled_aucs(mu, nu, draws) - resampled_aucs(mr, nr, draws)
+            assert counts is not None
+            boot = weighted_aucs(mu, nu, *counts) - weighted_aucs(mr, nr, *counts)
             lo, hi = (float(q) for q in np.quantile(boot, [level / 2, 1 - level / 2]))
             detectable = 0.5 + z * float(boot.std(ddof=1))
             stat, ci = "AUC - AUC_retain", (lo, hi)
@@ -267,7 +265,8 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
             stat, ci = f"group AUC {g_auc:.3f}, p {p:.2g}", (lo + 0.5, hi + 0.5)
         else:
             ref = None
-            boot = resampled_aucs(mu, nu, draws) - 0.5
+            assert counts is not None
+            boot = weighted_aucs(mu, nu, *counts) - 0.5
             lo, hi = (float(q) for q in np.quantile(boot, [level / 2, 1 - level / 2]))
             detectable = 0.5 + z * float(boot.std(ddof=1))
             stat, ci = "AUC", (lo + 0.5, hi + 0.5)

@@ -6,6 +6,7 @@ from scipy import stats
 
 from unlearn.auditors.metrics import (
     auc,
+    block_bootstrap_counts,
     bootstrap_auc_ci,
     holm,
     ks_p,
@@ -14,6 +15,7 @@ from unlearn.auditors.metrics import (
     resampled_aucs,
     roc_curve,
     tpr_at_fpr,
+    weighted_aucs,
 )
 from unlearn.auditors.tofu import rouge_l_recall
 
@@ -51,6 +53,25 @@ def test_resampled_aucs_equal_one_brute_force_auc_per_draw(seed: int) -> None:
     draws = [(rng.integers(0, 40, rng.integers(1, 60)), rng.integers(0, 25, rng.integers(1, 40))) for _ in range(70)]
     got = resampled_aucs(m, n, draws, chunk=16)
     assert got == pytest.approx([_brute_auc(m[i], n[j]) for i, j in draws], abs=1e-12)
+
+
+def test_block_bootstrap_counts_resample_whole_blocks_and_weight_the_aucs() -> None:
+    """Each draw takes as many blocks as there are, with replacement, every record of a block as often as its
+    block; the weighted AUC of a draw is the brute-force AUC of the records repeated that often."""
+    rng = np.random.default_rng(4)
+    m = rng.integers(0, 6, size=12).astype(float)
+    n = rng.integers(-1, 5, size=20).astype(float)
+    blocks = [np.array(b) for b in ([0, 5, 7], [1, 2], [3], [4, 6, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19])]
+    cn = block_bootstrap_counts(rng, blocks, 20, 150)
+    cm = block_bootstrap_counts(rng, [np.array([i]) for i in range(12)], 12, 150)
+    assert cn.shape == (150, 20) and cm.shape == (150, 12) and np.all(cm.sum(1) == 12)
+    for b in blocks:
+        assert np.all(cn[:, b] == cn[:, b[:1]])  # a block is drawn whole
+    assert np.all(sum(cn[:, b[0]] for b in blocks) == len(blocks))
+    assert cn[:, 3].mean() == pytest.approx(1.0, abs=0.25)  # each block drawn once per draw on average
+    got = weighted_aucs(m, n, cm, cn, chunk=32)
+    want = [_brute_auc(np.repeat(m, a), np.repeat(n, b)) for a, b in zip(cm, cn)]
+    assert got == pytest.approx(want, abs=1e-12)
 
 
 def test_roc_and_edge_cases() -> None:
