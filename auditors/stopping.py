@@ -92,7 +92,9 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     Skipped checks and full checks with every score more than ``QUICK_MARGIN`` above its target are reported
     ``far``: the best checkpoint among them is the latest, and any other check beats them. A skipped check
     whose lead (the subsample's lower bound) is still above ``QUICK_MARGIN`` asks to ``defer`` the next
-    check: far from the target the checks come every 2 x ``eval_every`` steps."""
+    check: far from the target the checks come every 2 x ``eval_every`` steps, and the next one first tries
+    half the subsample (``"quick": "far"``; then the whole subsample, ``"near"``, then the full check: each
+    only when the smaller one could not skip)."""
     groups = group_labels(holdout)
     baseline: dict[str, float] = {}
     nf, nh = len(forget), len(holdout)
@@ -104,51 +106,60 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     picks = [sorted(rng.sample(range(n), args.quick_check)) if 0 < args.quick_check < n else list(range(n))
              for n in (nf, nh, len(retain_eval))]
     quick_on = any(len(p) < n for p, n in zip(picks, (nf, nh, len(retain_eval)), strict=True))
+    halves = [sorted(rng.sample(range(len(p)), (len(p) + 1) // 2)) for p in picks]  # the far check's share
     quick_base: np.ndarray | None = None  # the subsample's retain answer probabilities at the first check
-    try_quick = quick_on
-
-    qf, qh, qr = picks
-    quick_records = [*(forget[i] for i in qf), *(holdout[i] for i in qh), *(retain_eval[i] for i in qr)]
+    try_quick, far_next = quick_on, False
     full_records = [*forget, *holdout, *retain_eval]
+
+    def subsample(positions: Sequence[Sequence[int]]) -> dict[str, Any]:
+        """A quick check's records (positions into ``picks`` per set), their groups and retain-model scores."""
+        qf, qh, qr = ([p[i] for i in pos] for p, pos in zip(picks, positions, strict=True))
+        return {"records": [*(forget[i] for i in qf), *(holdout[i] for i in qh), *(retain_eval[i] for i in qr)],
+                "sizes": (len(qf), len(qf) + len(qh)), "retain_pos": list(positions[2]),
+                "groups": [groups[i] for i in qh] if groups is not None else None,
+                "reference": {"retain_members": {k: v[qf] for k, v in reference["retain_members"].items()},
+                              "retain_nonmembers": {k: v[qh] for k, v in reference["retain_nonmembers"].items()}
+                              } if reference else {}}
+
+    stages = {"near": subsample([range(len(p)) for p in picks]), "far": subsample(halves)}
     made: dict[str, Prepared] = {}
 
     def batches(kind: str, model: torch.nn.Module) -> Prepared:
-        """The quick or the full check's records, tokenised at the first check: every check scores the same."""
+        """A check's records, tokenised at its first use: every check of a kind scores the same."""
         if kind not in made:
-            made[kind] = prepare(quick_records if kind == "quick" else full_records, tokenizer,
+            made[kind] = prepare(stages[kind]["records"] if kind in stages else full_records, tokenizer,
                                  max_length=max_length_of(model))
         return made[kind]
-    quick_groups = [groups[i] for i in qh] if groups is not None else None
-    quick_reference = {"retain_members": {k: v[qf] for k, v in reference["retain_members"].items()},
-                       "retain_nonmembers": {k: v[qh] for k, v in reference["retain_nonmembers"].items()}
-                       } if reference else {}
 
-    def quick(model: torch.nn.Module, step: int) -> dict[str, Any]:
+    def quick(model: torch.nn.Module, step: int, kind: str) -> dict[str, Any]:
         """The subsample's verdict at the stricter level, and its retain utility."""
-        t = score_records(model, tokenizer, quick_records, list(ONE_PASS_SCORES),
-                          prepared=batches("quick", model)).scores
-        a, b = len(qf), len(qf) + len(qh)
+        sub = stages[kind]
+        t = score_records(model, tokenizer, sub["records"], list(ONE_PASS_SCORES), prepared=batches(kind, model)).scores
+        a, b = sub["sizes"]
         v = two_sided_verdict({k: x[:a] for k, x in t.items()}, {k: x[a:b] for k, x in t.items()},
-                              nonmember_groups=quick_groups, alpha=args.stop_alpha * QUICK_ALPHA_SHARE, n_boot=400,
-                              seed=step, **quick_reference)
+                              nonmember_groups=sub["groups"], alpha=args.stop_alpha * QUICK_ALPHA_SHARE, n_boot=400,
+                              seed=step, **sub["reference"])
         return {"status": v.status, "lead": max(_lead(e) for e in v.evidence), "retain_probs": np.exp(t["loss"][b:])}
 
     def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
-        nonlocal quick_base, try_quick
-        if try_quick:
-            q = quick(model, step)
+        nonlocal quick_base, try_quick, far_next
+        for kind in (["far", "near"] if far_next else ["near"]) if try_quick else []:
+            q = quick(model, step, kind)
             first = quick_base is None
             if quick_base is None:
                 quick_base = q["retain_probs"]
+            base = quick_base[stages[kind]["retain_pos"]]
             if q["status"] == NOT_REMOVED and (first or utility_clearly_kept(
-                    q["retain_probs"], quick_base, 1 - args.max_utility_drop, args.stop_alpha * QUICK_ALPHA_SHARE)):
+                    q["retain_probs"], base, 1 - args.max_utility_drop, args.stop_alpha * QUICK_ALPHA_SHARE)):
                 if first and len(retain_eval):  # the full checks' utility baseline: the whole retain set, once
                     lp = score_records(model, tokenizer, retain_eval, ["loss"]).scores["loss"]
                     baseline["retain_prob"] = float(np.exp(lp).mean())
+                far_next = q["lead"] > QUICK_MARGIN
                 # a score separates the sets even on the subsample: the full check would go on too (no
                 # ``distance``: a subsample's is not comparable with the full checks'; "far" ranks it)
-                return None, "", {"quick": True, "far": True, "quick_lead": q["lead"], "status": NOT_REMOVED,
-                                  "utility_ok": True, "defer": q["lead"] > QUICK_MARGIN}
+                return None, "", {"quick": kind, "far": True, "quick_lead": q["lead"], "status": NOT_REMOVED,
+                                  "utility_ok": True, "defer": far_next}
+        far_next = False
         table = score_records(model, tokenizer, full_records, list(ONE_PASS_SCORES), prepared=batches("full", model))
         fm = {k: v[:nf] for k, v in table.scores.items()}
         hm = {k: v[nf:nf + nh] for k, v in table.scores.items()}

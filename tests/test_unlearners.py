@@ -182,6 +182,8 @@ def test_quick_checks_skip_only_where_the_full_check_goes_on_and_stop_where_full
     assert deferred and all(b - a == 8 for a, b in deferred), quick.history  # 2 x eval_every when far
     skipped = [h for h in quick.history if h.get("quick")]
     assert skipped and all(h["quick_lead"] > 0 for h in skipped), quick.history
+    # after a deferring skip, half the subsample is tried first (and skips too while far)
+    assert {h["quick"] for h in skipped} == {"near", "far"} and skipped[0]["quick"] == "near", quick.history
     # the weights at a step are the same in both runs (checks do not touch training): where the quick run
     # skipped, the full check said NOT REMOVED (go on)
     said = {h["step"]: h["status"] for h in full.history}
