@@ -53,14 +53,15 @@ QUICK_LEAD = 1.5  # after a full check, try a quick one next only if some score'
 # half-widths above its target (the subsample's interval is about 2.7x wider: below that it rarely skips)
 
 
-def utility_clearly_kept(probs: np.ndarray, base: np.ndarray, floor: float, alpha: float) -> bool:
-    """Whether mean(probs) / mean(base) (the same records before and now) is above ``floor`` by a one-sided
-    test at ``alpha`` (delta-method standard error of the ratio of paired means); True with no records."""
+def utility_ratio_bounds(probs: np.ndarray, base: np.ndarray, alpha: float) -> tuple[float, float, float]:
+    """mean(probs) / mean(base) (the same records before and now) with one-sided bounds at ``alpha`` each
+    (delta-method standard error of the ratio of paired means): (ratio, lower, upper)."""
     if not len(probs):
-        return True
+        return 1.0, -np.inf, np.inf
     ratio = float(probs.mean() / base.mean())
     se = float(np.std(probs - ratio * base, ddof=1) / (base.mean() * np.sqrt(len(probs)))) if len(probs) > 1 else 0.0
-    return ratio - float(stats.norm.ppf(1 - alpha)) * se >= floor
+    z = float(stats.norm.ppf(1 - alpha))
+    return ratio, ratio - z * se, ratio + z * se
 
 
 def _lead(e: ScoreEvidence) -> float:
@@ -84,10 +85,11 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     With ``args.quick_check`` > 0 a check may first score a fixed subsample of that many records per set and
     skip the full check when the subsample alone already shows a score NOT REMOVED, at a stricter level
     (``QUICK_ALPHA_SHARE`` of ``stop_alpha``) and its retain utility significantly inside the guard
-    (`utility_clearly_kept`): the full check, with more records, would then almost surely go on too. Only a
-    full check stops. A quick check is tried after a skip, and after a full check whose clearest NOT REMOVED
-    score leads by ``QUICK_LEAD`` half-widths (otherwise the subsample would rarely skip, and cost a third of
-    a full check for nothing). The first check (before any step) is a quick one too, plus the retain set
+    (`utility_ratio_bounds`): the full check, with more records, would then almost surely go on too. Only a
+    full check stops, or a quick one whose retain utility is significantly below the guard (``utility_drop``,
+    at the same level). A quick check is tried after a skip, and after a full check whose clearest NOT
+    REMOVED score leads by ``QUICK_LEAD`` half-widths (otherwise the subsample would rarely skip, and cost a
+    third of a full check for nothing). The first check (before any step) is a quick one too, plus the retain set
     for the utility baseline.
     Skipped checks and full checks with every score more than ``QUICK_MARGIN`` above its target are reported
     ``far``: the best checkpoint among them is the latest, and any other check beats them. A skipped check
@@ -148,9 +150,15 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
             first = quick_base is None
             if quick_base is None:
                 quick_base = q["retain_probs"]
-            base = quick_base[stages[kind]["retain_pos"]]
-            if q["status"] == NOT_REMOVED and (first or utility_clearly_kept(
-                    q["retain_probs"], base, 1 - args.max_utility_drop, args.stop_alpha * QUICK_ALPHA_SHARE)):
+            ratio, low, high = utility_ratio_bounds(q["retain_probs"], quick_base[stages[kind]["retain_pos"]],
+                                                    args.stop_alpha * QUICK_ALPHA_SHARE)
+            if high < 1 - args.max_utility_drop:  # clearly lost even on the subsample: no full check needed
+                far_next = False
+                return ("utility_drop", f"retain utility fell to {ratio:.3f} x its value before any step on a "
+                        f"{len(q['retain_probs'])}-record subsample (upper bound {high:.3f}; more than "
+                        f"max_utility_drop={args.max_utility_drop:.0%})",
+                        {"quick": kind, "status": q["status"], "utility_ok": False, "retain_ratio": ratio})
+            if q["status"] == NOT_REMOVED and (first or low >= 1 - args.max_utility_drop):
                 if first and len(retain_eval):  # the full checks' utility baseline: the whole retain set, once
                     lp = score_records(model, tokenizer, retain_eval, ["loss"]).scores["loss"]
                     baseline["retain_prob"] = float(np.exp(lp).mean())

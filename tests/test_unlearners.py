@@ -192,24 +192,52 @@ def test_quick_checks_skip_only_where_the_full_check_goes_on_and_stop_where_full
     assert not quick.history[-1].get("quick") and quick.history[0].get("quick")  # the target: far, step 0 quick
 
 
-def test_utility_clearly_kept_holds_its_level_and_has_power() -> None:
+@pytest.mark.slow
+def test_a_quick_check_stops_for_utility_only_when_it_is_clearly_lost(bench) -> None:
+    """NPO at a high lr (the utility_drop case of STOP_CASES): with quick checks the run stops at a quick check
+    whose subsample's utility is significantly below the guard, and backs off to a checkpoint that the
+    full-check run (same weights at every step) found inside the guard."""
+    from unlearn.auditors.battery import split_by_group
+    from unlearn.auditors.stopping import make_monitor
+
+    forget, retain = bench.split("forget10"), bench.split("retain90")
+    calibration, _ = split_by_group(bench.split("holdout"))
+    runs = []
+    for quick_check in (0, 24):
+        args = load_method_args("npo", overrides={"lr": 1e-3, "max_steps": 80, "eval_every": 4,
+                                                  "quick_check": quick_check})
+        model, tok = load_model(bench.target)
+        runs.append(get_method("npo").run(model, tok, forget, retain, args,
+                                          monitor=make_monitor(tok, forget, calibration, retain[:100], args)))
+    full, quick = runs
+    assert full.stop_reason == quick.stop_reason == "utility_drop"
+    last = quick.history[-1]
+    assert last.get("quick") and not last["utility_ok"] and last["retain_ratio"] < 0.9, quick.history
+    said = {h["step"]: h["utility_ok"] for h in full.history}
+    assert said[quick.stats["backed_off_to"]], (quick.stats, full.history)
+
+
+def test_utility_ratio_bounds_hold_their_level_and_have_power() -> None:
     """Records' retain probabilities before and now (now = before x a per-record factor): at a population
-    ratio equal to the floor the test says "kept" at most about alpha of the time; 10 points above it, mostly."""
-    from unlearn.auditors.stopping import utility_clearly_kept
+    ratio equal to the floor, the lower bound says "kept" (and the upper bound "lost") at most about alpha of
+    the time; 10 points above (below) the floor, mostly."""
+    from unlearn.auditors.stopping import utility_ratio_bounds
 
     rng = np.random.default_rng(0)
 
-    def rate(true_ratio: float, alpha: float = 0.05, n: int = 48, trials: int = 2000) -> float:
-        kept = 0
+    def rates(true_ratio: float, alpha: float = 0.05, n: int = 48, trials: int = 2000) -> tuple[float, float]:
+        kept = lost = 0
         for _ in range(trials):
             base = rng.beta(2, 2, n)
             now = base * true_ratio * rng.lognormal(-0.045, 0.3, n)  # E[factor] = true_ratio
-            kept += utility_clearly_kept(now, base, 0.75, alpha)
-        return kept / trials
+            _, low, high = utility_ratio_bounds(now, base, alpha)
+            kept, lost = kept + (low >= 0.75), lost + (high < 0.75)
+        return kept / trials, lost / trials
 
-    assert rate(0.75) <= 0.05 * 1.5
-    assert rate(0.85) >= 0.8
-    assert utility_clearly_kept(np.array([]), np.array([]), 0.75, 0.05)
+    at_floor = rates(0.75)
+    assert max(at_floor) <= 0.05 * 1.5 and min(at_floor) > 0  # both tests hold their level, neither is empty
+    assert rates(0.85)[0] >= 0.8 and rates(0.65)[1] >= 0.8
+    assert utility_ratio_bounds(np.array([]), np.array([]), 0.05) == (1.0, -np.inf, np.inf)
 
 
 @pytest.mark.parametrize(("script", "backed_to"), [
