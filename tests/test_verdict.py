@@ -72,6 +72,37 @@ def test_min_detectable_auc_has_the_stated_power_in_simulation() -> None:
     assert min_detectable_auc(1, 20) == 1.0 or min_detectable_auc(1, 20) > 0.9
 
 
+def test_bootstrap_paths_keep_their_level_and_their_stated_power() -> None:
+    """The record-level bootstrap verdicts (the stopping rule's: members by record, held-out data by person,
+    absolute or relative to a paired retain model) on simulated data: with nothing to find, a false alarm in
+    at most about alpha of the runs; at the stated minimum detectable AUC, a detection in about 80%."""
+    rng = np.random.default_rng(3)
+    groups = [f"g{i // 10}" for i in range(200)]
+
+    def held_out() -> np.ndarray:  # people differ: ten records share a person's offset
+        return rng.normal(0, 1, 200) + np.repeat(rng.normal(0, 0.3, 20), 10)
+
+    alarms = {"absolute": 0, "relative": 0}
+    detectable = []
+    for _ in range(300):
+        members, nonmembers = rng.normal(0, 1.04, 400), held_out()  # 1.04: the people's spread, not grouped
+        v = two_sided_verdict({"loss": members}, {"loss": nonmembers}, nonmember_groups=groups, n_boot=200,
+                              seed=int(rng.integers(1 << 30)))
+        alarms["absolute"] += v.status in (NOT_REMOVED, OVER_UNLEARNED)
+        detectable.append(v.min_detectable_auc)
+        noise_m, noise_n = rng.normal(0, 0.5, 400), held_out() * 0.5  # the retain model: correlated scores
+        r = two_sided_verdict({"loss": members + noise_m}, {"loss": nonmembers + noise_n}, nonmember_groups=groups,
+                              retain_members={"loss": members}, retain_nonmembers={"loss": nonmembers}, n_boot=200,
+                              seed=int(rng.integers(1 << 30)))
+        alarms["relative"] += r.status in (NOT_REMOVED, OVER_UNLEARNED)
+    assert all(a / 300 <= 0.05 * 1.6 for a in alarms.values()), alarms
+    d = np.sqrt(2) * stats.norm.ppf(float(np.median(detectable)))  # a shift with the stated detectable AUC
+    hits = sum(two_sided_verdict({"loss": rng.normal(d * 1.04, 1.04, 400)}, {"loss": held_out()},
+                                 nonmember_groups=groups, n_boot=200, seed=i).status == NOT_REMOVED
+               for i in range(200))
+    assert 0.7 <= hits / 200 <= 0.92, hits / 200
+
+
 def test_members_needed_closed_form_equals_the_search() -> None:
     def search(target: float, n: int, alpha: float) -> int | None:
         return next((m for m in range(1, 3000) if min_detectable_auc(m, n, alpha) <= target), None)
