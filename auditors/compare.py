@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
+from unlearn.auditors.battery import BatteryArgs, Scores, forget_holdout_scores, reference_scores, removal_battery
 from unlearn.auditors.metrics import auc, privleak
 from unlearn.auditors.stopping import make_monitor
 from unlearn.auditors.tofu import (
@@ -53,10 +54,13 @@ class MethodSpec:
 
 @dataclass
 class Reference:
-    """What every unlearned model is judged against: the retain (retrained) model's numbers."""
+    """What every unlearned model is judged against: the retain (retrained) model's numbers, and its scores
+    for the relative stopping rule (forget + calibration holdout) and verdict (every attack of the battery)."""
 
     aucs: dict[str, float]
     forget_qa: QAEval | None
+    stopping: Scores | None = None
+    battery: dict[str, Scores] = field(default_factory=dict)
 
 
 def detectability(model: torch.nn.Module, tokenizer: Any, sets: Sets, batch_size: int = 32) -> dict[str, float]:
@@ -101,9 +105,21 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference 
     return out, per_record
 
 
-def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets) -> Reference:
+def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets,
+                 battery: BatteryArgs = BatteryArgs()) -> Reference:
     aucs = detectability(model, tokenizer, sets)
-    return Reference(aucs, evaluate_qa(model, tokenizer, sets.forget, rouge=False) if _tofu(sets.forget) else None)
+    return Reference(aucs, evaluate_qa(model, tokenizer, sets.forget, rouge=False) if _tofu(sets.forget) else None,
+                     forget_holdout_scores(model, tokenizer, sets.forget, sets.calibration or sets.holdout),
+                     reference_scores(model, tokenizer, sets.forget, sets.holdout, battery))
+
+
+def judged(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None,
+           battery: BatteryArgs = BatteryArgs()) -> dict[str, Any]:
+    """The receipt's verdict on the metrics' held-out half: the battery, relative to the retain model when
+    there is one (columns ``verdict`` and ``battery``)."""
+    b = removal_battery(model, tokenizer, sets.forget, sets.holdout, battery,
+                        reference=ref.battery if ref is not None else None)
+    return {"verdict": b.verdict.status, "battery": b.to_dict()}
 
 
 def parse_specs(methods: Sequence[Any], where: str = "methods") -> list[MethodSpec]:
@@ -140,8 +156,11 @@ def parse_specs(methods: Sequence[Any], where: str = "methods") -> list[MethodSp
 def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, specs: Sequence[MethodSpec], *,
                 reference: Reference | None, seed: int = 0, common: Mapping[str, Any] | None = None,
                 on_method: Callable[[str], Any] | None = None,
-                on_step: Callable[[int, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run each method from freshly loaded weights with the same seed; one row of metrics per method."""
+                on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
+                battery: BatteryArgs = BatteryArgs()) -> list[dict[str, Any]]:
+    """Run each method from freshly loaded weights with the same seed, under the stopping rule a receipt uses
+    (relative to the retain model when there is one); one row of metrics and the receipt's verdict per
+    method."""
     rows = []
     for spec in specs:
         if on_method is not None:
@@ -151,10 +170,13 @@ def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, spe
         torch.manual_seed(seed)
         random.seed(seed)
         monitor = (make_monitor(tok, sets.forget, sets.calibration or sets.holdout,
-                                sets.retain_calibration or sets.retain_eval, args) if args.eval_every else None)
+                                sets.retain_calibration or sets.retain_eval, args,
+                                retain_scores=reference.stopping if reference is not None else None)
+                   if args.eval_every else None)
         res = measured(get_method(spec.method).run, model, tok, sets.forget, sets.retain, args, monitor=monitor,
                        on_step=on_step)
         metrics, per_record = evaluate(res.model, tok, sets, reference)
+        metrics.update(judged(res.model, tok, sets, reference, battery))
         rows.append({"label": spec.label, "method": spec.method, **metrics, "wall_seconds": res.wall_seconds,
                      "peak_memory_mb": res.peak_memory_mb, "steps": res.steps, "stop_reason": res.stop_reason,
                      "args": args.to_dict(), "_per_record": per_record})

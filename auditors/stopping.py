@@ -12,7 +12,7 @@ from scipy import stats
 
 from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 from unlearn.auditors.audit import group_labels
-from unlearn.auditors.battery import forget_holdout_scores
+from unlearn.auditors.battery import Scores, forget_holdout_scores
 from unlearn.auditors.metrics import auc, mann_whitney_p
 from unlearn.auditors.verdict import (
     INCONCLUSIVE,
@@ -71,14 +71,15 @@ def _lead(e: ScoreEvidence) -> float:
 
 def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
                  retain_eval: Sequence[Record], args: UnlearnArgs,
-                 retain_model: torch.nn.Module | None = None) -> Monitor:
+                 retain_model: torch.nn.Module | None = None, retain_scores: Scores | None = None) -> Monitor:
     """The stopping rule, on the CALIBRATION parts of the holdout and the retain evaluation set (the
     receipt's verdict uses the other parts): two-sided over every one-pass score. Stop when no score
     separates the forget set from held-out data in either direction (``forget_undetectable``); stop and back
     off to the best checkpoint when the forget set became significantly LESS likely (``over_unlearned``) or
     retain utility fell more than ``max_utility_drop`` (``utility_drop``). With ``retain_model`` (trained
-    without the forget set; scored once, here) the target is the retain model's own separation: the test is
-    on AUC - AUC_retain, as in the receipt's relative verdict. Reported per check: the AUC of each score,
+    without the forget set; scored once, here, or given as its ``retain_scores`` on ``forget`` and ``holdout``,
+    see `forget_holdout_scores`) the target is the retain model's own separation: the test is on
+    AUC - AUC_retain, as in the receipt's relative verdict. Reported per check: the AUC of each score,
     ``distance`` = max |AUC - target| (what the best checkpoint minimises, target 0.5 or AUC_retain) and
     ``utility_ok``.
 
@@ -101,9 +102,10 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     baseline: dict[str, float] = {}
     nf, nh = len(forget), len(holdout)
     reference: dict[str, Any] = {}
-    if retain_model is not None:
-        retain_members, retain_nonmembers = forget_holdout_scores(retain_model, tokenizer, forget, holdout)
-        reference = {"retain_members": retain_members, "retain_nonmembers": retain_nonmembers}
+    if retain_scores is None and retain_model is not None:
+        retain_scores = forget_holdout_scores(retain_model, tokenizer, forget, holdout)
+    if retain_scores is not None:
+        reference = {"retain_members": retain_scores[0], "retain_nonmembers": retain_scores[1]}
     rng = random.Random(args.seed)
     picks = [sorted(rng.sample(range(n), args.quick_check)) if 0 < args.quick_check < n else list(range(n))
              for n in (nf, nh, len(retain_eval))]

@@ -31,9 +31,14 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                      load=load_options(args))
     result = compare(job, ui)
     rows = result.rows
-    present = [(k, name) for k, name in COLUMNS if any(k in r for r in rows)]
-    ui.table(f"compare on {result.label} (AUC: forget vs holdout, 0.5 = undetectable; privleak vs retain model)",
-             [name for _, name in present], [[r.get(k) for k, _ in present] for r in rows])
+    evidence = {"label", "verdict", "auc_loss", "auc_zlib", "auc_mink", "auc_minkpp", "privleak_mink", "steps",
+                "stop_reason"}
+    for title, keys in ((f"compare on {result.label}: the receipt's verdict (attack battery on the held-out half) "
+                         "and AUC forget vs holdout (0.5 = undetectable; privleak vs retain model)",
+                         [c for c in COLUMNS if c[0] in evidence]),
+                        ("quality and cost", [c for c in COLUMNS if c[0] not in evidence or c[0] == "label"])):
+        present = [(k, name) for k, name in keys if any(k in r for r in rows)]
+        ui.table(title, [name for _, name in present], [[r.get(k) for k, _ in present] for r in rows])
     ui.print("[dim]AUCs are per record; p-values and exchangeability caveats: see `unlearn audit`.[/]")
     out = result.out
     ui.print(f"results: {out / 'compare.json'}, {out / 'compare.csv'}, plot {out / 'compare.png'}, "

@@ -35,6 +35,13 @@ def test_compare_writes_table_json_csv_png(tmp_path: Path, bench, capsys) -> Non
         assert 0 <= r["forget_quality"] <= 1 and 0 < r["model_utility"] <= 1
         assert r["auc_loss"] <= rows["target"]["auc_loss"]
     assert rows["soul-npo"]["args"]["loss"] == "npo" and rows["soul-npo"]["args"]["max_steps"] == 2
+    # every model but the retain one gets the receipt's verdict, relative to the retain model
+    assert rows["target"]["verdict"] == "NOT REMOVED" and "verdict" not in rows["retain"]
+    for label in ("target", "graddiff", "soul-npo"):
+        battery = rows[label]["battery"]
+        assert battery["verdict"]["relative"] and rows[label]["verdict"] == battery["verdict"]["status"]
+        assert battery["attacks"][0]["attack"] == "as is"
+    assert "verdict" in screen and "NOT REMOVED" in screen
     with (out / "compare.csv").open() as fh:
         table = list(csv.DictReader(fh))
     assert [t["label"] for t in table] == list(rows) and float(table[2]["auc_loss"]) == rows["graddiff"]["auc_loss"]

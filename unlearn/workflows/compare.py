@@ -27,11 +27,12 @@ from unlearn.workflows.common import (
 )
 
 CONFIG_KEYS = ("preset", "forget_split", "seed", "common", "methods")
-COLUMNS = [("label", "method"), ("auc_loss", "AUC loss"), ("auc_zlib", "AUC zlib"), ("auc_mink", "AUC Min-K"),
-           ("auc_minkpp", "AUC Min-K++"), ("privleak_mink", "privleak %"), ("forget_quality", "forget quality"),
-           ("forget_truth_ratio", "forget TR"), ("model_utility", "model utility"),
-           ("retain_utility", "retain utility"), ("retain_prob", "retain prob"), ("wall_seconds", "wall s"),
-           ("peak_memory_mb", "peak MiB"), ("steps", "steps"), ("stop_reason", "stopped")]
+COLUMNS = [("label", "method"), ("verdict", "verdict"), ("auc_loss", "AUC loss"), ("auc_zlib", "AUC zlib"),
+           ("auc_mink", "AUC Min-K"), ("auc_minkpp", "AUC Min-K++"), ("privleak_mink", "privleak %"),
+           ("forget_quality", "forget quality"), ("forget_truth_ratio", "forget TR"),
+           ("model_utility", "model utility"), ("retain_utility", "retain utility"), ("retain_prob", "retain prob"),
+           ("wall_seconds", "wall s"), ("peak_memory_mb", "peak MiB"), ("steps", "steps"),
+           ("stop_reason", "stopped")]
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,15 @@ def load_compare_config(spec: PathLike | None) -> dict[str, Any]:
 
 def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
     from unlearn.auditors.battery import split_by_group
-    from unlearn.auditors.compare import Sets, evaluate, open_unlearning_files, parse_specs, reference_of, run_compare
+    from unlearn.auditors.compare import (
+        Sets,
+        evaluate,
+        judged,
+        open_unlearning_files,
+        parse_specs,
+        reference_of,
+        run_compare,
+    )
     from unlearn.auditors.plots import plot_compare
     from unlearn.distributed import is_main_process
     from unlearn.methods import METHODS
@@ -117,6 +126,7 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
         rows.append({"label": "retain", "method": "retrain", **evaluate(retain_model, tok, sets, reference)[0]})
         del retain_model
     metrics, per_record = evaluate(target, tok, sets, reference)
+    metrics.update(judged(target, tok, sets, reference))
     rows.append({"label": "target", "method": "none", **metrics, "_per_record": per_record})
     del target
     report.progress("reference models", 2, 2)
@@ -136,7 +146,7 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
                "seed": seed, "common": common, "rows": public}
 
     def write_csv(p: Path) -> None:
-        skip = {k for k, _ in COLUMNS} | {"args", "model_utility_parts"}
+        skip = {k for k, _ in COLUMNS} | {"args", "model_utility_parts", "battery"}
         keys = [k for k, _ in COLUMNS] + sorted({k for r in public for k in r} - skip)
         with p.open("w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
