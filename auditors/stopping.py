@@ -49,7 +49,6 @@ def check_from_scores(forget_loss: np.ndarray, holdout_loss: np.ndarray,
 QUICK_MARGIN = 0.2  # AUC above the target that is "far": a full check's every score (back-off ranking), or a
 # skipped check's lower bound (the next check is deferred)
 QUICK_ALPHA_SHARE = 0.2  # a quick check skips the full one at this share of stop_alpha (a stricter test)
-HOLDOUT_PER_FORGET = 8  # a full check scores at most this many held-out records per forget record (SE +4%)
 QUICK_LEAD = 1.5  # after a full check, try a quick one next only if some score's lower CI bound is this many
 # half-widths above its target (the subsample's interval is about 2.7x wider: below that it rarely skips)
 
@@ -98,9 +97,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     whose lead (the subsample's lower bound) is still above ``QUICK_MARGIN`` asks to ``defer`` the next
     check: far from the target the checks come every 2 x ``eval_every`` steps, and the next one first tries
     half the subsample (``"quick": "far"``; then the whole subsample, ``"near"``, then the full check: each
-    only when the smaller one could not skip) when the forget set is larger than the subsample. With quick
-    checks on, a full check scores at most ``HOLDOUT_PER_FORGET`` held-out records per forget record (a fixed
-    random subset): for one person's ten records, 80 of the calibration holdout."""
+    only when the smaller one could not skip) when the forget set is larger than the subsample."""
     groups = group_labels(holdout)
     baseline: dict[str, float] = {}
     nf, nh = len(forget), len(holdout)
@@ -117,16 +114,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     far_on = len(picks[0]) < nf  # halving a small forget set (one person) would cost power, not time
     quick_base: np.ndarray | None = None  # the subsample's retain answer probabilities at the first check
     try_quick, far_next = quick_on, False
-    # a small forget set bounds the power: more held-out records than HOLDOUT_PER_FORGET x its size add
-    # little (AUC variance ~ 1/|forget| + 1/|holdout|) and cost a scoring pass each
-    cap = max(args.quick_check, HOLDOUT_PER_FORGET * nf)
-    kept = sorted(rng.sample(range(nh), cap)) if 0 < args.quick_check and cap < nh else list(range(nh))
-    full_records = [*forget, *(holdout[i] for i in kept), *retain_eval]
-    full_groups = [groups[i] for i in kept] if groups is not None else None
-    full_reference = {"retain_members": reference["retain_members"],
-                      "retain_nonmembers": {k: v[kept] for k, v in reference["retain_nonmembers"].items()}
-                      } if reference else {}
-    nk = len(kept)
+    full_records = [*forget, *holdout, *retain_eval]
 
     def subsample(positions: Sequence[Sequence[int]]) -> dict[str, Any]:
         """A quick check's records (positions into ``picks`` per set), their groups and retain-model scores."""
@@ -185,11 +173,11 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         far_next = False
         table = score_records(model, tokenizer, full_records, list(ONE_PASS_SCORES), prepared=batches("full", model))
         fm = {k: v[:nf] for k, v in table.scores.items()}
-        hm = {k: v[nf:nf + nk] for k, v in table.scores.items()}
+        hm = {k: v[nf:nf + nh] for k, v in table.scores.items()}
         # record level on the forget side: a target to stop at, also for a one-person request (the claim
         # itself is the receipt's verdict, grouped or relative to a retain model)
-        v = two_sided_verdict(fm, hm, nonmember_groups=full_groups, alpha=args.stop_alpha, n_boot=200, seed=step,
-                              **full_reference)
+        v = two_sided_verdict(fm, hm, nonmember_groups=groups, alpha=args.stop_alpha, n_boot=200, seed=step,
+                              **reference)
         m: dict[str, Any] = {f"auc_{e.score}": e.auc for e in v.evidence}
         m["forget_auc"] = m["auc_loss"]
         excess = [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
@@ -198,7 +186,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         try_quick = quick_on and any(_lead(e) > QUICK_LEAD * (e.ci[1] - e.ci[0]) / 2 for e in v.evidence)
         if quick_on:
             m["far"] = min(excess) > QUICK_MARGIN
-        retain_lp = table.scores["loss"][nf + nk:]
+        retain_lp = table.scores["loss"][nf + nh:]
         if len(retain_lp):
             m["retain_prob"] = float(np.exp(retain_lp).mean())
         if not baseline:
