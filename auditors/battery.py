@@ -201,12 +201,11 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
     ref: dict[str, Scores] = dict(reference or {})
     reference_seconds = 0.0
     rows, scores = [], {}
-    batches = batches_of(model, tokenizer, holdout)
-    ref_batches = batches_of(retain_model, tokenizer, holdout) if retain_model is not None else None
+    batches = batches_of(model, tokenizer, holdout)  # shared with the retain model (the same tokenizer)
     for name, attack, measured in plan:
-        if name not in ref and retain_model is not None and ref_batches is not None:
+        if name not in ref and retain_model is not None:
             start = time.perf_counter()  # the retain model, attacked alike: only for the attacks that run
-            ref[name] = _attacked_scores(retain_model, tokenizer, attack, measured, holdout, ref_batches)
+            ref[name] = _attacked_scores(retain_model, tokenizer, attack, measured, holdout, batches)
             reference_seconds += time.perf_counter() - start
         start = time.perf_counter()
         attacked = attack(model)
