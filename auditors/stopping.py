@@ -97,7 +97,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     whose lead (the subsample's lower bound) is still above ``QUICK_MARGIN`` asks to ``defer`` the next
     check: far from the target the checks come every 2 x ``eval_every`` steps, and the next one first tries
     half the subsample (``"quick": "far"``; then the whole subsample, ``"near"``, then the full check: each
-    only when the smaller one could not skip) when the forget set is larger than the subsample."""
+    only when the smaller one could not skip)."""
     groups = group_labels(holdout)
     baseline: dict[str, float] = {}
     nf, nh = len(forget), len(holdout)
@@ -111,7 +111,6 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
              for n in (nf, nh, len(retain_eval))]
     quick_on = any(len(p) < n for p, n in zip(picks, (nf, nh, len(retain_eval)), strict=True))
     halves = [sorted(rng.sample(range(len(p)), (len(p) + 1) // 2)) for p in picks]  # the far check's share
-    far_on = len(picks[0]) < nf  # halving a small forget set (one person) would cost power, not time
     quick_base: np.ndarray | None = None  # the subsample's retain answer probabilities at the first check
     try_quick, far_next = quick_on, False
     full_records = [*forget, *holdout, *retain_eval]
@@ -148,7 +147,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
 
     def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
         nonlocal quick_base, try_quick, far_next
-        for kind in (["far", "near"] if far_next and far_on else ["near"]) if try_quick else []:
+        for kind in (["far", "near"] if far_next else ["near"]) if try_quick else []:
             q = quick(model, step, kind)
             first = quick_base is None
             if quick_base is None:
