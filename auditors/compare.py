@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
-from unlearn.auditors.battery import BatteryArgs, Scores, forget_holdout_scores, reference_scores, removal_battery
+from unlearn.auditors.battery import Scores, forget_holdout_scores, reference_scores, removal_battery
 from unlearn.auditors.metrics import auc, privleak
 from unlearn.auditors.stopping import make_monitor
 from unlearn.auditors.tofu import (
@@ -63,11 +62,10 @@ class Reference:
     battery: dict[str, Scores] = field(default_factory=dict)
 
 
-def detectability(model: torch.nn.Module, tokenizer: Any, sets: Sets, batch_size: int = 32) -> dict[str, float]:
-    """Forget-vs-holdout AUC of every one-pass score (one forward pass over both sets)."""
-    table = score_records(model, tokenizer, [*sets.forget, *sets.holdout], ONE_PASS_SCORES, batch_size=batch_size)
-    n = len(sets.forget)
-    return {name: auc(s[:n], s[n:]) for name, s in table.scores.items()}
+def detectability(scores: Scores) -> dict[str, float]:
+    """Forget-vs-holdout AUC of every score, from `forget_holdout_scores` (or the battery's "as is" pass)."""
+    forget, holdout = scores
+    return {name: auc(forget[name], holdout[name]) for name in forget}
 
 
 def _tofu(records: Sequence[Record], paraphrased: bool = True) -> bool:
@@ -75,12 +73,13 @@ def _tofu(records: Sequence[Record], paraphrased: bool = True) -> bool:
                                  and r.perturbed_answers for r in records)
 
 
-def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None) -> tuple[dict[str, Any],
-                                                                                                 dict[str, Any]]:
+def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None,
+             scores: Scores | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary metrics, per-record metrics) of one model. Published metrics under published names:
     privleak (MUSE), forget truth ratio / forget quality / model utility (TOFU); ``retain_utility`` is ours,
-    reported instead of ``model_utility`` when there are no real-authors / world-facts sets."""
-    aucs = detectability(model, tokenizer, sets)
+    reported instead of ``model_utility`` when there are no real-authors / world-facts sets. ``scores``: the
+    model's `forget_holdout_scores` on ``sets.forget`` / ``sets.holdout`` when already computed."""
+    aucs = detectability(scores or forget_holdout_scores(model, tokenizer, sets.forget, sets.holdout))
     out: dict[str, Any] = {f"auc_{k}": v for k, v in aucs.items()}
     per_record: dict[str, Any] = {}
     if ref is not None:
@@ -105,21 +104,20 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference 
     return out, per_record
 
 
-def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets,
-                 battery: BatteryArgs = BatteryArgs()) -> Reference:
-    aucs = detectability(model, tokenizer, sets)
-    return Reference(aucs, evaluate_qa(model, tokenizer, sets.forget, rouge=False) if _tofu(sets.forget) else None,
+def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets) -> Reference:
+    battery = reference_scores(model, tokenizer, sets.forget, sets.holdout)
+    return Reference(detectability(battery["as is"]),
+                     evaluate_qa(model, tokenizer, sets.forget, rouge=False) if _tofu(sets.forget) else None,
                      forget_holdout_scores(model, tokenizer, sets.forget, sets.calibration or sets.holdout),
-                     reference_scores(model, tokenizer, sets.forget, sets.holdout, battery))
+                     battery)
 
 
-def judged(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None,
-           battery: BatteryArgs = BatteryArgs()) -> dict[str, Any]:
-    """The receipt's verdict on the metrics' held-out half: the battery, relative to the retain model when
-    there is one (columns ``verdict`` and ``battery``)."""
-    b = removal_battery(model, tokenizer, sets.forget, sets.holdout, battery,
-                        reference=ref.battery if ref is not None else None)
-    return {"verdict": b.verdict.status, "battery": b.to_dict()}
+def judged(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None) -> tuple[dict[str, Any],
+                                                                                                Scores]:
+    """The receipt's verdict on the metrics' held-out half (columns ``verdict`` and ``battery``): the
+    battery, relative to the retain model when there is one; and the model's scores as is, for `evaluate`."""
+    b = removal_battery(model, tokenizer, sets.forget, sets.holdout, reference=ref.battery if ref else None)
+    return {"verdict": b.verdict.status, "battery": b.to_dict()}, b.scores["as is"]
 
 
 def parse_specs(methods: Sequence[Any], where: str = "methods") -> list[MethodSpec]:
@@ -156,8 +154,7 @@ def parse_specs(methods: Sequence[Any], where: str = "methods") -> list[MethodSp
 def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, specs: Sequence[MethodSpec], *,
                 reference: Reference | None, seed: int = 0, common: Mapping[str, Any] | None = None,
                 on_method: Callable[[str], Any] | None = None,
-                on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
-                battery: BatteryArgs = BatteryArgs()) -> list[dict[str, Any]]:
+                on_step: Callable[[int, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run each method from freshly loaded weights with the same seed, under the stopping rule a receipt uses
     (relative to the retain model when there is one); one row of metrics and the receipt's verdict per
     method."""
@@ -175,8 +172,9 @@ def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, spe
                    if args.eval_every else None)
         res = measured(get_method(spec.method).run, model, tok, sets.forget, sets.retain, args, monitor=monitor,
                        on_step=on_step)
-        metrics, per_record = evaluate(res.model, tok, sets, reference)
-        metrics.update(judged(res.model, tok, sets, reference, battery))
+        verdict, scores = judged(res.model, tok, sets, reference)
+        metrics, per_record = evaluate(res.model, tok, sets, reference, scores)
+        metrics.update(verdict)
         rows.append({"label": spec.label, "method": spec.method, **metrics, "wall_seconds": res.wall_seconds,
                      "peak_memory_mb": res.peak_memory_mb, "steps": res.steps, "stop_reason": res.stop_reason,
                      "args": args.to_dict(), "_per_record": per_record})

@@ -123,10 +123,12 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
         retain_model, retain_tok = load_model(retain_path, job.load)
         check_same_tokenizer(tok, retain_tok, str(path), str(retain_path))
         reference = reference_of(retain_model, tok, sets)
-        rows.append({"label": "retain", "method": "retrain", **evaluate(retain_model, tok, sets, reference)[0]})
+        rows.append({"label": "retain", "method": "retrain",
+                     **evaluate(retain_model, tok, sets, reference, reference.battery["as is"])[0]})
         del retain_model
-    metrics, per_record = evaluate(target, tok, sets, reference)
-    metrics.update(judged(target, tok, sets, reference))
+    verdict, scores = judged(target, tok, sets, reference)
+    metrics, per_record = evaluate(target, tok, sets, reference, scores)
+    metrics.update(verdict)
     rows.append({"label": "target", "method": "none", **metrics, "_per_record": per_record})
     del target
     report.progress("reference models", 2, 2)
