@@ -196,8 +196,8 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
     relative = retain_members is not None and retain_nonmembers is not None
     k = len(names)
     level = alpha / k
-    m = len(next(iter(members.values())))
-    blocks = _group_index(nonmember_groups, len(next(iter(nonmembers.values()))))
+    m, n = len(next(iter(members.values()))), len(next(iter(nonmembers.values())))
+    blocks = _group_index(nonmember_groups, n)
     member_blocks = _group_index(member_groups, m)
     grouped = member_groups is not None and nonmember_groups is not None
     rng = np.random.default_rng(seed)
@@ -215,7 +215,7 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
         # members by group when there are several (else by record), held-out data by group
         member_units = member_blocks if len(member_blocks) > 1 else _group_index(None, m)
         counts = (block_bootstrap_counts(rng, member_units, m, n_boot),
-                  block_bootstrap_counts(rng, blocks, len(next(iter(nonmembers.values()))), n_boot))
+                  block_bootstrap_counts(rng, blocks, n, n_boot))
     if use_placebo:
         assert retain_members is not None and retain_nonmembers is not None
         for s in names:
