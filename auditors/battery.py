@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from unlearn.attacks.quantize import quantized_copy
@@ -35,6 +36,9 @@ class BatteryArgs:
     n_boot: int = 500
     seed: int = 0
     exhaustive: bool = False  # run every attack; else stop at the first NOT REMOVED (the worst case is decided)
+    first_look: int = 48  # records per set an attack scores first (unless exhaustive; 0 = never): NOT REMOVED
+    # there, at first_look_share x alpha, is its verdict (the rest is not scored)
+    first_look_share: float = 0.2
 
 
 @dataclass
@@ -164,29 +168,25 @@ def reference_scores(retain_model: torch.nn.Module, tokenizer: Any, forget: Sequ
     """The retain model's scores under every attack of the battery: they do not depend on the unlearned model,
     so one request judged for several methods (compare, benchmarks) computes them once."""
     plan, _ = battery_plan(tokenizer, forget, args)
-    batches = batches_of(retain_model, tokenizer, holdout)
-    return {name: _attacked_scores(retain_model, tokenizer, attack, measured, holdout, batches)
-            for name, attack, measured in plan}
-
-
-def _attacked_scores(model: torch.nn.Module, tokenizer: Any, attack: Callable[[torch.nn.Module], torch.nn.Module],
-                     measured: list[Record], holdout: Sequence[Record],
-                     batches: Callable[[list[Record]], Prepared]) -> Scores:
-    return forget_holdout_scores(attack(model), tokenizer, measured, holdout, batches(measured))
-
-
-def batches_of(model: torch.nn.Module, tokenizer: Any, holdout: Sequence[Record]) -> Callable[[list[Record]],
-                                                                                              Prepared]:
-    """measured records -> their `prepare_pair` with ``holdout``, made once per list (the battery's weight
-    attacks share one)."""
-    made: dict[int, Prepared] = {}
-
-    def get(measured: list[Record]) -> Prepared:
+    made: dict[int, Prepared] = {}  # the weight attacks share one list of records
+    out: dict[str, Scores] = {}
+    for name, attack, measured in plan:
         if id(measured) not in made:
-            made[id(measured)] = prepare_pair(model, tokenizer, measured, holdout)
-        return made[id(measured)]
+            made[id(measured)] = prepare_pair(retain_model, tokenizer, measured, holdout)
+        out[name] = forget_holdout_scores(attack(retain_model), tokenizer, measured, holdout, made[id(measured)])
+    return out
 
-    return get
+
+def look_order(n_measured: int, n_holdout: int, args: BatteryArgs) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The positions of the measured and of the held-out records an attack scores in each look: a random
+    ``args.first_look`` of each set first, then the rest; one look of everything when the sets are too small for
+    a first look to save much (or it is off)."""
+    k = args.first_look
+    if args.exhaustive or k <= 0 or min(n_measured, n_holdout) < 2 * k:
+        return [np.arange(n_measured)], [np.arange(n_holdout)]
+    rng = np.random.default_rng(args.seed)
+    f, h = rng.permutation(n_measured), rng.permutation(n_holdout)
+    return [np.sort(f[:k]), np.sort(f[k:])], [np.sort(h[:k]), np.sort(h[k:])]
 
 
 def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
@@ -195,32 +195,78 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
     """Every attack of the battery on ``forget`` against the held-out ``holdout``; relative to
     ``retain_model`` (attacked the same way) when given, or to its ``reference_scores``. Unless
     ``args.exhaustive``, the attacks after the first one that finds the forget set NOT REMOVED are not run
-    (named in the notes): no later one can change the worst case."""
+    (named in the notes): no later one can change the worst case; and each attack first scores a random
+    ``args.first_look`` records per set (`look_order`): NOT REMOVED there, at ``first_look_share`` x alpha, is
+    its verdict (the chance of calling removed data NOT REMOVED is then at most (1 + first_look_share) x alpha
+    over the two looks; REMOVED and OVER-UNLEARNED are only ever said on every record). ``scores`` and
+    ``reference`` then hold the records scored, in their order."""
     groups = group_labels(holdout)
     plan, notes = battery_plan(tokenizer, forget, args)
-    ref: dict[str, Scores] = dict(reference or {})
+    given: Mapping[str, Scores] = reference or {}
+    ref: dict[str, Scores] = {}
     reference_seconds = 0.0
     rows, scores = [], {}
-    batches = batches_of(model, tokenizer, holdout)  # shared with the retain model (the same tokenizer)
+    looks: dict[int, tuple[list[np.ndarray], list[np.ndarray], list[Prepared]]] = {}
     for name, attack, measured in plan:
-        if name not in ref and retain_model is not None:
-            start = time.perf_counter()  # the retain model, attacked alike: only for the attacks that run
-            ref[name] = _attacked_scores(retain_model, tokenizer, attack, measured, holdout, batches)
-            reference_seconds += time.perf_counter() - start
+        if id(measured) not in looks:  # the looks and their batches: once per list (attacks and models share it)
+            fl, hl = look_order(len(measured), len(holdout), args)
+            looks[id(measured)] = (fl, hl, [prepare_pair(model, tokenizer, [measured[i] for i in f],
+                                                         [holdout[i] for i in h]) for f, h in zip(fl, hl, strict=True)])
+        fl, hl, batches = looks[id(measured)]
+        t0 = time.perf_counter()
+        theirs = attack(retain_model) if name not in given and retain_model is not None else None
+        reference_seconds += time.perf_counter() - t0
+        spent_ref = 0.0  # of the retain model's scoring inside this attack's time
         start = time.perf_counter()
         attacked = attack(model)
-        (fm, hm), extracted = scores_and_extraction(attacked, tokenizer, measured, holdout, batches(measured))
+        mine: list[Scores] = []
+        their: list[Scores] = []
+        found: list[tuple[dict[str, float], int]] = []
+        for look, (f, h) in enumerate(zip(fl, hl, strict=True)):
+            fr, hr = [measured[i] for i in f], [holdout[i] for i in h]
+            part, ext = scores_and_extraction(attacked, tokenizer, fr, hr, batches[look])
+            mine.append(part)
+            found.append((ext, len(f)))
+            if theirs is not None:
+                t0 = time.perf_counter()  # the retain model, attacked alike: only for the looks that run
+                their.append(forget_holdout_scores(theirs, tokenizer, fr, hr, batches[look]))
+                spent_ref += time.perf_counter() - t0
+            seen_f, seen_h = np.concatenate(fl[: look + 1]), np.concatenate(hl[: look + 1])
+            back_f, back_h = np.argsort(seen_f), np.argsort(seen_h)
+            fm, hm = _joined(mine, back_f, back_h)
+            kw: dict[str, Any] = {}
+            if name in given:
+                kw = {"retain_members": {k: v[seen_f[back_f]] for k, v in given[name][0].items()},
+                      "retain_nonmembers": {k: v[seen_h[back_h]] for k, v in given[name][1].items()}}
+            elif their:
+                kw = dict(zip(("retain_members", "retain_nonmembers"), _joined(their, back_f, back_h), strict=True))
+            final = look == len(fl) - 1
+            alpha = args.alpha * (1.0 if final else args.first_look_share)
+            verdict = two_sided_verdict(
+                fm, hm, nonmember_groups=None if groups is None else [groups[i] for i in seen_h[back_h]],
+                member_groups=group_labels([measured[i] for i in seen_f[back_f]]), alpha=alpha,
+                detectable_bound=args.detectable_bound, n_boot=args.n_boot, seed=args.seed, attack=name, **kw)
+            if final or verdict.status == NOT_REMOVED:
+                break
+        if not final:
+            notes.append(f"'{name}': NOT REMOVED on a first look at {len(fm['loss'])} of {len(measured)} forget and "
+                         f"{len(hm['loss'])} of {len(holdout)} held-out records (alpha {alpha:.3g}); the rest were "
+                         "not scored")
         scores[name] = (fm, hm)
-        kw: dict[str, Any] = {}
-        if name in ref:
-            kw = {"retain_members": ref[name][0], "retain_nonmembers": ref[name][1]}
-        verdict = two_sided_verdict(fm, hm, nonmember_groups=groups, member_groups=group_labels(measured),
-                                    alpha=args.alpha, detectable_bound=args.detectable_bound, n_boot=args.n_boot,
-                                    seed=args.seed, attack=name, **kw)
-        rows.append(AttackRow(name, verdict, extracted, time.perf_counter() - start))
-        del attacked
+        if kw:
+            ref[name] = (kw["retain_members"], kw["retain_nonmembers"])
+        reference_seconds += spent_ref
+        extracted = {k: sum(e[k] * n for e, n in found) / sum(n for _, n in found) for k in found[0][0]}
+        rows.append(AttackRow(name, verdict, extracted, time.perf_counter() - start - spent_ref))
+        del attacked, theirs
         if verdict.status == NOT_REMOVED and not args.exhaustive and len(rows) < len(plan):
             notes.append(f"not run: {', '.join(n for n, _, _ in plan[len(rows):])} ('{name}' already found the "
                          "forget set NOT REMOVED, the most severe verdict; exhaustive runs every attack)")
             break
     return Battery(worst_case([r.verdict for r in rows]), rows, notes, reference_seconds, scores, ref)
+
+
+def _joined(parts: list[Scores], back_f: np.ndarray, back_h: np.ndarray) -> Scores:
+    """The looks' scores, concatenated and put back in the records' order."""
+    return ({k: np.concatenate([p[0][k] for p in parts])[back_f] for k in parts[0][0]},
+            {k: np.concatenate([p[1][k] for p in parts])[back_h] for k in parts[0][1]})

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from unlearn.auditors.battery import Scores, forget_holdout_scores, reference_scores, removal_battery
+from unlearn.auditors.battery import BatteryArgs, Scores, forget_holdout_scores, reference_scores, removal_battery
 from unlearn.auditors.metrics import auc, privleak
 from unlearn.auditors.stopping import make_monitor
 from unlearn.auditors.tofu import (
@@ -115,8 +115,10 @@ def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets) -> Referenc
 def judged(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None) -> tuple[dict[str, Any],
                                                                                                 Scores]:
     """The receipt's verdict on the metrics' held-out half (columns ``verdict`` and ``battery``): the
-    battery, relative to the retain model when there is one; and the model's scores as is, for `evaluate`."""
-    b = removal_battery(model, tokenizer, sets.forget, sets.holdout, reference=ref.battery if ref else None)
+    battery, relative to the retain model when there is one; and the model's scores as is, for `evaluate` (so
+    every record is scored: no first look)."""
+    b = removal_battery(model, tokenizer, sets.forget, sets.holdout, BatteryArgs(first_look=0),
+                        reference=ref.battery if ref else None)
     return {"verdict": b.verdict.status, "battery": b.to_dict()}, b.scores["as is"]
 
 

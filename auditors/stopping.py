@@ -48,9 +48,24 @@ def check_from_scores(forget_loss: np.ndarray, holdout_loss: np.ndarray,
 
 QUICK_MARGIN = 0.2  # AUC above the target that is "far": a full check's every score (back-off ranking), or a
 # skipped check's lower bound (the next check is deferred)
-QUICK_ALPHA_SHARE = 0.2  # a quick check skips the full one at this share of stop_alpha (a stricter test)
-QUICK_LEAD = 1.5  # after a full check, try a quick one next only if some score's lower CI bound is this many
-# half-widths above its target (the subsample's interval is about 2.7x wider: below that it rarely skips)
+QUICK_ALPHA_SHARE = 0.2  # a subsample skips the full check at this share of stop_alpha (a stricter test)
+
+
+def check_stages(sizes: Sequence[int], quick: int) -> list[tuple[str, tuple[int, ...]]]:
+    """A check's stages, (name, records per set): ``quick`` / 2 per set ("far"), ``quick`` ("near"), half of
+    each set ("half"), then every record ("full"); each stage's records of a set are a prefix of the next
+    stage's (a check that goes on to a larger stage scores only the records it adds). Stages that add nothing
+    are dropped; ``quick`` = 0: the full check only."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    full = tuple(sizes)
+    if quick > 0:
+        for name, want in (("far", lambda n: (quick + 1) // 2), ("near", lambda n: quick),
+                           ("half", lambda n: (n + 1) // 2)):
+            prev = out[-1][1] if out else (0,) * len(full)
+            take = tuple(min(n, max(p, want(n))) for n, p in zip(full, prev, strict=True))
+            if take not in (prev, full):
+                out.append((name, take))
+    return [*out, ("full", full)]
 
 
 def utility_ratio_bounds(probs: np.ndarray, base: np.ndarray, alpha: float) -> tuple[float, float, float]:
@@ -83,117 +98,125 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     ``distance`` = max |AUC - target| (what the best checkpoint minimises, target 0.5 or AUC_retain) and
     ``utility_ok``.
 
-    With ``args.quick_check`` > 0 a check may first score a fixed subsample of that many records per set and
-    skip the full check when the subsample alone already shows a score NOT REMOVED, at a stricter level
-    (``QUICK_ALPHA_SHARE`` of ``stop_alpha``) and its retain utility significantly inside the guard
-    (`utility_ratio_bounds`): the full check, with more records, would then almost surely go on too. Only a
-    full check stops, or a quick one whose retain utility is significantly below the guard (``utility_drop``,
-    at the same level). A quick check is tried after a skip, and after a full check whose clearest NOT
-    REMOVED score leads by ``QUICK_LEAD`` half-widths (otherwise the subsample would rarely skip, and cost a
-    third of a full check for nothing). The first check (before any step) is a quick one too, plus the retain set
-    for the utility baseline.
+    A check goes through the stages of `check_stages` (``args.quick_check`` records per set first), scoring
+    only the records each stage adds, until one decides. A subsample stage decides "go on" when it alone
+    already shows a score NOT REMOVED at a stricter level (``QUICK_ALPHA_SHARE`` of ``stop_alpha``) and its
+    retain utility is significantly inside the guard (`utility_ratio_bounds`): the full check would then almost
+    surely go on too; it stops for ``utility_drop`` when its utility is significantly below the guard (same
+    level). Every other decision is the full check's. A check starts at the smallest stage whose interval,
+    predicted from the last check's (half-widths scale with sqrt(1/m + 1/n) and the level's z), would still
+    lie above the target; the first check (before any step) starts at the smallest, and also scores the rest of
+    the retain set once: the utility baseline.
     Skipped checks and full checks with every score more than ``QUICK_MARGIN`` above its target are reported
     ``far``: the best checkpoint among them is the latest, and any other check beats them. A skipped check
     whose lead (the subsample's lower bound) is still above ``QUICK_MARGIN`` asks to ``defer`` the next
-    check: far from the target the checks come every 2 x ``eval_every`` steps, and the next one first tries
-    half the subsample (``"quick": "far"``; then the whole subsample, ``"near"``, then the full check: each
-    only when the smaller one could not skip)."""
+    check: far from the target the checks come every 2 x ``eval_every`` steps."""
     groups = group_labels(holdout)
-    baseline: dict[str, float] = {}
-    nf, nh = len(forget), len(holdout)
+    sets = (forget, holdout, retain_eval)
     reference: dict[str, Any] = {}
     if retain_scores is None and retain_model is not None:
         retain_scores = forget_holdout_scores(retain_model, tokenizer, forget, holdout)
     if retain_scores is not None:
         reference = {"retain_members": retain_scores[0], "retain_nonmembers": retain_scores[1]}
     rng = random.Random(args.seed)
-    picks = [sorted(rng.sample(range(n), args.quick_check)) if 0 < args.quick_check < n else list(range(n))
-             for n in (nf, nh, len(retain_eval))]
-    quick_on = any(len(p) < n for p, n in zip(picks, (nf, nh, len(retain_eval)), strict=True))
-    halves = [sorted(rng.sample(range(len(p)), (len(p) + 1) // 2)) for p in picks]  # the far check's share
-    quick_base: np.ndarray | None = None  # the subsample's retain answer probabilities at the first check
-    try_quick, far_next = quick_on, False
-    full_records = [*forget, *holdout, *retain_eval]
+    orders = [rng.sample(range(len(x)), len(x)) for x in sets]  # a stage's records: a prefix of each order
+    stages = check_stages([len(x) for x in sets], args.quick_check)
+    last = len(stages) - 1
+    alphas = [args.stop_alpha * (QUICK_ALPHA_SHARE if i < last else 1.0) for i in range(len(stages))]
+    widths = [np.sqrt(1 / max(f, 1) + 1 / max(h, 1)) * stats.norm.ppf(1 - a / (2 * len(ONE_PASS_SCORES)))
+              for (_, (f, h, _)), a in zip(stages, alphas, strict=True)]
+    made: dict[int, Prepared] = {}
+    base: np.ndarray | None = None  # every retain record's answer probability before any step (set order)
+    begin = 0  # the stage the next check starts at
 
-    def subsample(positions: Sequence[Sequence[int]]) -> dict[str, Any]:
-        """A quick check's records (positions into ``picks`` per set), their groups and retain-model scores."""
-        qf, qh, qr = ([p[i] for i in pos] for p, pos in zip(picks, positions, strict=True))
-        return {"records": [*(forget[i] for i in qf), *(holdout[i] for i in qh), *(retain_eval[i] for i in qr)],
-                "sizes": (len(qf), len(qf) + len(qh)), "retain_pos": list(positions[2]),
-                "groups": [groups[i] for i in qh] if groups is not None else None,
-                "reference": {"retain_members": {k: v[qf] for k, v in reference["retain_members"].items()},
-                              "retain_nonmembers": {k: v[qh] for k, v in reference["retain_nonmembers"].items()}
-                              } if reference else {}}
+    def added(i: int) -> list[list[int]]:
+        """The positions (per set) stage ``i`` adds to the stage before it."""
+        before = stages[i - 1][1] if i else (0,) * len(sets)
+        return [o[b:e] for o, b, e in zip(orders, before, stages[i][1], strict=True)]
 
-    stages = {"near": subsample([range(len(p)) for p in picks]), "far": subsample(halves)}
-    made: dict[str, Prepared] = {}
+    def score_to(model: torch.nn.Module, i: int, parts: list[list[dict[str, np.ndarray]]]) -> list[dict[str, Any]]:
+        """Every score of stage ``i``'s records, per set (in stage order); ``parts``: what this check scored."""
+        for j in range(len(parts), i + 1):
+            pos = added(j)
+            records = [x[p] for x, ps in zip(sets, pos, strict=True) for p in ps]
+            if j not in made:  # tokenised at its first use: every check scores the same records
+                made[j] = prepare(records, tokenizer, max_length=max_length_of(model))
+            t = score_records(model, tokenizer, records, list(ONE_PASS_SCORES), prepared=made[j]).scores
+            cuts = np.cumsum([0, *(len(p) for p in pos)])
+            parts.append([{k: v[cuts[s]:cuts[s + 1]] for k, v in t.items()} for s in range(len(sets))])
+        return [{k: np.concatenate([p[s][k] for p in parts[: i + 1]]) for k in ONE_PASS_SCORES}
+                for s in range(len(sets))]
 
-    def batches(kind: str, model: torch.nn.Module) -> Prepared:
-        """A check's records, tokenised at its first use: every check of a kind scores the same."""
-        if kind not in made:
-            made[kind] = prepare(stages[kind]["records"] if kind in stages else full_records, tokenizer,
-                                 max_length=max_length_of(model))
-        return made[kind]
-
-    def quick(model: torch.nn.Module, step: int, kind: str) -> dict[str, Any]:
-        """The subsample's verdict at the stricter level, and its retain utility."""
-        sub = stages[kind]
-        t = score_records(model, tokenizer, sub["records"], list(ONE_PASS_SCORES), prepared=batches(kind, model)).scores
-        a, b = sub["sizes"]
-        v = two_sided_verdict({k: x[:a] for k, x in t.items()}, {k: x[a:b] for k, x in t.items()},
-                              nonmember_groups=sub["groups"], alpha=args.stop_alpha * QUICK_ALPHA_SHARE, n_boot=400,
-                              seed=step, **sub["reference"])
-        return {"status": v.status, "lead": max(_lead(e) for e in v.evidence), "retain_probs": np.exp(t["loss"][b:])}
-
-    def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
-        nonlocal quick_base, try_quick, far_next
-        for kind in (["far", "near"] if far_next else ["near"]) if try_quick else []:
-            q = quick(model, step, kind)
-            first = quick_base is None
-            if quick_base is None:
-                quick_base = q["retain_probs"]
-            ratio, low, high = utility_ratio_bounds(q["retain_probs"], quick_base[stages[kind]["retain_pos"]],
-                                                    args.stop_alpha * QUICK_ALPHA_SHARE)
-            if high < 1 - args.max_utility_drop:  # clearly lost even on the subsample: no full check needed
-                far_next = False
-                return ("utility_drop", f"retain utility fell to {ratio:.3f} x its value before any step on a "
-                        f"{len(q['retain_probs'])}-record subsample (upper bound {high:.3f}; more than "
-                        f"max_utility_drop={args.max_utility_drop:.0%})",
-                        {"quick": kind, "status": q["status"], "utility_ok": False, "retain_ratio": ratio})
-            if q["status"] == NOT_REMOVED and (first or low >= 1 - args.max_utility_drop):
-                if first and len(retain_eval):  # the full checks' utility baseline: the whole retain set, once
-                    lp = score_records(model, tokenizer, retain_eval, ["loss"]).scores["loss"]
-                    baseline["retain_prob"] = float(np.exp(lp).mean())
-                far_next = q["lead"] > QUICK_MARGIN
-                # a score separates the sets even on the subsample: the full check would go on too (no
-                # ``distance``: a subsample's is not comparable with the full checks'; "far" ranks it)
-                return None, "", {"quick": kind, "far": True, "quick_lead": q["lead"], "status": NOT_REMOVED,
-                                  "utility_ok": True, "defer": far_next}
-        far_next = False
-        table = score_records(model, tokenizer, full_records, list(ONE_PASS_SCORES), prepared=batches("full", model))
-        fm = {k: v[:nf] for k, v in table.scores.items()}
-        hm = {k: v[nf:nf + nh] for k, v in table.scores.items()}
+    def verdict(i: int, fm: dict[str, Any], hm: dict[str, Any], step: int) -> Any:
+        fpos, hpos = (o[:n] for o, n in zip(orders[:2], stages[i][1][:2], strict=True))
+        ref = {"retain_members": {k: v[fpos] for k, v in reference["retain_members"].items()},
+               "retain_nonmembers": {k: v[hpos] for k, v in reference["retain_nonmembers"].items()}
+               } if reference else {}
         # record level on the forget side: a target to stop at, also for a one-person request (the claim
         # itself is the receipt's verdict, grouped or relative to a retain model)
-        v = two_sided_verdict(fm, hm, nonmember_groups=groups, alpha=args.stop_alpha, n_boot=200, seed=step,
-                              **reference)
+        return two_sided_verdict(fm, hm, nonmember_groups=[groups[p] for p in hpos] if groups is not None else None,
+                                 alpha=alphas[i], n_boot=400 if i < last else 200, seed=step, **ref)
+
+    def next_begin(v: Any, i: int) -> int:
+        """The smallest stage whose interval, scaled from stage ``i``'s, would still lie above the target."""
+        for j in range(last):
+            if any(_lead(e) + (e.ci[1] - e.ci[0]) / 2 * (1 - widths[j] / widths[i]) > 0 for e in v.evidence):
+                return j
+        return last
+
+    def set_baseline(model: torch.nn.Module, parts: list[list[dict[str, np.ndarray]]]) -> None:
+        nonlocal base
+        seen = np.concatenate([np.exp(p[2]["loss"]) for p in parts])
+        rest = orders[2][len(seen):]
+        more = np.exp(score_records(model, tokenizer, [retain_eval[p] for p in rest], ["loss"]).scores["loss"]
+                      ) if rest else np.zeros(0)
+        base = np.empty(len(retain_eval))
+        base[orders[2]] = np.concatenate([seen, more])
+
+    def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
+        nonlocal begin
+        parts: list[list[dict[str, np.ndarray]]] = []
+        first = base is None
+        floor = 1 - args.max_utility_drop
+        for i in range(0 if first else begin, last):
+            fm, hm, rm = score_to(model, i, parts)
+            v = verdict(i, fm, hm, step)
+            probs = np.exp(rm["loss"])
+            ratio, low, high = (1.0, 1.0, 1.0) if first else utility_ratio_bounds(
+                probs, base[orders[2][:len(probs)]], alphas[i])
+            if high < floor:  # clearly lost even on the subsample: no full check needed
+                begin = 0
+                return ("utility_drop", f"retain utility fell to {ratio:.3f} x its value before any step on a "
+                        f"{len(probs)}-record subsample (upper bound {high:.3f}; more than "
+                        f"max_utility_drop={args.max_utility_drop:.0%})",
+                        {"quick": stages[i][0], "status": v.status, "utility_ok": False, "retain_ratio": ratio})
+            if v.status == NOT_REMOVED and low >= floor:
+                if first:
+                    set_baseline(model, parts)
+                lead = max(_lead(e) for e in v.evidence)
+                begin = next_begin(v, i)
+                # a score separates the sets even on the subsample: the full check would go on too (no
+                # ``distance``: a subsample's is not comparable with the full checks'; "far" ranks it)
+                return None, "", {"quick": stages[i][0], "far": True, "quick_lead": lead, "status": NOT_REMOVED,
+                                  "utility_ok": True, "defer": lead > QUICK_MARGIN}
+        fm, hm, rm = score_to(model, last, parts)
+        if first:
+            set_baseline(model, parts)
+        assert base is not None
+        v = verdict(last, fm, hm, step)
         m: dict[str, Any] = {f"auc_{e.score}": e.auc for e in v.evidence}
         m["forget_auc"] = m["auc_loss"]
         excess = [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
         m["distance"] = max(abs(x) for x in excess)
         m["status"] = v.status
-        try_quick = quick_on and any(_lead(e) > QUICK_LEAD * (e.ci[1] - e.ci[0]) / 2 for e in v.evidence)
-        if quick_on:
+        begin = next_begin(v, last)
+        if last:
             m["far"] = min(excess) > QUICK_MARGIN
-        retain_lp = table.scores["loss"][nf + nh:]
-        if len(retain_lp):
-            m["retain_prob"] = float(np.exp(retain_lp).mean())
-        if not baseline:
-            baseline.update({k: x for k, x in m.items() if isinstance(x, float)})
-        m["utility_ok"] = "retain_prob" not in m or m["retain_prob"] >= (1 - args.max_utility_drop) * baseline[
-            "retain_prob"]
+        if len(retain_eval):
+            m["retain_prob"] = float(np.exp(rm["loss"]).mean())
+        m["utility_ok"] = "retain_prob" not in m or m["retain_prob"] >= floor * float(base.mean())
         if not m["utility_ok"]:
-            return ("utility_drop", f"retain utility fell to {m['retain_prob']:.3f} from {baseline['retain_prob']:.3f} "
+            return ("utility_drop", f"retain utility fell to {m['retain_prob']:.3f} from {base.mean():.3f} "
                     f"(more than max_utility_drop={args.max_utility_drop:.0%})", m)
         if v.status == OVER_UNLEARNED:
             return "over_unlearned", v.message, m

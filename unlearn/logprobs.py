@@ -66,7 +66,8 @@ def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Logits ``[B, T, V]`` with position ids counted over real tokens, so that left padding gives the
     same logits as no padding."""
     position_ids = (batch.attention_mask.cumsum(1) - 1).clamp(min=0)
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids).logits
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
+                 use_cache=False).logits
 
 
 def _pad_cat(chunks: list[torch.Tensor], fill: float | bool) -> torch.Tensor:
@@ -195,7 +196,8 @@ def token_logprobs(model: torch.nn.Module, tokenizer: Any, records: Sequence[Rec
                 at: Any = forward_logits(model, batch)
             else:
                 hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                              position_ids=(batch.attention_mask.cumsum(1) - 1).clamp(min=0)).last_hidden_state
+                              position_ids=(batch.attention_mask.cumsum(1) - 1).clamp(min=0),
+                              use_cache=False).last_hidden_state
                 at = functools.partial(_logits_at, hidden, logits_of)
             parts.append(batch_stats(at, batch, moments, hits))
             if on_batch is not None:
