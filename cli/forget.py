@@ -31,7 +31,8 @@ def add_parser(sub: Any) -> None:
                                           "it (default with the built-in model: its retain model, when it applies)")
     f.add_argument("--relearn-attack", action="store_true", help="add the relearning attack to the receipt's battery")
     f.add_argument("--full-battery", action="store_true",
-                   help="run every attack even after one finds the forget set NOT REMOVED (the verdict is the same)")
+                   help="score every record under every attack, even after a first look or an attack has found the "
+                        "forget set NOT REMOVED")
     f.add_argument("--detectable-auc", type=float, default=0.75,
                    help="REMOVED needs the power to detect this AUC; weaker tests are INCONCLUSIVE")
     f.add_argument("--copy-unchanged", action="store_true",

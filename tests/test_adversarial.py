@@ -133,3 +133,37 @@ def test_battery_stops_at_the_first_not_removed_unless_exhaustive(bench) -> None
     assert short.rows[0].verdict == full.rows[0].verdict
     itself = removal_battery(gold, tok, forget, holdout, BatteryArgs(n_boot=100), retain_model=gold)
     assert [r.attack for r in itself.rows] == ["as is", "8-bit RTN", "4-bit RTN"] and not itself.notes
+
+
+def test_a_first_look_decides_only_not_removed_and_otherwise_changes_nothing(bench) -> None:
+    """Each attack first scores a random subset of each set: NOT REMOVED there (at a stricter level) is its
+    verdict and the rest is not scored; any other first look goes on to every record, and then the verdicts and
+    scores are those of one look at everything."""
+    import dataclasses
+
+    from unlearn.auditors.battery import BatteryArgs, forget_holdout_scores, look_order, removal_battery
+
+    forget, holdout = bench.split("forget10")[:60], bench.split("holdout")[:80]
+    target, tok = load_model(bench.target)
+    gold, _ = load_model(bench.retain)
+    args = BatteryArgs(n_boot=100, first_look=24)
+    looked = removal_battery(target, tok, forget, holdout, args, retain_model=gold)
+    (row,) = looked.rows
+    assert row.verdict.status == "NOT REMOVED" and row.verdict.members == 24
+    assert row.verdict.alpha == pytest.approx(args.alpha * args.first_look_share)
+    assert "first look at 24 of 60 forget and 24 of 80 held-out" in looked.notes[0]
+    fl, hl = look_order(60, 80, args)
+    assert [len(x) for x in fl] == [24, 36] and not set(fl[0]) & set(fl[1])
+    alone_f, alone_h = forget_holdout_scores(target, tok, [forget[i] for i in fl[0]], [holdout[i] for i in hl[0]])
+    np.testing.assert_allclose(looked.scores["as is"][0]["loss"], alone_f["loss"], rtol=1e-5)
+    np.testing.assert_allclose(looked.reference["as is"][1]["minkpp"],
+                               forget_holdout_scores(gold, tok, [forget[i] for i in fl[0]],
+                                                     [holdout[i] for i in hl[0]])[1]["minkpp"], rtol=1e-5)
+    itself, whole = (removal_battery(gold, tok, forget, holdout, a, retain_model=gold)
+                     for a in (args, dataclasses.replace(args, first_look=0)))
+    assert [r.attack for r in itself.rows] == [r.attack for r in whole.rows] == ["as is", "8-bit RTN", "4-bit RTN"]
+    for a, b in zip(itself.rows, whole.rows, strict=True):
+        assert (a.verdict.status, a.verdict.members, a.verdict.alpha) == (b.verdict.status, 60, args.alpha)
+        assert [e.auc for e in a.verdict.evidence] == pytest.approx([e.auc for e in b.verdict.evidence], abs=1e-6)
+        assert a.extraction == pytest.approx(b.extraction, abs=1e-9)
+    np.testing.assert_allclose(itself.scores["4-bit RTN"][0]["zlib"], whole.scores["4-bit RTN"][0]["zlib"], rtol=1e-5)

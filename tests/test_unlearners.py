@@ -12,6 +12,7 @@ from unlearn.loop import run_loop
 from unlearn.methods import METHODS, get_method, load_method_args
 from unlearn.model import load_model
 from unlearn.training import token_nll
+from unlearn.unlearner import UnlearnArgs
 
 FIRST_ORDER = ["grad_ascent", "graddiff", "npo", "simnpo"]
 LOOP_METHODS = [*FIRST_ORDER, "soul"]  # run by the shared first-order loop (SOUL: Sophia)
@@ -182,8 +183,8 @@ def test_quick_checks_skip_only_where_the_full_check_goes_on_and_stop_where_full
     assert deferred and all(b - a == 8 for a, b in deferred), quick.history  # 2 x eval_every when far
     skipped = [h for h in quick.history if h.get("quick")]
     assert skipped and all(h["quick_lead"] > 0 for h in skipped), quick.history
-    # after a deferring skip, half the subsample is tried first (and skips too while far)
-    assert {h["quick"] for h in skipped} == {"near", "far"} and skipped[0]["quick"] == "near", quick.history
+    # a check starts at the smallest stage predicted to skip; the first check at the smallest of all
+    assert {h["quick"] for h in skipped} <= {"far", "near", "half"} and skipped[0]["quick"] == "far", quick.history
     # the weights at a step are the same in both runs (checks do not touch training): where the quick run
     # skipped, the full check said NOT REMOVED (go on)
     said = {h["step"]: h["status"] for h in full.history}
@@ -215,6 +216,45 @@ def test_a_quick_check_stops_for_utility_only_when_it_is_clearly_lost(bench) -> 
     assert last.get("quick") and not last["utility_ok"] and last["retain_ratio"] < 1 - args.max_utility_drop
     said = {h["step"]: h["utility_ok"] for h in full.history}
     assert said[quick.stats["backed_off_to"]], (quick.stats, full.history)
+
+
+def test_check_stages_are_nested_and_a_check_scores_each_record_once(bench, monkeypatch) -> None:
+    """Stages are prefixes of one random order per set, so a check that goes on to the full stage scores every
+    record once (the records a stage adds), and its numbers are those of a full check alone."""
+    from unlearn.auditors import stopping
+
+    assert stopping.check_stages([200, 200, 100], 48) == [("far", (24, 24, 24)), ("near", (48, 48, 48)),
+                                                          ("half", (100, 100, 50)), ("full", (200, 200, 100))]
+    assert stopping.check_stages([10, 200, 100], 48)[0] == ("far", (10, 24, 24))  # nested where a set is small
+    assert [n for n, _ in stopping.check_stages([10, 20, 10], 48)] == ["half", "full"]
+    assert stopping.check_stages([200, 200, 100], 0) == [("full", (200, 200, 100))]
+
+    forget, holdout, retain = bench.split("forget10")[:60], bench.split("holdout")[:80], bench.split("retain90")[:40]
+    target, tok = load_model(bench.target)
+    gold, _ = load_model(bench.retain)
+    scored: list[str] = []
+    real = stopping.score_records
+
+    def counting(model, tok, records, *a, **kw):
+        scored.extend(r.id for r in records)
+        return real(model, tok, records, *a, **kw)
+
+    monkeypatch.setattr(stopping, "score_records", counting)
+    out = {}
+    for quick in (8, 0):
+        args = UnlearnArgs(quick_check=quick)
+        monitor = stopping.make_monitor(tok, forget, holdout, retain, args, retain_model=gold)
+        scored.clear()
+        first = monitor(target, 0)  # the target: the first stage finds it NOT REMOVED (go on)
+        assert sorted(set(scored)) == sorted(scored) and set(r.id for r in retain) <= set(scored)  # the baseline
+        assert bool(first[2].get("quick")) == (quick > 0) and first[0] is None  # a subsample stage decided
+        scored.clear()
+        out[quick] = monitor(gold, 1)  # never saw the forget set: no subsample decides, the full check stops
+        assert sorted(scored) == sorted(r.id for r in [*forget, *holdout, *retain])
+    (stop8, _, m8), (stop0, _, m0) = out[8], out[0]
+    assert stop8 == stop0 == "forget_undetectable" and "quick" not in m8
+    for key in ("auc_loss", "auc_zlib", "auc_mink", "auc_minkpp", "distance", "retain_prob"):
+        assert m8[key] == pytest.approx(m0[key], abs=1e-6), key
 
 
 def test_utility_ratio_bounds_hold_their_level_and_have_power() -> None:
@@ -251,7 +291,6 @@ def test_back_off_prefers_the_closest_full_check_then_the_latest_far_one(script,
     """Quick checks have no comparable distance: among "far" checks the latest is the best, and any check
     with a distance near the target beats them all."""
     from unlearn.loop import run_direct
-    from unlearn.unlearner import UnlearnArgs
 
     model = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
@@ -272,7 +311,6 @@ def test_back_off_prefers_the_closest_full_check_then_the_latest_far_one(script,
 
 def test_a_check_marked_defer_skips_the_next_one() -> None:
     from unlearn.loop import run_direct
-    from unlearn.unlearner import UnlearnArgs
 
     model = torch.nn.Linear(1, 1, bias=False)
     calls = []

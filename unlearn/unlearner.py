@@ -39,9 +39,9 @@ class UnlearnArgs(Checked):
                             "module names a new LoRA adapter wraps (comma-separated)")
     seed: int = arg(0, "seed of every random choice", ge=0)
     eval_every: int = arg(5, "steps between stopping-rule checks; 0 = never", ge=0)
-    quick_check: int = arg(48, "records per set a check first scores (half as many far from the target); the full "
-                           "check runs only near a boundary (no score far above its target, or utility near the "
-                           "guard); 0 = always full", ge=0)
+    quick_check: int = arg(48, "a check's subsample stages score quick_check / 2, then quick_check records per "
+                           "set, then half of each set, before the full check (run only when none decides); "
+                           "0 = always full", ge=0)
     eval_schedule: str = arg("fixed", "fixed: check every eval_every steps; adaptive: every eval_every steps "
                              "near the target, up to 8x sparser while far from it (fewer scoring passes)",
                              choices=("fixed", "adaptive"))
