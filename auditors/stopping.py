@@ -182,7 +182,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
             fm, hm, rm = score_to(model, i, parts)
             v = verdict(i, fm, hm, step)
             probs = np.exp(rm["loss"])
-            ratio, low, high = (1.0, 1.0, 1.0) if first else utility_ratio_bounds(
+            ratio, low, high = (1.0, 1.0, 1.0) if first or not len(probs) else utility_ratio_bounds(
                 probs, base[orders[2][:len(probs)]], alphas[i])
             if high < floor:  # clearly lost even on the subsample: no full check needed
                 begin = 0

@@ -255,6 +255,9 @@ def test_check_stages_are_nested_and_a_check_scores_each_record_once(bench, monk
     assert stop8 == stop0 == "forget_undetectable" and "quick" not in m8
     for key in ("auc_loss", "auc_zlib", "auc_mink", "auc_minkpp", "distance", "retain_prob"):
         assert m8[key] == pytest.approx(m0[key], abs=1e-6), key
+    # no retain records: nothing to judge utility on, so a subsample still decides after the first check
+    monitor = stopping.make_monitor(tok, forget, holdout, [], UnlearnArgs(quick_check=8), retain_model=gold)
+    assert all(monitor(target, step)[2].get("quick") for step in (0, 1))
 
 
 def test_utility_ratio_bounds_hold_their_level_and_have_power() -> None:
