@@ -216,24 +216,22 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
             looks[key] = (fl, hl, [prepare_pair(model, tokenizer, [measured[i] for i in f], [holdout[i] for i in h])
                                    for f, h in zip(fl, hl, strict=True)])
         fl, hl, batches = looks[key]
-        t0 = time.perf_counter()
-        theirs = attack(retain_model) if name not in given and retain_model is not None else None
-        reference_seconds += time.perf_counter() - t0
-        spent_ref = 0.0  # of the retain model's scoring inside this attack's time
+        spent_ref = 0.0  # of the retain model's part, inside this attack's time
         start = time.perf_counter()
-        attacked = attack(model)
         mine: list[Scores] = []
         their: list[Scores] = []
         found: list[tuple[dict[str, float], int]] = []
         for look, (f, h) in enumerate(zip(fl, hl, strict=True)):
             fr, hr = [measured[i] for i in f], [holdout[i] for i in h]
-            part, ext = scores_and_extraction(attacked, tokenizer, fr, hr, batches[look])
+            if name not in given and retain_model is not None:
+                t0 = time.perf_counter()  # the retain model, attacked alike: only for the looks that run
+                their.append(forget_holdout_scores(attack(retain_model), tokenizer, fr, hr, batches[look]))
+                spent_ref += time.perf_counter() - t0
+            # one attacked copy at a time (a quantized copy is the model's size); a look after the first is of
+            # the first attack only, the model as is: nothing is made twice
+            part, ext = scores_and_extraction(attack(model), tokenizer, fr, hr, batches[look])
             mine.append(part)
             found.append((ext, len(f)))
-            if theirs is not None:
-                t0 = time.perf_counter()  # the retain model, attacked alike: only for the looks that run
-                their.append(forget_holdout_scores(theirs, tokenizer, fr, hr, batches[look]))
-                spent_ref += time.perf_counter() - t0
             seen_f, seen_h = np.concatenate(fl[: look + 1]), np.concatenate(hl[: look + 1])
             back_f, back_h = np.argsort(seen_f), np.argsort(seen_h)
             fm, hm = _joined(mine, back_f, back_h)
@@ -261,7 +259,6 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
         reference_seconds += spent_ref
         extracted = {k: sum(e[k] * n for e, n in found) / sum(n for _, n in found) for k in found[0][0]}
         rows.append(AttackRow(name, verdict, extracted, time.perf_counter() - start - spent_ref))
-        del attacked, theirs
         if verdict.status == NOT_REMOVED and not args.exhaustive and len(rows) < len(plan):
             notes.append(f"not run: {', '.join(n for n, _, _ in plan[len(rows):])} ('{name}' already found the "
                          "forget set NOT REMOVED, the most severe verdict; exhaustive runs every attack)")
