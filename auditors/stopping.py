@@ -52,15 +52,14 @@ QUICK_ALPHA_SHARE = 0.2  # a subsample skips the full check at this share of sto
 
 
 def check_stages(sizes: Sequence[int], quick: int) -> list[tuple[str, tuple[int, ...]]]:
-    """A check's stages, (name, records per set): ``quick`` / 2 per set ("far"), ``quick`` ("near"), half of
-    each set ("half"), then every record ("full"); each stage's records of a set are a prefix of the next
-    stage's (a check that goes on to a larger stage scores only the records it adds). Stages that add nothing
-    are dropped; ``quick`` = 0: the full check only."""
+    """A check's stages, (name, records per set): half of ``quick`` ("far"; half the set when it is smaller),
+    ``quick`` ("near"), then every record ("full"); each stage's records of a set are a prefix of the next
+    stage's (a check that goes on to a larger stage scores only the records it adds).
+    Stages that add nothing are dropped; ``quick`` = 0: the full check only."""
     out: list[tuple[str, tuple[int, ...]]] = []
     full = tuple(sizes)
     if quick > 0:
-        for name, want in (("far", lambda n: (quick + 1) // 2), ("near", lambda n: quick),
-                           ("half", lambda n: (n + 1) // 2)):
+        for name, want in (("far", lambda n: (min(n, quick) + 1) // 2), ("near", lambda n: quick)):
             prev = out[-1][1] if out else (0,) * len(full)
             take = tuple(min(n, max(p, want(n))) for n, p in zip(full, prev, strict=True))
             if take not in (prev, full):

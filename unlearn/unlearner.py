@@ -40,8 +40,7 @@ class UnlearnArgs(Checked):
     seed: int = arg(0, "seed of every random choice", ge=0)
     eval_every: int = arg(5, "steps between stopping-rule checks; 0 = never", ge=0)
     quick_check: int = arg(48, "a check's subsample stages score quick_check / 2, then quick_check records per "
-                           "set, then half of each set, before the full check (run only when none decides); "
-                           "0 = always full", ge=0)
+                           "set before the full check (run only when neither decides); 0 = always full", ge=0)
     eval_schedule: str = arg("fixed", "fixed: check every eval_every steps; adaptive: every eval_every steps "
                              "near the target, up to 8x sparser while far from it (fewer scoring passes)",
                              choices=("fixed", "adaptive"))
