@@ -230,7 +230,7 @@ def test_check_stages_are_nested_and_a_check_scores_each_record_once(bench, monk
     assert stopping.check_stages([10, 20, 10], 48) == [("far", (5, 10, 5)), ("full", (10, 20, 10))]
     assert stopping.check_stages([200, 200, 100], 0) == [("full", (200, 200, 100))]
 
-    forget, holdout, retain = bench.split("forget10")[:60], bench.split("holdout")[:80], bench.split("retain90")[:40]
+    forget, holdout, retain = bench.split("forget10"), bench.split("holdout")[:200], bench.split("retain90")[:100]
     target, tok = load_model(bench.target)
     gold, _ = load_model(bench.retain)
     scored: list[str] = []
@@ -242,7 +242,7 @@ def test_check_stages_are_nested_and_a_check_scores_each_record_once(bench, monk
 
     monkeypatch.setattr(stopping, "score_records", counting)
     out = {}
-    for quick in (24, 0):
+    for quick in (48, 0):
         args = UnlearnArgs(quick_check=quick)
         monitor = stopping.make_monitor(tok, forget, holdout, retain, args, retain_model=gold)
         scored.clear()
@@ -252,12 +252,12 @@ def test_check_stages_are_nested_and_a_check_scores_each_record_once(bench, monk
         scored.clear()
         out[quick] = monitor(gold, 1)  # never saw the forget set: no subsample decides, the full check stops
         assert sorted(scored) == sorted(r.id for r in [*forget, *holdout, *retain])
-    (stop_q, _, m_q), (stop0, _, m0) = out[24], out[0]
+    (stop_q, _, m_q), (stop0, _, m0) = out[48], out[0]
     assert stop_q == stop0 == "forget_undetectable" and "quick" not in m_q
     for key in ("auc_loss", "auc_zlib", "auc_mink", "auc_minkpp", "distance", "retain_prob"):
         assert m_q[key] == pytest.approx(m0[key], abs=1e-6), key
     # no retain records: nothing to judge utility on, so a subsample still decides after the first check
-    monitor = stopping.make_monitor(tok, forget, holdout, [], UnlearnArgs(quick_check=24), retain_model=gold)
+    monitor = stopping.make_monitor(tok, forget, holdout, [], UnlearnArgs(quick_check=48), retain_model=gold)
     assert all(monitor(target, step)[2].get("quick") for step in (0, 1))
 
 
