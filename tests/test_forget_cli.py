@@ -177,6 +177,21 @@ def test_stopping_rule_never_sees_the_verdict_split(tmp_path: Path, bench, monke
     assert (len(attacks) == 3) == (not battery["notes"])
 
 
+def test_a_receipt_decided_on_a_first_look_says_so(tmp_path: Path) -> None:
+    """A 10% request two steps in is still known: the battery's first look (48 records per set) finds it NOT
+    REMOVED, scores nothing more, and the receipt's notes, verdict and 'after' check say on how many records."""
+    from unlearn.workflows.common import BenchmarkOptions, DataSources
+    from unlearn.workflows.forget import ForgetJob, forget
+
+    result = forget(ForgetJob(out=tmp_path / "m", data=DataSources(forget_split="forget10"),
+                              overrides={"max_steps": 2}, benchmark=BenchmarkOptions("tiny")))
+    battery = result.receipt["battery"]
+    assert [a["attack"] for a in battery["attacks"]] == ["as is"] and result.receipt["verdict"] == "NOT REMOVED"
+    assert battery["verdict"]["members"] == 48 and "first look at 48 of 100 forget" in battery["notes"][0]
+    assert "not run: 8-bit RTN, 4-bit RTN" in battery["notes"][1]
+    assert result.receipt["after"]["forget_auc"] > 0.9
+
+
 def test_a_request_that_needs_no_change_writes_no_copy(tmp_path: Path, bench, capsys) -> None:
     # the retain model never saw the built-in person: nothing to do
     assert main(_forget(tmp_path, "m", "--model", "builtin:retain", "--json")) == 0
