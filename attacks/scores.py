@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from unlearn.data import Record, batches
-from unlearn.logprobs import TokenLogProbs
+from unlearn.logprobs import TokenLogProbs, max_length_of
 from unlearn.training import token_nll
 
 
@@ -72,7 +72,7 @@ def gradnorm_score(model: torch.nn.Module, tokenizer: Any, records: Sequence[Rec
     """
     device = next(model.parameters()).device
     params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
-    max_len = getattr(model.config, "max_position_embeddings", None)
+    max_len = max_length_of(model)
     was_training = model.training
     model.eval()
     out = []

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from unlearn.data import collate, encode_many, pad_id_of
 from unlearn.distributed import rank_world
 from unlearn.errors import ConfigError, UnlearnError
-from unlearn.logprobs import forward_logits
+from unlearn.logprobs import forward_logits, max_length_of
 from unlearn.losses import nll, target_logprobs
 from unlearn.registry import Registry
 
@@ -126,7 +126,7 @@ def lm_source(records: Sequence[Any], tokenizer: Any, batch_size: int, model: to
     distributed), weighted by their share of all."""
     rank, world = rank_world()
     device = next(model.parameters()).device
-    encoded = encode_many(records, tokenizer, getattr(model.config, "max_position_embeddings", None))
+    encoded = encode_many(records, tokenizer, max_length_of(model))
     mine = encoded[rank::world]
     pad, total = pad_id_of(tokenizer), len(encoded)
 

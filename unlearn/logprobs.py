@@ -65,9 +65,13 @@ class TokenLogProbs:
 def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Logits ``[B, T, V]`` with position ids counted over real tokens, so that left padding gives the
     same logits as no padding."""
-    position_ids = (batch.attention_mask.cumsum(1) - 1).clamp(min=0)
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids_of(batch),
                  use_cache=False).logits
+
+
+def position_ids_of(batch: Batch) -> torch.Tensor:
+    """Positions counted over real tokens (0 at each row's first token, whichever side is padded)."""
+    return (batch.attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
 def _pad_cat(chunks: list[torch.Tensor], fill: float | bool) -> torch.Tensor:
@@ -196,7 +200,7 @@ def token_logprobs(model: torch.nn.Module, tokenizer: Any, records: Sequence[Rec
                 at: Any = forward_logits(model, batch)
             else:
                 hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                              position_ids=(batch.attention_mask.cumsum(1) - 1).clamp(min=0),
+                              position_ids=position_ids_of(batch),
                               use_cache=False).last_hidden_state
                 at = functools.partial(_logits_at, hidden, logits_of)
             parts.append(batch_stats(at, batch, moments, hits))

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from unlearn.data import Batch, Record, collate, encode_many, pad_id_of
 from unlearn.distributed import configure_deepspeed, gathered_copy, make_accelerator
 from unlearn.errors import UnlearnError
+from unlearn.logprobs import max_length_of
 from unlearn.params import apply_scope
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult
 
@@ -79,7 +80,7 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     params = apply_scope(model, args.scope)
     if args.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    max_len = getattr(model.config, "max_position_embeddings", None)
+    max_len = max_length_of(model)
     forget_it = _cycle(_loader(forget, tokenizer, args.batch_size, args.seed, acc, max_len), acc)
     retain_it = _cycle(_loader(retain, tokenizer, args.retain_batch_size, args.seed + 1, acc, max_len),
                        acc) if uses_retain else None
