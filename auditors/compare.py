@@ -113,13 +113,14 @@ def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets) -> Referenc
 
 
 def judged(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None) -> tuple[dict[str, Any],
-                                                                                                Scores]:
-    """The receipt's verdict on the metrics' held-out half (columns ``verdict`` and ``battery``): the
-    battery, relative to the retain model when there is one; and the model's scores as is, for `evaluate` (so
-    every record is scored: no first look)."""
+                                                                                                dict[str, Any]]:
+    """`evaluate` plus the receipt's verdict on the metrics' held-out half (columns ``verdict`` and
+    ``battery``): the battery, relative to the retain model when there is one, whose "as is" pass gives the
+    AUC columns (so every record is scored: no first look)."""
     b = removal_battery(model, tokenizer, sets.forget, sets.holdout, BatteryArgs(first_look=0),
                         reference=ref.battery if ref else None)
-    return {"verdict": b.verdict.status, "battery": b.to_dict()}, b.scores["as is"]
+    metrics, per_record = evaluate(model, tokenizer, sets, ref, b.scores["as is"])
+    return {**metrics, "verdict": b.verdict.status, "battery": b.to_dict()}, per_record
 
 
 def parse_specs(methods: Sequence[Any], where: str = "methods") -> list[MethodSpec]:
@@ -174,9 +175,7 @@ def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, spe
                    if args.eval_every else None)
         res = measured(get_method(spec.method).run, model, tok, sets.forget, sets.retain, args, monitor=monitor,
                        on_step=on_step)
-        verdict, scores = judged(res.model, tok, sets, reference)
-        metrics, per_record = evaluate(res.model, tok, sets, reference, scores)
-        metrics.update(verdict)
+        metrics, per_record = judged(res.model, tok, sets, reference)
         rows.append({"label": spec.label, "method": spec.method, **metrics, "wall_seconds": res.wall_seconds,
                      "peak_memory_mb": res.peak_memory_mb, "steps": res.steps, "stop_reason": res.stop_reason,
                      "args": args.to_dict(), "_per_record": per_record})

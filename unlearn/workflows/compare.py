@@ -126,9 +126,7 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
         rows.append({"label": "retain", "method": "retrain",
                      **evaluate(retain_model, tok, sets, reference, reference.battery["as is"])[0]})
         del retain_model
-    verdict, scores = judged(target, tok, sets, reference)
-    metrics, per_record = evaluate(target, tok, sets, reference, scores)
-    metrics.update(verdict)
+    metrics, per_record = judged(target, tok, sets, reference)
     rows.append({"label": "target", "method": "none", **metrics, "_per_record": per_record})
     del target
     report.progress("reference models", 2, 2)
