@@ -246,16 +246,19 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
                     # the mean shift decides where the AUC cannot (saturated, or too coarse for one group)
                     stat, ci = f"group mean-{s} shift {shift:+.3g} vs {len(blocks)} held-out groups", (slo, shi)
                     lo, hi = ci
-        elif relative:
-            assert retain_members is not None and retain_nonmembers is not None
-            mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
-            ref = auc(mr, nr)
-            assert counts is not None
-            sd = float((weighted_aucs(mu, nu, *counts) - weighted_aucs(mr, nr, *counts)).std(ddof=1))
-            lo, hi = point - ref - z_half * sd, point - ref + z_half * sd
+        elif counts is not None:  # the bootstrap paths: AUC (- AUC_retain, paired over the same draws)
+            boot, ref = weighted_aucs(mu, nu, *counts), None
+            if relative:
+                assert retain_members is not None and retain_nonmembers is not None
+                mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
+                ref = auc(mr, nr)
+                boot = boot - weighted_aucs(mr, nr, *counts)
+            sd = float(boot.std(ddof=1))
+            centre = point - (ref if ref is not None else 0.5)
+            lo, hi = centre - z_half * sd, centre + z_half * sd
             detectable = 0.5 + z * sd
-            stat, ci = "AUC - AUC_retain", (lo, hi)
-        elif grouped:
+            stat, ci = ("AUC - AUC_retain", (lo, hi)) if relative else ("AUC", (lo + 0.5, hi + 0.5))
+        else:
             # Absolute, records in groups: people are the unit (a person's facts share one difficulty), so the
             # test is a two-sided Mann-Whitney over group means, powered by the number of groups.
             gm = np.array([mu[b].mean() for b in member_blocks])
@@ -266,13 +269,6 @@ def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str
             lo, hi = (g_auc - 0.5, g_auc - 0.5) if p < level else (min(0.0, g_auc - 0.5), max(0.0, g_auc - 0.5))
             detectable = min_detectable_auc(len(member_blocks), len(blocks), level)
             stat, ci = f"group AUC {g_auc:.3f}, p {p:.2g}", (lo + 0.5, hi + 0.5)
-        else:
-            ref = None
-            assert counts is not None
-            sd = float(weighted_aucs(mu, nu, *counts).std(ddof=1))
-            lo, hi = point - 0.5 - z_half * sd, point - 0.5 + z_half * sd
-            detectable = 0.5 + z * sd
-            stat, ci = "AUC", (lo + 0.5, hi + 0.5)
         status = NOT_REMOVED if lo > 0 else OVER_UNLEARNED if hi < 0 else (
             REMOVED if detectable <= detectable_bound else INCONCLUSIVE)
         evidence.append(ScoreEvidence(s, point, ci, stat, ref, min(1.0, detectable), status))
