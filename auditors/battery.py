@@ -206,14 +206,18 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
     ref: dict[str, Scores] = {}
     reference_seconds = 0.0
     rows, scores = [], {}
+    made: dict[int, Prepared] = {}  # tokenised once per list of records (attacks, looks and models share it)
     looks: dict[tuple[int, bool], tuple[list[np.ndarray], list[np.ndarray], list[Prepared]]] = {}
     for name, attack, measured in plan:
         # a first look for the first attack only: once one has gone on to every record without finding the forget
         # set NOT REMOVED, the next (the same model, quantized) rarely finds it on a few records
         key = (id(measured), not rows)
-        if key not in looks:  # the looks and their batches: once per list (attacks and models share them)
+        if key not in looks:
+            if id(measured) not in made:
+                made[id(measured)] = prepare_pair(model, tokenizer, measured, holdout)
+            whole = made[id(measured)]
             fl, hl = look_order(len(measured), len(holdout), args if not rows else replace(args, first_look=0))
-            looks[key] = (fl, hl, [prepare_pair(model, tokenizer, [measured[i] for i in f], [holdout[i] for i in h])
+            looks[key] = (fl, hl, [whole if len(fl) == 1 else whole.subset([*f, *(len(measured) + h)])
                                    for f, h in zip(fl, hl, strict=True)])
         fl, hl, batches = looks[key]
         spent_ref = 0.0  # of the retain model's part, inside this attack's time

@@ -38,6 +38,9 @@ def resampled_aucs(members: np.ndarray, nonmembers: np.ndarray,
     return out
 
 
+SMALL_PAIRS = 8192  # member x non-member pairs up to which `weighted_aucs` multiplies the counts by the win matrix
+
+
 def weighted_aucs(members: np.ndarray, nonmembers: np.ndarray, member_counts: np.ndarray,
                   nonmember_counts: np.ndarray, chunk: int = 64) -> np.ndarray:
     """Per row of the count matrices (``[B, |M|]``, ``[B, |N|]``: how often each record was drawn), the AUC of
@@ -45,6 +48,10 @@ def weighted_aucs(members: np.ndarray, nonmembers: np.ndarray, member_counts: np
     non-members' rank histogram, summed along the ranks, counts for every member the non-members below it
     (ties one half)."""
     m, n = _as_arrays(members, nonmembers)
+    if m.size * n.size <= SMALL_PAIRS:  # small sets (the stopping rule's subsamples): one product, no histogram
+        wins = (m[:, None] > n[None, :]) + 0.5 * (m[:, None] == n[None, :])
+        cm, cn = np.asarray(member_counts, np.float64), np.asarray(nonmember_counts, np.float64)
+        return ((cm @ wins) * cn).sum(axis=1) / (cm.sum(axis=1) * cn.sum(axis=1))
     _, ranks = np.unique(np.concatenate([m, n]), return_inverse=True)
     mr, nr = ranks[: m.size], ranks[m.size:]
     k = int(ranks.max()) + 1

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from unlearn.auditors import metrics
 from unlearn.auditors.metrics import (
     auc,
     block_bootstrap_counts,
@@ -55,9 +56,11 @@ def test_resampled_aucs_equal_one_brute_force_auc_per_draw(seed: int) -> None:
     assert got == pytest.approx([_brute_auc(m[i], n[j]) for i, j in draws], abs=1e-12)
 
 
-def test_block_bootstrap_counts_resample_whole_blocks_and_weight_the_aucs() -> None:
+@pytest.mark.parametrize("small_pairs", [0, 1 << 20])  # the rank-histogram path, the win-matrix product
+def test_block_bootstrap_counts_resample_whole_blocks_and_weight_the_aucs(monkeypatch, small_pairs) -> None:
     """Each draw takes as many blocks as there are, with replacement, every record of a block as often as its
     block; the weighted AUC of a draw is the brute-force AUC of the records repeated that often."""
+    monkeypatch.setattr(metrics, "SMALL_PAIRS", small_pairs)
     rng = np.random.default_rng(4)
     m = rng.integers(0, 6, size=12).astype(float)
     n = rng.integers(-1, 5, size=20).astype(float)

@@ -138,6 +138,19 @@ def test_prepared_batches_score_as_fresh_ones_for_every_model(tiny_tokenizer) ->
         token_logprobs(model, tiny_tokenizer, recs[::-1], prepared=batches)
 
 
+def test_a_subset_of_prepared_batches_is_what_preparing_those_records_makes(tiny_tokenizer) -> None:
+    recs = _records()
+    whole = prepare(recs, tiny_tokenizer, batch_size=2)
+    for positions in ([3, 0, 2], [1], list(range(len(recs)))[::-1]):
+        sub, fresh = whole.subset(positions), prepare([recs[i] for i in positions], tiny_tokenizer, batch_size=2)
+        assert (sub.ids, sub.order) == (fresh.ids, fresh.order)
+        assert torch.equal(sub.eos_last, fresh.eos_last)
+        assert len(sub.batches) == len(fresh.batches)
+        for a, b in zip(sub.batches, fresh.batches, strict=True):
+            for name in ("input_ids", "attention_mask", "labels"):
+                assert torch.equal(getattr(a, name), getattr(b, name))
+
+
 def test_reference_and_gradnorm(tiny_tokenizer) -> None:
     model = make_tiny_model(tiny_tokenizer, seed=3)
     recs = _records()

@@ -155,19 +155,34 @@ class Prepared:
     order: list[int]  # batch position -> record index
     batches: list[Batch]
     eos_last: torch.Tensor
+    encoded: list[tuple[list[int], list[int]]]  # per record (its own order), for `subset`
+    pad: int
+    batch_size: int
+    padding_side: str
+
+    def subset(self, positions: Sequence[int]) -> Prepared:
+        """The batches of the records at ``positions`` (in that order), from the tokens already made: what
+        `prepare` of those records returns, without tokenising them again."""
+        pos = [int(i) for i in positions]
+        return _batched([self.ids[i] for i in pos], [self.encoded[i] for i in pos], self.eos_last[pos],
+                        self.pad, self.batch_size, self.padding_side)
+
+
+def _batched(ids: list[str], encoded: list[tuple[list[int], list[int]]], eos_last: torch.Tensor, pad: int,
+             batch_size: int, padding_side: str) -> Prepared:
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    batches = [collate([encoded[i] for i in order[s:s + batch_size]], pad, padding_side)
+               for s in range(0, len(order), batch_size)]
+    return Prepared(ids, order, batches, eos_last, encoded, pad, batch_size, padding_side)
 
 
 def prepare(records: Sequence[Record], tokenizer: Any, *, max_length: int | None = None, batch_size: int = 32,
             padding_side: str = "right") -> Prepared:
     """The batches `token_logprobs` runs: records batched by token length (less padding)."""
-    encoded = encode_many(records, tokenizer, max_length)
-    order = sorted(range(len(records)), key=lambda i: len(encoded[i][0]))
-    pad = pad_id_of(tokenizer)
-    batches = [collate([encoded[i] for i in order[s:s + batch_size]], pad, padding_side)
-               for s in range(0, len(order), batch_size)]
     fmt = format_of(tokenizer)
     eos_last = torch.tensor([appends_eos(r, tokenizer, render(r, tokenizer, fmt)[2]) for r in records])
-    return Prepared([r.id for r in records], order, batches, eos_last)
+    return _batched([r.id for r in records], encode_many(records, tokenizer, max_length), eos_last,
+                    pad_id_of(tokenizer), batch_size, padding_side)
 
 
 def max_length_of(model: torch.nn.Module) -> int | None:
