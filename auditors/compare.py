@@ -12,9 +12,16 @@ from typing import Any
 
 import torch
 
-from unlearn.auditors.battery import BatteryArgs, Scores, forget_holdout_scores, reference_scores, removal_battery
+from unlearn.auditors.battery import (
+    BatteryArgs,
+    KnownScores,
+    Scores,
+    forget_holdout_scores,
+    reference_scores,
+    removal_battery,
+)
 from unlearn.auditors.metrics import auc, privleak
-from unlearn.auditors.stopping import make_monitor
+from unlearn.auditors.stopping import make_monitor, returned_scores
 from unlearn.auditors.tofu import (
     OPEN_UNLEARNING_NAMES,
     QAEval,
@@ -112,13 +119,14 @@ def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets) -> Referenc
                      battery)
 
 
-def judged(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None) -> tuple[dict[str, Any],
-                                                                                                dict[str, Any]]:
+def judged(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None,
+           known: KnownScores | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """`evaluate` plus the receipt's verdict on the metrics' held-out half (columns ``verdict`` and
     ``battery``): the battery, relative to the retain model when there is one, whose "as is" pass gives the
-    AUC columns (so every record is scored: no first look)."""
+    AUC columns (so every record is scored: no first look; ``known``: the stopping rule's forget scores of
+    these weights)."""
     b = removal_battery(model, tokenizer, sets.forget, sets.holdout, BatteryArgs(first_look=0),
-                        reference=ref.battery if ref else None)
+                        reference=ref.battery if ref else None, known=known)
     metrics, per_record = evaluate(model, tokenizer, sets, ref, b.scores["as is"])
     return {**metrics, "verdict": b.verdict.status, "battery": b.to_dict()}, per_record
 
@@ -169,13 +177,14 @@ def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, spe
         model, tok = load()
         torch.manual_seed(seed)
         random.seed(seed)
+        kept: dict[int, KnownScores] = {}
         monitor = (make_monitor(tok, sets.forget, sets.calibration or sets.holdout,
                                 sets.retain_calibration or sets.retain_eval, args,
-                                retain_scores=reference.stopping if reference is not None else None)
+                                retain_scores=reference.stopping if reference is not None else None, kept=kept)
                    if args.eval_every else None)
         res = measured(get_method(spec.method).run, model, tok, sets.forget, sets.retain, args, monitor=monitor,
                        on_step=on_step)
-        metrics, per_record = judged(res.model, tok, sets, reference)
+        metrics, per_record = judged(res.model, tok, sets, reference, returned_scores(res, kept))
         rows.append({"label": spec.label, "method": spec.method, **metrics, "wall_seconds": res.wall_seconds,
                      "peak_memory_mb": res.peak_memory_mb, "steps": res.steps, "stop_reason": res.stop_reason,
                      "args": args.to_dict(), "_per_record": per_record})

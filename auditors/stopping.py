@@ -12,8 +12,9 @@ from scipy import stats
 
 from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 from unlearn.auditors.audit import group_labels
-from unlearn.auditors.battery import Scores, forget_holdout_scores
+from unlearn.auditors.battery import KnownScores, Scores, forget_holdout_scores
 from unlearn.auditors.metrics import auc, mann_whitney_p
+from unlearn.auditors.robustness import extraction_stats
 from unlearn.auditors.verdict import (
     INCONCLUSIVE,
     NOT_REMOVED,
@@ -24,7 +25,7 @@ from unlearn.auditors.verdict import (
 )
 from unlearn.data import Record
 from unlearn.logprobs import Prepared, max_length_of, prepare
-from unlearn.unlearner import Monitor, UnlearnArgs
+from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult
 
 
 def forget_check(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
@@ -83,9 +84,22 @@ def _lead(e: ScoreEvidence) -> float:
     return e.ci[0] - (0.0 if e.retain_auc is not None else 0.5)
 
 
+Part = tuple[list[dict[str, np.ndarray]], dict[str, float] | None, int]  # a stage's scores per set, the extraction
+# of its forget records and their number
+
+
+def returned_scores(result: UnlearnResult, kept: dict[int, KnownScores]) -> KnownScores | None:
+    """What the stopping rule's full check scored on the forget set with the weights ``result`` returns (those
+    of the check it backed off to, else of its last check); None when that check stopped at a subsample."""
+    if not result.history:
+        return None
+    return kept.get(result.stats.get("backed_off_to", result.history[-1]["step"]))
+
+
 def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
                  retain_eval: Sequence[Record], args: UnlearnArgs,
-                 retain_model: torch.nn.Module | None = None, retain_scores: Scores | None = None) -> Monitor:
+                 retain_model: torch.nn.Module | None = None, retain_scores: Scores | None = None,
+                 kept: dict[int, KnownScores] | None = None) -> Monitor:
     """The stopping rule, on the CALIBRATION parts of the holdout and the retain evaluation set (the
     receipt's verdict uses the other parts): two-sided over every one-pass score. Stop when no score
     separates the forget set from held-out data in either direction (``forget_undetectable``); stop and back
@@ -109,7 +123,10 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     Skipped checks and full checks with every score more than ``QUICK_MARGIN`` above its target are reported
     ``far``: the best checkpoint among them is the latest, and any other check beats them. A skipped check
     whose lead (the subsample's lower bound) is still above ``QUICK_MARGIN`` asks to ``defer`` the next
-    check: far from the target the checks come every 2 x ``eval_every`` steps."""
+    check: far from the target the checks come every 2 x ``eval_every`` steps.
+
+    ``kept``: filled with the forget set's scores and extraction at every full check (step -> `KnownScores`),
+    for the receipt's "as is" attack on the weights the run returns (`returned_scores`)."""
     groups = group_labels(holdout)
     sets = (forget, holdout, retain_eval)
     reference: dict[str, Any] = {}
@@ -133,18 +150,29 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         before = stages[i - 1][1] if i else (0,) * len(sets)
         return [o[b:e] for o, b, e in zip(orders, before, stages[i][1], strict=True)]
 
-    def score_to(model: torch.nn.Module, i: int, parts: list[list[dict[str, np.ndarray]]]) -> list[dict[str, Any]]:
+    def score_to(model: torch.nn.Module, i: int, parts: list[Part]) -> list[dict[str, Any]]:
         """Every score of stage ``i``'s records, per set (in stage order); ``parts``: what this check scored."""
         for j in range(len(parts), i + 1):
             pos = added(j)
             records = [x[p] for x, ps in zip(sets, pos, strict=True) for p in ps]
             if j not in made:  # tokenised at its first use: every check scores the same records
                 made[j] = prepare(records, tokenizer, max_length=max_length_of(model))
-            t = score_records(model, tokenizer, records, list(ONE_PASS_SCORES), prepared=made[j]).scores
+            table = score_records(model, tokenizer, records, list(ONE_PASS_SCORES), hits=True, prepared=made[j])
             cuts = np.cumsum([0, *(len(p) for p in pos)])
-            parts.append([{k: v[cuts[s]:cuts[s + 1]] for k, v in t.items()} for s in range(len(sets))])
-        return [{k: np.concatenate([p[s][k] for p in parts[: i + 1]]) for k in ONE_PASS_SCORES}
+            n = len(pos[0])  # the forget records come first: their extraction, from the same pass
+            ext = extraction_stats(table.logprobs.take(slice(0, n))) if n and table.logprobs is not None else None
+            parts.append(([{k: v[cuts[s]:cuts[s + 1]] for k, v in table.scores.items()} for s in range(len(sets))],
+                          ext, n))
+        return [{k: np.concatenate([p[0][s][k] for p in parts[: i + 1]]) for k in ONE_PASS_SCORES}
                 for s in range(len(sets))]
+
+    def keep(step: int, fm: dict[str, np.ndarray], parts: list[Part]) -> None:
+        if kept is None or any(p[2] and p[1] is None for p in parts):  # several processes: no extraction
+            return
+        back = np.argsort(orders[0])  # stage order -> the forget set's own order
+        ext = {k: sum(p[1][k] * p[2] for p in parts if p[2]) / len(forget) for k in next(p[1] for p in parts
+                                                                                        if p[2])}
+        kept[step] = KnownScores([r.id for r in forget], {k: v[back] for k, v in fm.items()}, ext)
 
     def verdict(i: int, fm: dict[str, Any], hm: dict[str, Any], step: int) -> Any:
         fpos, hpos = (o[:n] for o, n in zip(orders[:2], stages[i][1][:2], strict=True))
@@ -163,9 +191,9 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
                 return j
         return last
 
-    def set_baseline(model: torch.nn.Module, parts: list[list[dict[str, np.ndarray]]]) -> None:
+    def set_baseline(model: torch.nn.Module, parts: list[Part]) -> None:
         nonlocal base
-        seen = np.concatenate([np.exp(p[2]["loss"]) for p in parts])
+        seen = np.concatenate([np.exp(p[0][2]["loss"]) for p in parts])
         rest = orders[2][len(seen):]
         more = np.exp(score_records(model, tokenizer, [retain_eval[p] for p in rest], ["loss"]).scores["loss"]
                       ) if rest else np.zeros(0)
@@ -174,7 +202,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
 
     def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
         nonlocal begin
-        parts: list[list[dict[str, np.ndarray]]] = []
+        parts: list[Part] = []
         first = base is None
         floor = 1 - args.max_utility_drop
         for i in range(0 if first else begin, last):
@@ -203,6 +231,8 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
             set_baseline(model, parts)
         assert base is not None
         v = verdict(last, fm, hm, step)
+        if len(forget):
+            keep(step, fm, parts)
         m: dict[str, Any] = {f"auc_{e.score}": e.auc for e in v.evidence}
         m["forget_auc"] = m["auc_loss"]
         excess = [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]

@@ -155,9 +155,9 @@ def test_stopping_rule_never_sees_the_verdict_split(tmp_path: Path, bench, monke
     seen: set[str] = set()
     real = stopping.make_monitor
 
-    def spy(tok, forget_set, holdout, retain_eval, args, retain_model=None):  # every record the rule scores
+    def spy(tok, forget_set, holdout, retain_eval, args, retain_model=None, **kw):  # every record the rule scores
         seen.update(r.id for r in [*forget_set, *holdout, *retain_eval])
-        return real(tok, forget_set, holdout, retain_eval, args, retain_model)
+        return real(tok, forget_set, holdout, retain_eval, args, retain_model, **kw)
 
     monkeypatch.setattr(stopping, "make_monitor", spy)
     result = forget(ForgetJob(out=tmp_path / "m", overrides={"max_steps": 10, "eval_every": 2},

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 from unlearn.data import batches
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.loop import run_loop
@@ -130,16 +133,39 @@ STOP_CASES = [  # (method, overrides, expected reason): each reason of the stopp
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "over", "reason"), STOP_CASES, ids=[c[2] for c in STOP_CASES])
 def test_stopping_rule_reaches_each_reason_and_backs_off_to_the_best_checkpoint(name, over, reason, bench) -> None:
-    from unlearn.auditors.battery import split_by_group
-    from unlearn.auditors.stopping import make_monitor
+    from unlearn.auditors.battery import BatteryArgs, removal_battery, split_by_group
+    from unlearn.auditors.robustness import extraction
+    from unlearn.auditors.stopping import make_monitor, returned_scores
 
     forget, retain = bench.split("forget10"), bench.split("retain90")
-    calibration, _ = split_by_group(bench.split("holdout"))
+    calibration, verdict_half = split_by_group(bench.split("holdout"))
     args = load_method_args(name, overrides=over)
     model, tok = load_model(bench.target)
-    monitor = make_monitor(tok, forget, calibration, retain[:100], args)
+    kept: dict = {}
+    monitor = make_monitor(tok, forget, calibration, retain[:100], args, kept=kept)
     res = get_method(name).run(model, tok, forget, retain, args, monitor=monitor)
     assert res.stop_reason == reason, (res.stop_reason, res.stop_message)
+    # what the rule scored on the forget set with the weights it returns (after any back-off) is what the
+    # receipt's "as is" attack would score again: it reuses them
+    known = returned_scores(res, kept)
+    assert known is not None and sorted(kept) == [h["step"] for h in res.history]
+    fresh = score_records(res.model, tok, forget, list(ONE_PASS_SCORES))
+    for k, v in fresh.scores.items():
+        np.testing.assert_allclose(known.scores[k], v, rtol=1e-5, atol=1e-5)
+    assert known.extraction == pytest.approx(extraction(res.model, tok, forget), abs=1e-9)
+    if reason != "max_steps":
+        bargs = BatteryArgs(quant_bits=(4,), n_boot=200, first_look=0)  # a first look reports extraction of its 48
+        other = dataclasses.replace(known, ids=known.ids[::-1])  # scores of other records (order): not used
+        a, b, c = (removal_battery(res.model, tok, forget, verdict_half, bargs, known=k)
+                   for k in (known, None, other))
+        np.testing.assert_array_equal(c.scores["as is"][0]["loss"], b.scores["as is"][0]["loss"])
+        assert [(r.attack, r.verdict.status) for r in a.rows] == [(r.attack, r.verdict.status) for r in b.rows]
+        for ra, rb in zip(a.rows, b.rows, strict=True):
+            assert ra.extraction == pytest.approx(rb.extraction, abs=1e-9)
+        for attack in a.scores:
+            for got, want in zip(a.scores[attack], b.scores[attack], strict=True):
+                for k in want:
+                    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5)
     hist = res.history
     assert [h["step"] for h in hist] == list(range(0, res.steps + 1, args.eval_every))
     # it stopped at the first check that met a rule: every earlier one was still detectable, utility fine

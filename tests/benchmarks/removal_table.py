@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from unlearn.auditors.battery import BatteryArgs, reference_scores, removal_battery, split_by_group
-from unlearn.auditors.stopping import make_monitor
+from unlearn.auditors.stopping import make_monitor, returned_scores
 from unlearn.auditors.tofu import evaluate_qa, forget_quality, model_utility
 from unlearn.benchmark.build import build
 from unlearn.benchmark.generator import RETAIN_OF
@@ -89,6 +89,7 @@ def main() -> None:
     rows = []
     for name in ["target", *args.methods.split(",")]:
         overrides = method_overrides(name, args.set)
+        kept: dict = {}  # the rule's full-check forget scores: the receipt's "as is" reuses the returned weights'
         if name == "target":
             model, res = target, None
         else:
@@ -96,7 +97,7 @@ def main() -> None:
             model = load_model(bench.target)[0]
             rule_s = [0.0]
 
-            def monitor(m, step, rule=make_monitor(tok, forget, cal, rcal, margs, gold), spent=rule_s):
+            def monitor(m, step, rule=make_monitor(tok, forget, cal, rcal, margs, gold, kept=kept), spent=rule_s):
                 t = time.perf_counter()  # the stopping rule's own time, inside the unlearning
                 out = rule(m, step)
                 spent[0] += time.perf_counter() - t
@@ -105,10 +106,11 @@ def main() -> None:
             res = measured(get_method(name).run, model, tok, forget, retain, margs, monitor=monitor)
             model = res.model
         start = time.perf_counter()  # the battery as a receipt runs it (its cost), then every attack in full
-        receipt = removal_battery(model, tok, forget, ver, BatteryArgs(), reference=reference)
+        known = returned_scores(res, kept) if res else None
+        receipt = removal_battery(model, tok, forget, ver, BatteryArgs(), reference=reference, known=known)
         no_relearn = time.perf_counter() - start
         start = time.perf_counter()
-        battery = removal_battery(model, tok, forget, ver, battery_args, reference=reference)
+        battery = removal_battery(model, tok, forget, ver, battery_args, reference=reference, known=known)
         battery_s = time.perf_counter() - start
         proper = max(res.wall_seconds - rule_s[0], 1e-9) if res else 0.0  # the unlearning without the rule
         row = {"method": name, "verdict": battery.verdict.status, "receipt_verdict": receipt.verdict.status,

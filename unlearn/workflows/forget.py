@@ -30,7 +30,7 @@ from unlearn.workflows.common import (
 if TYPE_CHECKING:
     import torch
 
-    from unlearn.auditors.battery import BatteryArgs
+    from unlearn.auditors.battery import BatteryArgs, KnownScores
     from unlearn.data import Record
     from unlearn.unlearner import UnlearnResult
 
@@ -108,14 +108,14 @@ class Splits:
 
 def run_method(model: torch.nn.Module, tok: Any, forget: Sequence[Record], retain: Sequence[Record], splits: Splits,
                margs: Any, method: str, report: Reporter = SILENT,
-               gold: torch.nn.Module | None = None) -> UnlearnResult:
+               gold: torch.nn.Module | None = None, kept: dict[int, Any] | None = None) -> UnlearnResult:
     """``method`` under the stopping rule (calibration halves; relative to ``gold``, a model trained without
-    the forget set, when given), with progress, wall time and peak memory."""
+    the forget set, when given), with progress, wall time and peak memory; ``kept``: see `make_monitor`."""
     from unlearn.auditors.stopping import make_monitor
     from unlearn.methods import get_method, measured
 
-    monitor = (make_monitor(tok, forget, splits.holdout_calibration, splits.retain_calibration, margs, gold)
-               if margs.eval_every else None)
+    monitor = (make_monitor(tok, forget, splits.holdout_calibration, splits.retain_calibration, margs, gold,
+                            kept=kept) if margs.eval_every else None)
     task = f"unlearning ({method})"
 
     def on_step(step: int, total: int, stats: dict[str, Any]) -> None:
@@ -126,9 +126,11 @@ def run_method(model: torch.nn.Module, tok: Any, forget: Sequence[Record], retai
 
 
 def judge(result: UnlearnResult, tok: Any, forget: Sequence[Record], splits: Splits, before: dict[str, float],
-          battery_args: BatteryArgs | None, gold: torch.nn.Module | None, report: Reporter = SILENT) -> dict[str, Any]:
+          battery_args: BatteryArgs | None, gold: torch.nn.Module | None, report: Reporter = SILENT,
+          known: KnownScores | None = None) -> dict[str, Any]:
     """The receipt's evidence for an unlearning run, on the verdict halves: the LOSS check before/after, the
-    attack battery (relative to ``gold`` when given) and privleak against it."""
+    attack battery (relative to ``gold`` when given; ``known``: the forget set's scores on the returned weights,
+    from the stopping rule) and privleak against it."""
     from unlearn.attacks.runner import score_records
     from unlearn.auditors.battery import BatteryArgs, removal_battery
     from unlearn.auditors.metrics import auc, privleak
@@ -137,7 +139,7 @@ def judge(result: UnlearnResult, tok: Any, forget: Sequence[Record], splits: Spl
     report.progress("attack battery", 0, None)
     start = time.perf_counter()
     battery = removal_battery(result.model, tok, forget, splits.holdout_verdict, battery_args or BatteryArgs(),
-                              retain_model=gold)
+                              retain_model=gold, known=known)
     # the LOSS check after, from the battery's own scores of the model as is (one more pass: retain utility)
     f, h = battery.scores["as is"]
     retain_lp = (score_records(result.model, tok, splits.retain_verdict, ["loss"]).scores["loss"]
@@ -186,7 +188,7 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     """Apply ``job``: the input model is never modified; the output directory and the ledger entry are
     written only when the whole run succeeded."""
     from unlearn import ledger, lora
-    from unlearn.auditors.stopping import forget_check
+    from unlearn.auditors.stopping import forget_check, returned_scores
     from unlearn.data import format_of, special_prefix
     from unlearn.distributed import is_main_process
     from unlearn.model import load_model, model_hash
@@ -219,8 +221,10 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
                      r.id for r in bench.split(bench.retain_split)} else None)
     gold = load_model(gold_path, job.load)[0] if gold_path is not None else None
     before = forget_check(model, tok, sets.forget, splits.holdout_verdict, splits.retain_verdict)
-    result = run_method(model, tok, sets.forget, sets.retain, splits, margs, job.method, report, gold)
-    evidence = judge(result, tok, sets.forget, splits, before, job.battery, gold, report)
+    kept: dict[int, KnownScores] = {}
+    result = run_method(model, tok, sets.forget, sets.retain, splits, margs, job.method, report, gold, kept)
+    evidence = judge(result, tok, sets.forget, splits, before, job.battery, gold, report,
+                     returned_scores(result, kept))
     unchanged = result.steps == 0 and not job.copy_unchanged
     receipt: dict[str, Any] = {
         "request": {"file": str(job.data.requests) if job.data.requests else None, "label": sets.label,
