@@ -19,7 +19,7 @@ from unlearn.auditors.audit import group_labels
 from unlearn.auditors.robustness import extraction, extraction_stats, split_for_relearning
 from unlearn.auditors.verdict import NOT_REMOVED, Verdict, two_sided_verdict, worst_case
 from unlearn.data import Record
-from unlearn.logprobs import Prepared, max_length_of, prepare
+from unlearn.logprobs import Prepared, max_length_of, merged, prepare
 
 Scores = tuple[dict[str, Any], dict[str, Any]]  # (forget, holdout): score name -> array
 
@@ -224,12 +224,8 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
         # set NOT REMOVED, the next (the same model, quantized) rarely finds it on a few records
         key = (id(measured), not rows)
         if key not in looks:
-            if id(measured) not in made:
-                made[id(measured)] = prepare_pair(model, tokenizer, measured, holdout)
-            whole = made[id(measured)]
             fl, hl = look_order(len(measured), len(holdout), args if not rows else replace(args, first_look=0))
-            looks[key] = (fl, hl, [whole if len(fl) == 1 else whole.subset([*f, *(len(measured) + h)])
-                                   for f, h in zip(fl, hl, strict=True)])
+            looks[key] = (fl, hl, [])
         fl, hl, batches = looks[key]
         spent_ref = 0.0  # of the retain model's part, inside this attack's time
         start = time.perf_counter()
@@ -242,6 +238,8 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
             found.append((known.extraction, 1))
         for look, (f, h) in enumerate(zip(fl, hl, strict=True)):
             fr, hr = [measured[i] for i in f], [holdout[i] for i in h]
+            if len(batches) == look:  # tokenised when a look first runs, once per list of records
+                batches.append(_look_batches(model, tokenizer, measured, holdout, f, h, made, looks))
             if name not in given and retain_model is not None:
                 t0 = time.perf_counter()  # the retain model, attacked alike: only for the looks that run
                 their.append(forget_holdout_scores(attack(retain_model), tokenizer, fr, hr, batches[look]))
@@ -289,6 +287,23 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
                          "forget set NOT REMOVED, the most severe verdict; exhaustive runs every attack)")
             break
     return Battery(worst_case([r.verdict for r in rows]), rows, notes, reference_seconds, scores, ref)
+
+
+def _look_batches(model: torch.nn.Module, tokenizer: Any, measured: Sequence[Record], holdout: Sequence[Record],
+                  f: np.ndarray, h: np.ndarray, made: dict[int, Prepared],
+                  looks: Mapping[tuple[int, bool], tuple[list[np.ndarray], list[np.ndarray], list[Prepared]]]
+                  ) -> Prepared:
+    """The batches of one look (forget positions ``f``, held-out ``h``): a first look and its rest are tokenised
+    for themselves (a first look that decides leaves the rest untokenised); a look at everything is tokenised
+    once per list of records (``made``), joined from the first attack's looks when they ran."""
+    n = len(measured)
+    if len(f) < n or len(h) < len(holdout):
+        return prepare_pair(model, tokenizer, [measured[i] for i in f], [holdout[i] for i in h])
+    if id(measured) not in made:
+        fl, hl, parts = looks.get((id(measured), True), ([], [], []))
+        made[id(measured)] = (merged(parts, [[*a, *(n + b)] for a, b in zip(fl, hl, strict=True)])
+                              if len(parts) == len(fl) > 1 else prepare_pair(model, tokenizer, measured, holdout))
+    return made[id(measured)]
 
 
 def _joined(parts: list[Scores], back_f: np.ndarray, back_h: np.ndarray) -> Scores:

@@ -12,7 +12,7 @@ from unlearn.attacks.runner import ONE_PASS_SCORES, parse_scores, score_records
 from unlearn.attacks.scores import gradnorm_score, reference_score
 from unlearn.data import encode, qa_record, text_record
 from unlearn.errors import UnlearnError
-from unlearn.logprobs import prepare, token_logprobs
+from unlearn.logprobs import merged, prepare, token_logprobs
 
 
 def _records() -> list:
@@ -138,17 +138,23 @@ def test_prepared_batches_score_as_fresh_ones_for_every_model(tiny_tokenizer) ->
         token_logprobs(model, tiny_tokenizer, recs[::-1], prepared=batches)
 
 
-def test_a_subset_of_prepared_batches_is_what_preparing_those_records_makes(tiny_tokenizer) -> None:
+def _same_preparation(a, b) -> None:
+    assert (a.ids, a.order) == (b.ids, b.order)
+    assert torch.equal(a.eos_last, b.eos_last)
+    assert len(a.batches) == len(b.batches)
+    for x, y in zip(a.batches, b.batches, strict=True):
+        for name in ("input_ids", "attention_mask", "labels"):
+            assert torch.equal(getattr(x, name), getattr(y, name))
+
+
+def test_subsets_and_joins_of_prepared_batches_are_what_preparing_those_records_makes(tiny_tokenizer) -> None:
     recs = _records()
     whole = prepare(recs, tiny_tokenizer, batch_size=2)
     for positions in ([3, 0, 2], [1], list(range(len(recs)))[::-1]):
-        sub, fresh = whole.subset(positions), prepare([recs[i] for i in positions], tiny_tokenizer, batch_size=2)
-        assert (sub.ids, sub.order) == (fresh.ids, fresh.order)
-        assert torch.equal(sub.eos_last, fresh.eos_last)
-        assert len(sub.batches) == len(fresh.batches)
-        for a, b in zip(sub.batches, fresh.batches, strict=True):
-            for name in ("input_ids", "attention_mask", "labels"):
-                assert torch.equal(getattr(a, name), getattr(b, name))
+        _same_preparation(whole.subset(positions), prepare([recs[i] for i in positions], tiny_tokenizer, batch_size=2))
+    first, rest = [2, 0], [i for i in range(len(recs)) if i not in (2, 0)]  # a first look and the rest
+    parts = [prepare([recs[i] for i in p], tiny_tokenizer, batch_size=2) for p in (first, rest)]
+    _same_preparation(merged(parts, [first, rest]), whole)
 
 
 def test_reference_and_gradnorm(tiny_tokenizer) -> None:
