@@ -21,6 +21,7 @@ from unlearn.auditors.verdict import (
     OVER_UNLEARNED,
     REMOVED,
     ScoreEvidence,
+    Verdict,
     two_sided_verdict,
 )
 from unlearn.data import Record
@@ -79,6 +80,11 @@ def utility_ratio_bounds(probs: np.ndarray, base: np.ndarray, alpha: float) -> t
     return ratio, ratio - z * se, ratio + z * se
 
 
+def _overshot(v: Verdict) -> list[str]:
+    """The scores that find the forget set significantly LESS likely than held-out data."""
+    return [e.score for e in v.evidence if e.status == OVER_UNLEARNED]
+
+
 def _lead(e: ScoreEvidence) -> float:
     """How far a score's interval lies above its target (0 relative to a retain model, else AUC 0.5)."""
     return e.ci[0] - (0.0 if e.retain_auc is not None else 0.5)
@@ -103,8 +109,10 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     """The stopping rule, on the CALIBRATION parts of the holdout and the retain evaluation set (the
     receipt's verdict uses the other parts): two-sided over every one-pass score. Stop when no score
     separates the forget set from held-out data in either direction (``forget_undetectable``); stop and back
-    off to the best checkpoint when the forget set became significantly LESS likely (``over_unlearned``) or
-    retain utility fell more than ``max_utility_drop`` (``utility_drop``). With ``retain_model`` (trained
+    off to the best checkpoint when the forget set became significantly LESS likely by any score
+    (``over_unlearned``; also while another score still finds it more likely: the steps that would bring that
+    one down push the first further, and the check reports ``overshoot``) or retain utility fell more than
+    ``max_utility_drop`` (``utility_drop``). With ``retain_model`` (trained
     without the forget set; scored once, here, or given as its ``retain_scores`` on ``forget`` and ``holdout``,
     see `forget_holdout_scores`) the target is the retain model's own separation: the test is on
     AUC - AUC_retain, as in the receipt's relative verdict. Reported per check: the AUC of each score,
@@ -112,14 +120,14 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     ``utility_ok``.
 
     A check goes through the stages of `check_stages` (``args.quick_check`` records per set first), scoring
-    only the records each stage adds, until one decides. A subsample stage decides "go on" when it alone
-    already shows a score NOT REMOVED at a stricter level (``QUICK_ALPHA_SHARE`` of ``stop_alpha``) and its
-    retain utility is significantly inside the guard (`utility_ratio_bounds`): the full check would then almost
-    surely go on too; it stops for ``utility_drop`` when its utility is significantly below the guard (same
-    level). Every other decision is the full check's. A check starts at the smallest stage whose interval,
-    predicted from the last check's (half-widths scale with sqrt(1/m + 1/n) and the level's z), would still
-    lie above the target; the first check (before any step) starts at the smallest, and also scores the rest of
-    the retain set once: the utility baseline.
+    only the records each stage adds, until one decides. A subsample stage decides "go on" when it alone already
+    shows a score NOT REMOVED at a stricter level (``QUICK_ALPHA_SHARE`` of ``stop_alpha``), none OVER-UNLEARNED,
+    and its retain utility is significantly inside the guard (`utility_ratio_bounds`): the full check would then
+    almost surely go on too; it stops for ``utility_drop`` when its utility is significantly below the guard (same
+    level). Every other decision is the full check's. A check starts at the smallest stage whose interval, predicted
+    from the last check's (half-widths scale with sqrt(1/m + 1/n) and the level's z), would still lie above the
+    target; the first check (before any step) starts at the smallest, and also scores the rest of the retain set
+    once: the utility baseline.
     Skipped checks and full checks with every score more than ``QUICK_MARGIN`` above its target are reported
     ``far``: the best checkpoint among them is the latest, and any other check beats them. A skipped check
     whose lead (the subsample's lower bound) is still above ``QUICK_MARGIN`` asks to ``defer`` the next
@@ -217,7 +225,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
                         f"{len(probs)}-record subsample (upper bound {high:.3f}; more than "
                         f"max_utility_drop={args.max_utility_drop:.0%})",
                         {"quick": stages[i][0], "status": v.status, "utility_ok": False, "retain_ratio": ratio})
-            if v.status == NOT_REMOVED and low >= floor:
+            if v.status == NOT_REMOVED and low >= floor and not _overshot(v):
                 if first:
                     set_baseline(model, parts)
                 lead = max(_lead(e) for e in v.evidence)
@@ -238,6 +246,8 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         excess = [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
         m["distance"] = max(abs(x) for x in excess)
         m["status"] = v.status
+        if _overshot(v):
+            m["overshoot"] = _overshot(v)
         begin = next_begin(v, last)
         if last:
             m["far"] = min(excess) > QUICK_MARGIN
@@ -249,6 +259,11 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
                     f"(more than max_utility_drop={args.max_utility_drop:.0%})", m)
         if v.status == OVER_UNLEARNED:
             return "over_unlearned", v.message, m
+        if _overshot(v):  # some score already finds the forget set LESS likely, another still more likely
+            still = [e.score for e in v.evidence if e.status == NOT_REMOVED]
+            return ("over_unlearned", f"OVER-UNLEARNED by {', '.join(_overshot(v))} (the forget set now LESS likely "
+                    f"than held-out data) while {', '.join(still)} still finds it more likely: further steps only "
+                    "push the first further", m)
         if v.status in (REMOVED, INCONCLUSIVE):
             target = "AUC_retain" if reference else "0.5"
             return ("forget_undetectable", f"no score separates the forget set from the calibration holdout "

@@ -178,7 +178,8 @@ def test_stopping_rule_reaches_each_reason_and_backs_off_to_the_best_checkpoint(
     if reason == "forget_undetectable":
         assert last["status"] in ("REMOVED", "INCONCLUSIVE") and "backed_off_to" not in res.stats
         return
-    assert (not last["utility_ok"]) if reason == "utility_drop" else last["status"] == "OVER-UNLEARNED"
+    assert (not last["utility_ok"]) if reason == "utility_drop" else (
+        last["status"] == "OVER-UNLEARNED" or last.get("overshoot"))
     best = min(hist[:-1], key=lambda h: h["distance"])  # the checkpoint closest to indistinguishable
     assert res.stats["backed_off_to"] == best["step"] and "backed off" in res.stop_message
     again = monitor(res.model, 10**6)[2]  # the returned weights are that checkpoint's, not the overshoot's
@@ -308,6 +309,33 @@ def test_utility_ratio_bounds_hold_their_level_and_have_power() -> None:
     assert max(at_floor) <= 0.05 * 1.5 and min(at_floor) > 0  # both tests hold their level, neither is empty
     assert rates(0.85)[0] >= 0.8 and rates(0.65)[1] >= 0.8
     assert utility_ratio_bounds(np.array([]), np.array([]), 0.05) == (1.0, -np.inf, np.inf)
+
+
+def test_a_score_over_unlearned_stops_the_rule_while_another_is_not_removed(bench, monkeypatch) -> None:
+    """Mixed evidence (LOSS still NOT REMOVED, Min-K%++ OVER-UNLEARNED): no subsample skips on it, and the full
+    check stops with over_unlearned, naming the score under ``overshoot``."""
+    import unlearn.auditors.stopping as stopping
+    from unlearn.auditors.battery import split_by_group
+    from unlearn.auditors.verdict import NOT_REMOVED, OVER_UNLEARNED, ScoreEvidence, Verdict
+
+    forget, retain = bench.split("forget10"), bench.split("retain90")
+    calibration, _ = split_by_group(bench.split("holdout"))
+    args = load_method_args("graddiff")
+    model, tok = load_model(bench.target)
+    sizes = []
+
+    def mixed(members, nonmembers, **kw):
+        sizes.append(len(members["loss"]))
+        ev = [ScoreEvidence("loss", 0.7, (0.05, 0.3), "AUC - AUC_retain", 0.5, 0.6, NOT_REMOVED),
+              ScoreEvidence("minkpp", 0.3, (-0.3, -0.05), "AUC - AUC_retain", 0.5, 0.6, OVER_UNLEARNED)]
+        return Verdict(NOT_REMOVED, "mixed", kw["alpha"], 0.75, 0.6, len(members["loss"]), 3, True, ev)
+
+    monitor = stopping.make_monitor(tok, forget, calibration, retain[:100], args)
+    monkeypatch.setattr(stopping, "two_sided_verdict", mixed)
+    reason, message, metrics = monitor(model, 0)
+    assert reason == "over_unlearned" and metrics["overshoot"] == ["minkpp"] and metrics["status"] == NOT_REMOVED
+    assert "minkpp" in message and "loss still finds it more likely" in message
+    assert sizes == [24, 48, len(forget)]  # every stage ran: none skipped on mixed evidence
 
 
 @pytest.mark.parametrize(("script", "backed_to"), [
