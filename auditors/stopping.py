@@ -175,11 +175,11 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
                 for s in range(len(sets))]
 
     def keep(step: int, fm: dict[str, np.ndarray], parts: list[Part]) -> None:
-        if kept is None or any(p[2] and p[1] is None for p in parts):  # several processes: no extraction
+        found = [(ext, n) for _, ext, n in parts if n and ext is not None]
+        if kept is None or sum(n for _, n in found) < len(forget):  # several processes: no extraction
             return
         back = np.argsort(orders[0])  # stage order -> the forget set's own order
-        ext = {k: sum(p[1][k] * p[2] for p in parts if p[2]) / len(forget) for k in next(p[1] for p in parts
-                                                                                        if p[2])}
+        ext = {k: sum(e[k] * n for e, n in found) / len(forget) for k in found[0][0]}
         kept[step] = KnownScores([r.id for r in forget], {k: v[back] for k, v in fm.items()}, ext)
 
     def verdict(i: int, fm: dict[str, Any], hm: dict[str, Any], step: int) -> Any:
@@ -246,8 +246,9 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         excess = [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
         m["distance"] = max(abs(x) for x in excess)
         m["status"] = v.status
-        if _overshot(v):
-            m["overshoot"] = _overshot(v)
+        over = _overshot(v)
+        if over:
+            m["overshoot"] = over
         begin = next_begin(v, last)
         if last:
             m["far"] = min(excess) > QUICK_MARGIN
@@ -259,9 +260,9 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
                     f"(more than max_utility_drop={args.max_utility_drop:.0%})", m)
         if v.status == OVER_UNLEARNED:
             return "over_unlearned", v.message, m
-        if _overshot(v):  # some score already finds the forget set LESS likely, another still more likely
+        if over:  # some score already finds the forget set LESS likely, another still more likely
             still = [e.score for e in v.evidence if e.status == NOT_REMOVED]
-            return ("over_unlearned", f"OVER-UNLEARNED by {', '.join(_overshot(v))} (the forget set now LESS likely "
+            return ("over_unlearned", f"OVER-UNLEARNED by {', '.join(over)} (the forget set now LESS likely "
                     f"than held-out data) while {', '.join(still)} still finds it more likely: further steps only "
                     "push the first further", m)
         if v.status in (REMOVED, INCONCLUSIVE):
