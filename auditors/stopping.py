@@ -263,8 +263,8 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         if over:  # some score already finds the forget set LESS likely, another still more likely
             still = [e.score for e in v.evidence if e.status == NOT_REMOVED]
             return ("over_unlearned", f"OVER-UNLEARNED by {', '.join(over)} (the forget set now LESS likely "
-                    f"than held-out data) while {', '.join(still)} still finds it more likely: further steps only "
-                    "push the first further", m)
+                    f"than held-out data) while {', '.join(still)} still find{'s' if len(still) == 1 else ''} it more "
+                    "likely: further steps only push the first further", m)
         if v.status in (REMOVED, INCONCLUSIVE):
             target = "AUC_retain" if reference else "0.5"
             return ("forget_undetectable", f"no score separates the forget set from the calibration holdout "
