@@ -49,6 +49,19 @@ class KnownScores:
     ids: list[str]
     scores: dict[str, np.ndarray]
     extraction: dict[str, float]
+    weights: tuple[float, float] | None = None  # `weights_fingerprint` of the weights they were scored on
+
+
+def weights_fingerprint(model: torch.nn.Module) -> tuple[float, float] | None:
+    """The sum and the sum of squares (float64) of every weight: two checks' weights differ in it unless nothing
+    trained in between (every weight: which ones are trainable changes, e.g. a method's scope is lifted at the
+    end). None for weights this process holds only a shard of (ZeRO-3)."""
+    params = list(model.parameters())
+    if any(hasattr(p, "ds_id") for p in params):
+        return None
+    with torch.no_grad():
+        flat = [p.detach().double() for p in params]
+        return (float(sum(x.sum() for x in flat)), float(sum(x.square().sum() for x in flat)))
 
 
 @dataclass
@@ -210,7 +223,8 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
     its verdict (the chance of calling removed data NOT REMOVED is then at most (1 + first_look_share) x alpha
     over the two looks; REMOVED and OVER-UNLEARNED are only ever said on every record). ``scores`` and
     ``reference`` then hold the records scored, in their order. ``known``: the forget set's scores on these
-    weights (`KnownScores`; used when its ids are the forget set's): "as is" scores only the held-out records."""
+    weights (`KnownScores`; used when its ids are the forget set's and its fingerprint these weights'): "as is"
+    then scores only the held-out records."""
     groups = group_labels(holdout)
     plan, notes = battery_plan(tokenizer, forget, args)
     given: Mapping[str, Scores] = reference or {}
@@ -232,7 +246,8 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
         mine: list[Scores] = []
         their: list[Scores] = []
         found: list[tuple[dict[str, float], int]] = []
-        reuse = name == plan[0][0] and known is not None and known.ids == [r.id for r in measured]
+        reuse = (name == plan[0][0] and known is not None and known.ids == [r.id for r in measured]
+                 and known.weights is not None and known.weights == weights_fingerprint(model))
         if reuse:
             assert known is not None
             found.append((known.extraction, 1))

@@ -12,7 +12,7 @@ from scipy import stats
 
 from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 from unlearn.auditors.audit import group_labels
-from unlearn.auditors.battery import KnownScores, Scores, forget_holdout_scores
+from unlearn.auditors.battery import KnownScores, Scores, forget_holdout_scores, weights_fingerprint
 from unlearn.auditors.metrics import auc, mann_whitney_p
 from unlearn.auditors.robustness import extraction_stats
 from unlearn.auditors.verdict import (
@@ -95,11 +95,11 @@ Part = tuple[list[dict[str, np.ndarray]], dict[str, float] | None, int]  # a sta
 
 
 def returned_scores(result: UnlearnResult, kept: dict[int, KnownScores]) -> KnownScores | None:
-    """What the stopping rule's full check scored on the forget set with the weights ``result`` returns (those
-    of the check it backed off to, else of its last check); None when that check stopped at a subsample."""
-    if not result.history:
-        return None
-    return kept.get(result.stats.get("backed_off_to", result.history[-1]["step"]))
+    """What a full check of the stopping rule scored on the forget set with the very weights ``result``
+    returns (the check it backed off to, or its last), recognised by `weights_fingerprint`; None when no full
+    check saw them."""
+    now = weights_fingerprint(result.model)
+    return next((k for k in kept.values() if now is not None and k.weights == now), None)
 
 
 def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
@@ -174,13 +174,14 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         return [{k: np.concatenate([p[0][s][k] for p in parts[: i + 1]]) for k in ONE_PASS_SCORES}
                 for s in range(len(sets))]
 
-    def keep(step: int, fm: dict[str, np.ndarray], parts: list[Part]) -> None:
+    def keep(model: torch.nn.Module, step: int, fm: dict[str, np.ndarray], parts: list[Part]) -> None:
         found = [(ext, n) for _, ext, n in parts if n and ext is not None]
         if kept is None or sum(n for _, n in found) < len(forget):  # several processes: no extraction
             return
         back = np.argsort(orders[0])  # stage order -> the forget set's own order
         ext = {k: sum(e[k] * n for e, n in found) / len(forget) for k in found[0][0]}
-        kept[step] = KnownScores([r.id for r in forget], {k: v[back] for k, v in fm.items()}, ext)
+        kept[step] = KnownScores([r.id for r in forget], {k: v[back] for k, v in fm.items()}, ext,
+                                 weights_fingerprint(model))
 
     def verdict(i: int, fm: dict[str, Any], hm: dict[str, Any], step: int) -> Any:
         fpos, hpos = (o[:n] for o, n in zip(orders[:2], stages[i][1][:2], strict=True))
@@ -240,7 +241,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         assert base is not None
         v = verdict(last, fm, hm, step)
         if len(forget):
-            keep(step, fm, parts)
+            keep(model, step, fm, parts)
         m: dict[str, Any] = {f"auc_{e.score}": e.auc for e in v.evidence}
         m["forget_auc"] = m["auc_loss"]
         excess = [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]

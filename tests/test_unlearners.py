@@ -155,10 +155,12 @@ def test_stopping_rule_reaches_each_reason_and_backs_off_to_the_best_checkpoint(
     assert known.extraction == pytest.approx(extraction(res.model, tok, forget), abs=1e-9)
     if reason != "max_steps":
         bargs = BatteryArgs(quant_bits=(4,), n_boot=200, first_look=0)  # a first look reports extraction of its 48
-        other = dataclasses.replace(known, ids=known.ids[::-1])  # scores of other records (order): not used
-        a, b, c = (removal_battery(res.model, tok, forget, verdict_half, bargs, known=k)
-                   for k in (known, None, other))
-        np.testing.assert_array_equal(c.scores["as is"][0]["loss"], b.scores["as is"][0]["loss"])
+        # scores of other records (order), or of other weights, are not used
+        others = [dataclasses.replace(known, ids=known.ids[::-1]), dataclasses.replace(known, weights=(0.0, 0.0))]
+        a, b, *c = (removal_battery(res.model, tok, forget, verdict_half, bargs, known=k)
+                    for k in (known, None, *others))
+        for x in c:
+            np.testing.assert_array_equal(x.scores["as is"][0]["loss"], b.scores["as is"][0]["loss"])
         assert [(r.attack, r.verdict.status) for r in a.rows] == [(r.attack, r.verdict.status) for r in b.rows]
         for ra, rb in zip(a.rows, b.rows, strict=True):
             assert ra.extraction == pytest.approx(rb.extraction, abs=1e-9)
@@ -365,6 +367,28 @@ def test_back_off_prefers_the_closest_full_check_then_the_latest_far_one(script,
     res = run_direct(model, UnlearnArgs(max_steps=len(script) - 1, eval_every=1, quick_check=0), update,
                      monitor=monitor)
     assert res.stats["backed_off_to"] == backed_to and res.model.weight.item() == backed_to
+
+
+def test_newton_keeps_the_back_off_in_its_stats_and_the_rule_finds_the_returned_weights(bench) -> None:
+    """Newton replaces its result's stats with its certificate: the stopper's back-off must survive that (the
+    receipt says where it backed off to), and the rule's kept scores are found by the weights, not the step."""
+    from unlearn.auditors.battery import KnownScores, weights_fingerprint
+    from unlearn.auditors.stopping import returned_scores
+
+    forget, retain = bench.split("forget10"), bench.split("retain90")
+    model, tok = load_model(bench.target)
+    kept: dict = {}
+
+    def monitor(m, step):
+        kept[step] = KnownScores([], {}, {}, weights_fingerprint(m))
+        if step == 2:
+            return "over_unlearned", "overshot", {"status": "OVER-UNLEARNED", "utility_ok": True, "distance": 0.3}
+        return None, "", {"status": "NOT REMOVED", "utility_ok": True, "distance": 0.5 - 0.1 * step}
+
+    args = load_method_args("newton", overrides={"max_steps": 3, "eval_every": 1, "quick_check": 0})
+    res = get_method("newton").run(model, tok, forget[:10], retain[:40], args, monitor=monitor)
+    assert res.stop_reason == "over_unlearned" and res.stats["backed_off_to"] == 1 and "certificate" in res.stats
+    assert returned_scores(res, kept) is kept[1] and kept[1].weights != kept[2].weights
 
 
 def test_a_check_marked_defer_skips_the_next_one() -> None:

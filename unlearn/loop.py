@@ -126,6 +126,7 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
 
 
 BACK_OFF = ("over_unlearned", "utility_drop")
+STOPPER_STATS = ("backed_off_to", "back_off")  # what the stopper adds to a result's stats
 
 
 MAX_GAP = 8  # the adaptive schedule checks at least every MAX_GAP x eval_every steps

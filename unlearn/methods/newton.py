@@ -36,7 +36,7 @@ from unlearn.curvature import (
 from unlearn.data import Record, subsample
 from unlearn.distributed import engine, make_accelerator
 from unlearn.errors import ConfigError, UnlearnError
-from unlearn.loop import check_sets, run_direct
+from unlearn.loop import STOPPER_STATS, check_sets, run_direct
 from unlearn.params import apply_scope
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult, register
 
@@ -123,8 +123,9 @@ def newton(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], ret
 
     result = run_direct(model, args, update, monitor=monitor, on_step=on_step)
     certificate["retain_grad_norm_after"] = norm(gradient(params, model, objective, grad_src))
+    stopper = {k: result.stats.pop(k) for k in STOPPER_STATS if k in result.stats}  # the back-off, kept
     certificate["last_step"] = result.stats
     certificate["note"] = ("residual ||grad L_R|| after the step; certifies removal (Guo et al.) only for "
                            "convex models trained with loss perturbation")
-    result.stats = {"certificate": certificate, "curvature": backend, "form": args.form, "engine": kind}
+    result.stats = {"certificate": certificate, "curvature": backend, "form": args.form, "engine": kind, **stopper}
     return result
