@@ -52,6 +52,9 @@ class KnownScores:
     weights: tuple[float, float] | None = None  # `weights_fingerprint` of the weights they were scored on
 
 
+FINGERPRINT_SLICE = 1 << 24  # weights per float64 copy while fingerprinting (128 MiB)
+
+
 def weights_fingerprint(model: torch.nn.Module) -> tuple[float, float] | None:
     """The sum and the sum of squares (float64) of every weight: two checks' weights differ in it unless nothing
     trained in between (every weight: which ones are trainable changes, e.g. a method's scope is lifted at the
@@ -59,9 +62,13 @@ def weights_fingerprint(model: torch.nn.Module) -> tuple[float, float] | None:
     params = list(model.parameters())
     if any(hasattr(p, "ds_id") for p in params):
         return None
+    total = squares = 0.0
     with torch.no_grad():
-        flat = [p.detach().double() for p in params]
-        return (float(sum(x.sum() for x in flat)), float(sum(x.square().sum() for x in flat)))
+        for p in params:  # a float64 copy of one slice at a time, never of the model
+            for part in p.detach().reshape(-1).split(FINGERPRINT_SLICE):
+                x = part.double()
+                total, squares = total + float(x.sum()), squares + float(x.square().sum())
+    return total, squares
 
 
 @dataclass
@@ -246,11 +253,10 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
         mine: list[Scores] = []
         their: list[Scores] = []
         found: list[tuple[dict[str, float], int]] = []
-        reuse = (name == plan[0][0] and known is not None and known.ids == [r.id for r in measured]
-                 and known.weights is not None and known.weights == weights_fingerprint(model))
-        if reuse:
-            assert known is not None
-            found.append((known.extraction, 1))
+        reused = known if (name == plan[0][0] and known is not None and known.ids == [r.id for r in measured]
+                           and known.weights is not None and known.weights == weights_fingerprint(model)) else None
+        if reused is not None:
+            found.append((reused.extraction, 1))
         for look, (f, h) in enumerate(zip(fl, hl, strict=True)):
             fr, hr = [measured[i] for i in f], [holdout[i] for i in h]
             if len(batches) == look:  # tokenised when a look first runs, once per list of records
@@ -261,11 +267,10 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
                 spent_ref += time.perf_counter() - t0
             # one attacked copy at a time (a quantized copy is the model's size); a look after the first is of
             # the first attack only, the model as is: nothing is made twice
-            if reuse:
-                assert known is not None
+            if reused is not None:
                 held = score_records(model, tokenizer, hr, list(ONE_PASS_SCORES),
                                      prepared=batches[look].subset(range(len(f), len(f) + len(h)))).scores
-                mine.append(({k: v[f] for k, v in known.scores.items()}, held))
+                mine.append(({k: v[f] for k, v in reused.scores.items()}, held))
             else:
                 part, ext = scores_and_extraction(attack(model), tokenizer, fr, hr, batches[look])
                 mine.append(part)

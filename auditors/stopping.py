@@ -90,8 +90,8 @@ def _lead(e: ScoreEvidence) -> float:
     return e.ci[0] - (0.0 if e.retain_auc is not None else 0.5)
 
 
-Part = tuple[list[dict[str, np.ndarray]], dict[str, float] | None, int]  # a stage's scores per set, the extraction
-# of its forget records and their number
+Part = tuple[list[dict[str, np.ndarray]], dict[str, float] | None]  # a stage's scores per set, and the extraction
+# of its forget records (when the rule keeps its full checks' scores)
 
 
 def returned_scores(result: UnlearnResult, kept: dict[int, KnownScores]) -> KnownScores | None:
@@ -165,17 +165,19 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
             records = [x[p] for x, ps in zip(sets, pos, strict=True) for p in ps]
             if j not in made:  # tokenised at its first use: every check scores the same records
                 made[j] = prepare(records, tokenizer, max_length=max_length_of(model))
-            table = score_records(model, tokenizer, records, list(ONE_PASS_SCORES), hits=True, prepared=made[j])
+            table = score_records(model, tokenizer, records, list(ONE_PASS_SCORES), hits=kept is not None,
+                                  prepared=made[j])
             cuts = np.cumsum([0, *(len(p) for p in pos)])
             n = len(pos[0])  # the forget records come first: their extraction, from the same pass
-            ext = extraction_stats(table.logprobs.take(slice(0, n))) if n and table.logprobs is not None else None
+            ext = (extraction_stats(table.logprobs.take(slice(0, n)))
+                   if kept is not None and n and table.logprobs is not None else None)
             parts.append(([{k: v[cuts[s]:cuts[s + 1]] for k, v in table.scores.items()} for s in range(len(sets))],
-                          ext, n))
+                          ext))
         return [{k: np.concatenate([p[0][s][k] for p in parts[: i + 1]]) for k in ONE_PASS_SCORES}
                 for s in range(len(sets))]
 
     def keep(model: torch.nn.Module, step: int, fm: dict[str, np.ndarray], parts: list[Part]) -> None:
-        found = [(ext, n) for _, ext, n in parts if n and ext is not None]
+        found = [(ext, len(scored[0]["loss"])) for scored, ext in parts if ext is not None]
         if kept is None or sum(n for _, n in found) < len(forget):  # several processes: no extraction
             return
         back = np.argsort(orders[0])  # stage order -> the forget set's own order

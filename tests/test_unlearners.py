@@ -391,6 +391,22 @@ def test_newton_keeps_the_back_off_in_its_stats_and_the_rule_finds_the_returned_
     assert returned_scores(res, kept) is kept[1] and kept[1].weights != kept[2].weights
 
 
+def test_weights_fingerprint_sums_every_weight_a_slice_at_a_time(monkeypatch) -> None:
+    import unlearn.auditors.battery as battery
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
+    model[0].weight.requires_grad_(False)  # frozen weights count too
+    flat = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
+    monkeypatch.setattr(battery, "FINGERPRINT_SLICE", 4)  # slices that cut through every tensor
+    total, squares = battery.weights_fingerprint(model)
+    assert total == pytest.approx(float(flat.sum()), rel=1e-12)
+    assert squares == pytest.approx(float(flat.square().sum()), rel=1e-12)
+    with torch.no_grad():
+        model[0].weight[0, 0] += 1e-3
+    assert battery.weights_fingerprint(model) != (total, squares)
+
+
 def test_a_check_marked_defer_skips_the_next_one() -> None:
     from unlearn.loop import run_direct
 
