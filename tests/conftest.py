@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,29 @@ CORPUS = [
     "The quick brown fox jumps over the lazy dog. 0123456789 plus minus",
     "Which sport does Osta Rinel play? tennis chess rugby hockey golf",
 ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fast tier (`-m "not slow"`) builds no benchmark: every test that needs it, through any fixture, is
+    slow."""
+    for item in items:
+        if "bench" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test outside the slow tier that starts a process (subprocess, multiprocessing, fork) fails, naming
+    the fix, so the fast tier stays fast on every machine and not only while someone remembers the marks."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a test outside the slow tier started a process: mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    monkeypatch.setattr(multiprocessing.util, "spawnv_passfds", refuse)
+    monkeypatch.setattr(os, "fork", refuse)
 
 
 @pytest.fixture(scope="session")

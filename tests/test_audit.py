@@ -24,7 +24,8 @@ def test_builtin_target_detected_retain_not(bench, target_retain) -> None:
     args = AuditArgs(n_boot=200)
     on_target = audit(target, tok, forget, holdout, args, retain_model=retain, tofu=True)
     assert on_target.result("loss").auc >= 0.95 and on_target.detected
-    assert on_target.forget_quality is not None and on_target.forget_quality < 0.01
+    # forget quality is a KS p-value (target vs retain truth ratios): the target must differ at the 5% level
+    assert on_target.forget_quality is not None and on_target.forget_quality < 0.05
     assert -100 <= on_target.result("loss").privleak <= -90  # MUSE: the original model is about -100
     # privleak uses the retain model's own AUC, computed here independently (pairwise, ties half)
     from unlearn.attacks.runner import score_records

@@ -47,6 +47,7 @@ def _console_script() -> str:
     return str(script)
 
 
+@pytest.mark.slow  # starts processes
 def test_console_script_runs(tmp_path: Path) -> None:
     proc = subprocess.run([_console_script(), "info", "/no/such/model"], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"unlearn": "unlearn", "attacks": "unlearn.attacks", "auditors": "unlearn.auditors", "cli": "unlearn.cli"}
 # lower layers never import higher ones
@@ -109,6 +111,7 @@ def _python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
                           env={**os.environ, **env})
 
 
+@pytest.mark.slow  # starts processes
 def test_importing_changes_no_environment_and_loads_nothing_heavy(tmp_path: Path) -> None:
     code = ("import os, sys; before = dict(os.environ); import unlearn; "
             "assert dict(os.environ) == before, set(os.environ) ^ set(before); "
@@ -119,6 +122,7 @@ def test_importing_changes_no_environment_and_loads_nothing_heavy(tmp_path: Path
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
+@pytest.mark.slow  # starts processes
 def test_no_top_level_cli_attacks_auditors_from_outside_the_checkout(tmp_path: Path) -> None:
     for name in ("cli", "attacks", "auditors"):
         proc = _python(f"import {name}", tmp_path)
@@ -128,6 +132,7 @@ def test_no_top_level_cli_attacks_auditors_from_outside_the_checkout(tmp_path: P
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow  # starts processes
 def test_checkout_shadowing_an_install_still_maps_the_subpackages() -> None:
     # Run from the repository root: `unlearn` comes from ./unlearn, whatever is installed.
     proc = _python("import unlearn, unlearn.cli.main as m; print(unlearn.__file__, m.__file__)", ROOT,
@@ -135,3 +140,68 @@ def test_checkout_shadowing_an_install_still_maps_the_subpackages() -> None:
     assert proc.returncode == 0, proc.stderr
     first, second = proc.stdout.split()
     assert first == str(ROOT / "unlearn" / "__init__.py") and second == str(ROOT / "cli" / "main.py")
+
+
+def _third_party_imports(folders: list[str]) -> dict[str, set[str]]:
+    """Top-level module -> the files that import it (function-level imports included), stdlib and ours left out."""
+    found: dict[str, set[str]] = {}
+    for folder in folders:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+                for name in names:
+                    top = name.split(".")[0]
+                    local = (path.parent / f"{top}.py").exists()  # a benchmark script's sibling
+                    if top not in sys.stdlib_module_names and top not in ("unlearn", "tests", "__future__") \
+                            and not local:
+                        found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def _declared() -> tuple[set[str], set[str]]:
+    """(base requirements, every extra's requirements) of pyproject.toml, as normalised distribution names."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(reqs: list[str]) -> set[str]:
+        return {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.\-]+", r).group()).lower() for r in reqs}
+
+    return names(project["dependencies"]), names([r for e in project["optional-dependencies"].values() for r in e])
+
+
+def test_every_import_is_a_declared_dependency() -> None:
+    """A module the code imports but pyproject.toml does not declare works on the developer's machine and fails
+    on a fresh install (rouge_score did): library code needs it in the base requirements or an extra, tests in
+    an extra (dev)."""
+    import importlib.metadata as md
+    import re
+
+    base, extras = _declared()
+    dists = md.packages_distributions()
+
+    def dist_of(module: str) -> set[str]:
+        return {re.sub(r"[-_.]+", "-", d).lower() for d in dists.get(module, [module])}
+
+    library = _third_party_imports(["unlearn", "attacks", "auditors", "cli"])
+    tests = _third_party_imports(["tests"])
+    assert {"torch", "rouge_score", "yaml"} <= set(library)  # the walk sees lazy imports too
+    missing = {m: sorted(f) for m, f in library.items() if not dist_of(m) & (base | extras)}
+    missing |= {m: sorted(f) for m, f in tests.items() if m not in library and not dist_of(m) & (base | extras)}
+    assert missing == {}, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_every_module_of_the_installed_package_imports() -> None:
+    """Each module imports on its own in this environment (the README's install): a missing dependency or a
+    broken module-level import fails here, not at a user's first command."""
+    import importlib
+
+    failed = {}
+    for mod in sorted(module_files()):
+        try:
+            importlib.import_module(mod)
+        except Exception as e:
+            failed[mod] = f"{type(e).__name__}: {e}"
+    assert failed == {}

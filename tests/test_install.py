@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -29,7 +30,7 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel built from a clean copy of the source files (no stale build/), installed into a new venv
-    that sees this environment's torch and transformers but not its editable `unlearn`."""
+    that sees this environment's dependencies (torch, rich, ...) but not its editable `unlearn`."""
     tmp = tmp_path_factory.mktemp("wheel")
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, check=True).stdout
@@ -42,8 +43,13 @@ def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
           str(src)], tmp)
     wheel = next((tmp / "dist").glob("unlearn-*.whl"))
     env_dir = tmp / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    venv.create(env_dir, with_pip=False)
     py = env_dir / "bin" / "python"
+    # the dependencies come from the environment running the tests (a path line in a .pth file adds that
+    # directory only: its own .pth files, the editable install's finder among them, are not processed)
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "_outer_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], tmp)
     return env_dir
 

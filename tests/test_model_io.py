@@ -100,6 +100,7 @@ def _hub_cache(root: Path, repo: str, model_dir: Path, revision: str = "main") -
     return base / "snapshots" / commit
 
 
+@pytest.mark.slow  # starts processes
 def test_hub_id_resolves_from_the_cache_offline(tmp_path: Path, tiny_model_dir: Path) -> None:
     import os
     import subprocess

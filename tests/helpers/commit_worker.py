@@ -23,16 +23,21 @@ def write(directory: Path) -> dict:
     return manifest
 
 
+def commit_one(path: Path, out: Path) -> ledger.Commit:
+    """Commit one fake model (in this process: the fast tests build their ledgers this way)."""
+    key = ledger.load_key(create=True)
+    assert key is not None
+    content = ledger.make_entry(key, records=[text_record(out.name, f"secret text of {out.name}")],
+                                method="fake", config={}, model_before="0" * 64)
+    return ledger.commit_model(path, key, content, out, write)
+
+
 def main() -> None:
     path, out = Path(sys.argv[1]), Path(sys.argv[2])
     if len(sys.argv) > 4 and sys.argv[3] == "--wait":  # line up with the other workers
         while not Path(sys.argv[4]).exists():
             time.sleep(0.005)
-    key = ledger.load_key(create=True)
-    assert key is not None
-    content = ledger.make_entry(key, records=[text_record(out.name, f"secret text of {out.name}")],
-                                method="fake", config={}, model_before="0" * 64)
-    commit = ledger.commit_model(path, key, content, out, write)
+    commit = commit_one(path, out)
     print("COMMITTED", commit.entry["entry_hash"], flush=True)
 
 
