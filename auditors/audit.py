@@ -38,8 +38,9 @@ class AuditArgs(Checked):
     n_boot: int = arg(1000, "bootstrap resamples of the AUC CI", ge=10)
     seed: int = arg(0, "bootstrap seed", ge=0)
     batch_size: int = arg(32, "records per forward pass", ge=1)
-    detectable_bound: float = arg(0.75, "REMOVED needs the power to detect this AUC (else INCONCLUSIVE)", gt=0.5,
-                                  le=1)
+    margin: float | None = arg(None, "equivalence margin (AUC): REMOVED / NOT DETECTABLE means every score within "
+                               "+-margin of the never-trained (or chance) level; default: from the data, at most "
+                               "0.10 for 10 or more people", gt=0, le=0.5)
 
     def extra_problems(self) -> list[str]:
         unknown = [s for s in self.scores if s not in SCORES]
@@ -179,7 +180,7 @@ def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], non
         member_groups=groups[0],
         retain_members={k: ret[0].scores[k] for k in names} if ret is not None else None,
         retain_nonmembers={k: ret[1].scores[k] for k in names} if ret is not None else None,
-        alpha=args.alpha, detectable_bound=args.detectable_bound, n_boot=args.n_boot, seed=args.seed)
+        alpha=args.alpha, margin=args.margin, n_boot=args.n_boot, seed=args.seed)
     status = {e.score: e.status for e in removal.evidence}
     for res in results:
         res.detected = status.get(res.score) in (NOT_REMOVED, OVER_UNLEARNED)

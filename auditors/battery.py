@@ -27,7 +27,7 @@ Scores = tuple[dict[str, Any], dict[str, Any]]  # (forget, holdout): score name 
 @dataclass
 class BatteryArgs:
     alpha: float = 0.05
-    detectable_bound: float = 0.75
+    margin: float | None = None  # the equivalence margin (AUC); None: `default_margin` from the data
     quant_bits: tuple[int, ...] = (8, 4)
     group_size: int = 32  # 4-bit groups along the input dimension (per channel when it does not divide)
     relearn: bool = False
@@ -108,6 +108,32 @@ def split_by_group(records: Sequence[Record], fraction: float = 0.5, seed: int =
             [r for r, g in zip(records, key, strict=True) if g not in cal])
 
 
+def split_forget(records: Sequence[Record], seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """(monitored, judged): the stopping rule looks at the first, the receipt judges the second, so the records
+    a run stopped on are never the ones its verdict rests on (every record is still unlearned). Each person's
+    records are halved (the judged half gets the odd one); people of one record, or records without people,
+    are halved as whole units. The assignment is a keyed hash of (seed, id): the same record lands on the same
+    side in any request that contains it. A single record is both (there is nothing to split)."""
+    import hashlib
+
+    if len(records) < 2:
+        return list(records), list(records)
+
+    def rank(key: str) -> str:
+        return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+
+    labels = group_labels(records)
+    people: dict[str, list[int]] = {}
+    for i, g in enumerate(labels or [r.id for r in records]):
+        people.setdefault(g, []).append(i)
+    if all(len(v) == 1 for v in people.values()):  # whole units: half of them monitored
+        order = sorted(people, key=rank)
+        chosen = {people[g][0] for g in order[: len(order) // 2]}
+    else:
+        chosen = {i for v in people.values() for i in sorted(v, key=lambda i: rank(records[i].id))[: len(v) // 2]}
+    return ([r for i, r in enumerate(records) if i in chosen], [r for i, r in enumerate(records) if i not in chosen])
+
+
 def _split(table: ScoreTable, n: int) -> Scores:
     return {k: v[:n] for k, v in table.scores.items()}, {k: v[n:] for k, v in table.scores.items()}
 
@@ -147,10 +173,11 @@ def request_verdicts(model: torch.nn.Module, tokenizer: Any, requests: Mapping[s
                      retain_model: torch.nn.Module | None = None) -> dict[str, Verdict]:
     """The verdict of each answered request (name -> its records), worst case over the model as is and its
     quantized copies; one scoring pass per attack over all requests' records (the regression guard). The
-    requests are one family of tests: each is judged at ``alpha / len(requests)`` (Bonferroni), so a guard
-    over many requests does not raise false alarms by its number of tests."""
+    requests and attacks are one family of tests: each is judged at ``alpha / (requests x attacks)``
+    (Bonferroni), so a guard over many requests does not raise false alarms by its number of tests; the
+    equivalence tests keep alpha (REMOVED needs every one)."""
     names = list(requests)
-    alpha = args.alpha / max(1, len(names))
+    alpha = args.alpha / max(1, len(names) * len(weight_attacks(args)))
     records = [r for n in names for r in requests[n]]
     groups = group_labels(holdout)
     verdicts: dict[str, list[Verdict]] = {n: [] for n in names}
@@ -169,7 +196,7 @@ def request_verdicts(model: torch.nn.Module, tokenizer: Any, requests: Mapping[s
                 kw = {"retain_members": {k: v[rows] for k, v in rm.items()}, "retain_nonmembers": rh}
             verdicts[n].append(two_sided_verdict(
                 {k: v[rows] for k, v in fm.items()}, hm, nonmember_groups=groups,
-                member_groups=group_labels(requests[n]), alpha=alpha, detectable_bound=args.detectable_bound,
+                member_groups=group_labels(requests[n]), alpha=alpha, equivalence_alpha=args.alpha, margin=args.margin,
                 n_boot=args.n_boot, seed=args.seed, attack=attack_name, **kw))
     return {n: worst_case(v) for n, v in verdicts.items()}
 
@@ -227,11 +254,12 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
     ``args.exhaustive``, the attacks after the first one that finds the forget set NOT REMOVED are not run
     (named in the notes): no later one can change the worst case; and the first attack first scores a random
     ``args.first_look`` records per set (`look_order`): NOT REMOVED there, at ``first_look_share`` x alpha, is
-    its verdict (the chance of calling removed data NOT REMOVED is then at most (1 + first_look_share) x alpha
-    over the two looks; REMOVED and OVER-UNLEARNED are only ever said on every record). ``scores`` and
-    ``reference`` then hold the records scored, in their order. ``known``: the forget set's scores on these
-    weights (`KnownScores`; used when its ids are the forget set's and its fingerprint these weights'): "as is"
-    then scores only the held-out records."""
+    its verdict, and the look at every record gets the rest of alpha (REMOVED and OVER-UNLEARNED are only ever
+    said on every record). Multiplicity: one family per receipt, so the significance level is alpha divided
+    over the attacks of the plan (Bonferroni); the equivalence tests keep alpha (REMOVED needs every one).
+    ``scores`` and ``reference`` then hold the records scored, in their order. ``known``: the forget set's scores
+    on these weights (`KnownScores`; used when its ids are the forget set's and its fingerprint these weights'):
+    "as is" then scores only the held-out records."""
     groups = group_labels(holdout)
     plan, notes = battery_plan(tokenizer, forget, args)
     given: Mapping[str, Scores] = reference or {}
@@ -285,11 +313,14 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
             elif their:
                 kw = dict(zip(("retain_members", "retain_nonmembers"), _joined(their, back_f, back_h), strict=True))
             final = look == len(fl) - 1
-            alpha = args.alpha * (1.0 if final else args.first_look_share)
+            # one family per receipt: alpha over the attacks (Bonferroni), and a first look's share spent from it
+            share = 1.0 if len(fl) == 1 else args.first_look_share if not final else 1 - args.first_look_share
+            alpha = args.alpha * share / len(plan)
             verdict = two_sided_verdict(
                 fm, hm, nonmember_groups=None if groups is None else [groups[i] for i in seen_h[back_h]],
                 member_groups=group_labels([measured[i] for i in seen_f[back_f]]), alpha=alpha,
-                detectable_bound=args.detectable_bound, n_boot=args.n_boot, seed=args.seed, attack=name, **kw)
+                equivalence_alpha=args.alpha, margin=args.margin, n_boot=args.n_boot, seed=args.seed, attack=name,
+                **kw)
             if final or verdict.status == NOT_REMOVED:
                 break
         if not final:

@@ -16,7 +16,6 @@ from unlearn.auditors.battery import KnownScores, Scores, forget_holdout_scores,
 from unlearn.auditors.metrics import auc, mann_whitney_p
 from unlearn.auditors.robustness import extraction_stats
 from unlearn.auditors.verdict import (
-    INCONCLUSIVE,
     NOT_REMOVED,
     OVER_UNLEARNED,
     REMOVED,
@@ -86,8 +85,8 @@ def _overshot(v: Verdict) -> list[str]:
 
 
 def _lead(e: ScoreEvidence) -> float:
-    """How far a score's interval lies above its target (0 relative to a retain model, else AUC 0.5)."""
-    return e.ci[0] - (0.0 if e.retain_auc is not None else 0.5)
+    """How far a score's AUC interval lies above its target (AUC_retain, or 0.5), in AUC."""
+    return e.auc_ci[0]
 
 
 Part = tuple[list[dict[str, np.ndarray]], dict[str, float] | None]  # a stage's scores per set, and the extraction
@@ -136,6 +135,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
     ``kept``: filled with the forget set's scores and extraction at every full check (step -> `KnownScores`),
     for the receipt's "as is" attack on the weights the run returns (`returned_scores`)."""
     groups = group_labels(holdout)
+    people = group_labels(forget)
     sets = (forget, holdout, retain_eval)
     reference: dict[str, Any] = {}
     if retain_scores is None and retain_model is not None:
@@ -190,15 +190,16 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         ref = {"retain_members": {k: v[fpos] for k, v in reference["retain_members"].items()},
                "retain_nonmembers": {k: v[hpos] for k, v in reference["retain_nonmembers"].items()}
                } if reference else {}
-        # record level on the forget side: a target to stop at, also for a one-person request (the claim
-        # itself is the receipt's verdict, grouped or relative to a retain model)
+        # by person on both sides, as the receipt: a person is the unit, and one memorised person stops nothing
         return two_sided_verdict(fm, hm, nonmember_groups=[groups[p] for p in hpos] if groups is not None else None,
-                                 alpha=alphas[i], n_boot=400 if i < last else 200, seed=step, **ref)
+                                 member_groups=[people[p] for p in fpos] if people is not None else None,
+                                 alpha=alphas[i], margin=args.margin, n_boot=400 if i < last else 200, seed=step,
+                                 **ref)
 
     def next_begin(v: Any, i: int) -> int:
         """The smallest stage whose interval, scaled from stage ``i``'s, would still lie above the target."""
         for j in range(last):
-            if any(_lead(e) + (e.ci[1] - e.ci[0]) / 2 * (1 - widths[j] / widths[i]) > 0 for e in v.evidence):
+            if any(_lead(e) + (e.auc_ci[1] - e.auc_ci[0]) / 2 * (1 - widths[j] / widths[i]) > 0 for e in v.evidence):
                 return j
         return last
 
@@ -261,6 +262,11 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
         if not m["utility_ok"]:
             return ("utility_drop", f"retain utility fell to {m['retain_prob']:.3f} from {base.mean():.3f} "
                     f"(more than max_utility_drop={args.max_utility_drop:.0%})", m)
+        if first and not reference:
+            # before any step, without a never-trained reference, a separation either way may be a shift between
+            # the sets (lengths, dates, authors) rather than membership: nothing to stop on yet
+            m["unreferenced"] = True
+            return None, "", m
         if v.status == OVER_UNLEARNED:
             return "over_unlearned", v.message, m
         if over:  # some score already finds the forget set LESS likely, another still more likely
@@ -268,10 +274,12 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
             return ("over_unlearned", f"OVER-UNLEARNED by {', '.join(over)} (the forget set now LESS likely "
                     f"than held-out data) while {', '.join(still)} still find{'s' if len(still) == 1 else ''} it more "
                     "likely: further steps only push the first further", m)
-        if v.status in (REMOVED, INCONCLUSIVE):
+        m["margin"], m["bound"] = v.margin, v.bound
+        if v.status == REMOVED:  # equivalence, not mere non-rejection: INCONCLUSIVE goes on
             target = "AUC_retain" if reference else "0.5"
-            return ("forget_undetectable", f"no score separates the forget set from the calibration holdout "
-                    f"(max |AUC - {target}| {m['distance']:.3f}; {v.status.lower()} at this size)", m)
+            return ("forget_undetectable", f"every score within +-{v.margin:.3f} of {target} on the monitored forget "
+                    f"records vs the calibration holdout (equivalence; residual bound {v.bound:.3f}, max |AUC - "
+                    f"{target}| {m['distance']:.3f}), no person standing out", m)
         return None, "", m
 
     return monitor

@@ -1,38 +1,47 @@
-"""Two-sided removal verdicts with a stated power.
+"""Removal verdicts: significance tests for NOT REMOVED / OVER-UNLEARNED, an equivalence test for REMOVED.
 
-For each score s: when records come in groups (people), the absolute test is a two-sided Mann-Whitney test
-over group means, forget groups against held-out groups (a person's facts share one difficulty, so people
-are the unit; a single person can then never be judged absolutely: INCONCLUSIVE, with the number of people
-needed). Without groups the statistic is the record-level AUC with a bootstrap interval. With k scores each
-test has level alpha/k (Bonferroni). The verdict:
+Four outcomes, one decision (`decide`), statistics per score (higher score = member):
 
-- NOT REMOVED: some score's interval lies above 0.5 (members still more likely than never-seen data);
-- OVER-UNLEARNED: some interval lies below 0.5 (members now *less* likely: an attacker spots them too);
-- INCONCLUSIVE: no interval excludes 0.5, but the smallest AUC this test would detect with 80% power
-  (e.g. 0.5 + (z_{1-alpha/2k} + z_0.8) x SE for the bootstrap) is above ``detectable_bound``;
-- REMOVED: no interval excludes 0.5 and the test had the power to see an AUC of ``detectable_bound``.
-(Relative verdicts: the same with AUC - AUC_retain against 0, the bound being |AUC - AUC_retain| of
-``detectable_bound`` - 0.5.)
+- NOT REMOVED: some score finds the forget set significantly MORE likely than held-out data (beyond what the
+  never-trained retain model shows, when one is given), or some forget PERSON does (the per-person max test:
+  one memorised person among twenty is named, by id, and cannot hide in the average);
+- OVER-UNLEARNED: the same, significantly LESS likely (an attacker spots the set the other way);
+- REMOVED: an equivalence test. For EVERY score the (1 - 2 alpha) interval of the separation (AUC - 0.5, or
+  AUC - AUC_retain) lies inside +-margin: two one-sided tests (TOST) per score, and since REMOVED needs all of
+  them (an intersection-union test) no multiplicity correction is due on this side. The verdict states the
+  margin and the upper bound of the residual separation (the smallest margin the data would support);
+- INCONCLUSIVE: neither, with the margin the data could support and the people it would need.
 
-With a retain model (trained without the members) the verdict is relative, so a shift between the forget set
-and the holdout that the never-trained model also sees, a person's own difficulty included, is not called
-membership. With groups on both sides the unit is the group: each forget group's record-level AUC against the
-held-out records, minus the retain model's, d_g = AUC_u(g) - AUC_r(g); each held-out group gets the same
-statistic against the other held-out groups (leave one group out). Two models that never saw a group still
-disagree about it (seed, data order: on the built-in benchmark the standard deviation of d over never-seen
-people is about 0.2 AUC), so the held-out groups' d are the null distribution ("placebo" groups): a pooled
-two-sample t-test of the forget groups' d against them, powered by the numbers of groups. The same test runs
-on each group's mean-score shift (mean over the group minus the mean of the held-out records, minus the retain
-model's): an AUC saturates at 1.0 for a memorised person, so its excess over the retain model's is
-1 - AUC_r(g), small for a person the retain model already finds likely, while the mean shift is not capped;
-it decides where the AUC test does not reject (the minimum detectable effect stays the AUC test's). The AUC
-tests share one critical value at family level 0.8 alpha, the shift tests (LOSS, zlib, Min-K%: not Min-K%++,
-whose record scores are heavy-tailed) one at 0.2 alpha
-(`joint_critical_value`: their correlation instead of Bonferroni within a family). (A paired bootstrap
-over one person's records treats the retain model as the only possible never-trained model and raised false
-alarms on 45% of single-person requests judged on a second seed.)
-Without groups the statistic is dAUC over the same resampled records (paired bootstrap), records being the
-unit.
+The margin. Unless given, it comes from the data: what two never-trained models of the same recipe differ by
+on a set of this size, 1.96 x (the spread of the set-level statistic between never-trained models), clipped to
+[`MARGIN_FLOOR`, cap], the cap being `MARGIN_CAP` (0.10 AUC) for 10 units (people, or records when there are
+no people) or more and `MARGIN_CAP_FEW` below. With held-out people the spread is measured on them (their
+placebo statistics below); otherwise it is the test's own standard error.
+
+Paths:
+1. relative to a retain model, records in people on both sides (the receipt's main path): each forget person's
+   record-level AUC against the held-out records, minus the retain model's, d_g = AUC_u(g) - AUC_r(g); each
+   held-out person gets the same statistic against the other held-out people (leave one person out): the
+   "placebo" people, whose d shows how far two models that never saw a person disagree about it (seed, data
+   order). Significance: a pooled two-sample t-test of the forget people's d against the placebo people's,
+   also on each person's mean-score shift (LOSS, zlib, Min-K%; Min-K%++ is heavy-tailed), which does not
+   saturate at AUC 1. Critical values are joint over the scores (their correlation, `max_t_quantile`).
+   Equivalence: TOST on the mean of the forget people's d (the placebo mean is zero by construction for people
+   of equal size: the held-out people's leave-one-out AUCs average 0.5 under any model), standard error from
+   the forget people's own spread (or the pooled one, whichever is larger). Per person: each forget person's
+   d (and shift) against the placebo distribution, t = (d_g - mean_p) / (sd_p sqrt(1 + 1/n)) ~ t_{n-1},
+   with a critical value joint over the statistics at level PERSON_ALPHA_SHARE x alpha / (forget people).
+2. without people on both sides: records are the unit (or forget people, when several), held-out data by
+   person when known; a bootstrap of AUC (- AUC_retain, paired) with t critical values when a side has fewer
+   than 30 units, and the same for the mean-score shift; an AUC at 0 or 1 for both models cannot tell (its
+   interval would have width 0): it never supports REMOVED, the mean shift decides significance.
+3. absolute (no retain model), people on both sides: a Mann-Whitney test over person means, TOST on that AUC
+   with the Hanley-McNeil standard error (never below the null one).
+
+Assumptions, said in every report: without a retain model the test is valid only when forget and held-out
+records are exchangeable (people split at random); a relative verdict removes a shift both models see.
+Multiplicity: alpha is the family level of one verdict over its scores and persons (`two_sided_verdict`);
+the battery divides it over its attacks (`equivalence_alpha` stays whole: REMOVED is an intersection).
 """
 
 from __future__ import annotations
@@ -48,36 +57,65 @@ from scipy import stats
 from unlearn.auditors.metrics import auc, block_bootstrap_counts, weighted_aucs
 
 REMOVED, NOT_REMOVED, OVER_UNLEARNED, INCONCLUSIVE = "REMOVED", "NOT REMOVED", "OVER-UNLEARNED", "INCONCLUSIVE"
-SHIFT_ALPHA_SHARE = 0.2  # of a placebo verdict's alpha, for the mean-shift tests (the AUC tests keep the rest)
-# The scores whose group means are tested too: averages of token log-probs. Min-K%++ divides by the spread of
-# the next-token distribution, so its record scores are heavy-tailed and a group mean is not a stable statistic
-# (one never-seen person's mean moved by +150 between two never-trained models on the built-in benchmark).
-SHIFT_SCORES = ("loss", "zlib", "mink")
 SEVERITY = {NOT_REMOVED: 3, OVER_UNLEARNED: 2, INCONCLUSIVE: 1, REMOVED: 0}
+PERSON_ALPHA_SHARE = 0.25  # of a verdict's alpha, for the per-person max test (the set-level tests keep the rest)
+SHIFT_ALPHA_SHARE = 0.2  # of the set-level alpha, for the mean-shift tests (the AUC tests keep the rest)
+# The scores whose group means are tested too: averages of token log-probs. Min-K%++ divides by the spread of
+# the next-token distribution, so its record scores are heavy-tailed and a group mean is not a stable statistic.
+SHIFT_SCORES = ("loss", "zlib", "mink")
+MARGIN_FLOOR, MARGIN_CAP, MARGIN_CAP_FEW, MARGIN_UNITS = 0.05, 0.10, 0.20, 10
+SMALL_SAMPLE = 30  # units per side below which critical values are t, not normal
+POWER = 0.8
 
 
-def min_detectable_auc(n_members: int, n_nonmembers: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest AUC a two-sided Mann-Whitney test at ``alpha`` detects with ``power`` (normal approximation,
-    null standard error sqrt((m + n + 1) / (12 m n)))."""
-    se = math.sqrt((n_members + n_nonmembers + 1) / (12 * n_members * n_nonmembers))
-    return min(1.0, 0.5 + (stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * se)
+def default_margin(spread: float, units: int) -> float:
+    """The equivalence margin (AUC) when none is given: 1.96 x ``spread`` (how far two never-trained models'
+    set-level statistics differ, one standard deviation), clipped to [MARGIN_FLOOR, cap]; the cap is
+    MARGIN_CAP for ``units`` >= MARGIN_UNITS, MARGIN_CAP_FEW below."""
+    cap = MARGIN_CAP if units >= MARGIN_UNITS else MARGIN_CAP_FEW
+    return float(min(cap, max(MARGIN_FLOOR, stats.norm.ppf(0.975) * spread)))
 
 
-def members_needed(target_auc: float, n_nonmembers: int, alpha: float = 0.05, power: float = 0.8) -> int | None:
-    """Members needed to detect ``target_auc`` against ``n_nonmembers`` (None: no number suffices): the
-    smallest m with ``min_detectable_auc(m, n) <= target_auc``, solved in closed form from
-    z^2 (m + n + 1) <= 12 d^2 m n, d = target_auc - 0.5."""
-    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
-    d, n = target_auc - 0.5, n_nonmembers
-    if d <= 0 or 12 * d * d * n <= z * z:
+def units_needed(unit_sd: float, margin: float, alpha: float, n_scores: int = 1, power: float = POWER) -> int | None:
+    """Units (people) for the equivalence test to say REMOVED with ``power`` when the true separation is 0, on
+    ``n_scores`` scores that must all pass (each at power 1 - (1 - power) / n_scores, TOST at zero:
+    margin >= (z_{1-alpha} + z_{1-beta/2}) sd / sqrt(k)); None when the spread is unknown."""
+    if not unit_sd > 0 or not margin > 0:
         return None
-    m = max(1, math.ceil(z * z * (n + 1) / (12 * d * d * n - z * z)))
-    while m > 1 and min_detectable_auc(m - 1, n, alpha, power) <= target_auc:  # float rounding at the boundary
-        m -= 1
-    while min_detectable_auc(m, n, alpha, power) > target_auc:
-        m += 1
-    return m
+    beta = (1 - power) / n_scores
+    z = stats.norm.ppf(1 - alpha) + stats.norm.ppf(1 - beta / 2)
+    return max(2, math.ceil((z * unit_sd / margin) ** 2))
 
+
+@dataclass(frozen=True)
+class MeanTest:
+    """An estimate with its standard error and degrees of freedom (inf: normal): the two-sided interval for
+    significance and the one-sided bounds of an equivalence test (TOST). H0 of TOST: |true| >= margin."""
+
+    estimate: float
+    se: float
+    df: float = math.inf
+
+    def quantile(self, p: float) -> float:
+        return float(stats.norm.ppf(p) if math.isinf(self.df) else stats.t.ppf(p, self.df))
+
+    def interval(self, alpha: float, critical: float | None = None) -> tuple[float, float]:
+        q = self.quantile(1 - alpha / 2) if critical is None else critical
+        return self.estimate - q * self.se, self.estimate + q * self.se
+
+    def supported_margin(self, alpha: float) -> float:
+        """The smallest margin TOST at ``alpha`` accepts: |estimate| + t_{1-alpha} se (the upper bound of the
+        residual separation at confidence 1 - alpha)."""
+        return abs(self.estimate) + self.quantile(1 - alpha) * self.se
+
+    def tost_pvalue(self, margin: float) -> float:
+        if self.se == 0:
+            return 0.0 if abs(self.estimate) < margin else 1.0
+        dist = stats.norm if math.isinf(self.df) else stats.t(self.df)
+        return float(max(dist.sf((self.estimate + margin) / self.se), dist.cdf((self.estimate - margin) / self.se)))
+
+
+# ---------------------------------------------------------------- per-person statistics
 
 def group_aucs(scores: np.ndarray, blocks: list[np.ndarray], reference: np.ndarray) -> np.ndarray:
     """Each group's record-level AUC against all ``reference`` scores (ties count one half)."""
@@ -108,7 +146,7 @@ def leave_one_group_out_shifts(scores: np.ndarray, blocks: list[np.ndarray]) -> 
     return np.array([scores[b].mean() - (total - scores[b].sum()) / (n - len(b)) for b in blocks])
 
 
-def placebo_t_test(d_members: np.ndarray, d_placebo: np.ndarray, level: float, power: float = 0.8,
+def placebo_t_test(d_members: np.ndarray, d_placebo: np.ndarray, level: float, power: float = POWER,
                    critical: float | None = None) -> tuple[float, tuple[float, float], float, float]:
     """Pooled two-sample t-test of the members' per-group statistics against the placebo groups' (the null
     distribution): (mean difference, its two-sided interval at ``level`` (or +- ``critical`` standard errors),
@@ -123,24 +161,28 @@ def placebo_t_test(d_members: np.ndarray, d_placebo: np.ndarray, level: float, p
     return diff, (diff - q * se, diff + q * se), (q + float(stats.t.ppf(power, dof))) * se, sd
 
 
-def joint_critical_value(pairs: Sequence[tuple[np.ndarray, np.ndarray]], alpha: float, draws: int = 20000,
-                         seed: int = 0) -> float:
-    """The critical |t| for the placebo t-tests of several scores at family level ``alpha``: the 1 - alpha
-    quantile of max |T_s|, T a multivariate t with the scores' residual correlation over the groups (the
-    scores of one model are strongly correlated, so this is well below Bonferroni's, which caps it)."""
-    k, n = len(pairs[0][0]), len(pairs[0][1])
-    dof = k + n - 2
-    bonferroni = float(stats.t.ppf(1 - alpha / (2 * len(pairs)), dof))
-    resid = np.stack([np.concatenate([a - a.mean(), b - b.mean()]) for a, b in pairs])
-    if len(pairs) == 1 or (resid.std(axis=1) == 0).any():
+def max_t_quantile(residuals: np.ndarray, dof: float, alpha: float, draws: int = 20000, seed: int = 0) -> float:
+    """The 1 - ``alpha`` quantile of max_s |T_s|, T a multivariate t (``dof``) whose correlation is that of the
+    rows of ``residuals`` ([statistics, units]); capped by Bonferroni's (the scores of one model are strongly
+    correlated, so this is well below it)."""
+    k = len(residuals)
+    bonferroni = float(stats.t.ppf(1 - alpha / (2 * k), dof))
+    if k == 1 or (residuals.std(axis=1) == 0).any():
         return bonferroni
     rng = np.random.default_rng(seed)
-    z = rng.multivariate_normal(np.zeros(len(pairs)), np.corrcoef(resid), draws, method="eigh")
+    z = rng.multivariate_normal(np.zeros(k), np.corrcoef(residuals), draws, method="eigh")
     t = np.abs(z) / np.sqrt(rng.chisquare(dof, draws) / dof)[:, None]
     return min(float(np.quantile(t.max(axis=1), 1 - alpha)), bonferroni)
 
 
-def groups_needed(effect: float, sd: float, n_placebo: int, level: float, power: float = 0.8) -> int | None:
+def joint_critical_value(pairs: Sequence[tuple[np.ndarray, np.ndarray]], alpha: float, draws: int = 20000,
+                         seed: int = 0) -> float:
+    """The critical |t| for the placebo t-tests of several scores at family level ``alpha``."""
+    resid = np.stack([np.concatenate([a - a.mean(), b - b.mean()]) for a, b in pairs])
+    return max_t_quantile(resid, len(pairs[0][0]) + len(pairs[0][1]) - 2, alpha, draws, seed)
+
+
+def groups_needed(effect: float, sd: float, n_placebo: int, level: float, power: float = POWER) -> int | None:
     """Forget groups for the placebo t-test to detect ``effect`` (normal approximation); None: no number of
     forget groups suffices against ``n_placebo`` held-out groups."""
     z = stats.norm.ppf(1 - level / 2) + stats.norm.ppf(power)
@@ -148,15 +190,29 @@ def groups_needed(effect: float, sd: float, n_placebo: int, level: float, power:
     return None if room <= 0 else max(1, math.ceil(1 / room))
 
 
+# ---------------------------------------------------------------- results
+
 @dataclass
 class ScoreEvidence:
     score: str
     auc: float
-    ci: tuple[float, float]  # of the AUC, or of dAUC when relative
-    statistic: str  # "AUC" or "AUC - AUC_retain"
+    ci: tuple[float, float]  # the significance interval of the statistic (AUC, dAUC or a mean shift)
+    statistic: str  # what ``ci`` is an interval of
     retain_auc: float | None
-    min_detectable: float  # the smallest |AUC - 0.5| + 0.5 this interval would have detected (80% power)
+    separation: float  # AUC - 0.5, or AUC - AUC_retain (per person, mean over the forget people)
+    supported_margin: float  # the smallest margin its equivalence test accepts (inf: the AUC cannot tell)
     status: str
+    auc_ci: tuple[float, float] = (0.0, 0.0)  # the significance interval of ``separation`` (AUC units)
+
+
+@dataclass
+class PersonFlag:
+    """A forget person (by id, never by text) whose own statistic lies beyond the per-person critical value."""
+
+    person: str
+    score: str  # the score, or "mean-<score> shift"
+    t: float
+    direction: str  # NOT_REMOVED or OVER_UNLEARNED
 
 
 @dataclass
@@ -164,16 +220,32 @@ class Verdict:
     status: str
     message: str
     alpha: float
-    detectable_bound: float
-    min_detectable_auc: float  # the worst (largest) over the scores
+    margin: float  # REMOVED means: every score within +-margin AUC of the never-trained (or chance) level
+    bound: float  # the upper bound of the residual separation: the largest supported margin over the scores
     members: int
     nonmember_groups: int
     relative: bool
     evidence: list[ScoreEvidence] = field(default_factory=list)
     attack: str = "none"
+    people: list[PersonFlag] = field(default_factory=list)
+    spread: float = 0.0  # one sd of the set-level statistic between never-trained models, at this size
+    needed: int | None = None  # forget units the equivalence test would need at ``margin`` (INCONCLUSIVE)
+    unit: str = "records"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class _Evidence:
+    """What one path found: per-score evidence, flagged people, the spread and the per-unit sd."""
+
+    scores: list[ScoreEvidence]
+    people: list[PersonFlag]
+    spread: float
+    unit_sd: float
+    units: int
+    unit: str
 
 
 def _group_index(groups: Sequence[str] | None, n: int) -> list[np.ndarray]:
@@ -185,125 +257,238 @@ def _group_index(groups: Sequence[str] | None, n: int) -> list[np.ndarray]:
     return [np.array(v) for v in by.values()]
 
 
+def _status(lo: float, hi: float) -> str | None:
+    return NOT_REMOVED if lo > 0 else OVER_UNLEARNED if hi < 0 else None
+
+
+# ---------------------------------------------------------------- the three paths
+
+def _equivalence(d_forget: np.ndarray, d_placebo: np.ndarray) -> tuple[MeanTest, float]:
+    """TOST statistic on the forget people's mean d (minus the placebo mean, zero for people of equal size),
+    standard error from the larger of the forget people's own spread and the pooled one: (test, unit sd)."""
+    k, n = len(d_forget), len(d_placebo)
+    ss = ((d_forget - d_forget.mean()) ** 2).sum() + ((d_placebo - d_placebo.mean()) ** 2).sum()
+    pooled = math.sqrt(ss / max(1, k + n - 2))
+    own = float(d_forget.std(ddof=1)) if k >= 3 else 0.0
+    sd, df = (own, k - 1) if own > pooled else (pooled, max(1, k + n - 2))
+    return MeanTest(float(d_forget.mean() - d_placebo.mean()), sd / math.sqrt(k), df), sd
+
+
+def person_flags(stats_by_label: Mapping[str, tuple[np.ndarray, np.ndarray]], people: Sequence[str],
+                 alpha: float, seed: int = 0) -> list[PersonFlag]:
+    """The per-person max test: each forget person's statistic (``label -> (forget people's, placebo people's)``)
+    against the placebo distribution, t_g = (d_g - mean_p) / (sd_p sqrt(1 + 1/n)) ~ t_{n-1} under H0 (the person
+    is like a never-seen one), max over the statistics with their correlation, at level ``alpha`` / people
+    (familywise over the request's people). Returns the flagged (person, statistic) pairs."""
+    first = next(iter(stats_by_label.values()))
+    k, n = len(first[0]), len(first[1])
+    if n < 3:
+        return []
+    resid = np.stack([p - p.mean() for _, p in stats_by_label.values()])
+    critical = max_t_quantile(resid, n - 1, alpha / k, seed=seed)
+    flags = []
+    for label, (f, p) in stats_by_label.items():
+        scale = float(p.std(ddof=1)) * math.sqrt(1 + 1 / n)
+        off = f - p.mean()
+        t = off / scale if scale > 0 else np.sign(off) * np.where(np.abs(off) > 1e-12, np.inf, 0.0)
+        for g in np.flatnonzero(np.abs(t) > critical):
+            flags.append(PersonFlag(people[g], label, float(t[g]), NOT_REMOVED if t[g] > 0 else OVER_UNLEARNED))
+    return flags
+
+
+def _placebo_path(u: tuple[Mapping, Mapping], r: tuple[Mapping, Mapping], member_blocks: list[np.ndarray],
+                  blocks: list[np.ndarray], people: list[str], alpha: float, eq_alpha: float,
+                  seed: int) -> _Evidence:
+    """Path 1: relative, people on both sides (see the module docstring)."""
+    names, k, n = list(u[0]), len(member_blocks), len(blocks)
+    d: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    shift: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for s in names:
+        mu, nu, mr, nr = (np.asarray(x[s], float) for x in (*u, *r))
+        d[s] = (group_aucs(mu, member_blocks, nu) - group_aucs(mr, member_blocks, nr),
+                leave_one_group_out_aucs(nu, blocks) - leave_one_group_out_aucs(nr, blocks))
+        if s in SHIFT_SCORES:
+            shift[s] = (group_mean_shifts(mu, member_blocks, nu) - group_mean_shifts(mr, member_blocks, nr),
+                        leave_one_group_out_shifts(nu, blocks) - leave_one_group_out_shifts(nr, blocks))
+    set_alpha = alpha * (1 - PERSON_ALPHA_SHARE)
+    crit = joint_critical_value(list(d.values()), set_alpha * (1 - SHIFT_ALPHA_SHARE), seed=seed)
+    shift_crit = joint_critical_value(list(shift.values()), set_alpha * SHIFT_ALPHA_SHARE, seed=seed) if shift else 0
+    out, unit_sds = [], []
+    for s in names:
+        diff, (lo, hi), _, _ = placebo_t_test(*d[s], set_alpha, critical=crit)
+        auc_ci = (lo, hi)
+        stat = f"person dAUC {diff:+.3f} vs {n} held-out people"
+        if s in shift:
+            sdiff, (slo, shi), _, _ = placebo_t_test(*shift[s], set_alpha, critical=shift_crit)
+            if _status(lo, hi) is None and _status(slo, shi) is not None:  # beyond what a saturated AUC shows
+                stat, lo, hi = f"person mean-{s} shift {sdiff:+.3g} vs {n} held-out people", slo, shi
+        eq, unit_sd = _equivalence(*d[s])
+        unit_sds.append(unit_sd)
+        mu, nu, mr, nr = (np.asarray(x[s], float) for x in (*u, *r))
+        out.append(ScoreEvidence(s, auc(mu, nu), (lo, hi), stat, auc(mr, nr), eq.estimate,
+                                 eq.supported_margin(eq_alpha), _status(lo, hi) or "", auc_ci))
+    flags = person_flags({**d, **{f"mean-{s} shift": v for s, v in shift.items()}}, people,
+                         alpha * PERSON_ALPHA_SHARE, seed)
+    spread = max(float(np.std(p, ddof=1)) for _, p in d.values()) / math.sqrt(k) if n > 1 else math.inf
+    return _Evidence(out, flags, spread, max(unit_sds), k, "people")
+
+
+def _bootstrap_path(u: tuple[Mapping, Mapping], r: tuple[Mapping, Mapping] | None, member_units: list[np.ndarray],
+                    blocks: list[np.ndarray], alpha: float, eq_alpha: float, n_boot: int, seed: int) -> _Evidence:
+    """Path 2: a block bootstrap of AUC (- AUC_retain, paired over the same draws) and of the mean shift; t
+    critical values under SMALL_SAMPLE units a side; a saturated AUC (0 or 1 for both models) never supports
+    REMOVED."""
+    names = list(u[0])
+    m, n = len(next(iter(u[0].values()))), len(next(iter(u[1].values())))
+    rng = np.random.default_rng(seed)
+    cm, cn = block_bootstrap_counts(rng, member_units, m, n_boot), block_bootstrap_counts(rng, blocks, n, n_boot)
+    units = min(len(member_units), len(blocks))
+    df = max(1, units - 1) if units < SMALL_SAMPLE else math.inf
+    level = alpha / len(names)
+    out, ses = [], []
+    for s in names:
+        mu, nu = np.asarray(u[0][s], float), np.asarray(u[1][s], float)
+        point, boot, ref = auc(mu, nu), weighted_aucs(mu, nu, cm, cn), None
+        means = cm @ mu / cm.sum(1) - cn @ nu / cn.sum(1)
+        if r is not None:
+            mr, nr = np.asarray(r[0][s], float), np.asarray(r[1][s], float)
+            ref = auc(mr, nr)
+            boot = boot - weighted_aucs(mr, nr, cm, cn)
+            means = means - (cm @ mr / cm.sum(1) - cn @ nr / cn.sum(1))
+        test = MeanTest(point - (0.5 if ref is None else ref), float(boot.std(ddof=1)), df)
+        lo, hi = auc_ci = test.interval(level * (1 - SHIFT_ALPHA_SHARE))
+        stat, ci = ("AUC - AUC_retain", (lo, hi)) if r is not None else ("AUC", (lo + 0.5, hi + 0.5))
+        if s in SHIFT_SCORES and _status(lo, hi) is None:
+            centre = float(mu.mean() - nu.mean() - (0 if r is None else mr.mean() - nr.mean()))
+            slo, shi = MeanTest(centre, float(means.std(ddof=1)), df).interval(level * SHIFT_ALPHA_SHARE)
+            if _status(slo, shi) is not None:
+                stat, ci, lo, hi = f"mean-{s} shift {centre:+.3g}", (slo, shi), slo, shi
+        saturated = point in (0.0, 1.0) and (ref is None or ref in (0.0, 1.0)) and test.se == 0
+        ses.append(test.se)
+        out.append(ScoreEvidence(s, point, ci, stat, ref, test.estimate,
+                                 math.inf if saturated else test.supported_margin(eq_alpha), _status(lo, hi) or "",
+                                 auc_ci))
+    n_units = len(member_units)
+    return _Evidence(out, [], max(ses), max(ses) * math.sqrt(n_units), n_units,
+                     "people" if n_units < m else "records")
+
+
+def _hanley_mcneil_se(a: float, m: int, n: int) -> float:
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (m - 1) * (q1 - a * a) + (n - 1) * (q2 - a * a)) / (m * n)
+    null = (m + n + 1) / (12 * m * n)
+    return math.sqrt(max(var, null))
+
+
+def _absolute_group_path(u: tuple[Mapping, Mapping], member_blocks: list[np.ndarray], blocks: list[np.ndarray],
+                         alpha: float, eq_alpha: float) -> _Evidence:
+    """Path 3: absolute, people on both sides: Mann-Whitney over person means; TOST on that AUC."""
+    k, n = len(member_blocks), len(blocks)
+    level = alpha / len(u[0])
+    df = max(1, min(k, n) - 1) if min(k, n) < SMALL_SAMPLE else math.inf
+    out, ses = [], []
+    for s in u[0]:
+        mu, nu = np.asarray(u[0][s], float), np.asarray(u[1][s], float)
+        gm, gn = np.array([mu[b].mean() for b in member_blocks]), np.array([nu[b].mean() for b in blocks])
+        p = float(stats.mannwhitneyu(gm, gn, alternative="two-sided").pvalue)
+        g_auc = auc(gm, gn)
+        lo, hi = (g_auc - 0.5, g_auc - 0.5) if p < level else (min(0.0, g_auc - 0.5), max(0.0, g_auc - 0.5))
+        test = MeanTest(g_auc - 0.5, _hanley_mcneil_se(g_auc, k, n), df)
+        ses.append(test.se)
+        out.append(ScoreEvidence(s, auc(mu, nu), (lo + 0.5, hi + 0.5), f"person AUC {g_auc:.3f}, p {p:.2g}", None,
+                                 test.estimate, test.supported_margin(eq_alpha), _status(lo, hi) or "",
+                                 test.interval(level)))
+    return _Evidence(out, [], max(ses), max(ses) * math.sqrt(k), k, "people")
+
+
+# ---------------------------------------------------------------- the decision
+
+def decide(evidence: list[ScoreEvidence], people: list[PersonFlag], margin: float) -> str:
+    """NOT REMOVED (a score or a person significantly more likely) > OVER-UNLEARNED (less likely) > REMOVED
+    (every score's equivalence test inside +-margin) > INCONCLUSIVE. Sets each score's status."""
+    for e in evidence:
+        if e.status not in (NOT_REMOVED, OVER_UNLEARNED):
+            e.status = REMOVED if e.supported_margin <= margin else INCONCLUSIVE
+    found = {e.status for e in evidence} | {f.direction for f in people}
+    return max(found, key=lambda s: SEVERITY[s])
+
+
 def two_sided_verdict(members: Mapping[str, np.ndarray], nonmembers: Mapping[str, np.ndarray], *,
                       nonmember_groups: Sequence[str] | None = None, member_groups: Sequence[str] | None = None,
                       retain_members: Mapping[str, np.ndarray] | None = None,
                       retain_nonmembers: Mapping[str, np.ndarray] | None = None, alpha: float = 0.05,
-                      detectable_bound: float = 0.75, n_boot: int = 1000, seed: int = 0,
-                      attack: str = "none") -> Verdict:
-    """The verdict over all scores given (``score -> [N]`` arrays, higher = member)."""
-    names = list(members)
-    relative = retain_members is not None and retain_nonmembers is not None
-    k = len(names)
-    level = alpha / k
+                      margin: float | None = None, equivalence_alpha: float | None = None, n_boot: int = 1000,
+                      seed: int = 0, attack: str = "none") -> Verdict:
+    """The verdict over all scores given (``score -> [N]`` arrays, higher = member). ``alpha``: the family level
+    of the significance side over scores and people; ``equivalence_alpha`` (default ``alpha``): each TOST's
+    level; ``margin``: the equivalence margin in AUC (None: `default_margin` from the data)."""
+    eq_alpha = alpha if equivalence_alpha is None else equivalence_alpha
     m, n = len(next(iter(members.values()))), len(next(iter(nonmembers.values())))
-    blocks = _group_index(nonmember_groups, n)
-    member_blocks = _group_index(member_groups, m)
+    blocks, member_blocks = _group_index(nonmember_groups, n), _group_index(member_groups, m)
+    relative = retain_members is not None and retain_nonmembers is not None
     grouped = member_groups is not None and nonmember_groups is not None
-    rng = np.random.default_rng(seed)
-    # the bootstrap paths: a normal interval from the bootstrap standard error (a percentile interval at
-    # alpha / 2k would rest on the one or two most extreme of a few hundred draws)
-    z_half = float(stats.norm.ppf(1 - level / 2))
-    z = z_half + stats.norm.ppf(0.8)
-    evidence = []
-    placebo_sd: dict[str, float] = {}
-    placebo: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per score: (forget groups', held-out groups') dAUC
-    shifts: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the same for the mean-score shift
-    counts: tuple[np.ndarray, np.ndarray] | None = None  # bootstrap draws: how often each record is drawn
-    use_placebo = relative and grouped and len(blocks) >= 3
-    if not use_placebo and (relative or not grouped):  # the bootstrap paths (grouped absolute is rank-based)
-        # members by group when there are several (else by record), held-out data by group
-        member_units = member_blocks if len(member_blocks) > 1 else _group_index(None, m)
-        counts = (block_bootstrap_counts(rng, member_units, m, n_boot),
-                  block_bootstrap_counts(rng, blocks, n, n_boot))
-    if use_placebo:
-        assert retain_members is not None and retain_nonmembers is not None
-        for s in names:
-            mu, nu = np.asarray(members[s], float), np.asarray(nonmembers[s], float)
-            mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
-            placebo[s] = (group_aucs(mu, member_blocks, nu) - group_aucs(mr, member_blocks, nr),
-                          leave_one_group_out_aucs(nu, blocks) - leave_one_group_out_aucs(nr, blocks))
-            if s in SHIFT_SCORES:
-                shifts[s] = (group_mean_shifts(mu, member_blocks, nu) - group_mean_shifts(mr, member_blocks, nr),
-                             leave_one_group_out_shifts(nu, blocks) - leave_one_group_out_shifts(nr, blocks))
-        # the AUC tests and the mean-shift tests split alpha (Bonferroni between the two families): the shift
-        # test only has to catch what the AUC cannot express, effects far beyond a saturated AUC
-        critical = joint_critical_value(list(placebo.values()), alpha * (1 - SHIFT_ALPHA_SHARE), seed=seed)
-        shift_critical = joint_critical_value(list(shifts.values()), alpha * SHIFT_ALPHA_SHARE,
-                                              seed=seed) if shifts else 0.0
-    for s in names:
-        mu, nu = np.asarray(members[s], float), np.asarray(nonmembers[s], float)
-        point = auc(mu, nu)
-        if placebo:
-            assert retain_members is not None and retain_nonmembers is not None
-            ref = auc(np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float))
-            diff, (lo, hi), effect, placebo_sd[s] = placebo_t_test(*placebo[s], level, critical=critical)
-            detectable = 0.5 + effect
-            stat, ci = f"group dAUC {diff:+.3f} vs {len(blocks)} held-out groups", (lo, hi)
-            if s in shifts:
-                shift, (slo, shi), _, _ = placebo_t_test(*shifts[s], level, critical=shift_critical)
-                if lo <= 0 and (slo > 0 or shi < 0 <= hi):
-                    # the mean shift decides where the AUC cannot (saturated, or too coarse for one group)
-                    stat, ci = f"group mean-{s} shift {shift:+.3g} vs {len(blocks)} held-out groups", (slo, shi)
-                    lo, hi = ci
-        elif counts is not None:  # the bootstrap paths: AUC (- AUC_retain, paired over the same draws)
-            boot, ref = weighted_aucs(mu, nu, *counts), None
-            if relative:
-                assert retain_members is not None and retain_nonmembers is not None
-                mr, nr = np.asarray(retain_members[s], float), np.asarray(retain_nonmembers[s], float)
-                ref = auc(mr, nr)
-                boot = boot - weighted_aucs(mr, nr, *counts)
-            sd = float(boot.std(ddof=1))
-            centre = point - (ref if ref is not None else 0.5)
-            lo, hi = centre - z_half * sd, centre + z_half * sd
-            detectable = 0.5 + z * sd
-            stat, ci = ("AUC - AUC_retain", (lo, hi)) if relative else ("AUC", (lo + 0.5, hi + 0.5))
-        else:
-            # Absolute, records in groups: people are the unit (a person's facts share one difficulty), so the
-            # test is a two-sided Mann-Whitney over group means, powered by the number of groups.
-            gm = np.array([mu[b].mean() for b in member_blocks])
-            gn = np.array([nu[b].mean() for b in blocks])
-            ref = None
-            p = float(stats.mannwhitneyu(gm, gn, alternative="two-sided").pvalue)
-            g_auc = auc(gm, gn)
-            lo, hi = (g_auc - 0.5, g_auc - 0.5) if p < level else (min(0.0, g_auc - 0.5), max(0.0, g_auc - 0.5))
-            detectable = min_detectable_auc(len(member_blocks), len(blocks), level)
-            stat, ci = f"group AUC {g_auc:.3f}, p {p:.2g}", (lo + 0.5, hi + 0.5)
-        status = NOT_REMOVED if lo > 0 else OVER_UNLEARNED if hi < 0 else (
-            REMOVED if detectable <= detectable_bound else INCONCLUSIVE)
-        evidence.append(ScoreEvidence(s, point, ci, stat, ref, min(1.0, detectable), status))
-    worst = max(evidence, key=lambda e: SEVERITY[e.status])
-    status = worst.status
-    detect = max(e.min_detectable for e in evidence)
-    n_groups = len(blocks)
-    unit = "groups" if grouped and (placebo_sd or not relative) else "records"
-    n_units = len(member_blocks) if unit == "groups" else m
-    if status == NOT_REMOVED:
-        msg = (f"NOT REMOVED: {worst.score} still separates the forget set from held-out data ({worst.statistic} "
-               f"{worst.ci[0]:.3f}..{worst.ci[1]:.3f} excludes {'0' if relative else '0.5'}, AUC {worst.auc:.3f})")
-    elif status == OVER_UNLEARNED:
-        msg = (f"OVER-UNLEARNED: by {worst.score} the forget set is now LESS likely than held-out data "
-               f"({worst.statistic} {worst.ci[0]:.3f}..{worst.ci[1]:.3f}, AUC {worst.auc:.3f}): detectable the other "
-               f"way")
-    elif status == INCONCLUSIVE:
-        if placebo_sd:
-            needed = groups_needed(detectable_bound - 0.5, max(placebo_sd.values()), n_groups, level)
-        else:
-            needed = members_needed(detectable_bound, max(n_groups, 1), level)
-        msg = (f"INCONCLUSIVE: no score separates the sets, but with {n_units} forget {unit} and {n_groups} "
-               f"held-out groups the test only detects {_effect(detect, relative)} (bound "
-               f"{_effect(detectable_bound, relative)}); about {needed or 'more'} forget {unit} (or more held-out "
-               f"groups) would be needed")
+    u = (members, nonmembers)
+    r = (retain_members, retain_nonmembers) if relative else None
+    if relative and grouped and len(blocks) >= 3:
+        assert r is not None and member_groups is not None
+        people = list(dict.fromkeys(member_groups))
+        ev = _placebo_path(u, r, member_blocks, blocks, people, alpha, eq_alpha, seed)
+    elif relative or not grouped:
+        units = member_blocks if len(member_blocks) > 1 else _group_index(None, m)
+        ev = _bootstrap_path(u, r, units, blocks, alpha, eq_alpha, n_boot, seed)
     else:
-        msg = (f"REMOVED: no score separates the forget set from held-out data in either direction, and the test "
-               f"would have detected {_effect(detect, relative)} (80% power, alpha {alpha} over {k} scores)")
-    if not relative:
-        msg += "; nothing controls a shift between the sets (give a retain model for a relative verdict)"
-    return Verdict(status, msg, alpha, detectable_bound, detect, m, n_groups, relative, evidence, attack)
+        ev = _absolute_group_path(u, member_blocks, blocks, alpha, eq_alpha)
+    chosen = default_margin(ev.spread, ev.units) if margin is None else margin
+    status = decide(ev.scores, ev.people, chosen)
+    bound = max(e.supported_margin for e in ev.scores)
+    needed = units_needed(ev.unit_sd, chosen, eq_alpha, len(ev.scores)) if status == INCONCLUSIVE else None
+    v = Verdict(status, "", alpha, chosen, bound, m, len(blocks), relative, ev.scores, attack, ev.people,
+                ev.spread, needed, ev.unit)
+    v.message = verdict_message(v, ev.units)
+    return v
 
 
-def _effect(auc_value: float, relative: bool) -> str:
-    return f"|AUC - AUC_retain| >= {auc_value - 0.5:.2f}" if relative else f"AUC >= {auc_value:.2f}"
+def _people_named(flags: list[PersonFlag], direction: str) -> str:
+    by: dict[str, list[str]] = {}
+    for f in flags:
+        if f.direction == direction:
+            by.setdefault(f.person, []).append(f"{f.score} t {f.t:+.1f}")
+    return "; ".join(f"{p} ({', '.join(v)})" for p, v in by.items())
+
+
+def verdict_message(v: Verdict, units: int) -> str:
+    """One paragraph: the decision, the score or people that decided it, the margin and the bound."""
+    target = "the retain model's" if v.relative else "chance (0.5)"
+    band = f"+-{v.margin:.3f} AUC of {target} level"
+    worst = max(v.evidence, key=lambda e: SEVERITY[e.status])
+    named = _people_named(v.people, v.status)
+    if v.status in (NOT_REMOVED, OVER_UNLEARNED):
+        how = "MORE" if v.status == NOT_REMOVED else "LESS"
+        if worst.status == v.status:
+            msg = (f"{v.status}: by {worst.score} the forget set is {how} likely than held-out data "
+                   f"({worst.statistic}: {worst.ci[0]:.3f}..{worst.ci[1]:.3f} excludes 0, AUC {worst.auc:.3f})")
+        else:
+            msg = f"{v.status}: the set as a whole is not separated, but some people are"
+        if named:
+            msg += f"; people {how} likely than never-seen ones: {named}"
+    elif v.status == REMOVED:
+        msg = (f"REMOVED within {band}: every score's equivalence test passes (upper bound of the residual "
+               f"separation {v.bound:.3f}, alpha {v.alpha}), no person stands out")
+    else:
+        bound = "unbounded (the AUC is saturated)" if math.isinf(v.bound) else f"{v.bound:.3f}"
+        msg = (f"INCONCLUSIVE: no score or person separates the sets, but the data only bound the residual "
+               f"separation by {bound}, not within {band}; ")
+        if v.needed is not None and v.needed <= units:
+            msg += (f"{units} forget {v.unit} would do for a separation near 0, but the estimated one "
+                    f"({max(abs(e.separation) for e in v.evidence):.3f}) leaves too little room")
+        else:
+            msg += f"about {v.needed or 'more'} forget {v.unit} (now {units}) would be needed"
+    msg += (f" [two never-trained models differ by about {v.spread:.3f} AUC (1 sd) on a set of this size]"
+            if math.isfinite(v.spread) else "")
+    if not v.relative:
+        msg += ("; nothing controls a shift between the sets: valid only if forget and held-out records are "
+                "exchangeable (give a retain or reference model for a relative verdict)")
+    return msg
 
 
 def worst_case(verdicts: Sequence[Verdict]) -> Verdict:

@@ -33,8 +33,10 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--full-battery", action="store_true",
                    help="score every record under every attack, even after a first look or an attack has found the "
                         "forget set NOT REMOVED")
-    f.add_argument("--detectable-auc", type=float, default=0.75,
-                   help="REMOVED needs the power to detect this AUC; weaker tests are INCONCLUSIVE")
+    f.add_argument("--margin", type=float, default=None,
+                   help="equivalence margin in AUC: REMOVED means every score and attack within +-margin of the "
+                        "retain model (or chance); default: what two never-trained models differ by on sets of this "
+                        "size, at most 0.10 for 10 or more people")
     f.add_argument("--copy-unchanged", action="store_true",
                    help="write the weights even when the request needs no change (default: a receipt only)")
     f.add_argument("--dry-run", action="store_true", help="print the resolved method configuration and stop")
@@ -48,7 +50,7 @@ def job_of(args: argparse.Namespace) -> ForgetJob:
                                    ("scope", args.scope)) if v is not None}
     from unlearn.auditors.battery import BatteryArgs
 
-    battery = BatteryArgs(relearn=args.relearn_attack, detectable_bound=args.detectable_auc,
+    battery = BatteryArgs(relearn=args.relearn_attack, margin=args.margin,
                           exhaustive=args.full_battery)
     return ForgetJob(model=args.model, data=data_sources(args), method=args.method, config=args.config,
                      overrides=overrides, out=args.out, ledger=args.ledger, retain_model=args.retain_model,
@@ -80,11 +82,11 @@ def print_receipt(ui: UI, r: dict[str, Any]) -> None:
     ui.table(f"receipt: {len(r['request']['ids'])} record(s) {what} -> {r['out']}", ["check", "before", "after"], rows)
     battery = [[row["attack"], row["verdict"]["status"],
                 " ".join(f"{e['score']} {e['auc']:.2f}" for e in row["verdict"]["evidence"]),
-                row["verdict"]["min_detectable_auc"], row["extraction"]["exact_match"]]
+                f"{row['verdict']['margin']:.3f}", f"{row['verdict']['bound']:.3f}", row["extraction"]["exact_match"]]
                for row in r["battery"]["attacks"]]
     kind = "relative to the retain model" if r["battery"]["verdict"]["relative"] else "absolute"
     ui.table(f"attack battery on the held-out verdict split ({kind})",
-             ["attack", "verdict", "AUC per score", "detectable AUC", "exact match"], battery)
+             ["attack", "verdict", "AUC per score", "margin", "residual bound", "exact match"], battery)
     for note in r["battery"]["notes"]:
         ui.print(f"[dim]{escape(note)}[/]")
     colour = {"REMOVED": "green", "NOT REMOVED": "red", "OVER-UNLEARNED": "red"}.get(r["verdict"], "yellow")

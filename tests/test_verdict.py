@@ -1,24 +1,35 @@
-"""Two-sided verdicts on synthetic scores, and the minimum-detectable-AUC formula against a simulation."""
+"""Removal verdicts on synthetic scores whose truth is known: the equivalence test behind REMOVED, the
+significance tests behind NOT REMOVED / OVER-UNLEARNED, the per-person max test, and their levels checked by
+seeded simulation (a test fails when a level is above twice its nominal value)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from tests.benchmarks.verdict_simulation import World, draw, effect_for
 from unlearn.auditors.verdict import (
     INCONCLUSIVE,
+    MARGIN_CAP,
     NOT_REMOVED,
     OVER_UNLEARNED,
+    PERSON_ALPHA_SHARE,
     REMOVED,
+    MeanTest,
+    default_margin,
     groups_needed,
     joint_critical_value,
-    members_needed,
-    min_detectable_auc,
+    person_flags,
     placebo_t_test,
     two_sided_verdict,
+    units_needed,
     worst_case,
 )
+
+ALPHA = 0.05
 
 
 def _scores(target_auc: float, m: int, n: int, seed: int = 0) -> tuple[dict, dict, list[str]]:
@@ -31,17 +42,19 @@ def _scores(target_auc: float, m: int, n: int, seed: int = 0) -> tuple[dict, dic
 
 @pytest.mark.parametrize(("target", "expected"), [(0.3, OVER_UNLEARNED), (0.7, NOT_REMOVED), (0.5, REMOVED)])
 def test_verdict_direction_with_enough_data(target: float, expected: str) -> None:
-    m, n, groups = _scores(target, 300, 400)
-    v = two_sided_verdict(m, n, nonmember_groups=groups, n_boot=400)
+    m, n, groups = _scores(target, 1500, 2000)
+    v = two_sided_verdict(m, n, nonmember_groups=groups, n_boot=400, margin=0.1)
     assert v.status == expected, v.message
-    assert v.min_detectable_auc < 0.75 and expected.split()[0] in v.message
+    assert expected.split()[0] in v.message and v.margin == 0.1
+    if expected == REMOVED:  # the bound says how close: below the margin, above the true 0 by sampling noise
+        assert 0 < v.bound < 0.1 and "within +-0.100 AUC" in v.message
 
 
 def test_too_few_groups_is_inconclusive_and_says_what_would_be_needed() -> None:
     m, n, groups = _scores(0.5, 5, 15)  # 5 forget records against 3 held-out people
     v = two_sided_verdict(m, n, nonmember_groups=groups, n_boot=400)
-    assert v.status == INCONCLUSIVE and v.nonmember_groups == 3 and v.min_detectable_auc > 0.75
-    assert "would be needed" in v.message
+    assert v.status == INCONCLUSIVE and v.nonmember_groups == 3 and v.bound > v.margin
+    assert "would be needed" in v.message and v.needed is not None and v.needed > 5
 
 
 def test_relative_verdict_does_not_call_a_shared_shift_membership() -> None:
@@ -53,64 +66,124 @@ def test_relative_verdict_does_not_call_a_shared_shift_membership() -> None:
     relative = two_sided_verdict({"loss": unlearned_m}, {"loss": unlearned_n}, retain_members={"loss": retain_m},
                                  retain_nonmembers={"loss": retain_n}, n_boot=300)
     assert absolute.status == NOT_REMOVED and relative.status == REMOVED and relative.relative
+    assert "exchangeable" in absolute.message and "exchangeable" not in relative.message
     still = two_sided_verdict({"loss": retain_m + 1.0}, {"loss": retain_n}, retain_members={"loss": retain_m},
                               retain_nonmembers={"loss": retain_n}, n_boot=300)
     assert still.status == NOT_REMOVED
     assert worst_case([relative, still, absolute]).status == NOT_REMOVED
 
 
-def test_min_detectable_auc_has_the_stated_power_in_simulation() -> None:
-    m, n, alpha = 40, 120, 0.05
-    target = min_detectable_auc(m, n, alpha, power=0.8)
-    assert 0.6 < target < 0.75
-    rng = np.random.default_rng(0)
-    d = np.sqrt(2) * stats.norm.ppf(target)
-    hits = sum(stats.mannwhitneyu(rng.normal(d, 1, m), rng.normal(0, 1, n), alternative="two-sided").pvalue < alpha
-               for _ in range(2000))
-    assert abs(hits / 2000 - 0.8) < 0.04, hits / 2000
-    assert members_needed(target, n, alpha) == m
-    assert min_detectable_auc(1, 20) == 1.0 or min_detectable_auc(1, 20) > 0.9
+def test_tost_equals_two_one_sided_t_tests_by_hand() -> None:
+    """The slow obvious reference: two one-sided one-sample t-tests of H0 mean <= -m and H0 mean >= m."""
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        x, margin = rng.normal(rng.uniform(-0.2, 0.2), 0.3, int(rng.integers(3, 40))), float(rng.uniform(0.05, 0.3))
+        test = MeanTest(float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))), len(x) - 1)
+        lower = stats.ttest_1samp(x, -margin, alternative="greater").pvalue
+        upper = stats.ttest_1samp(x, margin, alternative="less").pvalue
+        assert test.tost_pvalue(margin) == pytest.approx(max(lower, upper), rel=1e-9)
+        # the supported margin is the one at which TOST sits exactly at alpha
+        assert test.tost_pvalue(test.supported_margin(ALPHA)) == pytest.approx(ALPHA, rel=1e-6)
 
 
-def test_bootstrap_paths_keep_their_level_and_their_stated_power() -> None:
-    """The record-level bootstrap verdicts (the stopping rule's: members by record, held-out data by person,
-    absolute or relative to a paired retain model) on simulated data: with nothing to find, a false alarm in
-    at most about alpha of the runs; at the stated minimum detectable AUC, a detection in about 80%."""
-    rng = np.random.default_rng(3)
-    groups = [f"g{i // 10}" for i in range(200)]
-
-    def held_out() -> np.ndarray:  # people differ: ten records share a person's offset
-        return rng.normal(0, 1, 200) + np.repeat(rng.normal(0, 0.3, 20), 10)
-
-    alarms = {"absolute": 0, "relative": 0}
-    detectable = []
-    for _ in range(300):
-        members, nonmembers = rng.normal(0, 1.04, 400), held_out()  # 1.04: the people's spread, not grouped
-        v = two_sided_verdict({"loss": members}, {"loss": nonmembers}, nonmember_groups=groups, n_boot=200,
-                              seed=int(rng.integers(1 << 30)))
-        alarms["absolute"] += v.status in (NOT_REMOVED, OVER_UNLEARNED)
-        detectable.append(v.min_detectable_auc)
-        noise_m, noise_n = rng.normal(0, 0.5, 400), held_out() * 0.5  # the retain model: correlated scores
-        r = two_sided_verdict({"loss": members + noise_m}, {"loss": nonmembers + noise_n}, nonmember_groups=groups,
-                              retain_members={"loss": members}, retain_nonmembers={"loss": nonmembers}, n_boot=200,
-                              seed=int(rng.integers(1 << 30)))
-        alarms["relative"] += r.status in (NOT_REMOVED, OVER_UNLEARNED)
-    assert all(a / 300 <= 0.05 * 1.6 for a in alarms.values()), alarms
-    d = np.sqrt(2) * stats.norm.ppf(float(np.median(detectable)))  # a shift with the stated detectable AUC
-    hits = sum(two_sided_verdict({"loss": rng.normal(d * 1.04, 1.04, 400)}, {"loss": held_out()},
-                                 nonmember_groups=groups, n_boot=200, seed=i).status == NOT_REMOVED
-               for i in range(200))
-    assert 0.7 <= hits / 200 <= 0.92, hits / 200
+def test_default_margin_is_the_never_trained_spread_clipped_and_capped_by_units() -> None:
+    assert default_margin(0.03, 20) == pytest.approx(1.96 * 0.03, abs=1e-3)
+    assert default_margin(0.3, 20) == MARGIN_CAP and default_margin(0.001, 20) == 0.05
+    assert default_margin(0.3, 1) > MARGIN_CAP  # a single person: never tighter than the data can show
 
 
-def test_members_needed_closed_form_equals_the_search() -> None:
-    def search(target: float, n: int, alpha: float) -> int | None:
-        return next((m for m in range(1, 3000) if min_detectable_auc(m, n, alpha) <= target), None)
+def test_units_needed_reaches_the_stated_power_in_simulation() -> None:
+    rng = np.random.default_rng(9)
+    sd, margin = 0.2, 0.1
+    k = units_needed(sd, margin, ALPHA, n_scores=1)
+    assert k is not None and units_needed(sd, margin, ALPHA, n_scores=4) > k
+    passed = 0
+    for _ in range(2000):
+        x = rng.normal(0, sd, k)
+        passed += MeanTest(float(x.mean()), float(x.std(ddof=1) / np.sqrt(k)), k - 1).supported_margin(ALPHA) <= margin
+    assert 0.72 < passed / 2000 < 0.92, (k, passed)  # 80% nominal (normal approximation, t in the test)
 
-    for target, n, alpha in [(0.6, 200, 0.05), (0.6, 200, 0.0125), (0.75, 15, 0.05), (0.75, 40, 0.0125),
-                             (0.9, 3, 0.05), (0.9, 15, 0.0125), (0.75, 3, 0.05)]:
-        assert members_needed(target, n, alpha) == search(target, n, alpha), (target, n, alpha)
-    assert members_needed(0.75, 3, 0.05) is None  # three held-out groups can never show AUC 0.75
+
+def _rates(world: World, effects: np.ndarray, runs: int, seed: int, **kw) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    out = dict.fromkeys((REMOVED, INCONCLUSIVE, NOT_REMOVED, OVER_UNLEARNED), 0.0)
+    for i in range(runs):
+        out[two_sided_verdict(**draw(rng, world, effects), n_boot=100, seed=i, **kw).status] += 1 / runs
+    return out
+
+
+@pytest.mark.slow  # a seeded simulation of a few hundred verdicts
+def test_null_false_alarms_and_equivalence_level_at_the_margin_by_simulation() -> None:
+    """A second never-trained model (the null): NOT REMOVED / OVER-UNLEARNED at most 2 alpha. A model whose true
+    separation sits exactly ON the margin: REMOVED at most 2 alpha (TOST's level). Beyond it: never."""
+    world = World(20, 20)
+    null = _rates(world, np.zeros(20), 120, seed=1)
+    assert null[NOT_REMOVED] + null[OVER_UNLEARNED] <= 2 * ALPHA, null
+    assert null[REMOVED] > 0.05, null  # the ceiling a never-trained model earns at this size is not zero
+    at_margin = _rates(world, np.full(20, effect_for(0.10)), 120, seed=2, margin=0.10)
+    assert at_margin[REMOVED] <= 2 * ALPHA, at_margin
+    beyond = _rates(world, np.full(20, effect_for(0.15)), 60, seed=3)
+    assert beyond[REMOVED] == 0 and beyond[NOT_REMOVED] > 0.5, beyond
+
+
+@pytest.mark.slow  # a seeded simulation of a few hundred verdicts
+def test_removed_grows_with_the_data_under_the_null() -> None:
+    """Not a point-null test: with more people, a never-trained model is REMOVED more often, not less."""
+    small = _rates(World(10, 20), np.zeros(10), 80, seed=4, margin=0.10)[REMOVED]
+    large = _rates(World(80, 80), np.zeros(80), 80, seed=5, margin=0.10)[REMOVED]
+    assert large > small + 0.2 and large > 0.8, (small, large)
+
+
+def test_one_memorised_person_among_twenty_is_named_and_never_removed() -> None:
+    world = World(20, 20)
+    rng = np.random.default_rng(6)
+    effects = np.zeros(20)
+    effects[7] = effect_for(0.49)  # person p0007 is still memorised, the other 19 are truly unlearned
+    named = 0
+    for i in range(30):
+        v = two_sided_verdict(**draw(rng, world, effects), n_boot=100, seed=i)
+        assert v.status == NOT_REMOVED, v.message
+        named += any(f.person == "p0007" and f.direction == NOT_REMOVED for f in v.people)
+        assert all(f.person == "p0007" for f in v.people if f.direction == NOT_REMOVED), v.people
+    assert named >= 27, named
+
+
+def test_person_test_keeps_its_familywise_level() -> None:
+    """Under the null (forget people drawn like the placebo people), some person is flagged in at most
+    2 x its share of alpha of the runs."""
+    rng = np.random.default_rng(10)
+    k, n, flagged, runs = 20, 20, 0, 400
+    for i in range(runs):
+        pool = rng.normal(0, 0.2, (2, k + n)) + 0.5 * rng.normal(0, 0.2, k + n)  # two correlated statistics
+        stats_ = {"a": (pool[0, :k], pool[0, k:]), "b": (pool[1, :k], pool[1, k:])}
+        flagged += bool(person_flags(stats_, [f"p{j}" for j in range(k)], ALPHA * PERSON_ALPHA_SHARE, seed=i))
+    assert flagged / runs <= 2 * ALPHA * PERSON_ALPHA_SHARE, flagged
+
+
+@pytest.mark.slow  # a seeded simulation of a few hundred verdicts
+def test_single_person_and_record_level_small_samples_keep_their_level() -> None:
+    single = _rates(World(1, 20), np.zeros(1), 150, seed=11)
+    assert single[NOT_REMOVED] + single[OVER_UNLEARNED] <= 2 * ALPHA and single[REMOVED] == 0, single
+    records = World(10, 200, 1)  # one record per "person": 10 members vs 200 held-out records, t critical values
+    rng = np.random.default_rng(12)
+    alarms = 0
+    for i in range(150):
+        d = draw(rng, records, np.zeros(10))
+        d["member_groups"] = d["nonmember_groups"] = None
+        alarms += two_sided_verdict(**d, n_boot=200, seed=i).status in (NOT_REMOVED, OVER_UNLEARNED)
+    assert alarms / 150 <= 2 * ALPHA, alarms
+
+
+def test_a_saturated_auc_never_says_removed_and_the_mean_shift_still_decides() -> None:
+    """Every forget record above every held-out one under both models: the AUC difference is 0 with a bootstrap
+    interval of width 0. That is no evidence of removal; a memorised model is caught by its mean shift."""
+    rng = np.random.default_rng(13)
+    retain_m, retain_n = rng.normal(10, 1, 100), rng.normal(0, 1, 200)
+    kw = {"retain_members": {"loss": retain_m}, "retain_nonmembers": {"loss": retain_n}, "n_boot": 200}
+    same = two_sided_verdict({"loss": retain_m + rng.normal(0, 0.01, 100)}, {"loss": retain_n}, **kw)
+    assert same.status == INCONCLUSIVE and math.isinf(same.bound), same.message
+    memorised = two_sided_verdict({"loss": retain_m + 3}, {"loss": retain_n}, **kw)
+    assert memorised.status == NOT_REMOVED and "mean-loss shift" in memorised.message, memorised.message
 
 
 def test_grouped_absolute_test_keeps_its_false_alarm_rate_where_a_record_level_one_does_not() -> None:
@@ -132,7 +205,7 @@ def test_grouped_absolute_test_keeps_its_false_alarm_rate_where_a_record_level_o
     assert alarms["grouped"] / runs <= 0.1, alarms
     assert alarms["records"] / runs > 0.3, alarms  # what the grouping is for
     single = two_sided_verdict({"loss": np.ones(10)}, {"loss": n}, nonmember_groups=ng, member_groups=["p"] * 10)
-    assert single.status == INCONCLUSIVE and "forget groups" in single.message
+    assert single.status == INCONCLUSIVE and "forget people" in single.message
 
 
 def _two_never_trained_models(rng: np.random.Generator, people: int, per: int = 10,
@@ -168,21 +241,22 @@ def test_relative_single_person_verdict_keeps_its_false_alarm_rate_across_never_
     assert alarms["records"] / runs >= 0.3, alarms  # what the placebo groups are for
 
 
-def test_relative_grouped_verdict_detects_memorised_people_and_powers_many_groups() -> None:
+def test_relative_grouped_verdict_detects_memorised_people_and_is_removed_with_many_groups() -> None:
     rng = np.random.default_rng(4)
-    other, retain, groups = _two_never_trained_models(rng, 60, between=0.2)
-    m, h = slice(0, 300), slice(300, None)  # 30 forget people, 30 held-out people
-    kw = {"nonmember_groups": groups[300:], "member_groups": groups[:300], "n_boot": 100,
+    other, retain, groups = _two_never_trained_models(rng, 160, between=0.2)
+    m, h = slice(0, 800), slice(800, None)  # 80 forget people, 80 held-out people
+    kw = {"nonmember_groups": groups[800:], "member_groups": groups[:800], "n_boot": 100, "margin": MARGIN_CAP,
           "retain_members": {"loss": retain[m]}, "retain_nonmembers": {"loss": retain[h]}}
-    assert two_sided_verdict({"loss": other[m]}, {"loss": other[h]}, **kw).status == REMOVED
+    removed = two_sided_verdict({"loss": other[m]}, {"loss": other[h]}, **kw)
+    assert removed.status == REMOVED and removed.bound <= removed.margin, removed.message
     memorised = two_sided_verdict({"loss": other[m] + 3}, {"loss": other[h]}, **kw)
-    assert memorised.status == NOT_REMOVED and "group dAUC" in memorised.message
+    assert memorised.status == NOT_REMOVED and "person dAUC" in memorised.message
     assert two_sided_verdict({"loss": other[m] - 3}, {"loss": other[h]}, **kw).status == OVER_UNLEARNED
     itself = two_sided_verdict({"loss": retain[m]}, {"loss": retain[h]}, **kw)
-    assert itself.status == REMOVED and itself.min_detectable_auc == 0.5
+    assert itself.status == REMOVED and itself.bound == pytest.approx(0, abs=1e-12)
     one = two_sided_verdict({"loss": other[:10]}, {"loss": other[h]}, **{
         **kw, "member_groups": groups[:10], "retain_members": {"loss": retain[:10]}})
-    assert one.status == INCONCLUSIVE and "forget groups" in one.message, one.message
+    assert one.status == INCONCLUSIVE and "forget people" in one.message, one.message
 
 
 def test_a_memorised_single_person_is_detected_by_its_mean_shift_where_the_auc_saturates() -> None:

@@ -44,8 +44,11 @@ class UnlearnArgs(Checked):
     eval_schedule: str = arg("fixed", "fixed: check every eval_every steps; adaptive: every eval_every steps "
                              "near the target, up to 8x sparser while far from it (fewer scoring passes)",
                              choices=("fixed", "adaptive"))
-    stop_alpha: float = arg(0.05, "level of the stopping rule's two-sided test of forget vs the calibration "
-                            "holdout over every one-pass score", gt=0, lt=1)
+    stop_alpha: float = arg(0.05, "level of the stopping rule's tests of forget vs the calibration holdout over "
+                            "every one-pass score (significance both ways, and the equivalence it stops on)", gt=0,
+                            lt=1)
+    margin: float | None = arg(None, "equivalence margin (AUC) the stopping rule stops inside; default: from the "
+                               "data, as the receipt's verdict (at most 0.10 for 10 or more people)", gt=0, le=0.5)
     max_utility_drop: float = arg(0.25, "stop early if retain utility falls below (1 - this) x its value "
                                   "before unlearning", gt=0, le=1)
 

@@ -88,33 +88,42 @@ def resolve_method_args(job: ForgetJob) -> Any:
 
 @dataclass
 class Splits:
-    """The held-out roles: the stopping rule sees the calibration halves, the receipt's verdict the others."""
+    """The roles of the records: the stopping rule sees the calibration halves of the held-out and retain
+    evaluation sets and the monitored half of the forget set, the receipt's verdict the other halves (every
+    forget record is unlearned)."""
 
     holdout_calibration: list[Record]
     holdout_verdict: list[Record]
     retain_calibration: list[Record]
     retain_verdict: list[Record]
+    forget_monitored: list[Record] = field(default_factory=list)
+    forget_judged: list[Record] = field(default_factory=list)
 
     @classmethod
-    def of(cls, holdout: Sequence[Record], retain_eval: Sequence[Record], seed: int) -> Splits:
-        from unlearn.auditors.battery import split_by_group
+    def of(cls, holdout: Sequence[Record], retain_eval: Sequence[Record], seed: int,
+           forget: Sequence[Record] = ()) -> Splits:
+        from unlearn.auditors.battery import split_by_group, split_forget
 
-        return cls(*split_by_group(holdout, seed=seed), *split_by_group(retain_eval, seed=seed))
+        return cls(*split_by_group(holdout, seed=seed), *split_by_group(retain_eval, seed=seed),
+                   *split_forget(forget, seed=seed))
 
     def roles(self, forget: Sequence[Record]) -> dict[str, list[str]]:
         return {"forget": [r.id for r in forget], **{name: [r.id for r in getattr(self, name)] for name in (
-            "holdout_calibration", "holdout_verdict", "retain_calibration", "retain_verdict")}}
+            "forget_monitored", "forget_judged", "holdout_calibration", "holdout_verdict", "retain_calibration",
+            "retain_verdict")}}
 
 
 def run_method(model: torch.nn.Module, tok: Any, forget: Sequence[Record], retain: Sequence[Record], splits: Splits,
                margs: Any, method: str, report: Reporter = SILENT,
                gold: torch.nn.Module | None = None, kept: dict[int, Any] | None = None) -> UnlearnResult:
-    """``method`` under the stopping rule (calibration halves; relative to ``gold``, a model trained without
-    the forget set, when given), with progress, wall time and peak memory; ``kept``: see `make_monitor`."""
+    """``method`` on ``forget`` under the stopping rule (on the monitored forget records among them and the
+    calibration halves; relative to ``gold``, a model trained without the forget set, when given), with
+    progress, wall time and peak memory; ``kept``: see `make_monitor`."""
     from unlearn.auditors.stopping import make_monitor
     from unlearn.methods import get_method, measured
 
-    monitor = (make_monitor(tok, forget, splits.holdout_calibration, splits.retain_calibration, margs, gold,
+    watched = [r for r in splits.forget_monitored if r.id in {f.id for f in forget}] or list(forget)
+    monitor = (make_monitor(tok, watched, splits.holdout_calibration, splits.retain_calibration, margs, gold,
                             kept=kept) if margs.eval_every else None)
     task = f"unlearning ({method})"
 
@@ -212,18 +221,19 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
                           f"'{margs.scope}' would change the frozen base), or merge it into a model first")
     base_sha256 = model_hash(lora.base_of(adapter_in) if adapter_in and not job.adapter else path) if (
         lora.is_peft(model)) else None
-    splits = Splits.of(sets.holdout, sets.retain_eval, margs.seed)
-    report.note(f"forgetting {sets.label}: {len(sets.forget)} records, retain {len(sets.retain)}, holdout "
+    splits = Splits.of(sets.holdout, sets.retain_eval, margs.seed, sets.forget)
+    report.note(f"forgetting {sets.label}: {len(sets.forget)} records ({len(splits.forget_monitored)} monitored + "
+                f"{len(splits.forget_judged)} judged), retain {len(sets.retain)}, holdout "
                 f"{len(splits.holdout_calibration)} calibration + {len(splits.holdout_verdict)} verdict; "
                 f"method {job.method}")
     gold_path = (Path(job.retain_model) if job.retain_model else
                  bench.retain if bench is not None and {r.id for r in sets.forget} <= {
                      r.id for r in bench.split(bench.retain_split)} else None)
     gold = load_model(gold_path, job.load)[0] if gold_path is not None else None
-    before = forget_check(model, tok, sets.forget, splits.holdout_verdict, splits.retain_verdict)
+    before = forget_check(model, tok, splits.forget_judged, splits.holdout_verdict, splits.retain_verdict)
     kept: dict[int, KnownScores] = {}
     result = run_method(model, tok, sets.forget, sets.retain, splits, margs, job.method, report, gold, kept)
-    evidence = judge(result, tok, sets.forget, splits, before, job.battery, gold, report,
+    evidence = judge(result, tok, splits.forget_judged, splits, before, job.battery, gold, report,
                      returned_scores(result, kept))
     unchanged = result.steps == 0 and not job.copy_unchanged
     receipt: dict[str, Any] = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -196,11 +196,12 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
                      else None)
         gold = load_model(gold_path, job.load)[0] if gold_path is not None else None
         model, tok = load_model(start, job.load)
-        splits = Splits.of(sets.holdout, sets.retain_eval, margs.seed)
+        splits = Splits.of(sets.holdout, sets.retain_eval, margs.seed, forget)
         report.note(f"version {number}: answering {len(todo)} request(s) ({len(batch)} records) "
                     f"{'from version ' + str(parent.number) if incremental and parent else 'from the original'}; "
                     f"{len(earlier)} earlier request(s) guarded")
-        before = forget_check(model, tok, batch, splits.holdout_verdict, splits.retain_verdict)
+        judged = [r for r in splits.forget_judged if r.id in {b.id for b in batch}] or batch
+        before = forget_check(model, tok, judged, splits.holdout_verdict, splits.retain_verdict)
         result = run_method(model, tok, forget, sets.retain, splits, margs, job.method, report, gold)
 
         # each request, the union of the earlier ones (compared with the union's verdict at the parent
@@ -211,7 +212,10 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
         if earlier and parent is not None:
             groups[EARLIER] = [by_id[i] for i in earlier_ids]
             baseline[EARLIER] = parent.entry.get("request_verdicts", {}).get(CUMULATIVE)
+        # the guard may look job.max_repairs + 1 times at the same verdict split: alpha is spent evenly over those
+        # looks (Bonferroni), so repairing until a request passes cannot buy a false NOT REMOVED / a false pass
         battery_args = job.battery or BatteryArgs()
+        battery_args = replace(battery_args, alpha=battery_args.alpha / (job.max_repairs + 1))
         repaired: list[str] = []
         for round_ in range(job.max_repairs + 1):
             report.progress("regression guard", 0, None)
@@ -232,7 +236,7 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
                                                report, gold))
             repaired += [n for n in regressed if n not in repaired]
         unlearned = list({r.id: r for r in forget + [r for n in repaired for r in groups[n]]}.values())
-        evidence = judge(result, tok, batch, splits, before, job.battery, gold, report)
+        evidence = judge(result, tok, judged, splits, before, job.battery, gold, report)
         unchanged = result.steps == 0
         names = [r.name for r in todo]
         receipt: dict[str, Any] = {

@@ -1,0 +1,152 @@
+"""The toolkit's own verdict and stopping functions on synthetic scores whose truth is known.
+
+    python tests/benchmarks/verdict_simulation.py [--runs 200] [--json out.json]
+
+A synthetic "model" scores records of people: a person's difficulty is shared by every model, each model also
+has its own take on each person (two never-trained models disagree about a person by about 0.2 AUC, as the
+built-in benchmark's models do), records add noise, and four correlated scores (LOSS, zlib, Min-K%, and a
+heavy-tailed Min-K%++) come from one draw. The unlearned model adds a membership effect to the forget people
+it still remembers; the retain model never saw them. Effects are set by the true set-level separation
+E[AUC_u - AUC_r] (computed once on a large sample). Printed: P(each verdict) per cell, and for the stopping
+rule the true residual separation at the check it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from unlearn.auditors.verdict import INCONCLUSIVE, NOT_REMOVED, OVER_UNLEARNED, REMOVED, two_sided_verdict
+
+SCORES = ("loss", "zlib", "mink", "minkpp")
+ORDER = (REMOVED, INCONCLUSIVE, NOT_REMOVED, OVER_UNLEARNED)
+
+
+@dataclass(frozen=True)
+class World:
+    forget_people: int = 20
+    held_out_people: int = 20
+    per_person: int = 10
+    disagreement: float = 0.4  # sd of a model's own take on a person (in score units)
+
+
+def _model_scores(rng: np.random.Generator, difficulty: np.ndarray, record: np.ndarray, per: int,
+                  disagreement: float, effect: np.ndarray) -> dict[str, np.ndarray]:
+    """One model's four scores for every record (people in order, ``per`` records each)."""
+    own = np.repeat(difficulty + rng.normal(0, disagreement, len(difficulty)) + effect, per)
+    base = own + record + rng.normal(0, 0.2, len(record))
+    return {"loss": base + rng.normal(0, 0.15, len(base)), "zlib": base + rng.normal(0, 0.3, len(base)),
+            "mink": base + rng.normal(0, 0.3, len(base)), "minkpp": base + 0.4 * rng.standard_t(3, len(base))}
+
+
+def draw(rng: np.random.Generator, world: World, effects: np.ndarray) -> dict:
+    """Scores of the unlearned and the retain model on forget and held-out people, and the person labels.
+    ``effects``: [forget_people] membership effect (score units) the unlearned model still carries."""
+    k, n, per = world.forget_people, world.held_out_people, world.per_person
+    difficulty = rng.normal(0, 1, k + n)
+    record = rng.normal(0, 0.5, (k + n) * per)
+    zero = np.zeros(k + n)
+    u = _model_scores(rng, difficulty, record, per, world.disagreement, np.concatenate([effects, zero[k:]]))
+    r = _model_scores(rng, difficulty, record, per, world.disagreement, zero)
+    cut = k * per
+    labels = [f"p{i // per:04d}" for i in range((k + n) * per)]
+    return {"members": {s: v[:cut] for s, v in u.items()}, "nonmembers": {s: v[cut:] for s, v in u.items()},
+            "retain_members": {s: v[:cut] for s, v in r.items()},
+            "retain_nonmembers": {s: v[cut:] for s, v in r.items()},
+            "member_groups": labels[:cut], "nonmember_groups": labels[cut:]}
+
+
+@cache
+def effect_for(separation: float, world: World = World()) -> float:
+    """The uniform membership effect whose true E[AUC_u - AUC_r] (LOSS, forget vs held-out) is ``separation``
+    (bisection on a large sample with one seed)."""
+    from unlearn.auditors.metrics import auc
+
+    big = World(400, 400, world.per_person, world.disagreement)
+
+    def excess(effect: float) -> float:
+        d = draw(np.random.default_rng(12345), big, np.full(big.forget_people, effect))
+        return (auc(d["members"]["loss"], d["nonmembers"]["loss"])
+                - auc(d["retain_members"]["loss"], d["retain_nonmembers"]["loss"]))
+
+    lo, hi = -6.0, 6.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if excess(mid) < separation else (lo, mid)
+    return (lo + hi) / 2
+
+
+def verdict_rates(world: World, effects: np.ndarray, runs: int, seed: int, grouped: bool = True,
+                  relative: bool = True) -> tuple[Counter, float, float]:
+    """(count of each verdict, median margin, median bound of the residual separation)."""
+    rng = np.random.default_rng(seed)
+    out: Counter = Counter()
+    margins, bounds = [], []
+    for i in range(runs):
+        d = draw(rng, world, effects)
+        if not grouped:
+            d["member_groups"] = d["nonmember_groups"] = None
+        if not relative:
+            d["retain_members"] = d["retain_nonmembers"] = None
+        v = two_sided_verdict(**d, n_boot=200, seed=i)
+        out[v.status] += 1
+        margins.append(v.margin)
+        bounds.append(v.bound)
+    return out, float(np.median(margins)), float(np.median(bounds))
+
+
+def cells(world: World) -> dict[str, tuple[World, np.ndarray, dict]]:
+    k = world.forget_people
+    memorised = effect_for(0.49)  # a person the unlearned model still finds above everyone (own AUC ~1.00)
+
+    def one_of(m: int) -> np.ndarray:
+        e = np.zeros(k)
+        e[:m] = memorised
+        return e
+
+    out = {"null (a second never-trained model)": (world, np.zeros(k), {})}
+    for sep in (0.05, 0.10, 0.15, 0.25):
+        out[f"true dAUC +{sep:.2f} (AUC {0.5 + sep:.2f})"] = (world, np.full(k, effect_for(sep)), {})
+    out["over-unlearned, dAUC -0.15 (AUC 0.35)"] = (world, np.full(k, effect_for(-0.15)), {})
+    out[f"1 memorised person of {k}"] = (world, one_of(1), {})
+    out[f"2 memorised people of {k}"] = (world, one_of(2), {})
+    single = World(1, world.held_out_people, world.per_person, world.disagreement)
+    out["single person, null"] = (single, np.zeros(1), {})
+    out["single person, memorised"] = (single, np.full(1, memorised), {})
+    records = World(10, 200, 1, world.disagreement)
+    out["record level 10 vs 200, null"] = (records, np.zeros(10), {"grouped": False})
+    out["record level 10 vs 200, dAUC +0.25"] = (records, np.full(10, effect_for(0.25)), {"grouped": False})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--held-out", type=int, default=20, help="held-out people (the receipt's verdict half)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    from rich.console import Console
+    from rich.table import Table
+
+    world = World(held_out_people=args.held_out)
+    table = Table(title=f"P(verdict), {args.runs} runs per cell, alpha 0.05, default margin")
+    for col in ("cell", *ORDER, "margin", "bound"):
+        table.add_column(col)
+    result = {}
+    for i, (name, (w, effects, kw)) in enumerate(cells(world).items()):
+        rates, margin, bound = verdict_rates(w, effects, args.runs, seed=1000 * i, **kw)
+        result[name] = {**{s: rates[s] / args.runs for s in ORDER}, "margin": margin, "bound": bound}
+        table.add_row(name, *(f"{result[name][s]:.3f}" for s in ORDER), f"{margin:.3f}", f"{bound:.3f}")
+    Console().print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"runs": args.runs, "world": world.__dict__, "rates": result}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
