@@ -20,7 +20,7 @@ from unlearn.auditors.metrics import (
     tpr_at_fpr,
 )
 from unlearn.auditors.tofu import QAEval, evaluate_qa, forget_quality
-from unlearn.auditors.verdict import NOT_REMOVED, OVER_UNLEARNED, two_sided_verdict
+from unlearn.auditors.verdict import CANNOT_JUDGE, NOT_REMOVED, OVER_UNLEARNED, presence, two_sided_verdict
 from unlearn.config import Checked, arg
 from unlearn.data import Record
 from unlearn.errors import UnlearnError
@@ -79,6 +79,7 @@ class AuditReport:
     tofu: dict[str, dict[str, float]] = field(default_factory=dict)  # per-model QA summaries; "summary": TOFU's
     muse: dict[str, float] = field(default_factory=dict)  # MUSE's VerbMem / KnowMem / privleak
     removal: dict[str, Any] = field(default_factory=dict)  # the two-sided verdict (verdict.Verdict)
+    presence: str = ""  # PRESENT / NOT DETECTABLE / INCONCLUSIVE / OVER-UNLEARNED / CANNOT JUDGE (verdict.presence)
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,17 +182,19 @@ def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], non
         retain_members={k: ret[0].scores[k] for k in names} if ret is not None else None,
         retain_nonmembers={k: ret[1].scores[k] for k in names} if ret is not None else None,
         alpha=args.alpha, margin=args.margin, n_boot=args.n_boot, seed=args.seed)
+    shift = _length_warning(mem.lengths.astype(float), non.lengths.astype(float))
+    word, verdict = presence(removal, shift)
     status = {e.score: e.status for e in removal.evidence}
+    judged = word != CANNOT_JUDGE  # `detected`, the rows and --fail-if-detected say what the verdict says
     for res in results:
-        res.detected = status.get(res.score) in (NOT_REMOVED, OVER_UNLEARNED)
-    detected = removal.status in (NOT_REMOVED, OVER_UNLEARNED)
-    verdict = removal.message
-    warnings = [w for w in [_length_warning(mem.lengths.astype(float), non.lengths.astype(float))] if w]
+        res.detected = judged and status.get(res.score) in (NOT_REMOVED, OVER_UNLEARNED)
+    detected = judged and removal.status in (NOT_REMOVED, OVER_UNLEARNED)
+    warnings = [w for w in [shift] if w]
     if groups[0] is not None:
         warnings.append(f"records come in groups: p-values are over {len(set(groups[0]))} member groups vs "
                         f"{len(set(groups[1] or []))} non-member groups (group means), AUCs over records")
     report = AuditReport(len(members), len(nonmembers), args.alpha, results, detected, verdict, warnings,
-                         removal=removal.to_dict(),
+                         removal=removal.to_dict(), presence=word,
                          scores={"members": {k: v.tolist() for k, v in mem.scores.items()},
                                  "nonmembers": {k: v.tolist() for k, v in non.scores.items()}})
     if tofu:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -93,7 +93,7 @@ class Battery:
     reference: Mapping[str, Scores] = field(default_factory=dict, repr=False)  # the retain model's
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": asdict(self.verdict), "attacks": [r.to_dict() for r in self.rows], "notes": self.notes,
+        return {"verdict": self.verdict.to_dict(), "attacks": [r.to_dict() for r in self.rows], "notes": self.notes,
                 "reference_seconds": round(self.reference_seconds, 3)}
 
 

@@ -233,7 +233,18 @@ class Verdict:
     unit: str = "records"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON has it: an unbounded separation (a saturated AUC) and an unknown spread are null."""
+        return _finite(asdict(self))
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_finite(v) for v in x)
+    return x
 
 
 @dataclass
@@ -396,8 +407,7 @@ def _absolute_group_path(u: tuple[Mapping, Mapping], member_blocks: list[np.ndar
         test = MeanTest(g_auc - 0.5, _hanley_mcneil_se(g_auc, k, n), df)
         ses.append(test.se)
         out.append(ScoreEvidence(s, auc(mu, nu), (lo + 0.5, hi + 0.5), f"person AUC {g_auc:.3f}, p {p:.2g}", None,
-                                 test.estimate, test.supported_margin(eq_alpha), _status(lo, hi) or "",
-                                 test.interval(level)))
+                                 test.estimate, test.supported_margin(eq_alpha), _status(lo, hi) or "", (lo, hi)))
     return _Evidence(out, [], max(ses), max(ses) * math.sqrt(k), k, "people")
 
 
@@ -494,3 +504,22 @@ def verdict_message(v: Verdict, units: int) -> str:
 def worst_case(verdicts: Sequence[Verdict]) -> Verdict:
     """The battery's verdict: the most severe over the attacks (NOT REMOVED > OVER-UNLEARNED > INCONCLUSIVE)."""
     return max(verdicts, key=lambda v: SEVERITY[v.status])
+
+
+PRESENT, NOT_DETECTABLE, CANNOT_JUDGE = "PRESENT", "NOT DETECTABLE", "CANNOT JUDGE"
+
+
+def presence(v: Verdict, shift: str | None = None) -> tuple[str, str]:
+    """The words of an audit, which asks whether data is present, not whether it was removed: (word, message).
+    NOT REMOVED -> PRESENT; REMOVED -> NOT DETECTABLE within +-margin; without a retain (or reference) model an
+    OVER-UNLEARNED verdict, or any verdict when ``shift`` (a test of exchangeability failed, said in it) is
+    given, is CANNOT JUDGE: members less likely than never-seen data, or a separation either way, is what a
+    shift between the sets also produces."""
+    body = v.message.split(": ", 1)[1] if ": " in v.message else v.message
+    if not v.relative and (shift or v.status == OVER_UNLEARNED):
+        why = shift or "the members are LESS likely than the non-members, which a shift between the sets explains"
+        return CANNOT_JUDGE, (f"{CANNOT_JUDGE}: the sets are not shown exchangeable ({why}); give a retain or "
+                              f"reference model (never trained on either set) for a relative verdict. The raw test "
+                              f"said {v.status}: {body}")
+    word = {NOT_REMOVED: PRESENT, REMOVED: NOT_DETECTABLE}.get(v.status, v.status)
+    return word, f"{word}: {body}"

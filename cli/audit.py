@@ -57,13 +57,16 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                    load=load_options(args), adapter=args.adapter)
     result = audit(job, ui)
     report = result.report
+    said = {e["score"]: e["status"] for e in report.removal.get("evidence", [])}
     rows = [[r.score, r.auc, f"[{r.auc_ci[0]:.3f}, {r.auc_ci[1]:.3f}]", r.tpr_at_1pct_fpr, r.tpr_at_01pct_fpr,
-             r.p_holm, _privleak(r), "DETECTED" if r.detected else "not detected"] for r in report.results]
+             r.p_holm, _privleak(r), _row_word(r.detected, said.get(r.score), report.presence)]
+            for r in report.results]
     ui.table(f"audit of {result.payload['model']}: {report.n_members} members vs {report.n_nonmembers} non-members",
-             ["score", "AUC", "95% CI", "TPR@1%FPR", "TPR@0.1%FPR", "p (Holm)", "privleak %", "verdict"], rows)
+             ["score", "AUC", "95% CI", "TPR@1%FPR", "TPR@0.1%FPR", "p more likely (Holm)", "privleak %", "verdict"],
+             rows)
     if report.forget_quality is not None:
         ui.print(f"forget quality (KS p of truth ratios vs retain model): {report.forget_quality:.3g}")
-    colour = "red" if report.detected else "green" if report.removal.get("status") == "REMOVED" else "yellow"
+    colour = "red" if report.detected else "green" if report.presence == "NOT DETECTABLE" else "yellow"
     ui.print(f"[bold {colour}]" + escape(report.verdict) + "[/]")
     for w in report.warnings:
         ui.print(f"[yellow]warning:[/] {w}")
@@ -105,3 +108,12 @@ def print_attacks(ui: UI, attacks: dict[str, Any]) -> None:
                  ["", "exact match", "extraction strength", "LOSS AUC vs non-members", "mean answer prob"],
                  [[k, r[k]["exact_match"], r[k]["extraction_strength"], r[k]["loss_auc"], r[k]["mean_prob"]]
                   for k in ("before", "after")])
+
+
+def _row_word(detected: bool, status: str | None, word: str) -> str:
+    """A score's row in the words of the audit's verdict (two-sided: members more, or less, likely)."""
+    if word == "CANNOT JUDGE":
+        return "not judged (shift)"
+    if detected:
+        return "DETECTED (less likely)" if status == "OVER-UNLEARNED" else "DETECTED"
+    return "within margin" if status == "REMOVED" else "not detected"

@@ -17,6 +17,9 @@ def add_parser(sub: Any) -> None:
     add_data_args(f)
     f.add_argument("--method", default="npo", help="grad_ascent, graddiff, npo, simnpo, newton, iau, soul")
     f.add_argument("--config", help="method yaml, or the name of a shipped preset (configs/methods)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_args",
+                   help="override any method argument (repeatable; VALUE read as yaml, validated like the config "
+                        "file; `unlearn methods NAME` lists them)")
     f.add_argument("--max-steps", type=int, help="override max_steps")
     f.add_argument("--lr", type=float, help="override lr")
     f.add_argument("--seed", type=int, help="override seed")
@@ -46,8 +49,9 @@ def add_parser(sub: Any) -> None:
 
 
 def job_of(args: argparse.Namespace) -> ForgetJob:
-    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("lr", args.lr), ("seed", args.seed),
-                                   ("scope", args.scope)) if v is not None}
+    overrides = {**set_overrides(args.set_args),
+                 **{k: v for k, v in (("max_steps", args.max_steps), ("lr", args.lr), ("seed", args.seed),
+                                      ("scope", args.scope), ("margin", args.margin)) if v is not None}}
     from unlearn.auditors.battery import BatteryArgs
 
     battery = BatteryArgs(relearn=args.relearn_attack, margin=args.margin,
@@ -78,11 +82,15 @@ def print_receipt(ui: UI, r: dict[str, Any]) -> None:
     rows = [["forget vs held-out LOSS AUC", b["forget_auc"], a["forget_auc"]],
             ["forget mean NLL", b["forget_nll"], a["forget_nll"]],
             ["retain utility (mean answer prob)", b.get("retain_prob"), a.get("retain_prob")]]
-    what = "answered with no change" if r["unchanged"] else f"removed with {r['method']}"
+    # the headline says what the verdict says: "removed" only when the battery found it REMOVED
+    verdict = r["verdict"]
+    what = ("answered with no change" if r["unchanged"] else
+            f"removed with {r['method']} (within +-{r['battery']['verdict']['margin']:.3f} AUC)"
+            if verdict == "REMOVED" else f"unlearned with {r['method']}, verdict {verdict}")
     ui.table(f"receipt: {len(r['request']['ids'])} record(s) {what} -> {r['out']}", ["check", "before", "after"], rows)
     battery = [[row["attack"], row["verdict"]["status"],
                 " ".join(f"{e['score']} {e['auc']:.2f}" for e in row["verdict"]["evidence"]),
-                f"{row['verdict']['margin']:.3f}", f"{row['verdict']['bound']:.3f}", row["extraction"]["exact_match"]]
+                f"{row['verdict']['margin']:.3f}", _bound(row["verdict"]["bound"]), row["extraction"]["exact_match"]]
                for row in r["battery"]["attacks"]]
     kind = "relative to the retain model" if r["battery"]["verdict"]["relative"] else "absolute"
     ui.table(f"attack battery on the held-out verdict split ({kind})",
@@ -99,3 +107,25 @@ def print_receipt(ui: UI, r: dict[str, Any]) -> None:
              f"+ battery {r['battery_seconds']:.1f} s; {memory}; retain utility x{r['retain_utility_relative']:.3f}"
              f"{extra}")
     ui.print(f"ledger: {r['ledger']['path']} (entry {r['ledger']['entry_hash'][:16]}...)")
+
+
+def set_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs as method overrides (values parsed as yaml scalars or lists)."""
+    import yaml
+
+    from unlearn.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key.strip()}: cannot read {value!r} as a value") from None
+    return out
+
+
+def _bound(value: float | None) -> str:
+    return "unbounded (saturated AUC)" if value is None else f"{value:.3f}"

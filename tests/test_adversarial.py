@@ -150,7 +150,8 @@ def test_a_first_look_decides_only_not_removed_and_otherwise_changes_nothing(ben
     looked = removal_battery(target, tok, forget, holdout, args, retain_model=gold)
     (row,) = looked.rows
     assert row.verdict.status == "NOT REMOVED" and row.verdict.members == 24
-    assert row.verdict.alpha == pytest.approx(args.alpha * args.first_look_share)
+    # one family per receipt: a look's alpha is its share of alpha over the plan's three attacks
+    assert row.verdict.alpha == pytest.approx(args.alpha * args.first_look_share / 3)
     assert "first look at 24 of 60 forget and 24 of 80 held-out" in looked.notes[0]
     fl, hl = look_order(60, 80, args)
     assert [len(x) for x in fl] == [24, 36] and not set(fl[0]) & set(fl[1])
@@ -162,8 +163,10 @@ def test_a_first_look_decides_only_not_removed_and_otherwise_changes_nothing(ben
     itself, whole = (removal_battery(gold, tok, forget, holdout, a, retain_model=gold)
                      for a in (args, dataclasses.replace(args, first_look=0)))
     assert [r.attack for r in itself.rows] == [r.attack for r in whole.rows] == ["as is", "8-bit RTN", "4-bit RTN"]
-    for a, b in zip(itself.rows, whole.rows, strict=True):
-        assert (a.verdict.status, a.verdict.members, a.verdict.alpha) == (b.verdict.status, 60, args.alpha)
+    for i, (a, b) in enumerate(zip(itself.rows, whole.rows, strict=True)):
+        spent = 1 - args.first_look_share if i == 0 else 1  # the first attack's look at everything: the rest
+        assert (a.verdict.status, a.verdict.members) == (b.verdict.status, 60)
+        assert (a.verdict.alpha, b.verdict.alpha) == pytest.approx((args.alpha * spent / 3, args.alpha / 3))
         assert [e.auc for e in a.verdict.evidence] == pytest.approx([e.auc for e in b.verdict.evidence], abs=1e-6)
         assert a.extraction == pytest.approx(b.extraction, abs=1e-9)
     np.testing.assert_allclose(itself.scores["4-bit RTN"][0]["zlib"], whole.scores["4-bit RTN"][0]["zlib"], rtol=1e-5)

@@ -178,16 +178,22 @@ def test_stopping_rule_never_sees_the_verdict_split(tmp_path: Path, bench, monke
 
 
 def test_a_receipt_decided_on_a_first_look_says_so(tmp_path: Path) -> None:
-    """A 10% request two steps in is still known: the battery's first look (48 records per set) finds it NOT
-    REMOVED, scores nothing more, and the receipt's notes, verdict and 'after' check say on how many records."""
+    """A 10% request two steps in is still known: the battery's first look (20 records per set) finds it NOT
+    REMOVED, scores nothing more, and the receipt's notes, verdict and 'after' check say on how many records
+    (the judged half of the forget set: 50 of its 100 records; the stopping rule watched the other 50)."""
+    from unlearn.auditors.battery import BatteryArgs
     from unlearn.workflows.common import BenchmarkOptions, DataSources
     from unlearn.workflows.forget import ForgetJob, forget
 
     result = forget(ForgetJob(out=tmp_path / "m", data=DataSources(forget_split="forget10"),
-                              overrides={"max_steps": 2}, benchmark=BenchmarkOptions("tiny")))
+                              overrides={"max_steps": 2}, benchmark=BenchmarkOptions("tiny"),
+                              battery=BatteryArgs(first_look=20)))
     battery = result.receipt["battery"]
+    roles = result.receipt["roles"]
+    assert len(roles["forget_judged"]) == len(roles["forget_monitored"]) == 50
+    assert set(roles["forget_judged"]).isdisjoint(roles["forget_monitored"])
     assert [a["attack"] for a in battery["attacks"]] == ["as is"] and result.receipt["verdict"] == "NOT REMOVED"
-    assert battery["verdict"]["members"] == 48 and "first look at 48 of 100 forget" in battery["notes"][0]
+    assert battery["verdict"]["members"] == 20 and "first look at 20 of 50 forget" in battery["notes"][0]
     assert "not run: 8-bit RTN, 4-bit RTN" in battery["notes"][1]
     assert result.receipt["after"]["forget_auc"] > 0.9
 

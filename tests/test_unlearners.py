@@ -124,7 +124,9 @@ FIXED = {"eval_schedule": "fixed", "quick_check": 0}
 STOP_CASES = [  # (method, overrides, expected reason): each reason of the stopping rule, reached for real
     ("grad_ascent", {"lr": 1e-7, "max_steps": 2, "eval_every": 1, **FIXED}, "max_steps"),
     ("npo", {"lr": 1e-3, "max_steps": 80, "eval_every": 4, **FIXED}, "utility_drop"),
-    ("graddiff", {"lr": 3e-4, "max_steps": 120, "eval_every": 4, "max_utility_drop": 0.5, **FIXED},
+    # equivalence within the default margin (<= 0.10 AUC) needs more people than the tiny benchmark's 10: a
+    # stated margin of 0.3 makes the stop reachable there
+    ("graddiff", {"lr": 3e-4, "max_steps": 120, "eval_every": 4, "max_utility_drop": 0.5, "margin": 0.3, **FIXED},
      "forget_undetectable"),
     ("graddiff", {"lr": 2e-3, "max_steps": 60, "eval_every": 5, "max_utility_drop": 1.0, **FIXED}, "over_unlearned"),
 ]
@@ -170,15 +172,16 @@ def test_stopping_rule_reaches_each_reason_and_backs_off_to_the_best_checkpoint(
                     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5)
     hist = res.history
     assert [h["step"] for h in hist] == list(range(0, res.steps + 1, args.eval_every))
-    # it stopped at the first check that met a rule: every earlier one was still detectable, utility fine
-    assert all(h["status"] == "NOT REMOVED" and h["utility_ok"] for h in hist[:-1])
+    # it stopped at the first check that met a rule: no earlier one was inside the margin, utility fine
+    assert all(h["status"] in ("NOT REMOVED", "INCONCLUSIVE") and h["utility_ok"] for h in hist[:-1])
     if reason == "max_steps":
         assert res.steps == args.max_steps and "backed_off_to" not in res.stats
         return
     assert res.steps < args.max_steps
     last = hist[-1]
-    if reason == "forget_undetectable":
-        assert last["status"] in ("REMOVED", "INCONCLUSIVE") and "backed_off_to" not in res.stats
+    if reason == "forget_undetectable":  # equivalence, not a mere failure to reject
+        assert last["status"] == "REMOVED" and last["bound"] <= last["margin"] == 0.3
+        assert "backed_off_to" not in res.stats
         return
     assert (not last["utility_ok"]) if reason == "utility_drop" else (
         last["status"] == "OVER-UNLEARNED" or last.get("overshoot"))
@@ -197,7 +200,7 @@ def _graddiff_until_undetectable(bench, **over):
     forget, retain = bench.split("forget10"), bench.split("retain90")
     calibration, _ = split_by_group(bench.split("holdout"))
     args = load_method_args("graddiff", overrides={"lr": 3e-4, "max_steps": 120, "eval_every": 4,
-                                                   "max_utility_drop": 0.5, **over})
+                                                   "max_utility_drop": 0.5, "margin": 0.3, **over})
     model, tok = load_model(bench.target)
     return get_method("graddiff").run(model, tok, forget, retain, args,
                                       monitor=make_monitor(tok, forget, calibration, retain[:100], args))
@@ -333,16 +336,22 @@ def test_a_score_over_unlearned_stops_the_rule_while_another_is_not_removed(benc
 
     def mixed(members, nonmembers, **kw):
         sizes.append(len(members["loss"]))
-        ev = [ScoreEvidence("loss", 0.7, (0.05, 0.3), "AUC - AUC_retain", 0.5, 0.6, NOT_REMOVED),
-              ScoreEvidence("minkpp", 0.3, (-0.3, -0.05), "AUC - AUC_retain", 0.5, 0.6, OVER_UNLEARNED)]
-        return Verdict(NOT_REMOVED, "mixed", kw["alpha"], 0.75, 0.6, len(members["loss"]), 3, True, ev)
+        ev = [ScoreEvidence("loss", 0.7, (0.05, 0.3), "AUC - AUC_retain", 0.5, 0.2, 0.35, NOT_REMOVED, (0.05, 0.3)),
+              ScoreEvidence("minkpp", 0.3, (-0.3, -0.05), "AUC - AUC_retain", 0.5, -0.2, 0.35, OVER_UNLEARNED,
+                            (-0.3, -0.05))]
+        return Verdict(NOT_REMOVED, "mixed", kw["alpha"], 0.1, 0.35, len(members["loss"]), 3, True, ev)
 
     monitor = stopping.make_monitor(tok, forget, calibration, retain[:100], args)
     monkeypatch.setattr(stopping, "two_sided_verdict", mixed)
-    reason, message, metrics = monitor(model, 0)
+    # before any step and without a retain model, nothing stops on the forget verdict (a shift between the
+    # sets could explain it): the first check is the baseline
+    reason, _, metrics = monitor(model, 0)
+    assert reason is None and metrics["unreferenced"]
+    sizes.clear()
+    reason, message, metrics = monitor(model, 5)
     assert reason == "over_unlearned" and metrics["overshoot"] == ["minkpp"] and metrics["status"] == NOT_REMOVED
     assert "minkpp" in message and "loss still finds it more likely" in message
-    assert sizes == [24, 48, len(forget)]  # every stage ran: none skipped on mixed evidence
+    assert sizes[-1] == len(forget) and sizes == sorted(sizes)  # no stage skipped on mixed evidence
 
 
 @pytest.mark.parametrize(("script", "backed_to"), [
@@ -444,11 +453,14 @@ def test_adaptive_schedule_is_sparse_far_from_the_target_and_dense_near_it() -> 
 def test_adaptive_checks_are_fewer_and_stop_where_the_fixed_ones_do(bench) -> None:
     fixed, adaptive = (_graddiff_until_undetectable(bench, eval_schedule=schedule, quick_check=0)
                        for schedule in ("fixed", "adaptive"))
-    # the reason is the build's (the last check may see one score overshoot first); the schedules must agree
-    assert adaptive.stop_reason == fixed.stop_reason in ("forget_undetectable", "over_unlearned")
+    # The reason is the build's: the window inside the margin can be narrower than the adaptive gaps, which then
+    # step over it and back off from the overshoot. What must hold: both reach the target region, and the
+    # weights they return are within two fixed gaps of each other.
+    assert {adaptive.stop_reason, fixed.stop_reason} <= {"forget_undetectable", "over_unlearned"}
     steps = [h["step"] for h in adaptive.history]
     assert all(s % 4 == 0 for s in steps) and len(steps) < len(fixed.history), (steps, len(fixed.history))
-    assert abs(adaptive.steps - fixed.steps) <= 2 * 4, (adaptive.steps, fixed.steps)  # within two fixed gaps
+    returned = [r.stats.get("backed_off_to", r.steps) for r in (adaptive, fixed)]
+    assert abs(returned[0] - returned[1]) <= 2 * 4, returned  # within two fixed gaps
 
 
 @pytest.mark.slow
@@ -457,11 +469,14 @@ def test_nothing_to_do_when_already_undetectable(bench) -> None:
 
     unseen, retain = bench.split("holdout"), bench.split("retain90")
     forget, holdout = unseen[:100], unseen[100:]  # a "request" for records the model never saw
-    args = load_method_args("npo", overrides={"max_steps": 5})
+    # equivalence against the retain model, which never saw them either (a margin the tiny benchmark's
+    # 10 people can support)
+    args = load_method_args("npo", overrides={"max_steps": 5, "margin": 0.3})
     model, tok = load_model(bench.target)
+    gold, _ = load_model(bench.retain)
     before = [p.detach().clone() for p in model.parameters()]
     res = get_method("npo").run(model, tok, forget, retain, args,
-                                monitor=make_monitor(tok, forget, holdout, retain[:100], args))
+                                monitor=make_monitor(tok, forget, holdout, retain[:100], args, retain_model=gold))
     assert res.stop_reason == "already_undetectable" and res.steps == 0
     assert all(torch.equal(a, b) for a, b in zip(before, res.model.parameters()))
 

@@ -124,6 +124,38 @@ def cells(world: World) -> dict[str, tuple[World, np.ndarray, dict]]:
     return out
 
 
+def stopping_residuals(world: World, runs: int, seed: int, path: np.ndarray) -> dict[str, list[float]]:
+    """The stopping rule's decision on each check of a run whose true separation follows ``path`` (one value
+    per check): stop on REMOVED (equivalence), back off to the closest check (max |AUC - AUC_retain|) on
+    OVER-UNLEARNED or at the end; the old rule also stopped on INCONCLUSIVE (mere non-rejection). Returns the
+    true separation at the returned check, per rule."""
+    rng = np.random.default_rng(seed)
+    effects = np.array([effect_for(float(s)) for s in path])
+    out: dict[str, list[float]] = {"equivalence (now)": [], "non-rejection (before)": []}
+    for i in range(runs):
+        d = draw(rng, world, np.zeros(world.forget_people))
+        base = d["members"]
+        verdicts = []
+        for e in effects:
+            d["members"] = {k: v + e for k, v in base.items()}
+            v = two_sided_verdict(**d, n_boot=100, seed=i)
+            distance = max(abs(x.auc - (x.retain_auc or 0.5)) for x in v.evidence)
+            verdicts.append((v.status, distance))
+        for rule, stops in (("equivalence (now)", {REMOVED}), ("non-rejection (before)", {REMOVED, INCONCLUSIVE})):
+            best = 0
+            returned = len(path) - 1
+            for t, (status, distance) in enumerate(verdicts):
+                best = t if distance < verdicts[best][1] else best
+                if status in stops:
+                    returned = t
+                    break
+                if status == OVER_UNLEARNED or t == len(path) - 1:
+                    returned = best
+                    break
+            out[rule].append(float(path[returned]))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
@@ -142,10 +174,23 @@ def main() -> None:
         rates, margin, bound = verdict_rates(w, effects, args.runs, seed=1000 * i, **kw)
         result[name] = {**{s: rates[s] / args.runs for s in ORDER}, "margin": margin, "bound": bound}
         table.add_row(name, *(f"{result[name][s]:.3f}" for s in ORDER), f"{margin:.3f}", f"{bound:.3f}")
-    Console().print(table)
+    console = Console(width=150)
+    console.print(table)
+    path = np.linspace(0.35, -0.25, 13)  # a run that passes the target at check 7 and overshoots after
+    monitored = World(world.forget_people, world.held_out_people, world.per_person // 2, world.disagreement)
+    residuals = stopping_residuals(monitored, max(20, args.runs // 5), seed=7, path=path)
+    rules = Table(title=f"stopping rule: true separation at the returned check ({len(path)} checks from "
+                        f"{path[0]:+.2f} to {path[-1]:+.2f}; monitored half: {monitored.per_person} records a person)")
+    for col in ("rule", "median |residual|", "P(|residual| > 0.10)", "median residual"):
+        rules.add_column(col)
+    for rule, vals in residuals.items():
+        a = np.abs(vals)
+        rules.add_row(rule, f"{np.median(a):.3f}", f"{(a > 0.10).mean():.2f}", f"{np.median(vals):+.3f}")
+    console.print(rules)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"runs": args.runs, "world": world.__dict__, "rates": result}, f, indent=2)
+            json.dump({"runs": args.runs, "world": world.__dict__, "rates": result,
+                       "stopping": {k: list(v) for k, v in residuals.items()}}, f, indent=2)
 
 
 if __name__ == "__main__":
