@@ -113,6 +113,15 @@ def load_model(path: str | Path, options: LoadOptions | None = None, *, dtype: t
         dtype, template, trust_remote_code = options.torch_dtype(), options.template, options.trust_remote_code
 
     resolved = resolve_model(path)
+    from unlearn import sharded
+
+    if sharded.is_sharded(resolved):  # deletion-ready training: the members served as one causal LM
+        model = sharded.load_sharded(resolved, dtype)
+        tok = load_tokenizer(resolved, trust_remote_code=False)
+        if options is not None and options.device:
+            model.to(options.device)
+        set_format(tok, template if isinstance(template, PromptFormat) else parse_format(template))
+        return model, tok
     if adapter is None and lora.is_adapter_dir(resolved):
         adapter, path = resolved, lora.base_of(resolved)
     p = _check_dir(path)
@@ -159,7 +168,12 @@ def weights_hash(files: dict[str, str]) -> str:
 
 
 def model_hash(path: str | Path) -> str:
-    """Hash of a model directory's weights, computed from the files (not from the manifest)."""
+    """Hash of a model directory's weights, computed from the files (not from the manifest); of a sharded
+    model, over its members' hashes."""
+    from unlearn import sharded
+
+    if sharded.is_sharded(path):
+        return sharded.sharded_hash(path)
     p = _check_dir(path)
     return weights_hash({f.name: sha256_file(f) for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES})
 

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,48 @@ class Benchmark:
     @property
     def retain_split(self) -> str:
         return str(self.report["config"]["retain_split"])
+
+    def sharded(self, which: str = "target", shards: int = 4, slices: int = 4,
+                on_stage: Callable[[int, int, int], None] | None = None) -> Path:
+        """The deletion-ready (sharded) version of ``target`` (every training record) or of ``retain`` (the
+        same recipe without the retain split: the gold standard of an exact deletion of it), built and cached
+        on first use: the benchmark's recipe, initialisation and tokenizer, per-stage epochs set so that the
+        sharded training processes as many records as the central one (`sharded_plan`)."""
+        from unlearn import sharded
+        from unlearn.model import load_model
+
+        out = self.root / f"sharded-{shards}x{slices}" / which
+        if (out / sharded.SHARDED_FILE).is_file():
+            return out
+        cfg = BenchmarkConfig(**{**self._config(), "retain_split": self.retain_split})
+        tok = load_model(self.target)[1]
+        records = self.split("train")
+        if which == "retain":
+            gone = {r.id for r in self.split(self.retain_split)}
+            records = [r for r in records if r.id not in gone]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sharded.train_sharded(records, tok, sharded_plan(cfg, shards, slices),
+                              init_model(cfg.recipe, tok, cfg.generator.seed), out, on_stage)
+        return out
+
+    def _config(self) -> dict[str, Any]:
+        from unlearn.benchmark.generator import GeneratorConfig
+
+        c = self.report["config"]
+        rec = dict(c["recipe"])
+        rec["train"] = TrainArgs(**rec["train"])
+        gen = {k: v for k, v in c["generator"].items() if k != "version"}
+        return {"generator": GeneratorConfig(**gen), "recipe": ModelRecipe(**rec)}
+
+
+def sharded_plan(cfg: BenchmarkConfig, shards: int, slices: int) -> Any:
+    """The benchmark recipe as S x R stages. Stage r trains on (r + 1) / R of a shard's records, so per-stage
+    epochs E x 2 / (R + 1) make the stages together process what E central epochs do."""
+    from unlearn.sharded import ShardPlan
+
+    t = cfg.recipe.train
+    return ShardPlan(shards, slices, cfg.generator.seed, "mean_prob",
+                     replace(t, epochs=t.epochs * 2 / (slices + 1)))
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:

@@ -18,7 +18,7 @@ from unlearn.jsonio import show
 if TYPE_CHECKING:  # the CLI imports this module before any work: torch is loaded only when data is
     from unlearn.data import DeletionRequest, Record
 
-BUILTIN = ("builtin:target", "builtin:retain")
+BUILTIN = ("builtin:target", "builtin:retain", "builtin:sharded", "builtin:sharded-retain")
 PathLike = str | Path
 
 
@@ -67,6 +67,8 @@ def model_path(spec: PathLike | None, bench: Any) -> Path:
         return resolve_model(spec)  # type: ignore[arg-type]
     if bench is None:
         raise UnlearnError(f"'{spec}' names the built-in benchmark, which this run does not use")
+    if str(spec).startswith("builtin:sharded"):  # deletion-ready training of the same recipe (4 x 4)
+        return bench.sharded("retain" if str(spec).endswith("-retain") else "target")
     return bench.retain if str(spec) == "builtin:retain" else bench.target
 
 

@@ -7,7 +7,7 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,15 +170,20 @@ def judge(result: UnlearnResult, tok: Any, forget: Sequence[Record], splits: Spl
 
 def commit(ledger_path: Path, key: bytes, content: dict[str, Any], out: Path, receipt: dict[str, Any],
            model: torch.nn.Module | None, tok: Any, unchanged_hash: str | None = None,
-           expect_head: str | None = None) -> str:
-    """Write the model (or, when ``model`` is None, a receipt naming the unchanged weights ``unchanged_hash``)
-    and its ledger entry in one commit, Ctrl-C held until both are written; the entry's hash."""
+           expect_head: str | None = None, files: Callable[[Path], str] | None = None) -> str:
+    """Write the model (or, when ``model`` is None, a receipt naming the unchanged weights ``unchanged_hash``;
+    or, with ``files``, whatever it writes into the directory, returning its weights hash) and its ledger entry
+    in one commit, Ctrl-C held until both are written; the entry's hash."""
     from unlearn import ledger
     from unlearn.model import write_model_files
 
     receipt["ledger"] = {"path": str(ledger_path.absolute())}
 
     def write(directory: Path) -> dict[str, Any]:
+        if files is not None:
+            digest = files(directory)
+            (directory / RECEIPT).write_text(json.dumps(receipt, indent=2), encoding="utf-8")
+            return {"weights_sha256": digest}
         if model is None:
             (directory / RECEIPT).write_text(json.dumps(receipt, indent=2), encoding="utf-8")
             return {"weights_sha256": unchanged_hash}
@@ -211,6 +216,12 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     ledger.check_paths(out, ledger_path, path)  # every place the commit writes, before any work
     key = ledger.load_key(create=True)
     assert key is not None
+    from unlearn import sharded
+
+    if sharded.is_sharded(path):  # deletion-ready training: exact deletion, no approximate method
+        from unlearn.workflows.exact import forget_exact
+
+        return forget_exact(job, sets, Path(path), out, ledger_path, key, report)
     model, tok = load_model(path, job.load, adapter=job.adapter)
     adapter_in = Path(job.adapter) if job.adapter else path if lora.is_adapter_dir(path) else None
     before_hash = model_hash(adapter_in or path)

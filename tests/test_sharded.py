@@ -1,0 +1,147 @@
+"""Deletion-ready (sharded) training: a deletion retrains only the shards that held the records, and the result
+is exactly the recipe run without them."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import make_tiny_model
+from unlearn import sharded
+from unlearn.data import qa_record
+from unlearn.training import TrainArgs
+
+PLAN = sharded.ShardPlan(shards=3, slices=3, seed=5, train=TrainArgs(epochs=2, batch_size=4, lr=3e-3, bf16=False))
+
+
+def _records(people: int = 12, per: int = 3) -> list:
+    return [qa_record(f"p{i:02d}-{j}", f"Where was Kalo Venra {i} born {j}?", f"In Tolmere {i}.", person=f"p{i:02d}")
+            for i in range(people) for j in range(per)]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _weights(path: Path, shard: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(sharded.member_dir(path, shard) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("sharded")
+    init = make_tiny_model(tiny_tokenizer, seed=3)
+    records = _records()
+    run = sharded.train_sharded(records, tiny_tokenizer, PLAN, init, root / "v1")
+    return root, records, init, run
+
+
+def test_assignment_keeps_a_person_in_one_shard_and_slice_and_is_deterministic(trained) -> None:
+    root, records, _, _ = trained
+    a = sharded.assign(records, PLAN)
+    assert a == sharded.read_assignment(root / "v1") == sharded.assign(list(reversed(records)), PLAN)
+    for person in {r.meta["person"] for r in records}:
+        assert len({a[r.id] for r in records if r.meta["person"] == person}) == 1
+    assert len({s for s, _ in a.values()}) == PLAN.shards  # 12 people fill 3 shards
+
+
+def test_a_sharded_model_loads_as_one_causal_lm_averaging_member_probabilities(trained, tiny_tokenizer) -> None:
+    from unlearn.model import load_model
+
+    root, *_ = trained
+    model, tok = load_model(root / "v1")
+    assert isinstance(model, sharded.ShardEnsemble) and len(model.members) == PLAN.shards
+    ids = torch.tensor([tok.encode("Where was Kalo Venra 3 born 1?")])
+    mask = torch.ones_like(ids)
+    out = model(input_ids=ids, attention_mask=mask).logits
+    probs = torch.stack([torch.softmax(m(input_ids=ids, attention_mask=mask).logits, -1) for m in model.members])
+    torch.testing.assert_close(out.exp(), probs.mean(0), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(out.shape[:2]), rtol=1e-5, atol=1e-5)
+
+
+def test_deletion_equals_the_recipe_run_without_the_records(trained, tiny_tokenizer) -> None:
+    root, records, init, _ = trained
+    gone = [r.id for r in records if r.meta["person"] == "p04"]
+    run = sharded.delete(root / "v1", records, gone, tiny_tokenizer, root / "v2")
+    a = sharded.read_assignment(root / "v1")
+    shard, slice_ = a[gone[0]]
+    assert run.retrained == {shard: slice_} and 0 < run.relative_cost < 1
+    remaining = [r for r in records if r.id not in gone]
+    # the reference: that shard's recipe from scratch on its remaining records (same init, seeds, order)
+    ref = copy.deepcopy(init)
+    sharded.train_stages(ref, remaining, {k: v for k, v in a.items() if k not in gone}, PLAN, shard, tiny_tokenizer)
+    got = _weights(root / "v2", shard)
+    for k, v in ref.state_dict().items():
+        if k in got:
+            assert torch.equal(got[k], v), k  # bitwise on CPU: every stage is deterministic
+    for s in range(PLAN.shards):
+        if s != shard:  # untouched members: the same bytes (hard links where the filesystem allows)
+            for f in ("model.safetensors", "config.json"):
+                assert _sha(sharded.member_dir(root / "v2", s) / f) == _sha(sharded.member_dir(root / "v1", s) / f)
+    assert set(sharded.read_assignment(root / "v2")) == set(a) - set(gone)
+    assert sharded.read_meta(root / "v2")["version"] == 2 and sharded.read_meta(root / "v1")["version"] == 1
+    # a second deletion on top works the same way, and an id deleted twice is refused
+    again = [r.id for r in records if r.meta["person"] == "p07"]
+    run2 = sharded.delete(root / "v2", remaining, again, tiny_tokenizer, root / "v3")
+    assert set(run2.retrained) == {a[again[0]][0]}
+    with pytest.raises(Exception, match="not in this sharded model"):
+        sharded.delete(root / "v3", remaining, gone, tiny_tokenizer, root / "v4")
+    assert not (root / "v4").exists()
+
+
+def test_plan_rejects_bad_values() -> None:
+    from unlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="shards must be >= 1"):
+        sharded.ShardPlan(shards=0)
+    with pytest.raises(ConfigError, match="aggregate"):
+        sharded.ShardPlan(aggregate="max")
+
+
+@pytest.mark.slow  # trains four tiny members and retrains one through the CLI
+def test_cli_train_then_forget_is_exact_with_a_receipt_and_a_verified_ledger(tmp_path, tiny_model_dir,
+                                                                            capsys) -> None:
+    import json
+    from dataclasses import asdict
+
+    from unlearn.cli.main import main
+    from unlearn.data import build_manifest, write_jsonl
+    from unlearn.ledger import verify
+    from unlearn.model import load_model
+
+    def row(r) -> dict:
+        return {"id": r.id, "question": r.question, "answer": r.answer, **r.meta}
+
+    records, holdout = _records(12, 3), [qa_record(f"h{i:02d}-{j}", f"Where was Mira Dun {i} born {j}?",
+                                                   f"In Oskar {i}.", person=f"h{i:02d}")
+                                         for i in range(9) for j in range(3)]
+    write_jsonl(tmp_path / "train.jsonl", (row(r) for r in records))
+    write_jsonl(tmp_path / "holdout.jsonl", (row(r) for r in holdout))
+    write_jsonl(tmp_path / "manifest.jsonl", (asdict(e) for e in build_manifest({"train": records})))
+    gone = [r.id for r in records if r.meta["person"] == "p02"]
+    write_jsonl(tmp_path / "request.jsonl", ({"id": i} for i in gone))
+    assert main(["train", "--data", str(tmp_path / "train.jsonl"), "--manifest", str(tmp_path / "manifest.jsonl"),
+                 "--base-model", str(tiny_model_dir), "--shards", "2", "--slices", "2", "--epochs", "1",
+                 "--batch-size", "4", "--out", str(tmp_path / "v1"), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["forget", "--model", str(tmp_path / "v1"), "--requests", str(tmp_path / "request.jsonl"),
+                 "--manifest", str(tmp_path / "manifest.jsonl"), "--data", str(tmp_path / "train.jsonl"),
+                 "--holdout", str(tmp_path / "holdout.jsonl"), "--out", str(tmp_path / "v2"), "--json"]) == 0
+    receipt = json.loads(capsys.readouterr().out)
+    shard, slice_ = sharded.read_assignment(tmp_path / "v1")[gone[0]]
+    assert receipt["exact"] is True and receipt["retrained"] == {str(shard): slice_}
+    assert receipt["verdict"] in ("REMOVED", "INCONCLUSIVE")  # never NOT REMOVED / OVER-UNLEARNED
+    assert verify(tmp_path / "unlearn-ledger.jsonl").ok
+    model, _ = load_model(tmp_path / "v2")
+    assert isinstance(model, sharded.ShardEnsemble)
+    assert not set(gone) & set(sharded.read_assignment(tmp_path / "v2"))
+    # the input is never modified, and the other member is the same file
+    other = 1 - shard
+    assert _sha(sharded.member_dir(tmp_path / "v2", other) / "model.safetensors") == _sha(
+        sharded.member_dir(tmp_path / "v1", other) / "model.safetensors")

@@ -1,0 +1,386 @@
+"""Deletion-ready training: exact deletion by construction (SISA, Bourtoule et al. 2021).
+
+The training records are split deterministically into S shards x R slices, by person (a person's records share
+one shard and one slice; records without a person are their own unit), through a keyed hash of (seed, unit).
+Each shard is one model, trained in R stages from the same initial weights: stage r trains on the shard's
+slices 0..r (records sorted by id, a fresh AdamW + warmup/cosine schedule, seed derived from (seed, shard,
+stage)), and its weights are checkpointed. The served model averages the members' next-token probabilities
+(or log-probabilities). Deleting records retrains, for each shard holding one, only the stages from the
+first slice that held one, starting from the checkpoint before it, on the remaining records. Every stage is
+a deterministic function of (its starting weights, its records, its seed), so the result IS the model the
+recipe gives when run without the records: bitwise on the same machine and thread count.
+
+A sharded model is a directory: ``sharded.json`` (format, plan, members, version, cost), ``assignment.json``
+(record id -> [shard, slice], ids only), the tokenizer, ``init/`` (the initial weights every shard starts
+from), and ``shard-NN/`` per member (a Hugging Face model directory, plus ``stage-R.safetensors``
+checkpoints). `load_model` loads it as one causal LM (`ShardEnsemble`). Members a deletion does not touch
+are hard-linked into the new version (copied where the filesystem cannot link).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from unlearn.data import Record
+from unlearn.errors import ConfigError, ModelError
+from unlearn.training import TrainArgs, train_lm
+
+SHARDED_FILE, ASSIGNMENT_FILE, FORMAT = "sharded.json", "assignment.json", "unlearn-sharded/1"
+AGGREGATES = ("mean_prob", "mean_logprob")
+GROUP_FIELDS = ("group", "person")
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """The recipe: S shards x R slices, each stage trained with ``train`` (its epochs are per stage)."""
+
+    shards: int = 4
+    slices: int = 4
+    seed: int = 0
+    aggregate: str = "mean_prob"
+    train: TrainArgs = field(default_factory=lambda: TrainArgs(epochs=10, batch_size=32, lr=3e-3, bf16=False))
+
+    def __post_init__(self) -> None:
+        problems = [f"{k} must be >= 1, got {getattr(self, k)!r}" for k in ("shards", "slices")
+                    if not isinstance(getattr(self, k), int) or getattr(self, k) < 1]
+        if self.aggregate not in AGGREGATES:
+            problems.append(f"aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ShardPlan:
+        return cls(**{**d, "train": TrainArgs(**d["train"])})
+
+
+def unit_of(record: Record) -> str:
+    """The unit a deletion request names: the record's person (or group) when it has one, else the record."""
+    return next((str(record.meta[k]) for k in GROUP_FIELDS if k in record.meta), record.id)
+
+
+def _draw(seed: int, *key: Any) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, (seed, *key))).encode()).digest()[:8], "big")
+
+
+def assign(records: Sequence[Record], plan: ShardPlan) -> dict[str, tuple[int, int]]:
+    """record id -> (shard, slice), by a keyed hash of the record's unit (one person: one shard, one slice)."""
+    return {r.id: (_draw(plan.seed, "shard", unit_of(r)) % plan.shards,
+                   _draw(plan.seed, "slice", unit_of(r)) % plan.slices) for r in records}
+
+
+def stage_records(records: Sequence[Record], assignment: Mapping[str, tuple[int, int]], shard: int,
+                  stage: int) -> list[Record]:
+    """What stage ``stage`` of ``shard`` trains on: the shard's records of slices 0..stage, sorted by id."""
+    return sorted((r for r in records if r.id in assignment and assignment[r.id][0] == shard
+                   and assignment[r.id][1] <= stage), key=lambda r: r.id)
+
+
+def stage_args(plan: ShardPlan, shard: int, stage: int) -> TrainArgs:
+    return dataclasses.replace(plan.train, seed=_draw(plan.seed, "train", shard, stage) % (2**31))
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def train_stages(model: torch.nn.Module, records: Sequence[Record], assignment: Mapping[str, tuple[int, int]],
+                 plan: ShardPlan, shard: int, tokenizer: Any, first: int = 0,
+                 on_stage: Callable[[int, int, int], None] | None = None) -> tuple[dict[int, dict], int]:
+    """Stages ``first``..R-1 of ``shard`` on ``model`` (in place, holding the weights before stage ``first``):
+    (the weights after every stage, record-epochs trained). A stage with no records leaves the weights."""
+    states, cost = {}, 0
+    for stage in range(first, plan.slices):
+        recs = stage_records(records, assignment, shard, stage)
+        if recs:
+            train_lm(model, recs, tokenizer, stage_args(plan, shard, stage))
+            cost += stage_cost(len(recs), plan)
+        if on_stage is not None:
+            on_stage(shard, stage, len(recs))
+        states[stage] = _state(model)
+    model.eval()
+    return states, cost
+
+
+def stage_cost(n_records: int, plan: ShardPlan) -> int:
+    """Records processed by one stage: its steps x batch size (the unit of every cost ratio)."""
+    steps = max(1, int(round(plan.train.epochs * math.ceil(n_records / plan.train.batch_size))))
+    return steps * plan.train.batch_size
+
+
+class ShardEnsemble(torch.nn.Module):
+    """S member causal LMs served as one: logits = log of the mean of the members' next-token probabilities
+    (``mean_prob``), or the mean of their log-probabilities (``mean_logprob``, a normalised product of experts).
+    Scoring costs S forward passes."""
+
+    def __init__(self, members: Sequence[torch.nn.Module], aggregate: str = "mean_prob") -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.aggregate = aggregate
+        self.config = members[0].config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **kwargs: Any) -> SimpleNamespace:
+        kwargs.pop("labels", None)
+        logps = torch.stack([torch.log_softmax(m(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+                                               .logits.float(), dim=-1) for m in self.members])
+        if self.aggregate == "mean_prob":
+            out = torch.logsumexp(logps, dim=0) - math.log(len(self.members))
+        else:
+            out = torch.log_softmax(logps.mean(dim=0), dim=-1)
+        return SimpleNamespace(logits=out)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.members[0].get_input_embeddings()
+
+
+def is_sharded(path: str | Path) -> bool:
+    return (Path(path) / SHARDED_FILE).is_file()
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    meta = _read_json(Path(path) / SHARDED_FILE)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"{path}: {SHARDED_FILE} is not a sharded model of format {FORMAT}")
+    return meta
+
+
+def read_assignment(path: str | Path) -> dict[str, tuple[int, int]]:
+    raw = _read_json(Path(path) / ASSIGNMENT_FILE)
+    if not isinstance(raw, dict) or not all(isinstance(v, list) and len(v) == 2 for v in raw.values()):
+        raise ModelError(f"{path}: {ASSIGNMENT_FILE} must map record ids to [shard, slice]")
+    return {k: (int(v[0]), int(v[1])) for k, v in raw.items()}
+
+
+def member_dir(path: Path, shard: int) -> Path:
+    return path / f"shard-{shard:02d}"
+
+
+def load_member(directory: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True,
+                                                use_safetensors=True).eval()
+
+
+def load_sharded(path: str | Path, dtype: torch.dtype = torch.float32) -> ShardEnsemble:
+    p = Path(path)
+    meta = read_meta(p)
+    plan = ShardPlan.from_dict(meta["plan"])
+    return ShardEnsemble([load_member(member_dir(p, s), dtype) for s in range(plan.shards)], plan.aggregate).eval()
+
+
+def load_state(model: torch.nn.Module, file: Path) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(file)), strict=True)
+    return model
+
+
+def save_state(state: Mapping[str, torch.Tensor], file: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(dict(state), str(file))
+
+
+def sharded_hash(path: str | Path) -> str:
+    """One hash for a sharded model's weights: sha256 over its members' weight hashes, in shard order."""
+    from unlearn.model import model_hash
+
+    p = Path(path)
+    plan = ShardPlan.from_dict(read_meta(p)["plan"])
+    h = hashlib.sha256()
+    for s in range(plan.shards):
+        h.update(f"{s}\0{model_hash(member_dir(p, s))}\n".encode())
+    return h.hexdigest()
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` (a file or directory tree) to ``dst``; copy where the filesystem cannot link."""
+    if src.is_dir():
+        dst.mkdir(parents=True)
+        for child in src.iterdir():
+            link_or_copy(child, dst / child.name)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_member(model: torch.nn.Module, states: Mapping[int, Mapping[str, torch.Tensor]], directory: Path,
+                 plan: ShardPlan, keep: Path | None = None, first: int = 0) -> None:
+    """A member directory: the final weights as a Hugging Face model directory, and the checkpoint after every
+    stage but the last (``stages/stage-R.safetensors``); stages before ``first`` are linked from ``keep`` (the
+    member's directory in the previous version)."""
+    from unlearn.model import _quiet_loading
+
+    (directory / "stages").mkdir(parents=True)
+    with _quiet_loading():
+        model.save_pretrained(str(directory), safe_serialization=True)
+    for stage in range(plan.slices - 1):
+        name = Path("stages") / f"stage-{stage}.safetensors"
+        if stage < first and keep is not None:
+            link_or_copy(keep / name, directory / name)
+        else:
+            save_state(states[stage], directory / name)
+
+
+def _read_json(file: Path) -> Any:
+    from unlearn.jsonio import parse_line, read_bytes
+
+    return parse_line(read_bytes(file))
+
+
+@dataclass
+class ShardRun:
+    """What a training or a deletion did: the first stage retrained per shard, and the records processed
+    (steps x batch size) next to those of training every shard from its first stage."""
+
+    retrained: dict[int, int]
+    cost: int
+    full_cost: int
+
+    @property
+    def relative_cost(self) -> float:
+        return self.cost / max(1, self.full_cost)
+
+
+def full_cost(records: Sequence[Record], assignment: Mapping[str, tuple[int, int]], plan: ShardPlan) -> int:
+    return sum(stage_cost(len(stage_records(records, assignment, s, r)), plan)
+               for s in range(plan.shards) for r in range(plan.slices) if stage_records(records, assignment, s, r))
+
+
+def _write_version(tmp: Path, tokenizer: Any, plan: ShardPlan, assignment: Mapping[str, tuple[int, int]],
+                   meta: dict[str, Any]) -> None:
+    from unlearn.fsutil import fsync_tree
+
+    with _quiet():
+        tokenizer.save_pretrained(str(tmp))
+    (tmp / ASSIGNMENT_FILE).write_text(json.dumps({k: list(v) for k, v in sorted(assignment.items())}),
+                                       encoding="utf-8")
+    (tmp / SHARDED_FILE).write_text(json.dumps({"format": FORMAT, "plan": plan.to_dict(), **meta}, indent=2),
+                                    encoding="utf-8")
+    fsync_tree(tmp)
+
+
+def _commit_dir(tmp: Path, out: Path) -> None:
+    from unlearn.fsutil import fsync_dir
+
+    os.rename(tmp, out)
+    fsync_dir(out.parent)
+
+
+def train_sharded(records: Sequence[Record], tokenizer: Any, plan: ShardPlan, init: torch.nn.Module, out: Path,
+                  on_stage: Callable[[int, int, int], None] | None = None) -> ShardRun:
+    """Train every shard from ``init`` (its weights are saved as the common start) and write the sharded model
+    to the NEW directory ``out`` atomically."""
+    import copy
+
+    from unlearn.fsutil import temp_sibling
+    from unlearn.model import check_output
+
+    out = Path(out)
+    check_output(out, None)
+    if out.exists():
+        raise ModelError(f"refusing to write {out}: it exists (outputs are always new directories)")
+    assignment = assign(records, plan)
+    tmp = temp_sibling(out)
+    try:
+        (tmp / "init").mkdir()
+        save_state(_state(init), tmp / "init" / "model.safetensors")
+        cost = 0
+        for shard in range(plan.shards):
+            model = copy.deepcopy(init)
+            states, spent = train_stages(model, records, assignment, plan, shard, tokenizer, 0, on_stage)
+            write_member(model, states, member_dir(tmp, shard), plan)
+            cost += spent
+        run = ShardRun({s: 0 for s in range(plan.shards)}, cost, cost)
+        _write_version(tmp, tokenizer, plan, assignment, {"version": 1, "records": len(assignment),
+                                                          "training_cost": cost, "deleted_records": 0})
+        _commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run
+
+
+def plan_deletion(assignment: Mapping[str, tuple[int, int]], ids: Sequence[str]) -> dict[int, int]:
+    """shard -> the first slice holding a deleted record (the stage to retrain from)."""
+    out: dict[int, int] = {}
+    for i in ids:
+        shard, slice_ = assignment[i]
+        out[shard] = min(out.get(shard, slice_), slice_)
+    return out
+
+
+def delete(path: str | Path, records: Sequence[Record], ids: Sequence[str], tokenizer: Any, out: Path,
+           on_stage: Callable[[int, int, int], None] | None = None) -> ShardRun:
+    """Exact deletion: a new version of the sharded model at ``path`` without the records ``ids``, written to
+    the NEW directory ``out``. ``records``: the training data (at least every record the model holds). Each
+    shard holding a deleted record is retrained from the checkpoint before its first such slice, on its
+    remaining records; every other member is linked unchanged."""
+    from unlearn.fsutil import temp_sibling
+
+    src, out = Path(path), Path(out)
+    meta, assignment = read_meta(src), read_assignment(src)
+    plan = ShardPlan.from_dict(meta["plan"])
+    unknown = [i for i in ids if i not in assignment]
+    if unknown:
+        raise ModelError(f"{src}: {len(unknown)} requested id(s) are not in this sharded model (first: "
+                         f"{unknown[0]!r}); already deleted, or never trained on")
+    by_id = {r.id: r for r in records}
+    missing = [i for i in assignment if i not in by_id]
+    if missing:
+        raise ModelError(f"the training data lacks {len(missing)} record(s) the sharded model holds (first: "
+                         f"{missing[0]!r}): retraining needs every remaining record")
+    gone = set(ids)
+    remaining = {k: v for k, v in assignment.items() if k not in gone}
+    kept_records = [by_id[i] for i in remaining]
+    todo = plan_deletion(assignment, ids)
+    tmp = temp_sibling(out)
+    try:
+        link_or_copy(src / "init", tmp / "init")
+        cost = 0
+        for shard in range(plan.shards):
+            if shard not in todo:
+                link_or_copy(member_dir(src, shard), member_dir(tmp, shard))
+                continue
+            first = todo[shard]
+            model = load_member(member_dir(src, shard))
+            start = (src / "init" / "model.safetensors" if first == 0 else
+                     member_dir(src, shard) / "stages" / f"stage-{first - 1}.safetensors")
+            load_state(model, start)
+            states, spent = train_stages(model, kept_records, remaining, plan, shard, tokenizer, first, on_stage)
+            write_member(model, states, member_dir(tmp, shard), plan, keep=member_dir(src, shard), first=first)
+            cost += spent
+        run = ShardRun(todo, cost, full_cost(kept_records, remaining, plan))
+        _write_version(tmp, tokenizer, plan, remaining, {
+            "version": int(meta.get("version", 1)) + 1, "records": len(remaining),
+            "training_cost": run.full_cost, "deleted_records": int(meta.get("deleted_records", 0)) + len(gone),
+            "last_deletion": {"shards": {str(k): v for k, v in todo.items()}, "cost": cost}})
+        _commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run
+
+
+def _quiet() -> Any:
+    from unlearn.model import _quiet_loading
+
+    return _quiet_loading()
