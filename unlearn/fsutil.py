@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+WEIGHT_SUFFIXES = (".safetensors",)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_hash(files: dict[str, str]) -> str:
+    """One hash for the weights: sha256 over the sorted (name, sha256) of the weight files."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        if name.endswith(WEIGHT_SUFFIXES):
+            h.update(f"{name}\0{files[name]}\n".encode())
+    return h.hexdigest()
 
 
 def fsync_dir(directory: Path) -> None:
@@ -16,9 +36,11 @@ def fsync_dir(directory: Path) -> None:
 
 
 def fsync_tree(directory: Path) -> None:
-    """fsync every file in ``directory`` and the directory itself."""
+    """fsync every file below ``directory`` and every directory, itself included."""
     for f in directory.iterdir():
-        if f.is_file():
+        if f.is_dir() and not f.is_symlink():
+            fsync_tree(f)
+        elif f.is_file():
             fd = os.open(f, os.O_RDONLY)
             try:
                 os.fsync(fd)

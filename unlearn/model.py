@@ -8,7 +8,6 @@ nothing at the destination; only safetensors are written, with a manifest of sha
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -24,10 +23,9 @@ import torch
 from unlearn.config import LoadOptions
 from unlearn.data import PromptFormat, parse_format, set_format
 from unlearn.errors import ModelError
-from unlearn.fsutil import fsync_dir, fsync_tree, temp_sibling
+from unlearn.fsutil import WEIGHT_SUFFIXES, fsync_dir, fsync_tree, sha256_file, temp_sibling, weights_hash
 
 MANIFEST = "unlearn_manifest.json"
-WEIGHT_SUFFIXES = (".safetensors",)
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
@@ -113,10 +111,10 @@ def load_model(path: str | Path, options: LoadOptions | None = None, *, dtype: t
         dtype, template, trust_remote_code = options.torch_dtype(), options.template, options.trust_remote_code
 
     resolved = resolve_model(path)
-    from unlearn import sharded
+    from unlearn import ensemble
 
-    if sharded.is_sharded(resolved):  # deletion-ready training: the members served as one causal LM
-        model = sharded.load_sharded(resolved, dtype)
+    if ensemble.is_sharded(resolved):  # deletion-ready training: the members served as one causal LM
+        model = ensemble.load_sharded(resolved, dtype)
         tok = load_tokenizer(resolved, trust_remote_code=False)
         if options is not None and options.device:
             model.to(options.device)
@@ -150,30 +148,15 @@ def load_model(path: str | Path, options: LoadOptions | None = None, *, dtype: t
     return model, tok
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def weights_hash(files: dict[str, str]) -> str:
-    """One hash for the weights: sha256 over the sorted (name, sha256) of the weight files."""
-    h = hashlib.sha256()
-    for name in sorted(files):
-        if name.endswith(WEIGHT_SUFFIXES):
-            h.update(f"{name}\0{files[name]}\n".encode())
-    return h.hexdigest()
 
 
 def model_hash(path: str | Path) -> str:
     """Hash of a model directory's weights, computed from the files (not from the manifest); of a sharded
     model, over its members' hashes."""
-    from unlearn import sharded
+    from unlearn import ensemble
 
-    if sharded.is_sharded(path):
-        return sharded.sharded_hash(path)
+    if ensemble.is_sharded(path):
+        return ensemble.sharded_hash(path)
     p = _check_dir(path)
     return weights_hash({f.name: sha256_file(f) for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES})
 

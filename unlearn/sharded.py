@@ -28,17 +28,32 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from unlearn.data import Record
+from unlearn.ensemble import (
+    AGGREGATES,
+    FORMAT,
+    SHARDED_FILE,
+    ShardEnsemble,
+    is_sharded,
+    load_member,
+    load_sharded,
+    member_dir,
+    read_json,
+    read_meta,
+    sharded_hash,
+)
 from unlearn.errors import ConfigError, ModelError
 from unlearn.training import TrainArgs, train_lm
 
-SHARDED_FILE, ASSIGNMENT_FILE, FORMAT = "sharded.json", "assignment.json", "unlearn-sharded/1"
-AGGREGATES = ("mean_prob", "mean_logprob")
+__all__ = ["SHARDED_FILE", "ShardEnsemble", "ShardPlan", "ShardRun", "assign", "delete", "is_sharded", "load_sharded",
+           "member_dir", "plan_deletion", "read_assignment", "read_meta", "sharded_hash", "train_sharded",
+           "train_stages"]
+
+ASSIGNMENT_FILE = "assignment.json"
 GROUP_FIELDS = ("group", "person")
 
 
@@ -116,72 +131,17 @@ def train_stages(model: torch.nn.Module, records: Sequence[Record], assignment: 
     return states, cost
 
 
-def stage_cost(n_records: int, plan: ShardPlan) -> int:
-    """Records processed by one stage: its steps x batch size (the unit of every cost ratio)."""
-    steps = max(1, int(round(plan.train.epochs * math.ceil(n_records / plan.train.batch_size))))
-    return steps * plan.train.batch_size
-
-
-class ShardEnsemble(torch.nn.Module):
-    """S member causal LMs served as one: logits = log of the mean of the members' next-token probabilities
-    (``mean_prob``), or the mean of their log-probabilities (``mean_logprob``, a normalised product of experts).
-    Scoring costs S forward passes."""
-
-    def __init__(self, members: Sequence[torch.nn.Module], aggregate: str = "mean_prob") -> None:
-        super().__init__()
-        self.members = torch.nn.ModuleList(members)
-        self.aggregate = aggregate
-        self.config = members[0].config
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                **kwargs: Any) -> SimpleNamespace:
-        kwargs.pop("labels", None)
-        logps = torch.stack([torch.log_softmax(m(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-                                               .logits.float(), dim=-1) for m in self.members])
-        if self.aggregate == "mean_prob":
-            out = torch.logsumexp(logps, dim=0) - math.log(len(self.members))
-        else:
-            out = torch.log_softmax(logps.mean(dim=0), dim=-1)
-        return SimpleNamespace(logits=out)
-
-    def get_input_embeddings(self) -> torch.nn.Module:
-        return self.members[0].get_input_embeddings()
-
-
-def is_sharded(path: str | Path) -> bool:
-    return (Path(path) / SHARDED_FILE).is_file()
-
-
-def read_meta(path: str | Path) -> dict[str, Any]:
-    meta = _read_json(Path(path) / SHARDED_FILE)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelError(f"{path}: {SHARDED_FILE} is not a sharded model of format {FORMAT}")
-    return meta
-
-
 def read_assignment(path: str | Path) -> dict[str, tuple[int, int]]:
-    raw = _read_json(Path(path) / ASSIGNMENT_FILE)
+    raw = read_json(Path(path) / ASSIGNMENT_FILE)
     if not isinstance(raw, dict) or not all(isinstance(v, list) and len(v) == 2 for v in raw.values()):
         raise ModelError(f"{path}: {ASSIGNMENT_FILE} must map record ids to [shard, slice]")
     return {k: (int(v[0]), int(v[1])) for k, v in raw.items()}
 
 
-def member_dir(path: Path, shard: int) -> Path:
-    return path / f"shard-{shard:02d}"
-
-
-def load_member(directory: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True,
-                                                use_safetensors=True).eval()
-
-
-def load_sharded(path: str | Path, dtype: torch.dtype = torch.float32) -> ShardEnsemble:
-    p = Path(path)
-    meta = read_meta(p)
-    plan = ShardPlan.from_dict(meta["plan"])
-    return ShardEnsemble([load_member(member_dir(p, s), dtype) for s in range(plan.shards)], plan.aggregate).eval()
+def stage_cost(n_records: int, plan: ShardPlan) -> int:
+    """Records processed by one stage: its steps x batch size (the unit of every cost ratio)."""
+    steps = max(1, int(round(plan.train.epochs * math.ceil(n_records / plan.train.batch_size))))
+    return steps * plan.train.batch_size
 
 
 def load_state(model: torch.nn.Module, file: Path) -> torch.nn.Module:
@@ -195,18 +155,6 @@ def save_state(state: Mapping[str, torch.Tensor], file: Path) -> None:
     from safetensors.torch import save_file
 
     save_file(dict(state), str(file))
-
-
-def sharded_hash(path: str | Path) -> str:
-    """One hash for a sharded model's weights: sha256 over its members' weight hashes, in shard order."""
-    from unlearn.model import model_hash
-
-    p = Path(path)
-    plan = ShardPlan.from_dict(read_meta(p)["plan"])
-    h = hashlib.sha256()
-    for s in range(plan.shards):
-        h.update(f"{s}\0{model_hash(member_dir(p, s))}\n".encode())
-    return h.hexdigest()
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -238,12 +186,6 @@ def write_member(model: torch.nn.Module, states: Mapping[int, Mapping[str, torch
             link_or_copy(keep / name, directory / name)
         else:
             save_state(states[stage], directory / name)
-
-
-def _read_json(file: Path) -> Any:
-    from unlearn.jsonio import parse_line, read_bytes
-
-    return parse_line(read_bytes(file))
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,6 +20,7 @@ from unlearn.workflows.common import (
     BenchmarkOptions,
     DataSources,
     PathLike,
+    RecordSets,
     Reporter,
     benchmark_if_needed,
     model_path,
@@ -216,11 +218,9 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     ledger.check_paths(out, ledger_path, path)  # every place the commit writes, before any work
     key = ledger.load_key(create=True)
     assert key is not None
-    from unlearn import sharded
+    from unlearn import ensemble
 
-    if sharded.is_sharded(path):  # deletion-ready training: exact deletion, no approximate method
-        from unlearn.workflows.exact import forget_exact
-
+    if ensemble.is_sharded(path):  # deletion-ready training: exact deletion, no approximate method
         return forget_exact(job, sets, Path(path), out, ledger_path, key, report)
     model, tok = load_model(path, job.load, adapter=job.adapter)
     adapter_in = Path(job.adapter) if job.adapter else path if lora.is_adapter_dir(path) else None
@@ -272,4 +272,62 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
                                 stop_reason=result.stop_reason, extra=extra)
     written = None if unchanged else lora.merged(result.model) if job.merge else result.model
     entry = commit(ledger_path, key, content, out, receipt, written, tok, before_hash)
+    return ForgetResult(out, ledger_path, entry, receipt)
+
+
+def forget_exact(job: ForgetJob, sets: RecordSets, path: Path, out: Path, ledger_path: Path, key: bytes,
+                 report: Reporter = SILENT) -> ForgetResult:
+    """The request against a sharded model: each shard holding a requested record is retrained from the
+    checkpoint before its first such slice on its remaining records (`unlearn.sharded.delete`); the result is
+    the recipe run without the records. The whole forget set is judged (no stopping rule looked at it)."""
+    from unlearn import ledger, sharded
+    from unlearn.auditors.stopping import forget_check
+    from unlearn.fsutil import temp_sibling
+    from unlearn.model import load_model, model_hash
+    from unlearn.unlearner import UnlearnResult
+
+    before_hash = model_hash(path)
+    plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
+    model, tok = load_model(path, job.load)
+    splits = Splits.of(sets.holdout, sets.retain_eval, plan.seed)
+    splits.forget_judged = list(sets.forget)
+    report.note(f"exact deletion of {len(sets.forget)} record(s) from the sharded model {path} "
+                f"({plan.shards} shards x {plan.slices} slices)")
+    before = forget_check(model, tok, sets.forget, splits.holdout_verdict, splits.retain_verdict)
+    staged = temp_sibling(out) / "model"
+    try:
+        start = time.perf_counter()
+        run = sharded.delete(path, [*sets.forget, *sets.retain], [r.id for r in sets.forget], tok, staged,
+                             on_stage=lambda s, r, n: report.progress(f"retraining shard {s}", r + 1, plan.slices))
+        seconds = time.perf_counter() - start
+        new, _ = load_model(staged, job.load)
+        gold = load_model(job.retain_model, job.load)[0] if job.retain_model else None
+        message = (f"retrained shard(s) {', '.join(f'{s} from slice {r}' for s, r in sorted(run.retrained.items()))}"
+                   f" on their remaining records: {run.relative_cost:.3f} x training the sharded model anew")
+        result = UnlearnResult(new, 0, "exact_retraining", message, wall_seconds=seconds,
+                               stats={"retrained": {str(k): v for k, v in run.retrained.items()}})
+        evidence = judge(result, tok, sets.forget, splits, before, job.battery, gold, report)
+        receipt: dict[str, Any] = {
+            "request": {"file": str(job.data.requests) if job.data.requests else None, "label": sets.label,
+                        "ids": [r.id for r in sets.forget]},
+            "sets": {"forget": len(sets.forget), "retain": len(sets.retain), "holdout": len(sets.holdout),
+                     "retain_eval": len(sets.retain_eval)},
+            "roles": splits.roles(sets.forget), "model_in": str(path), "model_in_sha256": before_hash,
+            "out": str(out), "unchanged": False, "method": "exact", "config": plan.to_dict(), "exact": True,
+            "retrained": {str(k): v for k, v in run.retrained.items()}, "retrain_cost": run.cost,
+            "cost_relative_to_sharded_training": round(run.relative_cost, 4),
+            "retain_model": str(job.retain_model) if job.retain_model else None, **evidence}
+        content = ledger.make_entry(key, records=sets.forget, method="exact", config=plan.to_dict(),
+                                    model_before=before_hash, request_file=job.data.requests,
+                                    stop_reason="exact_retraining",
+                                    extra={"verdict": evidence["verdict"], "exact": True})
+
+        def files(directory: Path) -> str:
+            for child in staged.iterdir():
+                sharded.link_or_copy(child, directory / child.name)
+            return sharded.sharded_hash(directory)
+
+        entry = commit(ledger_path, key, content, out, receipt, None, tok, files=files)
+    finally:
+        shutil.rmtree(staged.parent, ignore_errors=True)
     return ForgetResult(out, ledger_path, entry, receipt)

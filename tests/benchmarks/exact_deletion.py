@@ -1,0 +1,124 @@
+"""Deletion-ready (sharded) training against central training on the built-in benchmark.
+
+    python tests/benchmarks/exact_deletion.py [--preset tiny] [--shards 2,4,8] [--slices 4] [--json out.json]
+
+Per S: training wall time and records processed (steps x batch) relative to the central target; exact match
+on retained facts and on the utility set relative to the central target; the LOSS AUC of the trained
+forget10 people against the holdout before any deletion (does sharding still learn them?); the cost of
+deleting one person (each of the forget01 person's) and forget10, relative to retraining the central model;
+whether the forget10 deletion is bitwise the sharded retain model (the same recipe without forget10); and
+serving cost (scoring throughput) relative to the central model. One run, one machine: ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from unlearn import sharded
+from unlearn.attacks.runner import score_records
+from unlearn.auditors.metrics import auc
+from unlearn.benchmark.build import build, exact_match
+from unlearn.benchmark.generator import RETAIN_OF
+from unlearn.model import load_model
+
+
+def central_cost(bench) -> int:
+    t = bench.report["config"]["recipe"]["train"]
+    n = bench.report["models"]["target"]["train_records"]
+    return int(round(t["epochs"] * math.ceil(n / t["batch_size"]))) * t["batch_size"]
+
+
+def throughput(model, tok, records) -> float:
+    start = time.perf_counter()
+    table = score_records(model, tok, records, ["loss"])
+    tokens = sum(len(r.response) for r in records)  # characters as a proxy common to both models
+    return tokens / (time.perf_counter() - start) if table is not None else 0.0
+
+
+def same_weights(a: Path, b: Path, shards: int) -> bool:
+    from safetensors.torch import load_file
+
+    for s in range(shards):
+        x, y = (load_file(str(sharded.member_dir(p, s) / "model.safetensors")) for p in (a, b))
+        if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
+            return False
+    return True
+
+
+def row_for(bench, shards: int, slices: int, central: dict, records: list, tok) -> dict:
+    forget10, holdout = bench.split(bench.retain_split), bench.split("holdout")
+    start = time.perf_counter()
+    path = bench.sharded("target", shards, slices)
+    built = time.perf_counter() - start  # 0 when cached: the build's own time is in sharded.json's cost
+    model, _ = load_model(path)
+    plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
+    cost = sharded.full_cost(records, sharded.read_assignment(path), plan)
+    s = score_records(model, tok, [*forget10, *holdout], ["loss"]).scores["loss"]
+    out = {"shards": shards, "slices": slices, "train_cost_vs_central": cost / central["cost"],
+           "train_seconds": round(built, 1) if built > 1 else None,
+           "em_retained_vs_central": exact_match(model, tok, central["retained"]) / central["em_retained"],
+           "em_utility_vs_central": exact_match(model, tok, central["utility"]) / max(central["em_utility"], 1e-9),
+           "forget10_loss_auc": auc(s[: len(forget10)], s[len(forget10):]),
+           "serving_throughput_vs_central": throughput(model, tok, holdout) / central["throughput"]}
+    person = bench.split("forget01")
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        one = sharded.delete(path, records, [r.id for r in person], tok, Path(tmp) / "one")
+        t = time.perf_counter()
+        ten = sharded.delete(path, records, [r.id for r in forget10], tok, Path(tmp) / "ten")
+        out["forget10_seconds"] = round(time.perf_counter() - t, 1)
+        gold = bench.sharded("retain", shards, slices)
+        out["forget10_bitwise_equals_sharded_retain"] = same_weights(Path(tmp) / "ten", gold, shards)
+        shutil.rmtree(tmp, ignore_errors=True)
+    out["one_person_cost_vs_central"] = one.cost / central["cost"]
+    out["forget10_cost_vs_central"] = ten.cost / central["cost"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--shards", default="2,4,8")
+    parser.add_argument("--slices", type=int, default=4)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    from rich.console import Console
+    from rich.table import Table
+
+    bench = build(args.preset)
+    target, tok = load_model(bench.target)
+    retained = bench.split(RETAIN_OF[bench.retain_split])[:300]
+    utility = bench.split("utility")
+    central = {"cost": central_cost(bench), "retained": retained, "utility": utility,
+               "em_retained": exact_match(target, tok, retained), "em_utility": exact_match(target, tok, utility),
+               "throughput": throughput(target, tok, bench.split("holdout"))}
+    forget10, holdout = bench.split(bench.retain_split), bench.split("holdout")
+    s = score_records(target, tok, [*forget10, *holdout], ["loss"]).scores["loss"]
+    central_auc = auc(s[: len(forget10)], s[len(forget10):])
+    records = bench.split("train")
+    rows = [row_for(bench, int(n), args.slices, central, records, tok) for n in args.shards.split(",")]
+    table = Table(title=f"deletion-ready training vs central ({args.preset}; central: EM retained "
+                        f"{central['em_retained']:.3f}, utility {central['em_utility']:.3f}, forget10 LOSS AUC "
+                        f"{central_auc:.3f})")
+    cols = ["shards", "train_cost_vs_central", "em_retained_vs_central", "em_utility_vs_central",
+            "forget10_loss_auc", "one_person_cost_vs_central", "forget10_cost_vs_central",
+            "forget10_bitwise_equals_sharded_retain", "serving_throughput_vs_central"]
+    for c in cols:
+        table.add_column(c.replace("_", " "))
+    for r in rows:
+        table.add_row(*(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+    Console(width=200).print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"preset": args.preset, "central_auc": central_auc,
+                                               "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
