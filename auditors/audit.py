@@ -136,7 +136,10 @@ def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], non
     """Score members and non-members (one pass each), test each score, and judge.
 
     ``retain_model`` (a model retrained without the members) adds privleak per score and, with
-    ``tofu=True`` on QA records with perturbed answers, TOFU's forget quality.
+    ``tofu=True`` on QA records with perturbed answers, TOFU's forget quality. The verdict is relative to it, or
+    else to ``reference`` (a model that never saw either set, e.g. the pre-fine-tuning base model: it removes a
+    shift between the sets as well); with neither it is absolute, and says CANNOT JUDGE where a shift could
+    explain it.
     """
     if not members:
         raise UnlearnError("the member set is empty: nothing to audit")
@@ -150,11 +153,12 @@ def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], non
     mem, non = score_records(model, tokenizer, members, scores, **kw), score_records(model, tokenizer, nonmembers,
                                                                                      scores, **kw)
     ret: tuple[ScoreTable, ScoreTable] | None = None
-    if retain_model is not None:
+    baseline = retain_model if retain_model is not None else reference  # never trained on the members
+    if baseline is not None:
         one_pass = [s for s in scores if s not in ("reference",)]
         kw_r = {**kw, "reference": None}
-        ret = (score_records(retain_model, tokenizer, members, one_pass, **kw_r),
-               score_records(retain_model, tokenizer, nonmembers, one_pass, **kw_r))
+        ret = (score_records(baseline, tokenizer, members, one_pass, **kw_r),
+               score_records(baseline, tokenizer, nonmembers, one_pass, **kw_r))
     groups = (group_labels(members), group_labels(nonmembers))
     if (groups[0] is None) != (groups[1] is None):
         groups = (None, None)
@@ -166,7 +170,7 @@ def audit(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], non
         if bad:
             raise UnlearnError(f"score '{name}' is NaN or infinite on {bad[0]}: the model's outputs are not finite")
         res = detection(m, n, name, args, groups)
-        if ret is not None and name in ret[0].scores:
+        if retain_model is not None and ret is not None and name in ret[0].scores:
             res.retain_auc = auc(ret[0].scores[name], ret[1].scores[name])
             res.privleak = privleak(res.auc, res.retain_auc)
             res.privleak_ci = bootstrap_privleak_ci(m, n, ret[0].scores[name], ret[1].scores[name],

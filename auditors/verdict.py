@@ -468,7 +468,7 @@ def _people_named(flags: list[PersonFlag], direction: str) -> str:
 
 def verdict_message(v: Verdict, units: int) -> str:
     """One paragraph: the decision, the score or people that decided it, the margin and the bound."""
-    target = "the retain model's" if v.relative else "chance (0.5)"
+    target = "the never-trained (retain or reference) model's" if v.relative else "chance (0.5)"
     band = f"+-{v.margin:.3f} AUC of {target} level"
     worst = max(v.evidence, key=lambda e: SEVERITY[e.status])
     named = _people_named(v.people, v.status)

@@ -18,7 +18,9 @@ def add_parser(sub: Any) -> None:
                                      "adapter_config.json can also be given as --model itself)")
     a.add_argument("--members", help="JSONL of records to test (default: the built-in forget split)")
     a.add_argument("--nonmembers", help="JSONL of comparable records never trained on (default: built-in holdout)")
-    a.add_argument("--reference", help="reference model (same tokenizer) for the 'reference' score")
+    a.add_argument("--reference", help="a model that never saw either set (same tokenizer), e.g. the pre-fine-"
+                                        "tuning base model: the 'reference' score, and the verdict's baseline "
+                                        "without --retain")
     a.add_argument("--retain", help="model retrained without the members (a directory or builtin:retain): adds "
                                     "privleak and forget quality")
     a.add_argument("--scores", default="loss,zlib,mink,minkpp",

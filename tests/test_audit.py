@@ -119,3 +119,22 @@ def test_audit_tofu_reports_tofu_model_utility_from_files_and_builtin(tmp_path: 
                  "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert code == 2 and "--tofu model utility needs --retain-eval, --real-authors, --world-facts" in err
+
+
+def test_a_shift_without_a_reference_cannot_be_judged_and_a_reference_makes_it_relative(tiny_tokenizer) -> None:
+    """Members with short answers, non-members with long ones, on a model that saw neither: an absolute test
+    would call the length shift membership (either way). Without a never-trained baseline the audit says CANNOT
+    JUDGE (and `detected` is False); with one (here another never-trained model) the verdict is relative."""
+    from unlearn.data import qa_record
+
+    members = [qa_record(f"m{i}", f"Where was Kalo Venra {i} born?", "In X.", person=f"m{i // 3}")
+               for i in range(24)]
+    nonmembers = [qa_record(f"n{i}", f"Where was Mira Dun {i} born?", "In the town of Tolmere by the lazy dog "
+                            "plus minus quick brown fox jumps.", person=f"n{i // 3}") for i in range(30)]
+    model, other = make_tiny_model(tiny_tokenizer, seed=1), make_tiny_model(tiny_tokenizer, seed=2)
+    args = AuditArgs(n_boot=50)
+    alone = audit(model, tiny_tokenizer, members, nonmembers, args)
+    assert alone.presence == "CANNOT JUDGE" and not alone.detected and not any(r.detected for r in alone.results)
+    assert alone.verdict.startswith("CANNOT JUDGE") and "differ in length" in alone.verdict
+    relative = audit(model, tiny_tokenizer, members, nonmembers, args, reference=other)
+    assert relative.removal["relative"] and relative.presence != "CANNOT JUDGE"

@@ -6,9 +6,10 @@ that model loading (`unlearn.model.load_model`) can serve one without importing 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -48,6 +49,20 @@ class ShardEnsemble(torch.nn.Module):
         return self.members[0].get_input_embeddings()
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No per-tensor "Loading weights" bar from transformers while we load (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def is_sharded(path: str | Path) -> bool:
     return (Path(path) / SHARDED_FILE).is_file()
 
@@ -74,8 +89,9 @@ def member_dir(path: Path, shard: int) -> Path:
 def load_member(directory: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True,
-                                                use_safetensors=True).eval()
+    with quiet_loading():
+        return AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True,
+                                                    use_safetensors=True).eval()
 
 
 def load_sharded(path: str | Path, dtype: torch.dtype = torch.float32) -> ShardEnsemble:

@@ -7,13 +7,12 @@ nothing at the destination; only safetensors are written, with a manifest of sha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 
 from unlearn.config import LoadOptions
 from unlearn.data import PromptFormat, parse_format, set_format
+from unlearn.ensemble import quiet_loading as _quiet_loading
 from unlearn.errors import ModelError
 from unlearn.fsutil import WEIGHT_SUFFIXES, fsync_dir, fsync_tree, sha256_file, temp_sibling, weights_hash
 
@@ -78,20 +78,6 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """No per-tensor "Loading weights" bar from transformers while we load (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def load_model(path: str | Path, options: LoadOptions | None = None, *, dtype: torch.dtype = torch.float32,

@@ -42,6 +42,7 @@ from unlearn.ensemble import (
     load_member,
     load_sharded,
     member_dir,
+    quiet_loading,
     read_json,
     read_meta,
     sharded_hash,
@@ -175,10 +176,8 @@ def write_member(model: torch.nn.Module, states: Mapping[int, Mapping[str, torch
     """A member directory: the final weights as a Hugging Face model directory, and the checkpoint after every
     stage but the last (``stages/stage-R.safetensors``); stages before ``first`` are linked from ``keep`` (the
     member's directory in the previous version)."""
-    from unlearn.model import _quiet_loading
-
     (directory / "stages").mkdir(parents=True)
-    with _quiet_loading():
+    with quiet_loading():
         model.save_pretrained(str(directory), safe_serialization=True)
     for stage in range(plan.slices - 1):
         name = Path("stages") / f"stage-{stage}.safetensors"
@@ -211,7 +210,7 @@ def _write_version(tmp: Path, tokenizer: Any, plan: ShardPlan, assignment: Mappi
                    meta: dict[str, Any]) -> None:
     from unlearn.fsutil import fsync_tree
 
-    with _quiet():
+    with quiet_loading():
         tokenizer.save_pretrained(str(tmp))
     (tmp / ASSIGNMENT_FILE).write_text(json.dumps({k: list(v) for k, v in sorted(assignment.items())}),
                                        encoding="utf-8")
@@ -322,7 +321,3 @@ def delete(path: str | Path, records: Sequence[Record], ids: Sequence[str], toke
     return run
 
 
-def _quiet() -> Any:
-    from unlearn.model import _quiet_loading
-
-    return _quiet_loading()
