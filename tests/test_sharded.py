@@ -104,35 +104,51 @@ def test_plan_rejects_bad_values() -> None:
         sharded.ShardPlan(aggregate="max")
 
 
-@pytest.mark.slow  # trains four tiny members and retrains one through the CLI
-def test_cli_train_then_forget_is_exact_with_a_receipt_and_a_verified_ledger(tmp_path, tiny_model_dir,
-                                                                            capsys) -> None:
-    import json
+def _files(tmp_path: Path) -> dict[str, Path]:
+    """Training data (12 people of 3 facts), holdout (9 people), manifest, as a user has them on disk."""
     from dataclasses import asdict
 
-    from unlearn.cli.main import main
     from unlearn.data import build_manifest, write_jsonl
-    from unlearn.ledger import verify
-    from unlearn.model import load_model
 
     def row(r) -> dict:
         return {"id": r.id, "question": r.question, "answer": r.answer, **r.meta}
 
-    records, holdout = _records(12, 3), [qa_record(f"h{i:02d}-{j}", f"Where was Mira Dun {i} born {j}?",
-                                                   f"In Oskar {i}.", person=f"h{i:02d}")
-                                         for i in range(9) for j in range(3)]
+    records = _records(12, 3)
+    holdout = [qa_record(f"h{i:02d}-{j}", f"Where was Mira Dun {i} born {j}?", f"In Oskar {i}.", person=f"h{i:02d}")
+               for i in range(9) for j in range(3)]
     write_jsonl(tmp_path / "train.jsonl", (row(r) for r in records))
     write_jsonl(tmp_path / "holdout.jsonl", (row(r) for r in holdout))
     write_jsonl(tmp_path / "manifest.jsonl", (asdict(e) for e in build_manifest({"train": records})))
-    gone = [r.id for r in records if r.meta["person"] == "p02"]
+    return {"train": tmp_path / "train.jsonl", "holdout": tmp_path / "holdout.jsonl",
+            "manifest": tmp_path / "manifest.jsonl"}
+
+
+def _train_cli(tmp_path: Path, f: dict[str, Path], base: Path, out: Path) -> None:
+    from unlearn.cli.main import main
+
+    assert main(["train", "--data", str(f["train"]), "--manifest", str(f["manifest"]), "--base-model", str(base),
+                 "--shards", "2", "--slices", "2", "--epochs", "1", "--batch-size", "4", "--out", str(out),
+                 "--json"]) == 0
+
+
+@pytest.mark.slow  # trains two tiny members and retrains one through the CLI
+def test_cli_train_then_forget_is_exact_with_a_receipt_and_a_verified_ledger(tmp_path, tiny_model_dir,
+                                                                            capsys) -> None:
+    import json
+
+    from unlearn.cli.main import main
+    from unlearn.data import write_jsonl
+    from unlearn.ledger import verify
+    from unlearn.model import load_model
+
+    f = _files(tmp_path)
+    gone = [f"p02-{j}" for j in range(3)]
     write_jsonl(tmp_path / "request.jsonl", ({"id": i} for i in gone))
-    assert main(["train", "--data", str(tmp_path / "train.jsonl"), "--manifest", str(tmp_path / "manifest.jsonl"),
-                 "--base-model", str(tiny_model_dir), "--shards", "2", "--slices", "2", "--epochs", "1",
-                 "--batch-size", "4", "--out", str(tmp_path / "v1"), "--json"]) == 0
+    _train_cli(tmp_path, f, tiny_model_dir, tmp_path / "v1")
     capsys.readouterr()
     assert main(["forget", "--model", str(tmp_path / "v1"), "--requests", str(tmp_path / "request.jsonl"),
-                 "--manifest", str(tmp_path / "manifest.jsonl"), "--data", str(tmp_path / "train.jsonl"),
-                 "--holdout", str(tmp_path / "holdout.jsonl"), "--out", str(tmp_path / "v2"), "--json"]) == 0
+                 "--manifest", str(f["manifest"]), "--data", str(f["train"]), "--holdout", str(f["holdout"]),
+                 "--out", str(tmp_path / "v2"), "--json"]) == 0
     receipt = json.loads(capsys.readouterr().out)
     shard, slice_ = sharded.read_assignment(tmp_path / "v1")[gone[0]]
     assert receipt["exact"] is True and receipt["retrained"] == {str(shard): slice_}
@@ -145,3 +161,38 @@ def test_cli_train_then_forget_is_exact_with_a_receipt_and_a_verified_ledger(tmp
     other = 1 - shard
     assert _sha(sharded.member_dir(tmp_path / "v2", other) / "model.safetensors") == _sha(
         sharded.member_dir(tmp_path / "v1", other) / "model.safetensors")
+
+
+@pytest.mark.slow  # three versions of a two-member model
+def test_the_queue_answers_sequential_requests_on_a_sharded_model_exactly(tmp_path, tiny_model_dir) -> None:
+    from unlearn.data import write_jsonl
+    from unlearn.ledger import verify
+    from unlearn.workflows.common import DataSources
+    from unlearn.workflows.requests import AddJob, RunJob, add_requests, run_requests
+
+    f = _files(tmp_path)
+    _train_cli(tmp_path, f, tiny_model_dir, tmp_path / "v0")
+    src = DataSources(manifest=f["manifest"], data=(f["train"],), holdout=f["holdout"], retain_eval=20)
+    people = ["p01", "p05", "p09"]
+    for person in people:
+        write_jsonl(tmp_path / f"{person}.jsonl", ({"id": f"{person}-{j}"} for j in range(3)))
+        first = person == people[0]  # the store is created with the first request; later ones name only their file
+        add_requests(AddJob(tmp_path / "store", tmp_path / f"{person}.jsonl", model=tmp_path / "v0" if first else None,
+                            data=src if first else DataSources()))
+        result = run_requests(RunJob(tmp_path / "store"))
+        assert result.receipt["exact"] is True and result.receipt["method"] == "exact"
+        assert not {f"{person}-{j}" for j in range(3)} & set(sharded.read_assignment(result.out))
+    assert result.version == 3 and len(sharded.read_assignment(result.out)) == 36 - 9
+    # the last version is the recipe run without the three people: compare with a from-scratch training
+    from unlearn.model import load_model
+
+    init, tok = load_model(tiny_model_dir)
+    plan = sharded.ShardPlan.from_dict(sharded.read_meta(tmp_path / "v0")["plan"])
+    kept = [r for r in _records(12, 3) if r.meta["person"] not in people]
+    sharded.train_sharded(kept, tok, plan, init, tmp_path / "scratch")
+    for s in range(plan.shards):
+        assert _sha(sharded.member_dir(result.out, s) / "model.safetensors") == _sha(
+            sharded.member_dir(tmp_path / "scratch", s) / "model.safetensors")
+    from unlearn.store import Store
+
+    assert verify(Store(tmp_path / "store").ledger).ok

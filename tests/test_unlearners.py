@@ -573,3 +573,24 @@ def test_gradient_checkpointing_gives_the_same_weights(tiny_tokenizer) -> None:
         assert res.model.is_gradient_checkpointing == checkpointing
     for k in out[0]:
         torch.testing.assert_close(out[0][k], out[1][k], atol=1e-6, rtol=1e-5)
+
+
+def test_forget_takes_steps_when_only_a_shift_separates_the_sets(tiny_tokenizer) -> None:
+    """Forget and held-out records that differ in length and style, on a model trained on neither, with no
+    retain or reference model: whatever the step-0 check finds could be the shift, so the rule does not stop
+    before any step (no already_undetectable / already_over_unlearned)."""
+    from tests.conftest import make_tiny_model
+    from unlearn.auditors.stopping import make_monitor
+    from unlearn.data import qa_record
+
+    forget = [qa_record(f"f{i}", f"Where was Kalo Venra {i} born?", "In X.", person=f"f{i // 3}") for i in range(18)]
+    holdout = [qa_record(f"h{i}", f"Which sport does Osta Rinel {i} play?", "tennis chess rugby hockey golf plus "
+                         "minus the quick brown fox", person=f"h{i // 3}") for i in range(30)]
+    retain = [qa_record(f"r{i}", f"What pet does Mira Dun {i} keep?", "A parrot.") for i in range(12)]
+    model = make_tiny_model(tiny_tokenizer, seed=4)
+    args = load_method_args("grad_ascent", overrides={"max_steps": 2, "eval_every": 1, "lr": 1e-6,
+                                                      "quick_check": 0})
+    res = get_method("grad_ascent").run(model, tiny_tokenizer, forget, retain, args,
+                                        monitor=make_monitor(tiny_tokenizer, forget, holdout, retain, args))
+    assert res.steps > 0 and not res.stop_reason.startswith("already"), (res.stop_reason, res.stop_message)
+    assert res.history[0].get("unreferenced")

@@ -82,11 +82,12 @@ def effect_for(separation: float, world: World = World()) -> float:
 
 
 def verdict_rates(world: World, effects: np.ndarray, runs: int, seed: int, grouped: bool = True,
-                  relative: bool = True) -> tuple[Counter, float, float]:
-    """(count of each verdict, median margin, median bound of the residual separation)."""
+                  relative: bool = True) -> tuple[Counter, float, float, float]:
+    """(count of each verdict, median margin, median bound of the residual separation, median forget people
+    the equivalence test would need for 80% power where it was INCONCLUSIVE)."""
     rng = np.random.default_rng(seed)
     out: Counter = Counter()
-    margins, bounds = [], []
+    margins, bounds, needed = [], [], []
     for i in range(runs):
         d = draw(rng, world, effects)
         if not grouped:
@@ -97,7 +98,9 @@ def verdict_rates(world: World, effects: np.ndarray, runs: int, seed: int, group
         out[v.status] += 1
         margins.append(v.margin)
         bounds.append(v.bound)
-    return out, float(np.median(margins)), float(np.median(bounds))
+        if v.needed is not None:
+            needed.append(v.needed)
+    return out, float(np.median(margins)), float(np.median(bounds)), float(np.median(needed)) if needed else np.nan
 
 
 def cells(world: World) -> dict[str, tuple[World, np.ndarray, dict]]:
@@ -118,6 +121,13 @@ def cells(world: World) -> dict[str, tuple[World, np.ndarray, dict]]:
     single = World(1, world.held_out_people, world.per_person, world.disagreement)
     out["single person, null"] = (single, np.zeros(1), {})
     out["single person, memorised"] = (single, np.full(1, memorised), {})
+    # the stopping rule's check: the same verdict on the monitored half (5 records a person) vs the calibration
+    # people, at stop_alpha; under the exact null its per-check false alarms are these cells' NOT REMOVED + OVER
+    half = max(1, world.per_person // 2)
+    out["stopping check, 20 people, null"] = (World(20, world.held_out_people, half, world.disagreement),
+                                              np.zeros(20), {})
+    out["stopping check, 1 person, null"] = (World(1, world.held_out_people, half, world.disagreement),
+                                             np.zeros(1), {})
     records = World(10, 200, 1, world.disagreement)
     out["record level 10 vs 200, null"] = (records, np.zeros(10), {"grouped": False})
     out["record level 10 vs 200, dAUC +0.25"] = (records, np.full(10, effect_for(0.25)), {"grouped": False})
@@ -167,13 +177,15 @@ def main() -> None:
 
     world = World(held_out_people=args.held_out)
     table = Table(title=f"P(verdict), {args.runs} runs per cell, alpha 0.05, default margin")
-    for col in ("cell", *ORDER, "margin", "bound"):
+    for col in ("cell", *ORDER, "margin", "bound", "people for 80%"):
         table.add_column(col)
     result = {}
     for i, (name, (w, effects, kw)) in enumerate(cells(world).items()):
-        rates, margin, bound = verdict_rates(w, effects, args.runs, seed=1000 * i, **kw)
-        result[name] = {**{s: rates[s] / args.runs for s in ORDER}, "margin": margin, "bound": bound}
-        table.add_row(name, *(f"{result[name][s]:.3f}" for s in ORDER), f"{margin:.3f}", f"{bound:.3f}")
+        rates, margin, bound, needed = verdict_rates(w, effects, args.runs, seed=1000 * i, **kw)
+        result[name] = {**{s: rates[s] / args.runs for s in ORDER}, "margin": margin, "bound": bound,
+                        "needed": needed}
+        table.add_row(name, *(f"{result[name][s]:.3f}" for s in ORDER), f"{margin:.3f}", f"{bound:.3f}",
+                      "" if np.isnan(needed) else f"{needed:.0f}")
     console = Console(width=150)
     console.print(table)
     path = np.linspace(0.35, -0.25, 13)  # a run that passes the target at check 7 and overshoots after

@@ -275,16 +275,67 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     return ForgetResult(out, ledger_path, entry, receipt)
 
 
+@dataclass
+class ExactVersion:
+    """A sharded model's new version, retrained into a staging directory beside the output: the ensemble to
+    judge, what was retrained, and the commit's writer (it links the staged files into the committed
+    directory; `discard` removes the staging directory afterwards, committed or not)."""
+
+    result: UnlearnResult
+    staged: Path
+    retrained: dict[str, int]
+    cost: int
+    relative_cost: float
+
+    def files(self, directory: Path) -> str:
+        from unlearn import sharded
+
+        for child in self.staged.iterdir():
+            sharded.link_or_copy(child, directory / child.name)
+        return sharded.sharded_hash(directory)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staged.parent, ignore_errors=True)
+
+    def receipt(self) -> dict[str, Any]:
+        return {"exact": True, "retrained": self.retrained, "retrain_cost": self.cost,
+                "cost_relative_to_sharded_training": round(self.relative_cost, 4)}
+
+
+def exact_version(path: Path, records: Sequence[Record], ids: Sequence[str], tok: Any, out: Path,
+                  load: LoadOptions, report: Reporter = SILENT) -> ExactVersion:
+    """Each shard of the sharded model ``path`` holding one of ``ids`` retrained from the checkpoint before its
+    first such slice on its remaining ``records`` (`unlearn.sharded.delete`): the recipe run without them."""
+    from unlearn import sharded
+    from unlearn.fsutil import temp_sibling
+    from unlearn.model import load_model
+    from unlearn.unlearner import UnlearnResult
+
+    slices = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"]).slices
+    staged = temp_sibling(out) / "model"
+    try:
+        start = time.perf_counter()
+        run = sharded.delete(path, records, ids, tok, staged,
+                             on_stage=lambda s, r, n: report.progress(f"retraining shard {s}", r + 1, slices))
+        seconds = time.perf_counter() - start
+        message = (f"retrained shard(s) {', '.join(f'{s} from slice {r}' for s, r in sorted(run.retrained.items()))}"
+                   f" on their remaining records: {run.relative_cost:.3f} x training the sharded model anew")
+        retrained = {str(k): v for k, v in run.retrained.items()}
+        result = UnlearnResult(load_model(staged, load)[0], 0, "exact_retraining", message, wall_seconds=seconds,
+                               stats={"retrained": retrained})
+    except BaseException:
+        shutil.rmtree(staged.parent, ignore_errors=True)
+        raise
+    return ExactVersion(result, staged, retrained, run.cost, run.relative_cost)
+
+
 def forget_exact(job: ForgetJob, sets: RecordSets, path: Path, out: Path, ledger_path: Path, key: bytes,
                  report: Reporter = SILENT) -> ForgetResult:
-    """The request against a sharded model: each shard holding a requested record is retrained from the
-    checkpoint before its first such slice on its remaining records (`unlearn.sharded.delete`); the result is
-    the recipe run without the records. The whole forget set is judged (no stopping rule looked at it)."""
+    """The request against a sharded model (`exact_version`): no approximate method, no stopping rule, so the
+    whole forget set is judged."""
     from unlearn import ledger, sharded
     from unlearn.auditors.stopping import forget_check
-    from unlearn.fsutil import temp_sibling
     from unlearn.model import load_model, model_hash
-    from unlearn.unlearner import UnlearnResult
 
     before_hash = model_hash(path)
     plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
@@ -294,40 +345,24 @@ def forget_exact(job: ForgetJob, sets: RecordSets, path: Path, out: Path, ledger
     report.note(f"exact deletion of {len(sets.forget)} record(s) from the sharded model {path} "
                 f"({plan.shards} shards x {plan.slices} slices)")
     before = forget_check(model, tok, sets.forget, splits.holdout_verdict, splits.retain_verdict)
-    staged = temp_sibling(out) / "model"
+    version = exact_version(path, [*sets.forget, *sets.retain], [r.id for r in sets.forget], tok, out, job.load,
+                            report)
     try:
-        start = time.perf_counter()
-        run = sharded.delete(path, [*sets.forget, *sets.retain], [r.id for r in sets.forget], tok, staged,
-                             on_stage=lambda s, r, n: report.progress(f"retraining shard {s}", r + 1, plan.slices))
-        seconds = time.perf_counter() - start
-        new, _ = load_model(staged, job.load)
         gold = load_model(job.retain_model, job.load)[0] if job.retain_model else None
-        message = (f"retrained shard(s) {', '.join(f'{s} from slice {r}' for s, r in sorted(run.retrained.items()))}"
-                   f" on their remaining records: {run.relative_cost:.3f} x training the sharded model anew")
-        result = UnlearnResult(new, 0, "exact_retraining", message, wall_seconds=seconds,
-                               stats={"retrained": {str(k): v for k, v in run.retrained.items()}})
-        evidence = judge(result, tok, sets.forget, splits, before, job.battery, gold, report)
+        evidence = judge(version.result, tok, sets.forget, splits, before, job.battery, gold, report)
         receipt: dict[str, Any] = {
             "request": {"file": str(job.data.requests) if job.data.requests else None, "label": sets.label,
                         "ids": [r.id for r in sets.forget]},
             "sets": {"forget": len(sets.forget), "retain": len(sets.retain), "holdout": len(sets.holdout),
                      "retain_eval": len(sets.retain_eval)},
             "roles": splits.roles(sets.forget), "model_in": str(path), "model_in_sha256": before_hash,
-            "out": str(out), "unchanged": False, "method": "exact", "config": plan.to_dict(), "exact": True,
-            "retrained": {str(k): v for k, v in run.retrained.items()}, "retrain_cost": run.cost,
-            "cost_relative_to_sharded_training": round(run.relative_cost, 4),
+            "out": str(out), "unchanged": False, "method": "exact", "config": plan.to_dict(), **version.receipt(),
             "retain_model": str(job.retain_model) if job.retain_model else None, **evidence}
         content = ledger.make_entry(key, records=sets.forget, method="exact", config=plan.to_dict(),
                                     model_before=before_hash, request_file=job.data.requests,
                                     stop_reason="exact_retraining",
                                     extra={"verdict": evidence["verdict"], "exact": True})
-
-        def files(directory: Path) -> str:
-            for child in staged.iterdir():
-                sharded.link_or_copy(child, directory / child.name)
-            return sharded.sharded_hash(directory)
-
-        entry = commit(ledger_path, key, content, out, receipt, None, tok, files=files)
+        entry = commit(ledger_path, key, content, out, receipt, None, tok, files=version.files)
     finally:
-        shutil.rmtree(staged.parent, ignore_errors=True)
+        version.discard()
     return ForgetResult(out, ledger_path, entry, receipt)

@@ -153,10 +153,11 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
     from unlearn.auditors.stopping import forget_check
     from unlearn.auditors.verdict import NOT_REMOVED, OVER_UNLEARNED
     from unlearn.data import format_of, special_prefix
+    from unlearn.ensemble import is_sharded
     from unlearn.methods import load_method_args
     from unlearn.model import load_model, model_hash
     from unlearn.store import ANSWERED, CUMULATIVE, EARLIER
-    from unlearn.workflows.forget import Splits, commit, judge, run_method
+    from unlearn.workflows.forget import Splits, commit, exact_version, judge, run_method
 
     store = _store(job.store)
     config = store.config()
@@ -200,9 +201,13 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
         report.note(f"version {number}: answering {len(todo)} request(s) ({len(batch)} records) "
                     f"{'from version ' + str(parent.number) if incremental and parent else 'from the original'}; "
                     f"{len(earlier)} earlier request(s) guarded")
-        judged = [r for r in splits.forget_judged if r.id in {b.id for b in batch}] or batch
+        exact = is_sharded(start)  # a deletion-ready model: each version is the recipe without the records
+        judged = batch if exact else [r for r in splits.forget_judged if r.id in {b.id for b in batch}] or batch
         before = forget_check(model, tok, judged, splits.holdout_verdict, splits.retain_verdict)
-        result = run_method(model, tok, forget, sets.retain, splits, margs, job.method, report, gold)
+        version = exact_version(start, [*sets.forget, *sets.retain], [r.id for r in forget], tok, out, job.load,
+                                report) if exact else None
+        result = version.result if version else run_method(model, tok, forget, sets.retain, splits, margs,
+                                                            job.method, report, gold)
 
         # each request, the union of the earlier ones (compared with the union's verdict at the parent
         # version: more records give the guard power a single person lacks) and the new cumulative union
@@ -223,7 +228,7 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
                                         retain_model=gold)
             regressed = [n for n, was in baseline.items()
                          if verdicts[n].status in (NOT_REMOVED, OVER_UNLEARNED) and verdicts[n].status != was]
-            if not regressed:
+            if not regressed or exact:  # an exact version has nothing to repair: the verdicts are recorded
                 break
             said = "; ".join(f"{n}: {was or 'unjudged'} -> {verdicts[n].status}" for n in regressed
                              for was in [baseline[n]])
@@ -237,7 +242,7 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
             repaired += [n for n in regressed if n not in repaired]
         unlearned = list({r.id: r for r in forget + [r for n in repaired for r in groups[n]]}.values())
         evidence = judge(result, tok, judged, splits, before, job.battery, gold, report)
-        unchanged = result.steps == 0
+        unchanged = result.steps == 0 and not exact
         names = [r.name for r in todo]
         receipt: dict[str, Any] = {
             "request": {"label": f"queued request(s) {', '.join(names)}", "ids": [r.id for r in batch]},
@@ -245,7 +250,8 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
             "requests": names, "cumulative_requests": [r.name for r in earlier] + names,
             "request_verdicts": {n: v.status for n, v in verdicts.items() if n != EARLIER}, "repaired": repaired,
             "roles": splits.roles(batch), "model_in": str(start), "model_in_sha256": start_hash, "out": str(out),
-            "unchanged": unchanged, "method": job.method, "config": margs.to_dict(),
+            "unchanged": unchanged, "method": "exact" if exact else job.method, "config": margs.to_dict(),
+            **(version.receipt() if version else {}),
             "template": format_of(tok).describe(), "special_prefix": special_prefix(tok),
             "retain_model": str(gold_path) if gold_path else None, **evidence}
         extra: dict[str, Any] = {
@@ -256,10 +262,15 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
             "request_verdicts": receipt["request_verdicts"], "repaired": repaired, "verdict": evidence["verdict"]}
         if unchanged:
             extra.update(unchanged=True, model_in=ledger.relative_output(start, store.ledger.absolute()))
-        content = ledger.make_entry(key, records=unlearned, method=job.method, config=margs.to_dict(),
+        content = ledger.make_entry(key, records=unlearned, method="exact" if exact else job.method,
+                                    config=margs.to_dict(),
                                     model_before=start_hash, stop_reason=result.stop_reason, extra=extra)
-        entry = commit(store.ledger, key, content, out, receipt, None if unchanged else result.model, tok,
-                       start_hash, expect_head=head)
+        try:
+            entry = commit(store.ledger, key, content, out, receipt, None if unchanged else result.model, tok,
+                           start_hash, expect_head=head, files=version.files if version else None)
+        finally:
+            if version:
+                version.discard()
         store.reconcile()
     return RunResult(number, out, entry, names, receipt,
                      f"version {number} answers {', '.join(names)} ({evidence['verdict']})")
