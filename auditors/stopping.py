@@ -106,8 +106,10 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
                  retain_model: torch.nn.Module | None = None, retain_scores: Scores | None = None,
                  kept: dict[int, KnownScores] | None = None) -> Monitor:
     """The stopping rule, on the CALIBRATION parts of the holdout and the retain evaluation set (the
-    receipt's verdict uses the other parts): two-sided over every one-pass score. Stop when no score
-    separates the forget set from held-out data in either direction (``forget_undetectable``); stop and back
+    receipt's verdict uses the other parts; ``forget``: the monitored half of the request), by person on both
+    sides, over every one-pass score. Stop when every score is within the margin of its target and no person
+    stands out (the verdict's equivalence test, REMOVED: ``forget_undetectable``; INCONCLUSIVE goes on; never
+    at the check before any step without a retain model, where a shift could explain the verdict); stop and back
     off to the best checkpoint when the forget set became significantly LESS likely by any score
     (``over_unlearned``; also while another score still finds it more likely: the steps that would bring that
     one down push the first further, and the check reports ``overshoot``) or retain utility fell more than
@@ -274,7 +276,7 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
             return ("over_unlearned", f"OVER-UNLEARNED by {', '.join(over)} (the forget set now LESS likely "
                     f"than held-out data) while {', '.join(still)} still find{'s' if len(still) == 1 else ''} it more "
                     "likely: further steps only push the first further", m)
-        m["margin"], m["bound"] = v.margin, v.bound
+        m["margin"], m["bound"] = v.margin, v.bound if np.isfinite(v.bound) else None  # JSON has no infinity
         if v.status == REMOVED:  # equivalence, not mere non-rejection: INCONCLUSIVE goes on
             target = "AUC_retain" if reference else "0.5"
             return ("forget_undetectable", f"every score within +-{v.margin:.3f} of {target} on the monitored forget "
