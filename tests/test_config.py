@@ -143,3 +143,26 @@ def test_every_shipped_method_preset_builds_and_changes_something() -> None:
     soul = load_method_args("soul", "soul_paper")
     assert (soul.hessian, soul.double_momentum, soul.gamma_tokens, soul.lr) == ("sq_grad", True, 5120, 5e-6)
     assert load_method_args("simnpo", "simnpo_paper").forget_weight == 0.125
+
+
+@pytest.mark.parametrize("name", presets("accelerate"))
+def test_every_shipped_accelerate_preset_loads_with_accelerate_itself(name: str) -> None:
+    """Each configs/accelerate yaml is read by accelerate's own loader (unknown keys and bad values fail there),
+    and what it says matches its name."""
+    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.utils import DistributedType
+
+    from unlearn.config import resolve_config
+
+    c = ClusterConfig.from_yaml_file(str(resolve_config(name, "accelerate")))
+    assert c.num_processes >= 1
+    kind = {"deepspeed": DistributedType.DEEPSPEED, "fsdp": DistributedType.FSDP,
+            "multi_cpu": DistributedType.MULTI_CPU, "multi_gpu": DistributedType.MULTI_GPU, "single": DistributedType.NO}
+    expected = next(v for k, v in kind.items() if name.startswith(k))
+    assert c.distributed_type == expected, (name, c.distributed_type)
+    if expected == DistributedType.DEEPSPEED:
+        stage = c.deepspeed_config.get("zero_stage")
+        assert stage == (2 if "zero2" in name else 3), (name, c.deepspeed_config)
+        assert ("offload" in name) == (c.deepspeed_config.get("offload_param_device", "none") != "none")
+    if expected == DistributedType.FSDP:
+        assert c.fsdp_config

@@ -22,7 +22,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unlearn.errors import ConfigError, InputError, ModelError, UnlearnError
 
@@ -68,7 +68,30 @@ _LAZY = {
     "load_model": "unlearn.model", "save_model": "unlearn.model",
     "UnlearnArgs": "unlearn.unlearner", "UnlearnResult": "unlearn.unlearner",
     "get_method": "unlearn.methods", "load_method_args": "unlearn.methods", "METHODS": "unlearn.methods",
+    # what a job is built from
+    "LoadOptions": "unlearn.config", "BatteryArgs": "unlearn.auditors.battery", "Reporter": "unlearn.workflows.common",
+    # deletion-ready training (exact deletion by construction)
+    "train": "unlearn.workflows.train", "TrainJob": "unlearn.workflows.train", "TrainResult": "unlearn.workflows.train",
+    "ShardPlan": "unlearn.sharded",
 }
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs (test_api checks they agree)
+    from unlearn.auditors.battery import BatteryArgs
+    from unlearn.config import LoadOptions
+    from unlearn.data import DeletionRequest, Record, load_manifest, load_records, load_requests
+    from unlearn.methods import METHODS, get_method, load_method_args
+    from unlearn.model import load_model, save_model
+    from unlearn.sharded import ShardPlan
+    from unlearn.store import Store
+    from unlearn.unlearner import UnlearnArgs, UnlearnResult
+    from unlearn.workflows.attribute import AttributeJob, AttributeResult, attribute
+    from unlearn.workflows.audit import AuditJob, AuditResult, audit
+    from unlearn.workflows.common import BenchmarkOptions, DataSources, Reporter
+    from unlearn.workflows.compare import CompareJob, CompareResult, compare
+    from unlearn.workflows.forget import ForgetJob, ForgetResult, forget, resolve_method_args
+    from unlearn.workflows.requests import AddJob, RunJob, add_requests, run_requests
+    from unlearn.workflows.train import TrainJob, TrainResult, train
+    from unlearn.workflows.worst_case import WorstCaseJob, WorstCaseResult, worst_case
 
 __all__ = ["ConfigError", "InputError", "ModelError", "UnlearnError", "__version__", *_LAZY]
 
