@@ -157,7 +157,8 @@ def test_every_shipped_accelerate_preset_loads_with_accelerate_itself(name: str)
     c = ClusterConfig.from_yaml_file(str(resolve_config(name, "accelerate")))
     assert c.num_processes >= 1
     kind = {"deepspeed": DistributedType.DEEPSPEED, "fsdp": DistributedType.FSDP,
-            "multi_cpu": DistributedType.MULTI_CPU, "multi_gpu": DistributedType.MULTI_GPU, "single": DistributedType.NO}
+            "multi_cpu": DistributedType.MULTI_CPU, "multi_gpu": DistributedType.MULTI_GPU,
+            "single": DistributedType.NO}
     expected = next(v for k, v in kind.items() if name.startswith(k))
     assert c.distributed_type == expected, (name, c.distributed_type)
     if expected == DistributedType.DEEPSPEED:
