@@ -10,11 +10,25 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from unlearn.cli import attribute, audit, benchmark, compare, forget, info, ledger, methods, requests, train, worst_case
+from unlearn.cli import (
+    attribute,
+    audit,
+    benchmark,
+    compare,
+    forget,
+    info,
+    ledger,
+    manifest,
+    methods,
+    requests,
+    train,
+    worst_case,
+)
 from unlearn.cli.common import UI, add_global_flags
 from unlearn.errors import Interrupted, UnlearnError
 
-COMMANDS = (forget, requests, audit, compare, attribute, worst_case, ledger, benchmark, info, methods, train)
+COMMANDS = (forget, requests, audit, compare, attribute, worst_case, ledger, benchmark, info, methods, train,
+            manifest)
 
 
 def build_parser() -> argparse.ArgumentParser:

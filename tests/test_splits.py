@@ -1,4 +1,5 @@
-"""The roles of the records: the stopping rule's monitored forget half and the receipt's judged half."""
+"""The roles of the records (the stopping rule's monitored forget half, the receipt's judged half) and the small
+commands around them: methods, --set, manifest."""
 
 from __future__ import annotations
 
@@ -62,3 +63,23 @@ def test_set_overrides_are_validated_like_the_config_file(item: str, ok: bool, c
         assert json.loads(out.out)["config"]["beta"] == 0.2
     else:
         assert out.err.count("\n") == 1 and "error" in out.err.lower()
+
+
+def test_manifest_command_writes_what_load_manifest_reads_and_refuses_to_overwrite(tmp_path, capsys) -> None:
+    from unlearn.data import build_manifest, load_manifest, write_jsonl
+
+    records = _people(3, 2)
+    write_jsonl(tmp_path / "a.jsonl", ({"id": r.id, "question": r.question, "answer": r.answer} for r in records[:4]))
+    write_jsonl(tmp_path / "b.jsonl", ({"id": r.id, "question": r.question, "answer": r.answer} for r in records[4:]))
+    out = tmp_path / "manifest.jsonl"
+    assert main(["manifest", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--out", str(out)]) == 0
+    got = load_manifest(out)
+    assert {k: (e.source, e.sha256) for k, e in got.items()} == {
+        e.id: (e.source, e.sha256) for e in build_manifest({"a.jsonl": records[:4], "b.jsonl": records[4:]})}
+    capsys.readouterr()
+    assert main(["manifest", str(tmp_path / "a.jsonl"), "--out", str(out)]) == 2  # never overwritten
+    assert "never overwritten" in capsys.readouterr().err
+    write_jsonl(tmp_path / "c.jsonl", ({"id": r.id, "question": r.question, "answer": r.answer} for r in records[:1]))
+    assert main(["manifest", str(tmp_path / "a.jsonl"), str(tmp_path / "c.jsonl"), "--out",
+                 str(tmp_path / "m2.jsonl")]) == 2  # one id in two files
+    assert not (tmp_path / "m2.jsonl").exists()
