@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from unlearn.cli.common import UI, benchmark_options, comma_list, load_options, sub_parser
+from unlearn.cli.common import UI, add_fields_arg, benchmark_options, comma_list, load_options, sub_parser
 from unlearn.workflows.audit import AuditJob, audit
 
 
@@ -45,6 +45,7 @@ def add_parser(sub: Any) -> None:
     a.add_argument("--real-authors", help="--tofu: TOFU real_authors_perturbed (built-in: its real_authors split)")
     a.add_argument("--world-facts", help="--tofu: TOFU world_facts_perturbed (built-in: its world_facts split)")
     a.add_argument("--out", help="new directory for audit.json and audit.png (default runs/audit-TIME)")
+    add_fields_arg(a)
     a.set_defaults(run=run)
 
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                    retain_eval=args.retain_eval, real_authors=args.real_authors, world_facts=args.world_facts,
                    out=args.out,
                    benchmark=benchmark_options(args),
-                   load=load_options(args), adapter=args.adapter)
+                   load=load_options(args), adapter=args.adapter, fields=args.fields)
     result = audit(job, ui)
     report = result.report
     said = {e["score"]: e["status"] for e in report.removal.get("evidence", [])}

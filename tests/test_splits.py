@@ -83,3 +83,22 @@ def test_manifest_command_writes_what_load_manifest_reads_and_refuses_to_overwri
     assert main(["manifest", str(tmp_path / "a.jsonl"), str(tmp_path / "c.jsonl"), "--out",
                  str(tmp_path / "m2.jsonl")]) == 2  # one id in two files
     assert not (tmp_path / "m2.jsonl").exists()
+
+
+def test_audit_reads_files_with_other_column_names_through_fields(tmp_path, tiny_model_dir, capsys) -> None:
+    from unlearn.data import write_jsonl
+
+    def rows(prefix: str, n: int) -> list[dict]:
+        return [{"uid": f"{prefix}{i}", "prompt": f"Where was Kalo Venra {prefix}{i} born?", "completion": "In X."}
+                for i in range(n)]
+
+    write_jsonl(tmp_path / "m.jsonl", rows("m", 6))
+    write_jsonl(tmp_path / "n.jsonl", rows("n", 8))
+    argv = ["audit", "--model", str(tiny_model_dir), "--members", str(tmp_path / "m.jsonl"), "--nonmembers",
+            str(tmp_path / "n.jsonl"), "--out", str(tmp_path / "a"), "--json"]
+    assert main(argv) == 2  # without --fields the records have no id / question / answer
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main([*argv[:-3], "--out", str(tmp_path / "b"), "--json", "--fields",
+                 "id=uid,question=prompt,answer=completion"]) == 0
+    report = json.loads((tmp_path / "b" / "audit.json").read_text())
+    assert report["n_members"] == 6 and report["n_nonmembers"] == 8

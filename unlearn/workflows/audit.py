@@ -4,6 +4,7 @@ and forget quality against a retrained model, and the optional relearning / extr
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class AuditJob:
     benchmark: BenchmarkOptions = BenchmarkOptions()
     load: LoadOptions = LoadOptions()  # prompt format, dtype, device, trust_remote_code of every model
     adapter: PathLike | None = None  # a LoRA adapter applied on ``model``
+    fields: Mapping[str, str] | None = None  # the data's column names, ours -> theirs (every file the job reads)
 
 
 @dataclass
@@ -81,8 +83,8 @@ def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
     path = model_path(job.model, bench)
     if not is_builtin(job.model) and (job.members is None or job.nonmembers is None):
         raise UnlearnError("--members and --nonmembers are required unless auditing the built-in benchmark")
-    members = load_records(job.members) if job.members else bench.split(bench.retain_split)
-    nonmembers = load_records(job.nonmembers) if job.nonmembers else bench.split("holdout")
+    members = load_records(job.members, fields=job.fields) if job.members else bench.split(bench.retain_split)
+    nonmembers = load_records(job.nonmembers, fields=job.fields) if job.nonmembers else bench.split("holdout")
     out = new_out_dir(job.out, "audit")
     model, tok = load_model(path, job.load, adapter=job.adapter)
     reference = None
@@ -147,7 +149,7 @@ def tofu_evaluation(job: AuditJob, bench: Any, model: Any, tok: Any, members: An
 
     def records(path: PathLike | None, builtin: str) -> list[Any]:
         if path is not None:
-            return load_records(path)
+            return load_records(path, fields=job.fields)
         return bench.split(builtin) if bench is not None and is_builtin(job.model) else []
 
     retain_eval = records(job.retain_eval, RETAIN_OF[bench.retain_split] if bench is not None else "")
@@ -183,7 +185,7 @@ def run_attacks(job: AuditJob, model: Any, tok: Any, members: Any, nonmembers: A
         out["extract"] = {"members": extraction(model, tok, members), "nonmembers": extraction(model, tok, nonmembers)}
     if "relearn" in job.attacks:
         report.progress("relearning attack", 0, None)
-        relearn_set = load_records(job.relearn_set) if job.relearn_set else None
+        relearn_set = load_records(job.relearn_set, fields=job.fields) if job.relearn_set else None
         out["relearn"] = relearn_report(model, tok, members, nonmembers, relearn_set, steps=job.relearn_steps,
                                         lr=job.relearn_lr, seed=job.seed)
     return out
