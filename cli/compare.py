@@ -15,6 +15,8 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--methods", help="comma list of methods (default: every registered method)")
     c.add_argument("--model", help="input model directory (never modified); default: the built-in target")
     c.add_argument("--retain-model", help="model retrained without the forget set (privleak, forget quality)")
+    c.add_argument("--adapter", help="a LoRA adapter directory on --model: every method unlearns its parameters "
+                                     "(scope lora), the base stays untouched")
     add_data_args(c)
     c.add_argument("--max-steps", type=int, help="override max_steps of every method")
     c.add_argument("--seed", type=int, help="seed for every method (default 0)")
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     job = CompareJob(config=args.config, methods=comma_list(args.methods) or None, model=args.model,
                      retain_model=args.retain_model, data=data_sources(args), max_steps=args.max_steps,
                      seed=args.seed, out=args.out, benchmark=benchmark_options(args),
-                     load=load_options(args))
+                     load=load_options(args), adapter=args.adapter)
     result = compare(job, ui)
     rows = result.rows
     evidence = {"label", "verdict", "auc_loss", "auc_zlib", "auc_mink", "auc_minkpp", "privleak_mink", "steps",

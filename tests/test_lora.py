@@ -75,6 +75,13 @@ def test_forget_into_an_adapter_leaves_the_base_bit_identical(bench, tmp_path: P
     with pytest.raises(Exception, match="scope lora"):
         forget(ForgetJob(model=str(out), data=data, overrides={"max_steps": 1}, out=tmp_path / "a3", benchmark=TINY))
     assert ledger.verify(res.ledger, key=ledger.load_key()).ok
+    # compare on base + adapter: every method unlearns the adapter's parameters, the base stays as it was
+    from unlearn.workflows.compare import CompareJob, compare
+
+    cmp = compare(CompareJob(methods=["grad_ascent"], adapter=out, max_steps=2, out=tmp_path / "cmp", benchmark=TINY))
+    row = next(r for r in cmp.rows if r["method"] == "grad_ascent")
+    assert row["args"]["scope"] == "lora" and cmp.payload["adapter"] == str(out)
+    assert model_hash(bench.target) == base_hash
 
 
 def test_ekfac_on_lora_parameters_matches_the_per_example_refit(tiny_tokenizer) -> None:

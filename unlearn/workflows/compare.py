@@ -50,6 +50,7 @@ class CompareJob:
     out: PathLike | None = None
     benchmark: BenchmarkOptions = BenchmarkOptions()
     load: LoadOptions = LoadOptions()  # prompt format, dtype, device, trust_remote_code of every model
+    adapter: PathLike | None = None  # a LoRA adapter on ``model``: every method unlearns its parameters (scope lora)
 
 
 @dataclass
@@ -97,6 +98,8 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
     common: dict[str, Any] = dict(cfg.get("common") or {})
     if job.max_steps is not None:
         common["max_steps"] = job.max_steps
+    if job.adapter is not None:  # base + adapter: the methods change the adapter only, as `forget` does
+        common["scope"] = "lora"
     seed = job.seed if job.seed is not None else int(cfg.get("seed", 0))
     bench = benchmark_if_needed([job.model, job.retain_model], options, report)
     path = model_path(job.model, bench)
@@ -118,7 +121,7 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
     rows: list[dict[str, Any]] = []
     reference = None
     report.progress("reference models", 0, 2)
-    target, tok = load_model(path, job.load)
+    target, tok = load_model(path, job.load, adapter=job.adapter)
     if retain_path:
         retain_model, retain_tok = load_model(retain_path, job.load)
         check_same_tokenizer(tok, retain_tok, str(path), str(retain_path))
@@ -139,10 +142,11 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
     def on_step(step: int, total: int, stats: dict[str, Any]) -> None:
         report.progress(f"method {current[0]}", step, total, stats_line(stats))
 
-    rows += run_compare(lambda: load_model(path, job.load), sets, specs, reference=reference,
+    rows += run_compare(lambda: load_model(path, job.load, adapter=job.adapter), sets, specs, reference=reference,
                         seed=seed, common=common, on_method=on_method, on_step=on_step)
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    payload = {"model": str(path), "retain_model": str(retain_path) if retain_path else None, "forget": data.label,
+    payload = {"model": str(path), "adapter": str(job.adapter) if job.adapter else None,
+               "retain_model": str(retain_path) if retain_path else None, "forget": data.label,
                "seed": seed, "common": common, "rows": public}
 
     def write_csv(p: Path) -> None:
