@@ -28,12 +28,19 @@ def module_files() -> dict[str, Path]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the package modules it imports, function-level imports included."""
+    """module -> the package modules it imports, function-level imports included (not those under
+    ``if TYPE_CHECKING:``, which never run)."""
     mods = module_files()
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for mod, path in mods.items():
         is_pkg = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        # imports under `if TYPE_CHECKING:` never run (the facade's eager names for type checkers)
+        typing_only = {id(n) for top in ast.walk(tree) if isinstance(top, ast.If)
+                       and getattr(top.test, "id", "") == "TYPE_CHECKING" for b in top.body for n in ast.walk(b)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
