@@ -146,11 +146,11 @@ def leave_one_group_out_shifts(scores: np.ndarray, blocks: list[np.ndarray]) -> 
     return np.array([scores[b].mean() - (total - scores[b].sum()) / (n - len(b)) for b in blocks])
 
 
-def placebo_t_test(d_members: np.ndarray, d_placebo: np.ndarray, level: float, power: float = POWER,
-                   critical: float | None = None) -> tuple[float, tuple[float, float], float, float]:
+def placebo_t_test(d_members: np.ndarray, d_placebo: np.ndarray, level: float,
+                   critical: float | None = None) -> tuple[float, tuple[float, float], float]:
     """Pooled two-sample t-test of the members' per-group statistics against the placebo groups' (the null
     distribution): (mean difference, its two-sided interval at ``level`` (or +- ``critical`` standard errors),
-    the smallest difference detected with ``power``, the pooled standard deviation)."""
+    the pooled standard deviation)."""
     k, n = len(d_members), len(d_placebo)
     dof = k + n - 2
     ss = ((d_members - d_members.mean()) ** 2).sum() + ((d_placebo - d_placebo.mean()) ** 2).sum()
@@ -158,7 +158,7 @@ def placebo_t_test(d_members: np.ndarray, d_placebo: np.ndarray, level: float, p
     se = sd * math.sqrt(1 / k + 1 / n)
     diff = float(d_members.mean() - d_placebo.mean())
     q = float(stats.t.ppf(1 - level / 2, dof)) if critical is None else critical
-    return diff, (diff - q * se, diff + q * se), (q + float(stats.t.ppf(power, dof))) * se, sd
+    return diff, (diff - q * se, diff + q * se), sd
 
 
 def max_t_quantile(residuals: np.ndarray, dof: float, alpha: float, draws: int = 20000, seed: int = 0) -> float:
@@ -180,14 +180,6 @@ def joint_critical_value(pairs: Sequence[tuple[np.ndarray, np.ndarray]], alpha: 
     """The critical |t| for the placebo t-tests of several scores at family level ``alpha``."""
     resid = np.stack([np.concatenate([a - a.mean(), b - b.mean()]) for a, b in pairs])
     return max_t_quantile(resid, len(pairs[0][0]) + len(pairs[0][1]) - 2, alpha, draws, seed)
-
-
-def groups_needed(effect: float, sd: float, n_placebo: int, level: float, power: float = POWER) -> int | None:
-    """Forget groups for the placebo t-test to detect ``effect`` (normal approximation); None: no number of
-    forget groups suffices against ``n_placebo`` held-out groups."""
-    z = stats.norm.ppf(1 - level / 2) + stats.norm.ppf(power)
-    room = (effect / (z * sd)) ** 2 - 1 / n_placebo if sd > 0 else math.inf
-    return None if room <= 0 else max(1, math.ceil(1 / room))
 
 
 # ---------------------------------------------------------------- results
@@ -274,12 +266,11 @@ def _status(lo: float, hi: float) -> str | None:
 
 # ---------------------------------------------------------------- the three paths
 
-def _equivalence(d_forget: np.ndarray, d_placebo: np.ndarray) -> tuple[MeanTest, float]:
+def _equivalence(d_forget: np.ndarray, d_placebo: np.ndarray, pooled: float) -> tuple[MeanTest, float]:
     """TOST statistic on the forget people's mean d (minus the placebo mean, zero for people of equal size),
-    standard error from the larger of the forget people's own spread and the pooled one: (test, unit sd)."""
+    standard error from the larger of the forget people's own spread and the ``pooled`` one (`placebo_t_test`'s):
+    (test, unit sd)."""
     k, n = len(d_forget), len(d_placebo)
-    ss = ((d_forget - d_forget.mean()) ** 2).sum() + ((d_placebo - d_placebo.mean()) ** 2).sum()
-    pooled = math.sqrt(ss / max(1, k + n - 2))
     own = float(d_forget.std(ddof=1)) if k >= 3 else 0.0
     sd, df = (own, k - 1) if own > pooled else (pooled, max(1, k + n - 2))
     return MeanTest(float(d_forget.mean() - d_placebo.mean()), sd / math.sqrt(k), df), sd
@@ -314,8 +305,10 @@ def _placebo_path(u: tuple[Mapping, Mapping], r: tuple[Mapping, Mapping], member
     names, k, n = list(u[0]), len(member_blocks), len(blocks)
     d: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     shift: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    aucs: dict[str, tuple[float, float]] = {}  # record-level AUC of the model and of the retain model
     for s in names:
         mu, nu, mr, nr = (np.asarray(x[s], float) for x in (*u, *r))
+        aucs[s] = auc(mu, nu), auc(mr, nr)
         d[s] = (group_aucs(mu, member_blocks, nu) - group_aucs(mr, member_blocks, nr),
                 leave_one_group_out_aucs(nu, blocks) - leave_one_group_out_aucs(nr, blocks))
         if s in SHIFT_SCORES:
@@ -326,17 +319,16 @@ def _placebo_path(u: tuple[Mapping, Mapping], r: tuple[Mapping, Mapping], member
     shift_crit = joint_critical_value(list(shift.values()), set_alpha * SHIFT_ALPHA_SHARE, seed=seed) if shift else 0
     out, unit_sds = [], []
     for s in names:
-        diff, (lo, hi), _, _ = placebo_t_test(*d[s], set_alpha, critical=crit)
+        diff, (lo, hi), pooled = placebo_t_test(*d[s], set_alpha, critical=crit)
         auc_ci = (lo, hi)
         stat = f"person dAUC {diff:+.3f} vs {n} held-out people"
         if s in shift:
-            sdiff, (slo, shi), _, _ = placebo_t_test(*shift[s], set_alpha, critical=shift_crit)
+            sdiff, (slo, shi), _ = placebo_t_test(*shift[s], set_alpha, critical=shift_crit)
             if _status(lo, hi) is None and _status(slo, shi) is not None:  # beyond what a saturated AUC shows
                 stat, lo, hi = f"person mean-{s} shift {sdiff:+.3g} vs {n} held-out people", slo, shi
-        eq, unit_sd = _equivalence(*d[s])
+        eq, unit_sd = _equivalence(*d[s], pooled)
         unit_sds.append(unit_sd)
-        mu, nu, mr, nr = (np.asarray(x[s], float) for x in (*u, *r))
-        out.append(ScoreEvidence(s, auc(mu, nu), (lo, hi), stat, auc(mr, nr), eq.estimate,
+        out.append(ScoreEvidence(s, aucs[s][0], (lo, hi), stat, aucs[s][1], eq.estimate,
                                  eq.supported_margin(eq_alpha), _status(lo, hi) or "", auc_ci))
     flags = person_flags({**d, **{f"mean-{s} shift": v for s, v in shift.items()}}, people,
                          alpha * PERSON_ALPHA_SHARE, seed)

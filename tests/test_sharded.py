@@ -51,6 +51,15 @@ def test_assignment_keeps_a_person_in_one_shard_and_slice_and_is_deterministic(t
     assert len({s for s, _ in a.values()}) == PLAN.shards  # 12 people fill 3 shards
 
 
+def test_full_cost_is_what_training_every_stage_processes(trained) -> None:
+    """From the assignment alone, equal to summing each stage's records the slow way, and to what training did."""
+    _, records, _, run = trained
+    a = sharded.assign(records, PLAN)
+    slow = sum(sharded.stage_cost(len(sharded.stage_records(records, a, s, r)), PLAN)
+               for s in range(PLAN.shards) for r in range(PLAN.slices) if sharded.stage_records(records, a, s, r))
+    assert sharded.full_cost(a, PLAN) == slow == run.cost == run.full_cost
+
+
 def test_a_sharded_model_loads_as_one_causal_lm_averaging_member_probabilities(trained, tiny_tokenizer) -> None:
     from unlearn.model import load_model
 

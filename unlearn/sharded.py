@@ -12,20 +12,22 @@ recipe gives when run without the records: bitwise on the same machine and threa
 
 A sharded model is a directory: ``sharded.json`` (format, plan, members, version, cost), ``assignment.json``
 (record id -> [shard, slice], ids only), the tokenizer, ``init/`` (the initial weights every shard starts
-from), and ``shard-NN/`` per member (a Hugging Face model directory, plus ``stage-R.safetensors``
+from), and ``shard-NN/`` per member (a Hugging Face model directory, plus ``stages/stage-R.safetensors``
 checkpoints). `load_model` loads it as one causal LM (`ShardEnsemble`). Members a deletion does not touch
 are hard-linked into the new version (copied where the filesystem cannot link).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,9 +203,11 @@ class ShardRun:
         return self.cost / max(1, self.full_cost)
 
 
-def full_cost(records: Sequence[Record], assignment: Mapping[str, tuple[int, int]], plan: ShardPlan) -> int:
-    return sum(stage_cost(len(stage_records(records, assignment, s, r)), plan)
-               for s in range(plan.shards) for r in range(plan.slices) if stage_records(records, assignment, s, r))
+def full_cost(assignment: Mapping[str, tuple[int, int]], plan: ShardPlan) -> int:
+    """Records processed by training every shard from its first stage (each stage: the shard's slices 0..r)."""
+    per_slice = Counter(assignment.values())  # (shard, slice) -> records
+    stage_sizes = (sum(per_slice[(s, q)] for q in range(r + 1)) for s in range(plan.shards) for r in range(plan.slices))
+    return sum(stage_cost(n, plan) for n in stage_sizes if n)
 
 
 def _write_version(tmp: Path, tokenizer: Any, plan: ShardPlan, assignment: Mapping[str, tuple[int, int]],
@@ -219,11 +223,20 @@ def _write_version(tmp: Path, tokenizer: Any, plan: ShardPlan, assignment: Mappi
     fsync_tree(tmp)
 
 
-def _commit_dir(tmp: Path, out: Path) -> None:
-    from unlearn.fsutil import fsync_dir
+@contextlib.contextmanager
+def _new_version(out: Path) -> Iterator[Path]:
+    """A temporary directory beside ``out``, renamed to it when the block succeeds and removed when it fails:
+    nothing half-written ever stands at ``out``."""
+    from unlearn.fsutil import fsync_dir, temp_sibling
 
-    os.rename(tmp, out)
-    fsync_dir(out.parent)
+    tmp = temp_sibling(out)
+    try:
+        yield tmp
+        os.rename(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def train_sharded(records: Sequence[Record], tokenizer: Any, plan: ShardPlan, init: torch.nn.Module, out: Path,
@@ -232,7 +245,6 @@ def train_sharded(records: Sequence[Record], tokenizer: Any, plan: ShardPlan, in
     to the NEW directory ``out`` atomically."""
     import copy
 
-    from unlearn.fsutil import temp_sibling
     from unlearn.model import check_output
 
     out = Path(out)
@@ -240,8 +252,7 @@ def train_sharded(records: Sequence[Record], tokenizer: Any, plan: ShardPlan, in
     if out.exists():
         raise ModelError(f"refusing to write {out}: it exists (outputs are always new directories)")
     assignment = assign(records, plan)
-    tmp = temp_sibling(out)
-    try:
+    with _new_version(out) as tmp:
         (tmp / "init").mkdir()
         save_state(_state(init), tmp / "init" / "model.safetensors")
         cost = 0
@@ -253,10 +264,6 @@ def train_sharded(records: Sequence[Record], tokenizer: Any, plan: ShardPlan, in
         run = ShardRun({s: 0 for s in range(plan.shards)}, cost, cost)
         _write_version(tmp, tokenizer, plan, assignment, {"version": 1, "records": len(assignment),
                                                           "training_cost": cost, "deleted_records": 0})
-        _commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return run
 
 
@@ -275,8 +282,6 @@ def delete(path: str | Path, records: Sequence[Record], ids: Sequence[str], toke
     the NEW directory ``out``. ``records``: the training data (at least every record the model holds). Each
     shard holding a deleted record is retrained from the checkpoint before its first such slice, on its
     remaining records; every other member is linked unchanged."""
-    from unlearn.fsutil import temp_sibling
-
     src, out = Path(path), Path(out)
     meta, assignment = read_meta(src), read_assignment(src)
     plan = ShardPlan.from_dict(meta["plan"])
@@ -293,8 +298,7 @@ def delete(path: str | Path, records: Sequence[Record], ids: Sequence[str], toke
     remaining = {k: v for k, v in assignment.items() if k not in gone}
     kept_records = [by_id[i] for i in remaining]
     todo = plan_deletion(assignment, ids)
-    tmp = temp_sibling(out)
-    try:
+    with _new_version(out) as tmp:
         link_or_copy(src / "init", tmp / "init")
         cost = 0
         for shard in range(plan.shards):
@@ -309,15 +313,11 @@ def delete(path: str | Path, records: Sequence[Record], ids: Sequence[str], toke
             states, spent = train_stages(model, kept_records, remaining, plan, shard, tokenizer, first, on_stage)
             write_member(model, states, member_dir(tmp, shard), plan, keep=member_dir(src, shard), first=first)
             cost += spent
-        run = ShardRun(todo, cost, full_cost(kept_records, remaining, plan))
+        run = ShardRun(todo, cost, full_cost(remaining, plan))
         _write_version(tmp, tokenizer, plan, remaining, {
             "version": int(meta.get("version", 1)) + 1, "records": len(remaining),
             "training_cost": run.full_cost, "deleted_records": int(meta.get("deleted_records", 0)) + len(gone),
             "last_deletion": {"shards": {str(k): v for k, v in todo.items()}, "cost": cost}})
-        _commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return run
 
 

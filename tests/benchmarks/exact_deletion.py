@@ -60,7 +60,7 @@ def row_for(bench, shards: int, slices: int, central: dict, records: list, tok) 
     built = time.perf_counter() - start  # 0 when cached: the build's own time is in sharded.json's cost
     model, _ = load_model(path)
     plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
-    cost = sharded.full_cost(records, sharded.read_assignment(path), plan)
+    cost = sharded.full_cost(sharded.read_assignment(path), plan)
     s = score_records(model, tok, [*forget10, *holdout], ["loss"]).scores["loss"]
     out = {"shards": shards, "slices": slices, "train_cost_vs_central": cost / central["cost"],
            "train_seconds": round(built, 1) if built > 1 else None,

@@ -103,11 +103,17 @@ class Splits:
 
     @classmethod
     def of(cls, holdout: Sequence[Record], retain_eval: Sequence[Record], seed: int,
-           forget: Sequence[Record] = ()) -> Splits:
+           forget: Sequence[Record] = (), watched: bool = True) -> Splits:
+        """``watched`` False: no stopping rule looks at the forget set (exact deletion), every record is judged."""
         from unlearn.auditors.battery import split_by_group, split_forget
 
-        return cls(*split_by_group(holdout, seed=seed), *split_by_group(retain_eval, seed=seed),
-                   *split_forget(forget, seed=seed))
+        halves = split_forget(forget, seed=seed) if watched else ([], list(forget))
+        return cls(*split_by_group(holdout, seed=seed), *split_by_group(retain_eval, seed=seed), *halves)
+
+    def judged_of(self, records: Sequence[Record]) -> list[Record]:
+        """The judged ones among ``records`` (all of them when none is: a request the split did not see)."""
+        ids = {r.id for r in records}
+        return [r for r in self.forget_judged if r.id in ids] or list(records)
 
     def roles(self, forget: Sequence[Record]) -> dict[str, list[str]]:
         return {"forget": [r.id for r in forget], **{name: [r.id for r in getattr(self, name)] for name in (
@@ -124,7 +130,8 @@ def run_method(model: torch.nn.Module, tok: Any, forget: Sequence[Record], retai
     from unlearn.auditors.stopping import make_monitor
     from unlearn.methods import get_method, measured
 
-    watched = [r for r in splits.forget_monitored if r.id in {f.id for f in forget}] or list(forget)
+    ids = {r.id for r in forget}
+    watched = [r for r in splits.forget_monitored if r.id in ids] or list(forget)
     monitor = (make_monitor(tok, watched, splits.holdout_calibration, splits.retain_calibration, margs, gold,
                             kept=kept) if margs.eval_every else None)
     task = f"unlearning ({method})"
@@ -340,8 +347,7 @@ def forget_exact(job: ForgetJob, sets: RecordSets, path: Path, out: Path, ledger
     before_hash = model_hash(path)
     plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
     model, tok = load_model(path, job.load)
-    splits = Splits.of(sets.holdout, sets.retain_eval, plan.seed)
-    splits.forget_judged = list(sets.forget)
+    splits = Splits.of(sets.holdout, sets.retain_eval, plan.seed, sets.forget, watched=False)
     report.note(f"exact deletion of {len(sets.forget)} record(s) from the sharded model {path} "
                 f"({plan.shards} shards x {plan.slices} slices)")
     before = forget_check(model, tok, sets.forget, splits.holdout_verdict, splits.retain_verdict)

@@ -197,12 +197,12 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
                      else None)
         gold = load_model(gold_path, job.load)[0] if gold_path is not None else None
         model, tok = load_model(start, job.load)
-        splits = Splits.of(sets.holdout, sets.retain_eval, margs.seed, forget)
+        exact = is_sharded(start)  # a deletion-ready model: each version is the recipe without the records
+        splits = Splits.of(sets.holdout, sets.retain_eval, margs.seed, forget, watched=not exact)
         report.note(f"version {number}: answering {len(todo)} request(s) ({len(batch)} records) "
                     f"{'from version ' + str(parent.number) if incremental and parent else 'from the original'}; "
                     f"{len(earlier)} earlier request(s) guarded")
-        exact = is_sharded(start)  # a deletion-ready model: each version is the recipe without the records
-        judged = batch if exact else [r for r in splits.forget_judged if r.id in {b.id for b in batch}] or batch
+        judged = splits.judged_of(batch)
         before = forget_check(model, tok, judged, splits.holdout_verdict, splits.retain_verdict)
         version = exact_version(start, [*sets.forget, *sets.retain], [r.id for r in forget], tok, out, job.load,
                                 report) if exact else None
