@@ -48,3 +48,9 @@ def test_exact_match_agrees_with_greedy_generation(bench) -> None:
         text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         greedy_hits += int(text == r.response)
     assert exact_match(model, tok, records) == pytest.approx(greedy_hits / len(records))
+
+
+def test_a_built_benchmark_reads_back_the_configuration_it_was_built_from(bench) -> None:
+    """`Benchmark.config` (what the sharded versions are trained from) is the configuration whose key names
+    the cache directory."""
+    assert bench.config().key() == bench.root.name

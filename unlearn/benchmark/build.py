@@ -118,7 +118,7 @@ class Benchmark:
         out = self.root / f"sharded-{shards}x{slices}" / which
         if (out / sharded.SHARDED_FILE).is_file():
             return out
-        cfg = BenchmarkConfig(**{**self._config(), "retain_split": self.retain_split})
+        cfg = self.config()
         tok = load_model(self.target)[1]
         records = self.split("train")
         if which == "retain":
@@ -129,14 +129,13 @@ class Benchmark:
                               init_model(cfg.recipe, tok, cfg.generator.seed), out, on_stage)
         return out
 
-    def _config(self) -> dict[str, Any]:
-        from unlearn.benchmark.generator import GeneratorConfig
-
+    def config(self) -> BenchmarkConfig:
+        """The configuration this benchmark was built from (its report's record of it)."""
         c = self.report["config"]
         rec = dict(c["recipe"])
         rec["train"] = TrainArgs(**rec["train"])
         gen = {k: v for k, v in c["generator"].items() if k != "version"}
-        return {"generator": GeneratorConfig(**gen), "recipe": ModelRecipe(**rec)}
+        return BenchmarkConfig(GeneratorConfig(**gen), ModelRecipe(**rec), c["retain_split"])
 
 
 def sharded_plan(cfg: BenchmarkConfig, shards: int, slices: int) -> Any:

@@ -52,10 +52,10 @@ def train(job: TrainJob, report: Reporter = SILENT) -> TrainResult:
             records += part
         init, tok = load_model(job.base_model, job.load)
     else:
-        from unlearn.benchmark.build import BenchmarkConfig, init_model
+        from unlearn.benchmark.build import init_model
 
         bench = job.benchmark.build(report)
-        cfg = BenchmarkConfig(**{**bench._config(), "retain_split": bench.retain_split})
+        cfg = bench.config()
         records = bench.split("train")
         tok = load_model(bench.target, job.load)[1]
         init = init_model(cfg.recipe, tok, cfg.generator.seed)
