@@ -205,3 +205,21 @@ def test_the_queue_answers_sequential_requests_on_a_sharded_model_exactly(tmp_pa
     from unlearn.store import Store
 
     assert verify(Store(tmp_path / "store").ledger).ok
+
+
+def test_bad_sharded_input_is_one_error_line(tmp_path, capsys) -> None:
+    """A damaged sharded.json and `train --data` without a base model: one error line, exit 2, nothing written."""
+    from unlearn.cli.main import main
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / sharded.SHARDED_FILE).write_text('{"format": "unlearn-sharded/1", "plan": {"shards": 0}}')
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "question": "q?", "answer": "x"}\n')
+    (tmp_path / "h.jsonl").write_text('{"id": "b", "question": "q?", "answer": "y"}\n')
+    assert main(["audit", "--model", str(bad), "--members", str(tmp_path / "d.jsonl"), "--nonmembers",
+                 str(tmp_path / "h.jsonl"), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sharded.json" in err and "plan" in err and not (tmp_path / "a").exists()
+    assert main(["train", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--base-model" in err and not (tmp_path / "t").exists()
