@@ -63,7 +63,13 @@ def retain_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tens
     """KL(p_ref || p_theta) per next-token distribution, averaged over labelled (answer) positions.
 
     ``logits, ref_logits: [B, T, V]``; ``labels: [B, T]`` (-100 = not scored)."""
+    return target_kl(logits, torch.log_softmax(ref_logits.float(), -1), labels)
+
+
+def target_kl(logits: torch.Tensor, target_logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(q || p_theta) averaged over labelled positions, where ``target_logp[b, t]`` = log q of the token after
+    position t (the distribution the model's prediction at t is pulled to; target matching's loss)."""
     mask = labels[:, 1:] != -100
     cur = torch.log_softmax(logits[:, :-1].float(), -1)[mask]
-    ref = torch.log_softmax(ref_logits[:, :-1].float(), -1)[mask]
+    ref = target_logp[:, :-1].float()[mask]
     return (ref.exp() * (ref - cur)).sum(-1).mean()

@@ -8,7 +8,7 @@ from typing import Any
 
 from unlearn.config import build_args, read_yaml_mapping, resolve_config
 from unlearn.errors import InputError
-from unlearn.methods import gradient, iau, newton, npo, soul  # noqa: F401  (registers them)
+from unlearn.methods import gradient, iau, newton, npo, soul, target_match  # noqa: F401  (registers them)
 from unlearn.unlearner import METHODS, Method, UnlearnArgs, UnlearnResult, measured, method_entry
 
 __all__ = ["METHODS", "Method", "UnlearnArgs", "UnlearnResult", "get_method", "load_method_args", "measured"]
