@@ -73,3 +73,13 @@ def target_kl(logits: torch.Tensor, target_logp: torch.Tensor, labels: torch.Ten
     cur = torch.log_softmax(logits[:, :-1].float(), -1)[mask]
     ref = target_logp[:, :-1].float()[mask]
     return (ref.exp() * (ref - cur)).sum(-1).mean()
+
+
+def token_gap(logits: torch.Tensor, target_logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over labelled tokens of (log p_theta(y_t) - log q(y_t))^2: how far the answer's own tokens are from
+    the target's level (``target_logp`` as in `target_kl`)."""
+    mask = labels[:, 1:] != -100
+    y = labels[:, 1:].clamp(min=0)[..., None]
+    cur = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, y)[..., 0]
+    ref = target_logp[:, :-1].float().gather(-1, y)[..., 0]
+    return ((cur - ref)[mask] ** 2).mean()

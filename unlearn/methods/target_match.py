@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from unlearn.errors import InputError
 from unlearn.jsonio import show
 from unlearn.logprobs import forward_logits, max_length_of
 from unlearn.loop import StepLoss, frozen_copy, run_loop
-from unlearn.losses import sequence_logprobs, target_kl
+from unlearn.losses import sequence_logprobs, target_kl, token_gap
 from unlearn.methods.gradient import RetainArgs, add_retain, retain_term
 from unlearn.unlearner import Monitor, UnlearnResult, register
 
@@ -43,6 +44,8 @@ class MatchArgs(RetainArgs):
     anchor_field: str = arg("name", "record field holding the term to forget (a person's name); it must occur in "
                             "the record's text")
     forget_weight: float = arg(1.0, "weight of the matching term", ge=0)
+    token_weight: float = arg(1.0, "weight of the true-token term: mean squared log-ratio log p(y) - log q(y) of "
+                              "the answer's own tokens (the forward KL alone lets p keep extra mass on y)", ge=0)
 
 
 def _occurrences(ids: Sequence[int], pieces: Sequence[int]) -> list[int]:
@@ -50,55 +53,94 @@ def _occurrences(ids: Sequence[int], pieces: Sequence[int]) -> list[int]:
     return [i for i in range(len(ids) - n + 1) if n and list(ids[i:i + n]) == list(pieces)]
 
 
-def stand_in(pieces: list[int], tokenizer: Any, rng: random.Random) -> list[int]:
-    """As many tokens as ``pieces``, name-like and unseen: the term's own word-start pieces permuted among
-    themselves and its continuation pieces among theirs (so "Tewyn Marven" may become "Marwyn Teven"); where no
-    permutation changes it, random vocabulary tokens of the same kinds."""
-    text = [tokenizer.decode([p]) for p in pieces]
-    starts = [i for i, t in enumerate(text) if i == 0 or t[:1].isspace()]
-    rest = [i for i in range(len(pieces)) if i not in starts]
-    for _ in range(10):
-        out = list(pieces)
-        for slots in (starts, rest):
-            order = rng.sample(slots, len(slots))
-            for i, j in zip(slots, order):
-                out[i] = pieces[j]
-        if out != list(pieces):
-            return out
-    kinds = _token_kinds(tokenizer)
-    return [rng.choice(kinds[t[:1].isspace(), t.strip()[:1].isupper()] or [p]) for p, t in zip(pieces, text)]
+def _kind(text: str) -> tuple[bool, bool]:
+    """A piece's kind: (starts with a space, capitalised)."""
+    return text[:1].isspace(), text.strip()[:1].isupper()
 
 
-def _token_kinds(tokenizer: Any) -> dict[tuple[bool, bool], list[int]]:
-    """Alphabetic vocabulary tokens by (starts with a space, capitalised)."""
-    kinds: dict[tuple[bool, bool], list[int]] = {(a, b): [] for a in (False, True) for b in (False, True)}
-    for i in range(len(tokenizer)):
-        t = tokenizer.decode([i])
-        if t.strip().isalpha():
-            kinds[t[:1].isspace(), t.strip()[:1].isupper()].append(i)
-    return kinds
+_SYLLABLE = re.compile(r"[^aeiouy]*[aeiouy]+(?:[^aeiouy]+$)?", re.IGNORECASE)
 
 
-def counterfactual_ids(record: Record, ids: list[int], tokenizer: Any, field: str, seed: int) -> list[int]:
+def syllables(word: str) -> list[str]:
+    """A word cut after each vowel group (a trailing consonant cluster stays with the last): ``Marven`` -> Ma,
+    rven. Crude, and enough to recombine names into new name-like ones."""
+    parts = _SYLLABLE.findall(word)
+    return parts if "".join(parts) == word else [word]
+
+
+class StandIns:
+    """Never-seen stand-ins for anchors, with as many tokens: each word of the anchor rebuilt from as many
+    syllables, drawn at the same places from the words of the pool's anchors (names the model keeps, recombined:
+    name-like, yet neither the forgotten name nor a kept one), the first such name whose tokens count the same;
+    failing that, piece for piece, pieces of the same kind (leading space or not, capitalised or not) from the
+    pool's anchors or else the vocabulary. The same anchor always gets the same stand-in (keyed by the seed)."""
+
+    def __init__(self, tokenizer: Any, pool: Sequence[str], seed: int) -> None:
+        self.tokenizer, self.seed = tokenizer, seed
+        self.syllables: dict[int, list[str]] = {}  # syllable place (0 = a word's first) -> syllables seen there
+        self.kept = {w for term in pool for w in term.split()}
+        self.pieces: dict[tuple[bool, bool], set[int]] = {}
+        for term in pool:
+            for w in term.split():
+                for i, syl in enumerate(syllables(w)):
+                    self.syllables.setdefault(min(i, 1), []).append(syl.lower())
+            for variant in (" " + term, term):
+                self._add(self.encode(variant), self.pieces)
+        self._vocab: dict[tuple[bool, bool], set[int]] | None = None
+
+    def _word(self, word: str, rng: random.Random) -> str:
+        new = "".join(rng.choice(self.syllables[min(i, 1)]) for i in range(len(syllables(word))))
+        return new.capitalize() if word[:1].isupper() else new
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _add(self, ids: Iterable[int], into: dict[tuple[bool, bool], set[int]]) -> None:
+        for p in ids:
+            text = self.tokenizer.decode([p])
+            if text.strip().isalpha():
+                into.setdefault(_kind(text), set()).add(p)
+
+    def __call__(self, term: str, variants: Sequence[str]) -> dict[str, list[int]]:
+        """The stand-in's tokens for each variant of the term (" Name", "Name") that occurs."""
+        rng = random.Random(hashlib.sha256(f"{self.seed}\0{term}".encode()).digest())
+        words = term.split()
+        sizes = {v: len(self.encode(v)) for v in variants}
+        for _ in range(500 if len(self.syllables) == 2 else 0):
+            new = [self._word(w, rng) for w in words]
+            out = {v: self.encode(v.replace(term, " ".join(new))) for v in variants}
+            if not {*new} & (self.kept | {*words}) and all(len(out[v]) == sizes[v] for v in variants):
+                return out
+        return {v: self.piecewise(self.encode(v), rng) for v in variants}
+
+    def piecewise(self, pieces: Sequence[int], rng: random.Random) -> list[int]:
+        if self._vocab is None and any(not self.pieces.get(_kind(self.tokenizer.decode([p]))) for p in pieces):
+            self._vocab = {}
+            self._add(range(len(self.tokenizer)), self._vocab)
+        out = []
+        for p in pieces:
+            kind = _kind(self.tokenizer.decode([p]))
+            options = sorted(self.pieces.get(kind, set()) - {p}) or sorted((self._vocab or {}).get(kind, set()) - {p})
+            out.append(rng.choice(options) if options else p)
+        return out
+
+
+def counterfactual_ids(record: Record, ids: list[int], tokenizer: Any, field: str, stand_ins: StandIns) -> list[int]:
     """``ids`` (the encoded record) with every occurrence of its anchor (``record.meta[field]``) replaced, token for
-    token, by a stand-in (the same for every occurrence; keyed by the seed and the term)."""
+    token, by its stand-in."""
     term = record.meta.get(field)
     if not isinstance(term, str) or not term.strip():
         raise InputError(f"record '{show(record.id)}': target matching needs the term to forget in field "
                          f"'{field}' (set anchor_field)", field=field)
-    rng = random.Random(hashlib.sha256(f"{seed}\0{term}".encode()).digest())
-    out, found = list(ids), False
-    for variant in (" " + term, term):
-        pieces = tokenizer(variant, add_special_tokens=False)["input_ids"]
-        hits = _occurrences(out, pieces)
-        if hits:
-            new = stand_in(pieces, tokenizer, rng)
-            for i in hits:
-                out[i:i + len(pieces)] = new
-            found = True
-    if not found:
+    occurs = {v: _occurrences(ids, stand_ins.encode(v)) for v in (" " + term, term)}
+    occurs = {v: hits for v, hits in occurs.items() if hits}
+    if not occurs:
         raise InputError(f"record '{show(record.id)}': its '{field}' ({show(term)}) does not occur in its tokens",
                          field=field)
+    out = list(ids)
+    for v, new in stand_ins(term, list(occurs)).items():
+        for i in occurs[v]:
+            out[i:i + len(new)] = new
     return out
 
 
@@ -106,11 +148,14 @@ class CounterfactualTargets:
     """The target ``q`` of each forget sequence, computed from a frozen model on the fly (one extra forward of the
     counterfactual batch per step; nothing of vocabulary size is stored)."""
 
-    def __init__(self, records: Sequence[Record], tokenizer: Any, field: str, seed: int,
-                 max_length: int | None) -> None:
+    def __init__(self, records: Sequence[Record], tokenizer: Any, field: str, seed: int, max_length: int | None,
+                 pool: Sequence[Record] = ()) -> None:
         encoded = encode_many(records, tokenizer, max_length)
         self.pad = pad_id_of(tokenizer)
-        self.pairs = {tuple(ids): counterfactual_ids(r, ids, tokenizer, field, seed)
+        forgotten = {r.meta.get(field) for r in records}
+        kept = sorted({t for r in pool if isinstance(t := r.meta.get(field), str) and t not in forgotten})
+        stand_ins = StandIns(tokenizer, kept, seed)
+        self.pairs = {tuple(ids): counterfactual_ids(r, ids, tokenizer, field, stand_ins)
                       for r, (ids, _) in zip(records, encoded, strict=True)}
 
     def counterfactual(self, batch: Batch) -> Batch:
@@ -139,7 +184,7 @@ class CounterfactualTargets:
 def target_match(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain: Sequence[Record],
                  args: MatchArgs, *, monitor: Monitor | None = None, accelerator: Any = None,
                  on_step: Any = None) -> UnlearnResult:
-    targets = CounterfactualTargets(forget, tokenizer, args.anchor_field, args.seed, max_length_of(model))
+    targets = CounterfactualTargets(forget, tokenizer, args.anchor_field, args.seed, max_length_of(model), retain)
     ref = frozen_copy(model)
     return run_loop(model, tokenizer, forget, retain, args, match_step(args, ref, targets, retain_term(args, ref)),
                     uses_retain=args.retain_weight > 0, monitor=monitor, accelerator=accelerator, on_step=on_step)
@@ -148,8 +193,11 @@ def target_match(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record
 def match_step(args: MatchArgs, ref: torch.nn.Module, targets: CounterfactualTargets, term: Any) -> StepLoss:
     def step(m: torch.nn.Module, fb: Batch, rb: Batch | None) -> tuple[torch.Tensor, dict[str, float]]:
         lp, n, logits = sequence_logprobs(m, fb)
-        loss = args.forget_weight * target_kl(logits, targets.target_logprobs(ref, fb), fb.labels)
-        stats = {"match_kl": float(loss.detach()), "forget_nll": float(-(lp / n).mean().detach())}
+        q = targets.target_logprobs(ref, fb)
+        kl, gap = target_kl(logits, q, fb.labels), token_gap(logits, q, fb.labels)
+        loss = args.forget_weight * kl + args.token_weight * gap
+        stats = {"match_kl": float(kl.detach()), "token_gap": float(gap.detach()),
+                 "forget_nll": float(-(lp / n).mean().detach())}
         return add_retain(loss, stats, m, rb, args, term)
 
     return step
