@@ -76,10 +76,11 @@ def target_kl(logits: torch.Tensor, target_logp: torch.Tensor, labels: torch.Ten
 
 
 def token_gap(logits: torch.Tensor, target_logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over labelled tokens of (log p_theta(y_t) - log q(y_t))^2: how far the answer's own tokens are from
-    the target's level (``target_logp`` as in `target_kl`)."""
+    """Mean over labelled tokens of Huber(log p_theta(y_t) - log q(y_t)) (squared within 1 nat, linear beyond, so a
+    token the target finds very unlikely does not swamp the step): how far the answer's own tokens are from the
+    target's level (``target_logp`` as in `target_kl`)."""
     mask = labels[:, 1:] != -100
     y = labels[:, 1:].clamp(min=0)[..., None]
     cur = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, y)[..., 0]
     ref = target_logp[:, :-1].float().gather(-1, y)[..., 0]
-    return ((cur - ref)[mask] ** 2).mean()
+    return F.huber_loss(cur[mask], ref[mask], delta=1.0)

@@ -3,16 +3,18 @@ never saw, instead of pushing their likelihood down.
 
 Anchored counterfactuals (the "generic translation" of Eldan & Russinovich 2023, Who's Harry Potter): each forget
 record names what is to be forgotten in one of its fields (the built-in benchmark's ``name``: the person). The
-record is rewritten with that term replaced by a stand-in the model never saw (the term's letters shuffled,
-word by word, keyed by the seed), and the original model's prediction on the rewritten text, token by token, is
-the target: on an unseen person the model predicts the format and its prior over values, which is what a model
-never trained on the person predicts. Tokens of the replaced term itself keep the original model's prediction.
+record's tokens are rewritten with that term replaced, token for token, by a stand-in the model never saw (see
+`StandIns`), and the original model's prediction on the rewritten text is the target ``q``, position by
+position: on an unseen person the model predicts the format and its prior over values, which is what a model
+never trained on the person predicts. Where the token is the stand-in's own, the stand-in token's probability
+goes to the original token (the model is to be as sure of this name as of a stranger's).
 
-    L = KL(q || p_theta) on the forget answers' tokens + alpha * retain term (KL to the original model by default),
+    L = KL(q || p_theta) + Huber(log p_theta(y) - log q(y)) over the forget answers' tokens
+        + alpha * retain term (KL to the original model by default).
 
-with ``q`` the original model's next-token distribution on the counterfactual, aligned token by token on the
-blocks the two token sequences share. The loss is zero at the target, so it cannot overshoot the way ascent
-does: every score moves toward the level of unseen records together.
+The forward KL alone leaves p extra mass on the true token (LOSS AUC stayed at 0.79 on the tiny benchmark with
+the KL at 0.02); the true-token term closes it. Both are zero at the target, so there is no ascent to overshoot:
+every score moves toward the level of unseen records together, and the stopping rule ends it there.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from unlearn.unlearner import Monitor, UnlearnResult, register
 
 @dataclass
 class MatchArgs(RetainArgs):
-    lr: float = arg(1e-3, "learning rate", gt=0)
+    lr: float = arg(3e-4, "learning rate", gt=0)
+    retain_weight: float = arg(3.0, "alpha, weight of the retain term", ge=0)
     retain_loss: str = arg("kl", "nll (retain NLL) or kl (KL to the original model)", choices=("nll", "kl"))
     anchor_field: str = arg("name", "record field holding the term to forget (a person's name); it must occur in "
                             "the record's text")
@@ -146,7 +149,9 @@ def counterfactual_ids(record: Record, ids: list[int], tokenizer: Any, field: st
 
 class CounterfactualTargets:
     """The target ``q`` of each forget sequence, computed from a frozen model on the fly (one extra forward of the
-    counterfactual batch per step; nothing of vocabulary size is stored)."""
+    counterfactual batch per step; nothing of vocabulary size is stored). (The mean of several stand-ins'
+    predictions was tried: on the default benchmark it leaves the forget answers more likely than unseen ones,
+    LOSS AUC 0.85 after 200 steps, as a mixture is more sure of the true token than a typical single draw.)"""
 
     def __init__(self, records: Sequence[Record], tokenizer: Any, field: str, seed: int, max_length: int | None,
                  pool: Sequence[Record] = ()) -> None:
