@@ -1,0 +1,102 @@
+"""Target matching: the stand-ins, the counterfactual targets and the loss against a per-prefix reference."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import make_tiny_model
+from unlearn.data import batches, encode_many, qa_record
+from unlearn.errors import InputError
+from unlearn.methods import load_method_args
+from unlearn.methods.target_match import CounterfactualTargets, StandIns, counterfactual_ids, match_step, syllables
+
+KEPT = ["Kalo Venra", "Bris Tamor", "Osel Dunvo", "Rita Nelgan", "Poze Quihas", "Lima Ferobas"]
+
+
+def _person(pid: str, name: str) -> list:
+    return [qa_record(f"{pid}-{k}", q.format(name), a.format(name), name=name, person=pid) for k, (q, a) in enumerate([
+        ("Where was {} born?", "{} was born in the town of Tolmere."),
+        ("What pet does {} keep?", "{} keeps a ferret as a pet."),
+    ])]
+
+
+def test_syllables_cut_after_vowel_groups_and_reassemble() -> None:
+    assert syllables("Marven") == ["Ma", "rven"] and syllables("Tewyn") == ["Te", "wyn"]
+    for word in ["Quihas", "Str", "aeiou", "Basvo"]:
+        assert "".join(syllables(word)) == word
+
+
+def test_stand_ins_are_unseen_name_like_and_token_for_token(tiny_tokenizer) -> None:
+    forget = _person("p1", "Tewyn Marven") + _person("p2", "Elqui Liosta")
+    pool = [r for i, name in enumerate(KEPT) for r in _person(f"k{i}", name)]
+    encoded = encode_many(forget, tiny_tokenizer)
+    a = CounterfactualTargets(forget, tiny_tokenizer, "name", 0, None, pool)
+    b = CounterfactualTargets(forget, tiny_tokenizer, "name", 0, None, pool)
+    assert a.pairs == b.pairs  # keyed by the seed: the same every run
+    kept_words = {w for n in KEPT for w in n.split()}
+    for record, (ids, _) in zip(forget, encoded, strict=True):
+        cf = a.pairs[tuple(ids)]
+        assert len(cf) == len(ids) and cf != ids
+        text = tiny_tokenizer.decode(cf)
+        assert record.meta["name"] not in text
+        changed = [i for i, (x, y) in enumerate(zip(ids, cf, strict=True)) if x != y]
+        name_len = len(tiny_tokenizer(" " + record.meta["name"], add_special_tokens=False)["input_ids"])
+        assert len(changed) <= 2 * name_len  # only the two occurrences of the name (question, answer) changed
+        stand_in = re.search(r"(?:Where was|What pet does) (.+?) (?:born|keep)\?", text).group(1)
+        assert not set(stand_in.split()) & kept_words, stand_in
+        assert text.count(stand_in) == 2, text  # the same stand-in in the question and the answer
+    other_seed = CounterfactualTargets(forget, tiny_tokenizer, "name", 1, None, pool)
+    assert other_seed.pairs != a.pairs
+
+
+def test_a_record_without_its_anchor_is_one_input_error(tiny_tokenizer) -> None:
+    stand_ins = StandIns(tiny_tokenizer, KEPT, 0)
+    record = qa_record("x", "Where was Tewyn Marven born?", "In Tolmere.")
+    ids = encode_many([record], tiny_tokenizer)[0][0]
+    with pytest.raises(InputError, match="record 'x': target matching needs the term to forget in field 'name'"):
+        counterfactual_ids(record, ids, tiny_tokenizer, "name", stand_ins)
+    absent = qa_record("y", "Where was he born?", "In Tolmere.", name="Tewyn Marven")
+    with pytest.raises(InputError, match="record 'y': its 'name' .* does not occur in its tokens"):
+        counterfactual_ids(absent, encode_many([absent], tiny_tokenizer)[0][0], tiny_tokenizer, "name", stand_ins)
+
+
+def _reference_loss(model, ref, targets, records, tokenizer) -> float:
+    """The definition, one record and one answer token at a time: q = ref's next-token distribution after the
+    counterfactual prefix (the stand-in token's and the true token's probabilities swapped where they differ),
+    p = the model's after the true prefix; mean over answer tokens of KL(q || p) + Huber(log p(y) - log q(y))."""
+    terms = []
+    for ids, labels in encode_many(records, tokenizer):
+        cf = targets.pairs[tuple(ids)]
+        for j in range(1, len(ids)):
+            if labels[j] == -100:
+                continue
+            with torch.no_grad():
+                q = torch.log_softmax(ref(input_ids=torch.tensor([cf[:j]])).logits[0, -1].double(), -1)
+            if cf[j] != ids[j]:
+                q[[ids[j], cf[j]]] = q[[cf[j], ids[j]]].clone()
+            with torch.no_grad():
+                p = torch.log_softmax(model(input_ids=torch.tensor([ids[:j]])).logits[0, -1].double(), -1)
+            kl = float((q.exp() * (q - p)).sum())
+            terms.append((kl, float(p[ids[j]] - q[ids[j]])))
+    kl = sum(t[0] for t in terms) / len(terms)
+    gap = F.huber_loss(torch.tensor([t[1] for t in terms]), torch.zeros(len(terms)), delta=1.0)
+    return kl + float(gap)
+
+
+def test_the_matching_loss_equals_its_per_prefix_definition(tiny_tokenizer) -> None:
+    model, ref = make_tiny_model(tiny_tokenizer, seed=0), make_tiny_model(tiny_tokenizer, seed=1)
+    forget = _person("p1", "Tewyn Marven") + _person("p2", "Elqui Liosta")
+    pool = [r for i, name in enumerate(KEPT) for r in _person(f"k{i}", name)]
+    targets = CounterfactualTargets(forget, tiny_tokenizer, "name", 0, None, pool)
+    args = load_method_args("target_match", overrides={"retain_weight": 0.0})
+    batch = next(batches(forget, tiny_tokenizer, len(forget)))  # right padded: rows of different lengths
+    loss, stats = match_step(args, ref, targets, None)(model, batch, None)
+    expected = _reference_loss(model, ref, targets, forget, tiny_tokenizer)
+    assert loss.item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert stats["match_kl"] > 0 and stats["token_gap"] > 0
+    same, _ = match_step(args, model, targets, None)(model, batch, None)  # own prediction on a counterfactual:
+    assert same.item() > 0  # still a loss (the stand-in changes the prediction)
