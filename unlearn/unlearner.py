@@ -51,6 +51,13 @@ class UnlearnArgs(Checked):
                                "data, as the receipt's verdict (at most 0.10 for 10 or more people)", gt=0, le=0.5)
     max_utility_drop: float = arg(0.25, "stop early if retain utility falls below (1 - this) x its value "
                                   "before unlearning", gt=0, le=1)
+    robustify_alpha: float = arg(0.0, "after the method, UNDO's robustification: shrink-and-perturb the weights "
+                                 "toward a random init by this much, then distil the unlearned model back in on "
+                                 "retain data (0 = off)", ge=0, lt=1)
+    robustify_steps: int = arg(500, "most distillation steps of the robustification", ge=1)
+    robustify_lr: float = arg(1e-3, "learning rate of the robustification's distillation", gt=0)
+    robustify_tolerance: float = arg(0.05, "the distillation stops when retain NLL is within this fraction of the "
+                                     "unlearned model's", ge=0)
 
     def extra_problems(self) -> list[str]:
         from unlearn.params import check_scope
@@ -99,10 +106,18 @@ def method_entry(name: str) -> Method:
 
 
 def measured(run: UnlearnFn, model: torch.nn.Module, *args: Any, **kwargs: Any) -> UnlearnResult:
-    """``run(model, ...)`` with its wall time and peak memory (reference copies and curvature included)
-    written into the result."""
+    """``run(model, tokenizer, forget, retain, method_args, ...)``, then the robustification stage when the
+    arguments ask for it (``robustify_alpha`` > 0; its stats under ``stats["robustify"]``), with wall time and peak
+    memory (reference copies and curvature included) written into the result."""
     with PeakMemory(next(model.parameters()).device) as mem:
         start = time.perf_counter()
         result = run(model, *args, **kwargs)
+        tokenizer, _, retain, margs = args[:4]
+        if margs.robustify_alpha > 0:
+            from unlearn.robustify import robustify
+
+            stage = robustify(result.model, tokenizer, retain, margs, accelerator=kwargs.get("accelerator"))
+            result.model = stage.model
+            result.stats["robustify"] = {**stage.stats, "steps": stage.steps, "stop": stage.stop_reason}
     result.wall_seconds, result.peak_memory_mb, result.memory_kind = time.perf_counter() - start, mem.peak_mb, mem.kind
     return result
