@@ -8,6 +8,12 @@ retain model's scores under the battery's attacks, computed once per request for
 each method's unlearning.
 
     python tests/benchmarks/removal_table.py [--preset default] [--methods graddiff,npo] [--set npo.lr=2e-4]
+        [--people 5] [--no-relearn-attack]
+
+Every registered method by default; ``--people N`` adds N single-person requests (people of the forget split,
+one request each) after the whole split; each row also gives the whole request's time (unlearning, stopping
+rule and the receipt's battery) relative to training the retain model, peak memory, and the robustification
+stage's statistics when a method ran one (``--set target_match.robustify_alpha=0.6``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from unlearn.auditors.stopping import make_monitor, returned_scores
 from unlearn.auditors.tofu import evaluate_qa, forget_quality, model_utility
 from unlearn.benchmark.build import build
 from unlearn.benchmark.generator import RETAIN_OF
-from unlearn.methods import get_method, load_method_args, measured
+from unlearn.methods import METHODS, get_method, load_method_args, measured
 from unlearn.model import load_model
 
 
@@ -69,80 +75,102 @@ def utility(model, tok, sets) -> float:
                                                             for s in (ra, wf)))
 
 
+def requests_of(sets: Sets, people: int) -> list[tuple[str, list]]:
+    """The requests a table is measured on: the whole forget split, then ``people`` of its people one at a time."""
+    ids = sorted({r.meta["person"] for r in sets.forget})[:people]
+    return [(sets.bench.retain_split, sets.forget)] + [(p, [r for r in sets.forget if r.meta["person"] == p])
+                                                       for p in ids]
+
+
+def method_row(name: str, overrides: dict[str, Any], sets: Sets, forget: list, reference: Any,
+               battery_args: BatteryArgs, retrain: float, target_utility: float, gold_tr: Any) -> dict[str, Any]:
+    """One method on one request: the stopping rule on the calibration split, the receipt's battery, the full one."""
+    tok = sets.tok
+    kept: dict = {}  # the rule's full-check forget scores: the receipt's "as is" reuses the returned weights'
+    if name == "target":
+        model, res = sets.target, None
+    else:
+        margs = load_method_args(name, overrides=overrides)
+        model = load_model(sets.bench.target)[0]
+        rule_s = [0.0]
+
+        def monitor(m, step, rule=make_monitor(tok, forget, sets.cal, sets.rcal, margs, sets.gold, kept=kept),
+                    spent=rule_s):
+            t = time.perf_counter()  # the stopping rule's own time, inside the unlearning
+            out = rule(m, step)
+            spent[0] += time.perf_counter() - t
+            return out
+
+        res = measured(get_method(name).run, model, tok, forget, sets.retain, margs, monitor=monitor)
+        model = res.model
+    start = time.perf_counter()  # the battery as a receipt runs it (its cost), then every attack in full
+    known = returned_scores(res, kept) if res else None
+    receipt = removal_battery(model, tok, forget, sets.ver, BatteryArgs(), reference=reference, known=known)
+    no_relearn = time.perf_counter() - start
+    start = time.perf_counter()
+    battery = removal_battery(model, tok, forget, sets.ver, battery_args, reference=reference, known=known)
+    battery_s = time.perf_counter() - start
+    proper = max(res.wall_seconds - rule_s[0], 1e-9) if res else 0.0  # the unlearning without the rule
+    return {"method": name, "verdict": battery.verdict.status, "receipt_verdict": receipt.verdict.status,
+            "receipt_attacks": [r.attack for r in receipt.rows], "receipt_notes": receipt.notes,
+            "attacks": {r.attack: (r.verdict.status, {e.score: round(e.auc, 3) for e in r.verdict.evidence},
+                                   r.extraction["exact_match"]) for r in battery.rows},
+            "forget_quality": forget_quality(evaluate_qa(model, tok, forget, rouge=False), gold_tr),
+            "utility_rel": utility(model, tok, sets.u_sets) / target_utility,
+            "steps": res.steps if res else 0, "stop": res.stop_reason if res else "-",
+            "checks": len(res.history) if res else 0,
+            "full_checks": sum(not h.get("quick") for h in res.history) if res else 0,
+            "robustify": res.stats.get("robustify") if res else None,
+            "peak_memory_mb": res.peak_memory_mb if res else None,
+            "rule_vs_unlearning": rule_s[0] / proper if res else None,
+            "battery_no_relearn_vs_unlearning": no_relearn / proper if res else None,
+            "time_vs_retrain": (res.wall_seconds / retrain) if res else 0.0,
+            # the whole request as a receipt runs it: unlearning + stopping rule + the receipt's battery
+            "request_vs_retrain": ((res.wall_seconds + no_relearn) / retrain) if res else 0.0,
+            "battery_vs_unlearning": (battery_s / res.wall_seconds) if res else None,
+            # the cost target: stopping rule + battery without relearning, over the unlearning proper
+            "evidence_cost": (rule_s[0] + no_relearn) / proper if res else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="default")
-    ap.add_argument("--methods", default="grad_ascent,graddiff,npo,simnpo,newton,iau,soul")
+    ap.add_argument("--methods", default=",".join(METHODS.names()))
+    ap.add_argument("--people", type=int, default=0, help="also this many single-person requests")
+    ap.add_argument("--relearn-attack", action=argparse.BooleanOptionalAction, default=True,
+                    help="the full battery's relearning attack")
     ap.add_argument("--set", action="append", default=[], help="method.key=value overrides")
     args = ap.parse_args()
     sets = load_sets(args.preset)
-    bench, forget, retain, cal, ver, rcal, u_sets = (sets.bench, sets.forget, sets.retain, sets.cal, sets.ver,
-                                                     sets.rcal, sets.u_sets)
-    target, tok, gold = sets.target, sets.tok, sets.gold
-    gold_tr = evaluate_qa(gold, tok, forget, rouge=False)
-    target_utility = utility(target, tok, u_sets)
-    retrain = json.loads((bench.root / "report.json").read_text())["models"]["retain"]["train_seconds"]
-    start = time.perf_counter()
-    battery_args = BatteryArgs(relearn=True, exhaustive=True)
-    reference = reference_scores(gold, tok, forget, ver, battery_args)  # once per request, shared by the methods
-    reference_s = time.perf_counter() - start
+    target_utility = utility(sets.target, sets.tok, sets.u_sets)
+    retrain = json.loads((sets.bench.root / "report.json").read_text())["models"]["retain"]["train_seconds"]
+    battery_args = BatteryArgs(relearn=args.relearn_attack, exhaustive=True)
     rows = []
-    for name in ["target", *args.methods.split(",")]:
-        overrides = method_overrides(name, args.set)
-        kept: dict = {}  # the rule's full-check forget scores: the receipt's "as is" reuses the returned weights'
-        if name == "target":
-            model, res = target, None
-        else:
-            margs = load_method_args(name, overrides=overrides)
-            model = load_model(bench.target)[0]
-            rule_s = [0.0]
+    for request, forget in requests_of(sets, args.people):
+        gold_tr = evaluate_qa(sets.gold, sets.tok, forget, rouge=False)
+        reference = reference_scores(sets.gold, sets.tok, forget, sets.ver, battery_args)  # shared by the methods
+        for name in ["target", *args.methods.split(",")]:
+            row = {"request": request, **method_row(name, method_overrides(name, args.set), sets, forget, reference,
+                                                    battery_args, retrain, target_utility, gold_tr)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print_table(rows)
 
-            def monitor(m, step, rule=make_monitor(tok, forget, cal, rcal, margs, gold, kept=kept), spent=rule_s):
-                t = time.perf_counter()  # the stopping rule's own time, inside the unlearning
-                out = rule(m, step)
-                spent[0] += time.perf_counter() - t
-                return out
 
-            res = measured(get_method(name).run, model, tok, forget, retain, margs, monitor=monitor)
-            model = res.model
-        start = time.perf_counter()  # the battery as a receipt runs it (its cost), then every attack in full
-        known = returned_scores(res, kept) if res else None
-        receipt = removal_battery(model, tok, forget, ver, BatteryArgs(), reference=reference, known=known)
-        no_relearn = time.perf_counter() - start
-        start = time.perf_counter()
-        battery = removal_battery(model, tok, forget, ver, battery_args, reference=reference, known=known)
-        battery_s = time.perf_counter() - start
-        proper = max(res.wall_seconds - rule_s[0], 1e-9) if res else 0.0  # the unlearning without the rule
-        row = {"method": name, "verdict": battery.verdict.status, "receipt_verdict": receipt.verdict.status,
-               "receipt_attacks": [r.attack for r in receipt.rows], "receipt_notes": receipt.notes,
-               "attacks": {r.attack: (r.verdict.status, {e.score: round(e.auc, 3) for e in r.verdict.evidence},
-                                      r.extraction["exact_match"]) for r in battery.rows},
-               "forget_quality": forget_quality(evaluate_qa(model, tok, forget, rouge=False), gold_tr),
-               "utility_rel": utility(model, tok, u_sets) / target_utility,
-               "steps": res.steps if res else 0, "stop": res.stop_reason if res else "-",
-               "checks": len(res.history) if res else 0,
-               "full_checks": sum(not h.get("quick") for h in res.history) if res else 0,
-               "rule_vs_unlearning": rule_s[0] / proper if res else None,
-               "battery_no_relearn_vs_unlearning": no_relearn / proper if res else None,
-               "time_vs_retrain": (res.wall_seconds / retrain) if res else 0.0,
-               "battery_vs_unlearning": (battery_s / res.wall_seconds) if res else None,
-               # the cost target: stopping rule + battery without relearning, over the unlearning proper
-               "evidence_cost": (rule_s[0] + no_relearn) / proper if res else None,
-               # the retain model's scores under the battery's attacks: once per request, whatever the method
-               "reference_vs_unlearning": reference_s / proper if res else None}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    print(f"\n{'method':12}{'verdict':15}{'receipt':15}{'FQ':>9}{'MU rel':>8}{'steps':>6}{'checks':>11} {'stop':22}"
-          f"{'t/retrain':>10}{'battery/t':>10}{'rule':>6}{'batt.':>6}{'cost':>6}  per attack: status (loss AUC)")
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'request':10}{'method':13}{'verdict':15}{'receipt':15}{'FQ':>9}{'MU rel':>8}{'steps':>6}"
+          f"{'checks':>11} {'stop':22}{'req/retr':>9}{'battery/t':>10}{'rule':>6}{'batt.':>6}{'cost':>6}  "
+          "per attack: status (LOSS / Min-K%++ AUC)")
     for r in rows:
-        per = "; ".join(f"{a}: {s} ({aucs['loss']:.2f})" for a, (s, aucs, _) in r["attacks"].items())
+        per = "; ".join(f"{a}: {s} ({aucs['loss']:.2f}/{aucs['minkpp']:.2f})"
+                        for a, (s, aucs, _) in r["attacks"].items())
         bt = f"{r['battery_vs_unlearning']:.2f}" if r["battery_vs_unlearning"] is not None else "-"
         cost = f"{r['evidence_cost']:.2f}" if r["evidence_cost"] is not None else "-"
         parts = "".join(f"{r[k]:6.2f}" if r[k] is not None else f"{'-':>6}"
                         for k in ("rule_vs_unlearning", "battery_no_relearn_vs_unlearning"))
-        print(f"{r['method']:12}{r['verdict']:15}{r['receipt_verdict']:15}{r['forget_quality']:9.2e}{r['utility_rel']:8.3f}{r['steps']:6d}"
-              f"{r['checks']:5d} ({r['full_checks']:3d}) {r['stop']:22}{r['time_vs_retrain']:10.2f}{bt:>10}{parts}"
-              f"{cost:>6}  {per}")
+        print(f"{r['request']:10}{r['method']:13}{r['verdict']:15}{r['receipt_verdict']:15}{r['forget_quality']:9.2e}"
+              f"{r['utility_rel']:8.3f}{r['steps']:6d}{r['checks']:5d} ({r['full_checks']:3d}) {r['stop']:22}"
+              f"{r['request_vs_retrain']:9.2f}{bt:>10}{parts}{cost:>6}  {per}")
 
 
 if __name__ == "__main__":
