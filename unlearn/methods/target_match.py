@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from unlearn.config import arg
-from unlearn.data import Batch, Record, encode_many, pad_id_of
+from unlearn.data import Batch, Record, collate, encode_many, pad_id_of
 from unlearn.errors import InputError
 from unlearn.jsonio import show
 from unlearn.logprobs import forward_logits, max_length_of
@@ -47,6 +47,8 @@ class MatchArgs(RetainArgs):
     anchor_field: str = arg("name", "record field holding the term to forget (a person's name); it must occur in "
                             "the record's text")
     forget_weight: float = arg(1.0, "weight of the matching term", ge=0)
+    candidates: int = arg(5, "stand-ins tried per anchor; the one whose target is the median in answer NLL is used",
+                          ge=1)
     token_weight: float = arg(1.0, "weight of the true-token term: mean squared log-ratio log p(y) - log q(y) of "
                               "the answer's own tokens (the forward KL alone lets p keep extra mass on y)", ge=0)
 
@@ -154,14 +156,40 @@ class CounterfactualTargets:
     LOSS AUC 0.85 after 200 steps, as a mixture is more sure of the true token than a typical single draw.)"""
 
     def __init__(self, records: Sequence[Record], tokenizer: Any, field: str, seed: int, max_length: int | None,
-                 pool: Sequence[Record] = ()) -> None:
+                 pool: Sequence[Record] = (), ref: torch.nn.Module | None = None, candidates: int = 1) -> None:
         encoded = encode_many(records, tokenizer, max_length)
         self.pad = pad_id_of(tokenizer)
         forgotten = {r.meta.get(field) for r in records}
         kept = sorted({t for r in pool if isinstance(t := r.meta.get(field), str) and t not in forgotten})
-        stand_ins = StandIns(tokenizer, kept, seed)
-        self.pairs = {tuple(ids): counterfactual_ids(r, ids, tokenizer, field, stand_ins)
-                      for r, (ids, _) in zip(records, encoded, strict=True)}
+        options = [{tuple(ids): counterfactual_ids(r, ids, tokenizer, field, stand_ins)
+                    for r, (ids, _) in zip(records, encoded, strict=True)}
+                   for stand_ins in (StandIns(tokenizer, kept, seed * 1000 + k) for k in range(candidates))]
+        self.pairs = options[0]
+        if candidates > 1 and ref is not None:
+            self.pairs = self._typical(options, [r.meta[field] for r in records], encoded, ref)
+
+    def _typical(self, options: list[dict[tuple[int, ...], list[int]]], anchors: list[str],
+                 encoded: list[tuple[list[int], list[int]]], ref: torch.nn.Module) -> dict[tuple[int, ...], list[int]]:
+        """Per anchor, the candidate stand-in whose target gives the anchor's answers the median mean NLL among
+        the candidates: a typical stranger, not an unusually easy or hard one."""
+        nll = []
+        for pairs in options:
+            self.pairs, scores = pairs, []
+            for start in range(0, len(encoded), 32):
+                batch = collate(encoded[start:start + 32], self.pad).to(next(ref.parameters()).device)
+                y = batch.labels[:, 1:]
+                q = self.target_logprobs(ref, batch)[:, :-1].gather(-1, y.clamp(min=0)[..., None])[..., 0]
+                mask = y != -100
+                scores += (-(q * mask).sum(1) / mask.sum(1)).tolist()
+            nll.append(scores)
+        chosen = {}
+        for anchor in set(anchors):
+            rows = [i for i, a in enumerate(anchors) if a == anchor]
+            by = sorted(range(len(options)), key=lambda k: sum(nll[k][i] for i in rows))
+            for i in rows:
+                key = tuple(encoded[i][0])
+                chosen[key] = options[by[len(by) // 2]][key]
+        return chosen
 
     def counterfactual(self, batch: Batch) -> Batch:
         """The batch with every anchor replaced by its stand-in (same shape, same labels)."""
@@ -189,8 +217,9 @@ class CounterfactualTargets:
 def target_match(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain: Sequence[Record],
                  args: MatchArgs, *, monitor: Monitor | None = None, accelerator: Any = None,
                  on_step: Any = None) -> UnlearnResult:
-    targets = CounterfactualTargets(forget, tokenizer, args.anchor_field, args.seed, max_length_of(model), retain)
     ref = frozen_copy(model)
+    targets = CounterfactualTargets(forget, tokenizer, args.anchor_field, args.seed, max_length_of(model), retain,
+                                    ref, args.candidates)
     return run_loop(model, tokenizer, forget, retain, args, match_step(args, ref, targets, retain_term(args, ref)),
                     uses_retain=args.retain_weight > 0, monitor=monitor, accelerator=accelerator, on_step=on_step)
 
