@@ -8,6 +8,7 @@ from typing import Any
 from rich.markup import escape
 
 from unlearn.cli.common import UI, add_data_args, benchmark_options, data_sources, load_options, sub_parser
+from unlearn.config import DEFAULT_METHOD
 from unlearn.workflows.forget import ForgetJob, forget, resolve_method_args
 
 
@@ -15,7 +16,8 @@ def add_parser(sub: Any) -> None:
     f = sub_parser(sub, "forget", "apply a deletion request: unlearn records, write a new model + receipt")
     f.add_argument("--model", help="input model directory (never modified); default: the built-in target")
     add_data_args(f)
-    f.add_argument("--method", default="npo", help="grad_ascent, graddiff, npo, simnpo, newton, iau, soul")
+    f.add_argument("--method", default=DEFAULT_METHOD,
+                   help=f"a registered method (unlearn methods); default {DEFAULT_METHOD}")
     f.add_argument("--config", help="method yaml, or the name of a shipped preset (configs/methods)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_args",
                    help="override any method argument (repeatable; VALUE read as yaml, validated like the config "

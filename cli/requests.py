@@ -8,6 +8,7 @@ from typing import Any
 from rich.markup import escape
 
 from unlearn.cli.common import UI, add_fields_arg, benchmark_options, load_options, sub_parser
+from unlearn.config import DEFAULT_METHOD
 from unlearn.workflows.common import DataSources
 
 STORE_HELP = "the store directory: queue, ledger and model versions (default unlearn-store)"
@@ -34,7 +35,8 @@ def add_parser(sub: Any) -> None:
     ls.set_defaults(run=run_list)
     r = sub_parser(rsub, "run", "answer the pending requests in one unlearning run: the next model version")
     r.add_argument("--store", default="unlearn-store", help=STORE_HELP)
-    r.add_argument("--method", default="npo", help="grad_ascent, graddiff, npo, simnpo, newton, iau, soul")
+    r.add_argument("--method", default=DEFAULT_METHOD,
+                   help=f"a registered method (unlearn methods); default {DEFAULT_METHOD}")
     r.add_argument("--config", help="method yaml, or the name of a shipped preset (configs/methods)")
     r.add_argument("--max-steps", type=int, help="override max_steps")
     r.add_argument("--lr", type=float, help="override lr")

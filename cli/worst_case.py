@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from unlearn.cli.common import UI, benchmark_options, load_options, sub_parser
+from unlearn.config import DEFAULT_METHOD
 from unlearn.workflows.worst_case import WorstCaseJob, worst_case
 
 
@@ -17,7 +18,8 @@ def add_parser(sub: Any) -> None:
     w.add_argument("--retain", help="retain records JSONL for the method (default: built-in retain split)")
     w.add_argument("--retain-model", help="model trained without the pool (adds privleak)")
     w.add_argument("--k", type=int, default=40, help="size of the forget set")
-    w.add_argument("--method", default="npo")
+    w.add_argument("--method", default=DEFAULT_METHOD,
+                   help=f"a registered method (unlearn methods); default {DEFAULT_METHOD}")
     w.add_argument("--config", help="method yaml or shipped preset name")
     w.add_argument("--rounds", type=int, default=4, help="outer rounds after the first sweep over the pool")
     w.add_argument("--lower-steps", type=int, default=10, help="unlearning steps inside each round")

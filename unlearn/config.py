@@ -217,6 +217,7 @@ def resolve_config(spec: str | Path, kind: str) -> Path:
 
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+DEFAULT_METHOD = "target_match"  # of forget, requests run and worst-case: the best of the removal table
 
 
 @dataclasses.dataclass(frozen=True)

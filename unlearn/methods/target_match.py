@@ -136,7 +136,7 @@ def counterfactual_ids(record: Record, ids: list[int], tokenizer: Any, field: st
     term = record.meta.get(field)
     if not isinstance(term, str) or not term.strip():
         raise InputError(f"record '{show(record.id)}': target matching needs the term to forget in field "
-                         f"'{field}' (set anchor_field)", field=field)
+                         f"'{field}' (set anchor_field, or pick a method without one: --method npo)", field=field)
     occurs = {v: _occurrences(ids, stand_ins.encode(v)) for v in (" " + term, term)}
     occurs = {v: hits for v, hits in occurs.items() if hits}
     if not occurs:

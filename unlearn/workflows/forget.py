@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unlearn.config import LoadOptions
+from unlearn.config import DEFAULT_METHOD, LoadOptions
 from unlearn.errors import ConfigError, Interrupted
 from unlearn.workflows.common import (
     SILENT,
@@ -46,7 +46,7 @@ class ForgetJob:
 
     model: PathLike | None = None
     data: DataSources = DataSources()
-    method: str = "npo"
+    method: str = DEFAULT_METHOD
     config: PathLike | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
     out: PathLike | None = None  # a NEW directory; default runs/forget-METHOD-TIME

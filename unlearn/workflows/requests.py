@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unlearn.config import LoadOptions
+from unlearn.config import DEFAULT_METHOD, LoadOptions
 from unlearn.errors import InputError, UnlearnError
 from unlearn.workflows.common import (
     SILENT,
@@ -64,7 +64,7 @@ class RunJob:
     the original weights."""
 
     store: PathLike
-    method: str = "npo"
+    method: str = DEFAULT_METHOD
     config: PathLike | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
     strategy: str = "incremental"

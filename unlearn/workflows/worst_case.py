@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from unlearn.config import LoadOptions
+from unlearn.config import DEFAULT_METHOD, LoadOptions
 from unlearn.errors import UnlearnError
 from unlearn.workflows.common import (
     SILENT,
@@ -35,7 +35,7 @@ class WorstCaseJob:
     retain: PathLike | None = None
     retain_model: PathLike | None = None
     k: int = 40
-    method: str = "npo"
+    method: str = DEFAULT_METHOD
     config: PathLike | None = None
     rounds: int = 4
     lower_steps: int = 10
