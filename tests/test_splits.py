@@ -56,7 +56,7 @@ def test_methods_command_lists_every_argument_from_the_dataclass(capsys) -> None
 @pytest.mark.parametrize(("item", "ok"), [("beta=0.2", True), ("bogus=1", False), ("beta", False),
                                           ("beta=[1, 2", False), ("max_steps=-3", False), ("margin=7", False)])
 def test_set_overrides_are_validated_like_the_config_file(item: str, ok: bool, capsys) -> None:
-    code = main(["forget", "--set", item, "--dry-run", "--json"])
+    code = main(["forget", "--method", "npo", "--set", item, "--dry-run", "--json"])
     out = capsys.readouterr()
     assert code == (0 if ok else 2), out
     if ok:

@@ -100,3 +100,35 @@ def test_the_matching_loss_equals_its_per_prefix_definition(tiny_tokenizer) -> N
     assert stats["match_kl"] > 0 and stats["token_gap"] > 0
     same, _ = match_step(args, model, targets, None)(model, batch, None)  # own prediction on a counterfactual:
     assert same.item() > 0  # still a loss (the stand-in changes the prediction)
+
+
+def _answer_nll(ref, ids, labels, cf) -> float:
+    """Mean over answer tokens of -log q(y), q as in `_reference_loss`, one prefix at a time."""
+    total, count = 0.0, 0
+    for j in range(1, len(ids)):
+        if labels[j] == -100:
+            continue
+        with torch.no_grad():
+            q = torch.log_softmax(ref(input_ids=torch.tensor([cf[:j]])).logits[0, -1].double(), -1)
+        if cf[j] != ids[j]:
+            q[[ids[j], cf[j]]] = q[[cf[j], ids[j]]].clone()
+        total, count = total - float(q[ids[j]]), count + 1
+    return total / count
+
+
+def test_the_stand_in_used_is_the_median_candidate_of_each_person(tiny_tokenizer) -> None:
+    ref = make_tiny_model(tiny_tokenizer, seed=2)
+    forget = _person("p1", "Tewyn Marven") + _person("p2", "Elqui Liosta")
+    pool = [r for i, name in enumerate(KEPT) for r in _person(f"k{i}", name)]
+    chosen = CounterfactualTargets(forget, tiny_tokenizer, "name", 4, None, pool, ref, candidates=3).pairs
+    encoded = encode_many(forget, tiny_tokenizer)
+    for person in ("p1", "p2"):
+        rows = [i for i, r in enumerate(forget) if r.meta["person"] == person]
+        per_candidate = []
+        for k in range(3):
+            stand_ins = StandIns(tiny_tokenizer, sorted(KEPT), 4 * 1000 + k)  # as the targets order the pool
+            cfs = {i: counterfactual_ids(forget[i], encoded[i][0], tiny_tokenizer, "name", stand_ins) for i in rows}
+            per_candidate.append((sum(_answer_nll(ref, *encoded[i], cfs[i]) for i in rows), cfs))
+        per_candidate.sort(key=lambda c: c[0])
+        assert per_candidate[0][0] < per_candidate[2][0]  # the candidates differ: the choice matters
+        assert all(chosen[tuple(encoded[i][0])] == per_candidate[1][1][i] for i in rows)

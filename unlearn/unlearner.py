@@ -5,7 +5,6 @@ Methods live in ``unlearn.methods`` (importing it registers them); this module i
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 import torch
 
 from unlearn.config import Checked, arg
-from unlearn.memory import PeakMemory
 from unlearn.registry import Registry
 
 
@@ -103,21 +101,3 @@ def register(name: str, args_cls: type[UnlearnArgs], summary: str) -> Callable[[
 def method_entry(name: str) -> Method:
     e = METHODS.entry(name)
     return Method(e.name, e.info["args_cls"], e.obj, e.info["summary"])
-
-
-def measured(run: UnlearnFn, model: torch.nn.Module, *args: Any, **kwargs: Any) -> UnlearnResult:
-    """``run(model, tokenizer, forget, retain, method_args, ...)``, then the robustification stage when the
-    arguments ask for it (``robustify_alpha`` > 0; its stats under ``stats["robustify"]``), with wall time and peak
-    memory (reference copies and curvature included) written into the result."""
-    with PeakMemory(next(model.parameters()).device) as mem:
-        start = time.perf_counter()
-        result = run(model, *args, **kwargs)
-        tokenizer, _, retain, margs = args[:4]
-        if margs.robustify_alpha > 0:
-            from unlearn.robustify import robustify
-
-            stage = robustify(result.model, tokenizer, retain, margs, accelerator=kwargs.get("accelerator"))
-            result.model = stage.model
-            result.stats["robustify"] = {**stage.stats, "steps": stage.steps, "stop": stage.stop_reason}
-    result.wall_seconds, result.peak_memory_mb, result.memory_kind = time.perf_counter() - start, mem.peak_mb, mem.kind
-    return result
