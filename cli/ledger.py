@@ -67,9 +67,12 @@ def run_verify(args: argparse.Namespace, ui: UI) -> int:
 def run_recover(args: argparse.Namespace, ui: UI) -> int:
     from pathlib import Path
 
-    from unlearn.ledger import load_key, locked, recover, sweep_stale
+    from unlearn.errors import InputError
+    from unlearn.ledger import load_key, locked, pending_journal, recover, sweep_stale
 
     path = Path(args.ledger)
+    if not path.is_file() and not pending_journal(path).is_file():
+        raise InputError("no ledger (and no interrupted commit) here; nothing to recover", file=path)
     with locked(path):
         done = recover(path, load_key())
         swept = sweep_stale(path.absolute().parent)

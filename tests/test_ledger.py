@@ -388,3 +388,42 @@ def test_manifest_integrity(tmp_path: Path) -> None:
     dup.write_text('{"id": "a", "text": "x", "text": "y"}\n')
     with pytest.raises(UnlearnError, match="d.jsonl:1: duplicate key 'text'"):
         load_records(dup)
+
+
+def test_recovery_removes_only_a_temporary_directory_it_can_prove_it_created(tmp_path: Path) -> None:
+    path, out = tmp_path / "ledger.jsonl", tmp_path / "model-v2"
+    victim = tmp_path / "precious"
+    victim.mkdir()
+    (victim / "data.txt").write_text("keep me")
+    entry = {"prev_hash": "0" * 64, "entry_hash": "1" * 64}
+
+    def recover_with(tmp: Path, token: str | None) -> str | None:
+        journal = {"out": str(out), "tmp": str(tmp), "entry": entry, **({"token": token} if token else {})}
+        path.with_name(path.name + ".pending").write_text(json.dumps(journal))
+        with ledger.locked(path):
+            return ledger.recover(path, None)
+
+    fake = tmp_path / f".{out.name}.tmp-1-abcd"  # the right name and place, but no token inside
+    fake.mkdir()
+    lookalike = tmp_path / f".{out.name}.tmp-1-link"
+    lookalike.symlink_to(victim, target_is_directory=True)
+    for tmp, token in [(victim, None), (victim, "t"), (fake, "t"), (lookalike, "t")]:
+        done = recover_with(tmp, token)
+        assert done is not None and f"left {tmp} in place" in done
+        assert not path.with_name(path.name + ".pending").exists()  # the journal is answered, not left to block
+    assert (victim / "data.txt").read_text() == "keep me" and fake.is_dir() and lookalike.is_symlink()
+    (fake / ledger.TEMP_TOKEN).write_text("t")
+    assert "nothing of it was kept" in recover_with(fake, "t") and not fake.exists()  # a real one is removed
+    real = tmp_path / f".{out.name}.tmp-2-wxyz"
+    real.mkdir()
+    (real / ledger.TEMP_TOKEN).write_text("t")
+    assert "left" in recover_with(real, "other token") and real.exists()  # another commit's token
+
+
+def test_ledger_recover_on_a_missing_ledger_creates_nothing(tmp_path: Path, capsys) -> None:
+    from unlearn.cli.main import main
+
+    missing = tmp_path / "typo" / "ledger.jsonl"
+    assert main(["ledger", "recover", str(missing)]) == 2
+    assert not (tmp_path / "typo").exists()
+    assert capsys.readouterr().err.count("\n") == 1

@@ -303,7 +303,9 @@ def commit_model(ledger: Path, key: bytes, content: dict[str, Any], out: Path,
     ledger, out = ledger.absolute(), out.absolute()
     sweep_stale(out.parent)
     tmp = temp_sibling(out)
+    token = secrets.token_hex(16)
     try:
+        (tmp / TEMP_TOKEN).write_text(token)  # proves to a later recovery that this directory is ours
         manifest = write(tmp)
         _pause("written")
         with locked(ledger):
@@ -320,10 +322,11 @@ def commit_model(ledger: Path, key: bytes, content: dict[str, Any], out: Path,
             anchor = {"ledger": os.path.relpath(ledger, out), "entry": entry}
             write_atomic(tmp / ANCHOR, json.dumps(anchor, indent=2) + "\n")
             write_atomic(_sidecar(ledger, ".pending"), json.dumps({"out": str(out), "tmp": str(tmp),
-                                                                     "entry": entry}) + "\n")
+                                                                     "token": token, "entry": entry}) + "\n")
             _pause("journaled")
             os.rename(tmp, out)
             fsync_dir(out.parent)
+            (out / TEMP_TOKEN).unlink()
             _pause("renamed")
             _append_line(ledger, entry)
             _pause("appended")
@@ -345,6 +348,9 @@ def recover(ledger: Path, key: bytes | None) -> str | None:
     try:
         pending = json.loads(journal.read_text(encoding="utf-8"))
         entry, out, tmp = pending["entry"], Path(pending["out"]), Path(pending["tmp"])
+        token = pending.get("token")
+        if not isinstance(entry, dict) or not isinstance(entry.get("prev_hash"), str):
+            raise ValueError("entry")
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError("unreadable commit journal; inspect it, then remove it", file=journal) from None
     n, head = head_of(ledger)
@@ -359,14 +365,39 @@ def recover(ledger: Path, key: bytes | None) -> str | None:
         else:
             raise UnlearnError(f"{journal}: the ledger moved on past an interrupted commit of {out}; "
                                "resolve by hand (the entry is in the model's anchor file)")
+        with contextlib.suppress(OSError):
+            (out / TEMP_TOKEN).unlink()
+    elif (tmp.exists() or tmp.is_symlink()) and not owned_temp(tmp, out, token):
+        done = (f"rolled back an interrupted commit of {out}; left {tmp} in place: the journal names it as its "
+                "temporary directory, but it is not one this toolkit can prove it created (a .NAME.tmp-PID-XXXX "
+                "directory beside the output holding the journal's token)")
     else:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp)
         done = f"rolled back an interrupted commit of {out}: nothing of it was kept"
     if key is not None and n:
         write_head(ledger, key, n, head)
     journal.unlink()
     return done
+
+
+TEMP_TOKEN = ".unlearn-temp-token"  # inside a commit's temporary directory until the rename
+
+
+def owned_temp(tmp: Path, out: Path, token: Any) -> bool:
+    """Whether ``tmp`` is the temporary directory of a commit of ``out`` that recorded ``token``: a real directory
+    (no link) beside ``out``, named ``.OUT.tmp-PID-XXXX``, holding the token file with that token."""
+    if not isinstance(token, str) or tmp.is_symlink() or not tmp.is_dir():
+        return False
+    if tmp.parent.resolve() != out.parent.resolve() or not re.fullmatch(
+            rf"\.{re.escape(out.name)}\.tmp-\d+-[^/]+", tmp.name):
+        return False
+    marker = tmp / TEMP_TOKEN
+    try:
+        return not marker.is_symlink() and marker.is_file() and marker.stat().st_size < 100 and \
+            hmac.compare_digest(marker.read_text(encoding="ascii"), token)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _read_anchor(out: Path) -> dict[str, Any] | None:
