@@ -214,3 +214,51 @@ def test_cli_requests_list_and_ledger_show(tmp_path: Path, bench, capsys) -> Non
     assert json.loads(capsys.readouterr().out)["entries"][0]["version"] == 1
     assert main(["requests", "run", "--store", str(store_dir), "--batch-max", "0"]) == 2
     assert "batch_max must be >= 1" in capsys.readouterr().err
+
+
+def test_simultaneous_adds_of_the_same_ids_queue_each_id_once(tmp_path: Path) -> None:
+    import threading
+
+    config = {"builtin": True, "model": "m"}
+    for trial in range(20):
+        root = tmp_path / f"store{trial}"
+        barrier, created, errors = threading.Barrier(6), [], []
+
+        def add(k: int, root: Path = root, barrier: threading.Barrier = barrier, created: list = created,
+                errors: list = errors) -> None:
+            try:
+                store = Store(root)
+                barrier.wait()
+                created.append(store.create(config))  # the losers of the race join the winner's store
+                store.add(None, ["a", "b", f"own-{k}"])
+            except Exception as exc:  # any failure fails the test below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=add, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and sorted(created) == [False] * 5 + [True]
+        queued = [i for r in Store(root).requests() for i in r.records]
+        assert sorted(queued) == sorted(["a", "b", *(f"own-{k}" for k in range(6))]), (trial, queued)
+    with pytest.raises(Exception, match="created here meanwhile"):
+        Store(tmp_path / "store0").create({"builtin": False, "model": "other"})
+
+
+def test_verify_rejects_a_record_answered_by_two_versions(tmp_path: Path) -> None:
+    entries = []
+    prev = None
+    for number, (name, ids) in enumerate([("r1", ["x", "y"]), ("r2", ["y", "z"])], start=1):
+        e = {"version": number, "parent": prev["entry_hash"] if prev else None, "strategy": "original",
+             "original_sha256": "o", "model_before": "o", "model_after": f"m{number}", "requests": {name: ids},
+             "cumulative_requests": [*(prev["cumulative_requests"] if prev else []), name],
+             "cumulative_records": sorted({*(prev["cumulative_records"] if prev else []), *ids}),
+             "records": [{"id": i} for i in ids], "entry_hash": f"h{number}"}
+        entries.append(e)
+        prev = e
+    problems: list = []
+    rows = [ledger.Row(line=i + 1, raw=b"", entry=e) for i, e in enumerate(entries)]
+    ledger._check_versions(rows, problems.append)
+    assert [p.message for p in problems] == ["version 2: 1 record(s) answered twice (by an earlier version or by "
+                                             "two of its own requests)"]

@@ -526,7 +526,7 @@ def _check_model(ledger: Path, line: int, e: dict[str, Any], add: Callable[[Ledg
 def _check_versions(rows: list[Row], add: Callable[[LedgerProblem], None]) -> None:
     """Model versions (entries of ``unlearn requests run``): one linear chain, each version's parent the one
     before it, its starting weights its parent's (incremental) or the original's, the cumulative sets its
-    parent's plus its own requests, and no request answered twice."""
+    parent's plus its own requests, and no request or record answered twice."""
     prev: dict[str, Any] | None = None
     for row in rows:
         e = row.entry
@@ -551,6 +551,10 @@ def _check_versions(rows: list[Row], add: Callable[[LedgerProblem], None]) -> No
             if twice:
                 add(LedgerProblem(row.line, f"request(s) answered twice: {', '.join(sorted(map(show, twice)))}"))
             new_records = {i for ids in requests.values() for i in ids}
+            repeated = len(parent_records & new_records) + sum(map(len, requests.values())) - len(new_records)
+            if repeated:
+                add(LedgerProblem(row.line, f"version {number}: {repeated} record(s) answered twice (by an earlier "
+                                            "version or by two of its own requests)"))
             if (set(e["cumulative_requests"]) != parent_requests | set(requests)
                     or set(e["cumulative_records"]) != parent_records | new_records):
                 add(LedgerProblem(row.line, f"version {number}: the cumulative sets are not its parent's plus "

@@ -80,13 +80,24 @@ class Store:
     def exists(self) -> bool:
         return (self.root / CONFIG).is_file()
 
-    def create(self, config: dict[str, Any]) -> None:
-        if self.exists():
-            raise UnlearnError(f"{self.root}: a store already exists here")
+    def create(self, config: dict[str, Any]) -> bool:
+        """Create the store; False when another process created it meanwhile with the same configuration (this one
+        joins it). A store serving something else is an error."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._db():
-            pass
-        write_atomic(self.root / CONFIG, json.dumps({**config, "created": _now()}, indent=2) + "\n")
+        fd = os.open(self.root / "create.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.exists():
+                theirs = self.config()
+                if any(theirs.get(k) != v for k, v in config.items()):
+                    raise UnlearnError(f"{self.root}: a store serving {theirs.get('model')} was created here meanwhile")
+                return False
+            with self._db():
+                pass
+            write_atomic(self.root / CONFIG, json.dumps({**config, "created": _now()}, indent=2) + "\n")
+            return True
+        finally:
+            os.close(fd)
 
     def config(self) -> dict[str, Any]:
         if not self.exists():
@@ -133,17 +144,20 @@ class Store:
         return [Request(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
 
     def add(self, name: str | None, record_ids: Sequence[str]) -> tuple[Request | None, list[str], list[str]]:
-        """Queue the ids not already answered or pending: (the new request or None, answered ids, pending ids)."""
-        current = self.requests()
-        answered = {i for r in current if r.status == ANSWERED for i in r.records}
-        queued = {i for r in current if r.status == PENDING for i in r.records}
-        seen_answered = [i for i in record_ids if i in answered]
-        seen_pending = [i for i in record_ids if i in queued]
-        fresh = [i for i in record_ids if i not in answered and i not in queued]
-        if not fresh:
-            return None, seen_answered, seen_pending
+        """Queue the ids not already answered or pending: (the new request or None, answered ids, pending ids).
+        The queue is read and written in one transaction, so concurrent adds of the same ids queue each once."""
+        self.reconcile()
         with self._db() as con:
             con.execute("BEGIN IMMEDIATE")
+            rows = con.execute("SELECT status, records FROM requests").fetchall()
+            answered = {i for status, ids in rows if status == ANSWERED for i in json.loads(ids)}
+            queued = {i for status, ids in rows if status == PENDING for i in json.loads(ids)}
+            seen_answered = [i for i in record_ids if i in answered]
+            seen_pending = [i for i in record_ids if i in queued]
+            fresh = list(dict.fromkeys(i for i in record_ids if i not in answered and i not in queued))
+            if not fresh:
+                con.execute("ROLLBACK")
+                return None, seen_answered, seen_pending
             seq = con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM requests").fetchone()[0]
             name = name or f"req-{seq:04d}"
             if con.execute("SELECT 1 FROM requests WHERE name = ?", (name,)).fetchone():

@@ -129,7 +129,7 @@ def add_requests(job: AddJob, report: Reporter = SILENT) -> AddResult:
     # validated at once: against the manifest, every id in the training data, every file readable
     ids = [r.id for r in record_sets(dataclasses.replace(src, requests=job.requests), bench).forget]
     if created:
-        store.create(config)
+        created = store.create(config)  # False: another add created the same store meanwhile; this one joins it
     queued, answered, pending = store.add(job.name, ids)
     return AddResult(queued, answered, pending, created)
 
