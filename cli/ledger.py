@@ -27,9 +27,14 @@ def add_parser(sub: Any) -> None:
 def run_show(args: argparse.Namespace, ui: UI) -> int:
     from pathlib import Path
 
+    from unlearn.errors import InputError
     from unlearn.ledger import read_rows
 
-    rows = [r for r in read_rows(Path(args.ledger)) if r.entry is not None]
+    rows = read_rows(Path(args.ledger))
+    bad = next((r for r in rows if r.problem is not None or r.entry is None), None)
+    if bad is not None:
+        raise InputError(f"unreadable ledger line ({bad.problem}); run `unlearn ledger verify`", file=args.ledger,
+                         line=bad.line)
     table = []
     for r in rows:
         e = r.entry

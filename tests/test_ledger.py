@@ -427,3 +427,48 @@ def test_ledger_recover_on_a_missing_ledger_creates_nothing(tmp_path: Path, caps
     assert main(["ledger", "recover", str(missing)]) == 2
     assert not (tmp_path / "typo").exists()
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_verifier_and_readers_neither_crash_nor_hang_on_structural_inputs(tmp_path: Path, capsys,
+                                                                             monkeypatch) -> None:
+    """A non-ASCII MAC, a huge or fractional entry count, a sibling anchor pointing through a NUL or a list, a FIFO
+    as head / journal / key, a device as the head: each is a finding or one error line, never a crash or a hang."""
+    from unlearn.cli.main import main
+
+    path, key = tmp_path / "ledger.jsonl", b"k" * 32
+    entry = ledger.finalise(key, {"records": []}, prev_hash=ledger.GENESIS, model_after="a" * 64, output="m")
+    path.write_bytes((json.dumps(entry) + "\n").encode())
+    head = path.with_name(path.name + ".head")
+    for bad in [json.dumps({"entries": 1, "head": entry["entry_hash"], "mac": "\u00e9\u00e9"}),
+                '{"entries": 1e999, "head": "x", "mac": "y"}', '{"entries": 1.5, "head": "x", "mac": "y"}',
+                '{"entries": [1], "head": "x", "mac": "y"}']:
+        head.write_text(bad)
+        report = ledger.verify(path, key=key)
+        assert not report.ok and any("head anchor" in p.message for p in report.problems), bad
+    for ref in ["a\u0000b", ["x"], {"y": 1}]:
+        sibling = tmp_path / f"s{len(str(ref))}"
+        sibling.mkdir()
+        (sibling / ledger.ANCHOR).write_text(json.dumps({"ledger": ref, "entry": {"entry_hash": ["h"]}}))
+        ledger.verify(path, key=key)  # no exception
+    head.unlink()
+    os.mkfifo(head)
+    assert not ledger.verify(path, key=key).ok  # a FIFO head is damaged, not a hang
+    head.unlink()
+    head.symlink_to("/dev/zero")
+    assert not ledger.verify(path, key=key).ok
+    head.unlink()
+    journal = path.with_name(path.name + ".pending")
+    os.mkfifo(journal)
+    with pytest.raises(ledger.InputError, match="unreadable commit journal"), ledger.locked(path):
+        ledger.recover(path, key)
+    journal.unlink()
+    fifo_key = tmp_path / "key"
+    os.mkfifo(fifo_key)
+    monkeypatch.delenv(ledger.KEY_ENV, raising=False)
+    monkeypatch.setenv(ledger.KEY_FILE_ENV, str(fifo_key))
+    with pytest.raises(ledger.InputError, match="key: not a regular file"):
+        ledger.load_key()
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert main(["ledger", "show", str(binary)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -5,6 +5,8 @@ traceback); plus the escaped, truncated rendering of user-supplied strings in me
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,16 +82,31 @@ def parse_line(raw: bytes) -> Any:
         raise JSONProblem(f"invalid JSON ({' '.join(str(exc).split())[:120]})") from None
 
 
-def read_bytes(path: Path) -> bytes:
-    """The whole file, or one ``InputError`` line (missing, a directory, unreadable)."""
-    if not path.exists():
-        raise InputError("file not found", file=path)
-    if not path.is_file():
-        raise InputError("not a regular file", file=path)
+def read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The whole file, or one ``InputError`` line (missing, not a regular file, over ``limit`` bytes,
+    unreadable). Opened without blocking and checked on the open descriptor, so a FIFO or a device swapped in
+    cannot hang or flood the reader."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise InputError("file not found", file=path) from None
     except OSError as exc:
         raise InputError(f"cannot read ({exc.strerror or type(exc).__name__})", file=path) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError("not a regular file", file=path)
+        if limit is not None and st.st_size > limit:
+            raise InputError(f"larger than {limit} bytes: not a file of this kind", file=path)
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read() if limit is None else fh.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror or type(exc).__name__})", file=path) from None
+    finally:
+        os.close(fd)
+    if limit is not None and len(data) > limit:
+        raise InputError(f"larger than {limit} bytes: not a file of this kind", file=path)
+    return data
 
 
 def iter_json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -76,8 +76,8 @@ def load_key(*, create: bool = False) -> bytes | None:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32) + "\n")
     try:
-        key = bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError, UnicodeDecodeError):
+        key = bytes.fromhex(read_bytes(path, SMALL_FILE).decode("ascii").strip())
+    except (ValueError, UnicodeDecodeError):
         raise InputError("ledger key file unreadable or not hex", file=path) from None
     if len(key) < 16:
         raise InputError("ledger key too short (at least 16 bytes)", file=path)
@@ -346,12 +346,12 @@ def recover(ledger: Path, key: bytes | None) -> str | None:
     if not journal.exists():
         return None
     try:
-        pending = json.loads(journal.read_text(encoding="utf-8"))
+        pending = json.loads(read_bytes(journal, 1 << 20).decode("utf-8"))
         entry, out, tmp = pending["entry"], Path(pending["out"]), Path(pending["tmp"])
         token = pending.get("token")
         if not isinstance(entry, dict) or not isinstance(entry.get("prev_hash"), str):
             raise ValueError("entry")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (InputError, ValueError, KeyError, TypeError, RecursionError):
         raise InputError("unreadable commit journal; inspect it, then remove it", file=journal) from None
     n, head = head_of(ledger)
     anchored = _read_anchor(out)
@@ -381,6 +381,7 @@ def recover(ledger: Path, key: bytes | None) -> str | None:
     return done
 
 
+SMALL_FILE = 4096  # the most a key file or a head anchor can hold
 TEMP_TOKEN = ".unlearn-temp-token"  # inside a commit's temporary directory until the rename
 
 
@@ -402,8 +403,8 @@ def owned_temp(tmp: Path, out: Path, token: Any) -> bool:
 
 def _read_anchor(out: Path) -> dict[str, Any] | None:
     try:
-        obj = parse_line((out / ANCHOR).read_bytes().replace(b"\n", b" "))
-    except (OSError, JSONProblem):
+        obj = parse_line(read_bytes(out / ANCHOR, 1 << 20).replace(b"\n", b" "))
+    except (InputError, JSONProblem):
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -574,9 +575,12 @@ def _check_head(path: Path, rows: list[Row], key: bytes | None, report: Verifica
             report.problems.append(LedgerProblem(last, f"head anchor {head_file.name} is missing"))
         return
     try:
-        head = parse_line(head_file.read_bytes().strip())
-        entries, head_hash, mac = int(head["entries"]), str(head["head"]), str(head["mac"])
-    except (OSError, JSONProblem, KeyError, TypeError, ValueError):
+        head = parse_line(read_bytes(head_file, SMALL_FILE).strip())
+        entries, head_hash, mac = head["entries"], head["head"], head["mac"]
+        if not isinstance(entries, int) or isinstance(entries, bool) or not all(
+                isinstance(v, str) and v.isascii() for v in (head_hash, mac)):
+            raise TypeError("head fields")
+    except (InputError, JSONProblem, KeyError, TypeError, ValueError):
         report.problems.append(LedgerProblem(last, f"head anchor {head_file.name} is damaged"))
         return
     actual = rows[-1].entry.get("entry_hash") if rows and rows[-1].entry else GENESIS
@@ -599,7 +603,13 @@ def _orphan_anchors(ledger: Path, hashes: set[str]) -> list[Path]:
         anchor = _read_anchor(d)
         if anchor is None or not isinstance(anchor.get("entry"), dict):
             continue
-        target = (d / str(anchor.get("ledger", ""))).resolve()
-        if target == ledger.resolve() and anchor["entry"].get("entry_hash") not in hashes:
+        ref, entry_hash = anchor.get("ledger"), anchor["entry"].get("entry_hash")
+        if not isinstance(ref, str) or "\0" in ref or not isinstance(entry_hash, str):
+            continue
+        try:
+            target = (d / ref).resolve()
+        except (OSError, ValueError, RuntimeError):
+            continue
+        if target == ledger.resolve() and entry_hash not in hashes:
             found.append(d)
     return found
