@@ -472,3 +472,16 @@ def test_the_verifier_and_readers_neither_crash_nor_hang_on_structural_inputs(tm
     binary.write_bytes(bytes(range(256)) * 4)
     assert main(["ledger", "show", str(binary)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_nothing_is_appended_to_a_forged_ledger(tmp_path: Path, monkeypatch) -> None:
+    path, key, forger = tmp_path / "ledger.jsonl", b"k" * 32, b"f" * 32
+    monkeypatch.setenv(ledger.KEY_ENV, key.hex())
+    ledger.append_entry(path, key, {"records": []}, model_after="a" * 64, output="m1")
+    ledger.append_entry(path, forger, {"records": []}, model_after="b" * 64, output="m2")  # well-formed, wrong key
+    before = path.read_bytes()
+    with pytest.raises(ledger.InputError, match=r"fails verification \(MAC invalid"):
+        ledger.append_entry(path, key, {"records": []}, model_after="c" * 64, output="m3")
+    with pytest.raises(ledger.InputError, match="fails verification"):
+        ledger.check_paths(tmp_path / "new-model", path, None)  # refused before any work
+    assert path.read_bytes() == before

@@ -192,6 +192,19 @@ def head_of(path: Path) -> tuple[int, str]:
     return len(rows), (str(rows[-1].entry["entry_hash"]) if rows else GENESIS)  # type: ignore[index]
 
 
+def verified_head(path: Path, key: bytes | None) -> tuple[int, str]:
+    """`head_of`, once the chain, every MAC and the head anchor verify with ``key`` (the models are not
+    checked): nothing is appended to a forged, truncated or damaged ledger."""
+    n, head = head_of(path)
+    if n and key is not None:
+        report = verify(path, check_models=False, key=key)
+        if not report.ok:
+            first = report.problems[0]
+            raise InputError(f"the ledger fails verification ({first.message}); nothing was written, run "
+                             "`unlearn ledger verify`", file=path, line=first.line)
+    return n, head
+
+
 # ---------------------------------------------------------------- locking, anchors, journal
 
 def _sidecar(path: Path, suffix: str) -> Path:
@@ -248,7 +261,7 @@ def append_entry(path: Path, key: bytes, content: dict[str, Any], *, model_after
     """Chain and append one entry under the lock (no model to commit with it)."""
     with locked(path):
         recover(path, key)
-        n, head = head_of(path)
+        n, head = verified_head(path, key)
         entry = finalise(key, content, prev_hash=head, model_after=model_after, output=output)
         _append_line(path, entry)
         write_head(path, key, n + 1, entry["entry_hash"])
@@ -284,7 +297,7 @@ def check_paths(out: Path, ledger: Path, input_model: Path | None) -> None:
             raise InputError("directory not writable", file=existing or p)
     if ledger.exists() and not os.access(ledger, os.R_OK | os.W_OK):
         raise InputError("ledger not readable and writable", file=ledger)
-    head_of(ledger)  # a damaged ledger fails now, before any work
+    verified_head(ledger, load_key())  # a damaged or forged ledger fails now, before any work
 
 
 # ---------------------------------------------------------------- the commit
@@ -311,7 +324,7 @@ def commit_model(ledger: Path, key: bytes, content: dict[str, Any], out: Path,
         with locked(ledger):
             _pause("locked")
             recover(ledger, key)
-            n, head = head_of(ledger)
+            n, head = verified_head(ledger, key)
             if expect_head is not None and head != expect_head:
                 raise UnlearnError(f"{ledger}: another run committed while this one worked (head "
                                    f"{head[:12]}..., expected {expect_head[:12]}...); nothing was written, rerun")
