@@ -477,11 +477,16 @@ def test_the_verifier_and_readers_neither_crash_nor_hang_on_structural_inputs(tm
 def test_nothing_is_appended_to_a_forged_ledger(tmp_path: Path, monkeypatch) -> None:
     path, key, forger = tmp_path / "ledger.jsonl", b"k" * 32, b"f" * 32
     monkeypatch.setenv(ledger.KEY_ENV, key.hex())
-    ledger.append_entry(path, key, {"records": []}, model_after="a" * 64, output="m1")
-    ledger.append_entry(path, forger, {"records": []}, model_after="b" * 64, output="m2")  # well-formed, wrong key
+    ledger.append_entry(path, key, {"records": [], "model_before": "0" * 64}, model_after="a" * 64, output="m1")
+    n, head = ledger.head_of(path)  # a forger without the key appends a well-formed entry and re-anchors the head
+    forged = ledger.finalise(forger, {"records": [], "model_before": "0" * 64}, prev_hash=head, model_after="b" * 64,
+                             output="m2")
+    with path.open("a") as fh:
+        fh.write(ledger.line_of(forged) + "\n")
+    ledger.write_head(path, forger, n + 1, forged["entry_hash"])
     before = path.read_bytes()
     with pytest.raises(ledger.InputError, match=r"fails verification \(MAC invalid"):
-        ledger.append_entry(path, key, {"records": []}, model_after="c" * 64, output="m3")
+        ledger.append_entry(path, key, {"records": [], "model_before": "0" * 64}, model_after="c" * 64, output="m3")
     with pytest.raises(ledger.InputError, match="fails verification"):
         ledger.check_paths(tmp_path / "new-model", path, None)  # refused before any work
     assert path.read_bytes() == before
