@@ -1,4 +1,4 @@
-"""`unlearn ledger verify | recover | show`: check, repair after a crash, and print the deletion ledger."""
+"""`unlearn ledger verify | recover | show | pubkey | receipt`: check, repair and print the deletion ledger."""
 
 from __future__ import annotations
 
@@ -14,7 +14,20 @@ def add_parser(sub: Any) -> None:
     v = sub_parser(lsub, "verify", "check the hash chain and the recorded model hashes")
     v.add_argument("ledger", help="ledger JSONL")
     v.add_argument("--no-models", action="store_true", help="check the chain only, not the model files")
+    v.add_argument("--pubkey", help="the operator's Ed25519 public key (hex or a file, from `ledger pubkey`): checks "
+                                    "the signed head, so the whole chain, without the operator's secret")
+    v.add_argument("--receipt", action="append", default=[], help="a requester's receipt (`ledger receipt`): fails "
+                                                                  "when its entry is gone or the ledger went back")
+    v.add_argument("--accept-unverified", action="store_true",
+                   help="exit 0 on a consistent ledger checked with neither key (it could be a recomputed forgery)")
     v.set_defaults(run=run_verify)
+    k = sub_parser(lsub, "pubkey", "print the operator's public key, for auditors and requesters")
+    k.set_defaults(run=run_pubkey)
+    c = sub_parser(lsub, "receipt", "a requester's receipt: an entry's hash and line and the signed head now")
+    c.add_argument("ledger", help="ledger JSONL")
+    c.add_argument("--entry", help="a prefix of the entry hash (default: the last entry)")
+    c.add_argument("--out", required=True, help="NEW receipt file (JSON)")
+    c.set_defaults(run=run_receipt)
     r = sub_parser(lsub, "recover", "finish or roll back an interrupted commit; remove dead runs' temporary "
                                     "directories beside the ledger")
     r.add_argument("ledger", help="ledger JSONL")
@@ -53,20 +66,68 @@ def run_show(args: argparse.Namespace, ui: UI) -> int:
 
 
 def run_verify(args: argparse.Namespace, ui: UI) -> int:
-    """Exit 0: verified; 1: tampered or inconsistent (each problem on stderr); 2: could not be read."""
-    from unlearn.ledger import load_key, verify
+    """Exit 0: verified; 1: tampered or inconsistent (each problem on stderr); 2: could not be read; 3: consistent
+    but UNVERIFIED (neither the operator key nor the public key; 0 with --accept-unverified)."""
+    import json
+    from pathlib import Path
 
-    report = verify(args.ledger, check_models=not args.no_models, key=load_key())
+    from unlearn.jsonio import read_bytes
+    from unlearn.ledger import load_key, load_public_key, verify
+
+    pubkey = load_public_key(args.pubkey) if args.pubkey else None
+    receipts = []
+    for name in args.receipt:
+        try:
+            receipts.append(json.loads(read_bytes(Path(name), 1 << 20)))
+        except ValueError:
+            from unlearn.errors import InputError
+
+            raise InputError("not a JSON receipt", file=name) from None
+    report = verify(args.ledger, check_models=not args.no_models, key=load_key(), pubkey=pubkey, receipts=receipts)
     for p in report.problems:
         ui.err.print(f"{args.ledger}:{p.line}: {p.message}", markup=False, highlight=False)
     for note in report.notes:
         ui.print(f"[yellow]note:[/] {note}")
-    what = "chain, MACs, anchors" + ("" if args.no_models else " and model hashes")
+    what = ("chain" + (", MACs" if not report.unverified and "MACs not checked" not in " ".join(report.notes) else "")
+            + (", signed head" if args.pubkey else "") + (", receipts" if receipts else "")
+            + ("" if args.no_models else " and model hashes"))
     ui.print(f"{args.ledger}: {report.entries} entries, " + (f"{what} verified" if report.ok else
                                                              f"{len(report.problems)} problem(s)"))
     ui.json({"ledger": args.ledger, "entries": report.entries, "ok": report.ok, "notes": report.notes,
-             "problems": [p.__dict__ for p in report.problems]})
-    return 0 if report.ok else 1
+             "unverified": report.unverified, "problems": [p.__dict__ for p in report.problems]})
+    if not report.ok:
+        return 1
+    return 3 if report.unverified and not args.accept_unverified else 0
+
+
+def run_pubkey(args: argparse.Namespace, ui: UI) -> int:
+    from unlearn.errors import InputError
+    from unlearn.ledger import load_signing_key, public_key_hex, signing_key_file
+
+    signer = load_signing_key()
+    if signer is None:
+        raise InputError("no signing key yet (made by the first commit)", file=signing_key_file())
+    ui.print(public_key_hex(signer))
+    ui.json({"pubkey": public_key_hex(signer)})
+    return 0
+
+
+def run_receipt(args: argparse.Namespace, ui: UI) -> int:
+    import json
+    from pathlib import Path
+
+    from unlearn.errors import InputError
+    from unlearn.fsutil import write_atomic
+    from unlearn.ledger import receipt_of
+
+    out = Path(args.out)
+    if out.exists():
+        raise InputError("exists (nothing is overwritten)", file=out)
+    receipt = receipt_of(Path(args.ledger), args.entry)
+    write_atomic(out, json.dumps(receipt, indent=2) + "\n")
+    ui.print(f"receipt for entry {receipt['entry_hash'][:12]}... (line {receipt['line']}) -> {out}")
+    ui.json(receipt)
+    return 0
 
 
 def run_recover(args: argparse.Namespace, ui: UI) -> int:

@@ -490,3 +490,90 @@ def test_nothing_is_appended_to_a_forged_ledger(tmp_path: Path, monkeypatch) -> 
     with pytest.raises(ledger.InputError, match="fails verification"):
         ledger.check_paths(tmp_path / "new-model", path, None)  # refused before any work
     assert path.read_bytes() == before
+
+
+def _forged_head(path: Path, entries: list[dict]) -> None:
+    """A head for ``entries`` signed with a key that is not the operator's (what a forger can do)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    signer, when = Ed25519PrivateKey.generate(), "2026-01-01T00:00:00Z"
+    last = entries[-1]["entry_hash"] if entries else ledger.GENESIS
+    head = {"entries": len(entries), "head": last, "time": when, "key_id": "x", "mac": "0",
+            "pubkey": signer.public_key().public_bytes_raw().hex(),
+            "signature": signer.sign(ledger.head_message(len(entries), last, when)).hex()}
+    path.with_name(path.name + ".head").write_text(json.dumps(head) + "\n")
+
+
+def _write(path: Path, entries: list[dict]) -> None:
+    path.write_text("".join(ledger.line_of(e) + "\n" for e in entries))
+
+
+def _rechained(entries: list[dict], edit) -> list[dict]:
+    out, prev = [], ledger.GENESIS
+    for e in entries:
+        content = {k: v for k, v in e.items() if k not in ("entry_hash", "prev_hash", "mac", "model_after", "output")}
+        content = edit(content)
+        new = ledger.finalise(b"f" * 32, content, prev_hash=prev, model_after=e["model_after"], output=e["output"])
+        out.append(new)
+        prev = new["entry_hash"]
+    return out
+
+
+def test_the_public_key_alone_detects_every_tampering_and_receipts_catch_a_rollback(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    from unlearn.cli.main import main
+
+    key = ledger.load_key(create=True)
+    path = tmp_path / "ledger.jsonl"
+    for i in range(3):
+        content = {"records": [{"id": f"r{i}", "digest": "d"}], "model_before": "0" * 64}
+        ledger.append_entry(path, key, content, model_after=f"{i}" * 64, output=f"m{i}")
+    pub_file = tmp_path / "operator.pub"
+    pub_file.write_text(ledger.public_key_hex(ledger.load_signing_key()) + "\n")
+    pub = ledger.load_public_key(str(pub_file))
+    good, head = path.read_text(), path.with_name(path.name + ".head").read_text()
+    entries = [json.loads(line) for line in good.splitlines()]
+    receipt = ledger.receipt_of(path)  # the third request's receipt
+    assert ledger.verify(path, check_models=False, pubkey=pub, receipts=[receipt]).ok
+
+    def tampered(name: str, act) -> None:
+        path.write_text(good)
+        path.with_name(path.name + ".head").write_text(head)
+        act()
+        report = ledger.verify(path, check_models=False, pubkey=pub, receipts=[receipt])
+        assert not report.ok, name
+
+    tampered("truncation", lambda: _write(path, entries[:2]))
+    tampered("truncation, head re-signed", lambda: (_write(path, entries[:2]), _forged_head(path, entries[:2])))
+    tampered("reordering", lambda: _write(path, [entries[1], entries[0], entries[2]]))
+    forged = _rechained(entries, lambda c: c)
+    extra = ledger.finalise(b"f" * 32, {"records": [{"id": "x", "digest": "d"}], "model_before": "0" * 64},
+                            prev_hash=entries[-1]["entry_hash"], model_after="9" * 64, output="m9")
+    tampered("forged append", lambda: (_write(path, [*entries, extra]), _forged_head(path, [*entries, extra])))
+    edited = _rechained(entries, lambda c: {**c, "records": [{"id": "someone-else", "digest": "d"}]})
+    tampered("re-hashed rewrite", lambda: (_write(path, edited), _forged_head(path, edited)))
+    last = {"records": [{"id": "r2", "digest": "d"}], "model_before": "0" * 64}
+    weights = [*entries[:2], ledger.finalise(b"f" * 32, last, prev_hash=entries[1]["entry_hash"], model_after="e" * 64,
+                                             output="m2")]
+    tampered("replaced weights", lambda: (_write(path, weights), _forged_head(path, weights)))
+    tampered("forged, same hashes", lambda: (_write(path, forged), _forged_head(path, forged)))
+    # a rollback to a genuine older state (a backup of ledger and head) is genuine up to there: the receipt fails
+    backup = tmp_path / "backup.jsonl"
+    _write(backup, entries[:2])
+    ledger.write_head(backup, key, 2, entries[1]["entry_hash"])
+    older_head = backup.with_name(backup.name + ".head").read_text()
+    assert ledger.verify(backup, check_models=False, pubkey=pub).ok  # genuine, only old
+    head_file = path.with_name(path.name + ".head")
+    tampered("rollback", lambda: (_write(path, entries[:2]), head_file.write_text(older_head)))
+    # the CLI: without either key a consistent ledger is UNVERIFIED (exit 3), a forged one never exits 0
+    monkeypatch.delenv(ledger.KEY_ENV, raising=False)
+    monkeypatch.setenv(ledger.KEY_FILE_ENV, str(tmp_path / "no-such-key"))
+    path.write_text(good)
+    path.with_name(path.name + ".head").write_text(head)
+    assert main(["ledger", "verify", "--no-models", str(path)]) == 3
+    assert main(["ledger", "verify", "--no-models", "--accept-unverified", str(path)]) == 0
+    assert main(["ledger", "verify", "--no-models", "--pubkey", str(pub_file), str(path)]) == 0
+    _write(path, forged)
+    _forged_head(path, forged)
+    assert main(["ledger", "verify", "--no-models", str(path)]) == 3  # never 0 unless asked to accept that
+    assert main(["ledger", "verify", "--no-models", "--pubkey", str(pub_file), str(path)]) == 1

@@ -233,8 +233,79 @@ def head_mac(key: bytes, entries: int, head: str) -> str:
 
 
 def write_head(path: Path, key: bytes, entries: int, head: str) -> None:
+    """The head anchor: entry count and last hash, MACed with the operator key and signed with the operator's
+    Ed25519 signing key (created beside the key file on first use), so that anyone with the public key can check
+    the whole chain without the secret."""
+    signer = load_signing_key(create=True)
+    assert signer is not None
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_atomic(_sidecar(path, ".head"), json.dumps(
-        {"entries": entries, "head": head, "key_id": key_id(key), "mac": head_mac(key, entries, head)}) + "\n")
+        {"entries": entries, "head": head, "time": when, "key_id": key_id(key), "mac": head_mac(key, entries, head),
+         "pubkey": public_key_hex(signer), "signature": signer.sign(head_message(entries, head, when)).hex()})
+        + "\n")
+
+
+# ---------------------------------------------------------------- signed heads (Ed25519)
+
+SIGNING_KEY_FILE_ENV = "UNLEARN_LEDGER_SIGNING_KEY_FILE"
+
+
+def signing_key_file() -> Path:
+    """``$UNLEARN_LEDGER_SIGNING_KEY_FILE``, else ``ledger-signing.key`` beside the operator key file."""
+    env = os.environ.get(SIGNING_KEY_FILE_ENV)
+    return Path(env) if env else Path(os.environ.get(KEY_FILE_ENV) or default_key_file()).with_name(
+        "ledger-signing.key")
+
+
+def load_signing_key(*, create: bool = False) -> Any:
+    """The operator's Ed25519 signing key (a private key object), created (mode 0600) when ``create`` and
+    missing; None when missing."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = signing_key_file()
+    if not path.exists():
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(Ed25519PrivateKey.generate().private_bytes_raw().hex() + "\n")
+    try:
+        return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(read_bytes(path, SMALL_FILE).decode("ascii").strip()))
+    except (ValueError, UnicodeDecodeError):
+        raise InputError("ledger signing key unreadable (64 hex digits)", file=path) from None
+
+
+def public_key_hex(signer: Any) -> str:
+    return str(signer.public_key().public_bytes_raw().hex())
+
+
+def load_public_key(spec: str) -> Any:
+    """An Ed25519 public key from 64 hex digits or a file holding them."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    p = Path(spec)
+    try:
+        text = read_bytes(p, SMALL_FILE).decode("ascii").strip() if p.is_file() else spec.strip()
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
+    except (ValueError, UnicodeDecodeError):
+        raise InputError("not an Ed25519 public key (64 hex digits, or a file holding them)", field="pubkey",
+                         file=p if p.is_file() else None) from None
+
+
+def head_message(entries: int, head: str, when: str) -> bytes:
+    return f"unlearn-ledger-head\0{entries}\0{head}\0{when}".encode()
+
+
+def signature_valid(pubkey: Any, head: dict[str, Any]) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        pubkey.verify(bytes.fromhex(str(head["signature"])),
+                      head_message(int(head["entries"]), str(head["head"]), str(head["time"])))
+    except (InvalidSignature, KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _append_line(path: Path, entry: dict[str, Any]) -> None:
@@ -465,13 +536,15 @@ class Verification:
     entries: int
     problems: list[LedgerProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unverified: bool = False  # checked without the operator key or the public key
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def verify(path: str | Path, *, check_models: bool = True, key: bytes | None = None) -> Verification:
+def verify(path: str | Path, *, check_models: bool = True, key: bytes | None = None, pubkey: Any = None,
+           receipts: Sequence[dict[str, Any]] = ()) -> Verification:
     """Every line's bytes, hash, MAC (with the key) and chain link; each output model (present, its weights,
     its anchored copy of the entry); the head anchor; and anchored models whose entry is missing from the
     ledger (truncation, deletion). A file that cannot be read is an ``InputError`` (exit 2); problems are
@@ -500,13 +573,18 @@ def verify(path: str | Path, *, check_models: bool = True, key: bytes | None = N
         if check_models:
             _check_model(path, row.line, e, add)
     _check_versions(rows, add)
-    _check_head(path, rows, key, report)
+    _check_head(path, rows, key, report, pubkey)
+    _check_receipts(rows, receipts, pubkey, report)
     if check_models:
         for orphan in _orphan_anchors(path, hashes):
             add(LedgerProblem(len(rows), f"model {orphan} is anchored to an entry missing from this ledger "
                                          "(entries were deleted or the ledger truncated)"))
     if key is None:
         report.notes.append("MACs not checked: no operator key ($UNLEARN_LEDGER_KEY or the key file)")
+    report.unverified = key is None and pubkey is None
+    if report.unverified:
+        report.notes.append("UNVERIFIED: neither the operator key nor the public key (--pubkey) was given, so a "
+                            "rewritten ledger with recomputed hashes would pass")
     return report
 
 
@@ -580,7 +658,7 @@ def _check_versions(rows: list[Row], add: Callable[[LedgerProblem], None]) -> No
         prev = e
 
 
-def _check_head(path: Path, rows: list[Row], key: bytes | None, report: Verification) -> None:
+def _check_head(path: Path, rows: list[Row], key: bytes | None, report: Verification, pubkey: Any = None) -> None:
     head_file = _sidecar(path, ".head")
     last = len(rows)
     if not head_file.exists():
@@ -603,6 +681,41 @@ def _check_head(path: Path, rows: list[Row], key: bytes | None, report: Verifica
                                                    "(truncated, appended to or rewritten)"))
     if key is not None and not hmac.compare_digest(mac, head_mac(key, entries, head_hash)):
         report.problems.append(LedgerProblem(last, "head anchor MAC invalid: rewritten without the key"))
+    if pubkey is not None and not signature_valid(pubkey, head):
+        report.problems.append(LedgerProblem(last, "head anchor signature invalid: not signed with the operator's "
+                                                   "signing key for this chain"))
+
+
+def _check_receipts(rows: list[Row], receipts: Sequence[dict[str, Any]], pubkey: Any, report: Verification) -> None:
+    """Each requester's receipt (see `receipt_of`): its entry still at its line, the head count not gone back."""
+    for i, r in enumerate(receipts, start=1):
+        try:
+            line, want, count = int(r["line"]), str(r["entry_hash"]), int(r["head"]["entries"])
+        except (KeyError, TypeError, ValueError):
+            report.problems.append(LedgerProblem(0, f"receipt {i} is malformed"))
+            continue
+        if pubkey is not None and not signature_valid(pubkey, r["head"]):
+            report.problems.append(LedgerProblem(line, f"receipt {i}: its head signature is not the operator's"))
+        row = rows[line - 1] if 1 <= line <= len(rows) else None
+        if row is None or row.entry is None or row.entry.get("entry_hash") != want:
+            report.problems.append(LedgerProblem(line, f"receipt {i}: entry {want[:12]}... is no longer at line "
+                                                       f"{line} (the ledger was rolled back or rewritten)"))
+        if len(rows) < count:
+            report.problems.append(LedgerProblem(len(rows), f"receipt {i}: the ledger had {count} entries when it was "
+                                                            f"issued, now {len(rows)} (rolled back)"))
+
+
+def receipt_of(path: Path, entry: str | None = None) -> dict[str, Any]:
+    """What a requester keeps: the entry's hash and line and the signed head at export time. ``entry``: a
+    prefix of the entry hash (default: the last entry)."""
+    rows = [r for r in read_rows(path) if r.entry is not None]
+    match = [r for r in rows if entry is None or str(r.entry["entry_hash"]).startswith(entry)]  # type: ignore[index]
+    if not match or (entry is not None and len(match) > 1):
+        raise InputError(f"no single entry {'starts with ' + show(entry) if entry else 'in the ledger'}", file=path)
+    row = match[-1]
+    assert row.entry is not None
+    head = parse_line(read_bytes(_sidecar(path, ".head"), SMALL_FILE).strip())
+    return {"ledger": str(path), "line": row.line, "entry_hash": row.entry["entry_hash"], "head": head}
 
 
 def _orphan_anchors(ledger: Path, hashes: set[str]) -> list[Path]:
