@@ -58,6 +58,7 @@ def test_console_script_runs(tmp_path: Path) -> None:
 def test_global_flags_work_before_and_after_every_subcommand(argv: list[str]) -> None:
     parser = build_parser()
     extra = {"info": ["m"], "ledger verify": ["l.jsonl"], "ledger recover": ["l.jsonl"], "ledger show": ["l.jsonl"],
+             "ledger receipt": ["l.jsonl", "--out", "r.json"],
              "attribute": ["--model", "m", "--train", "a", "--test", "t"], "requests add": ["r.jsonl"],
              "manifest": ["d.jsonl", "--out", "m.jsonl"]}
     rest = extra.get(" ".join(argv), [])
