@@ -64,6 +64,16 @@ def test_a_record_without_its_anchor_is_one_input_error(tiny_tokenizer) -> None:
         counterfactual_ids(absent, encode_many([absent], tiny_tokenizer)[0][0], tiny_tokenizer, "name", stand_ins)
 
 
+@torch.no_grad()
+def _target_at(ref, ids, cf, j) -> torch.Tensor:
+    """q for token j: ref's next-token log-probs after the counterfactual prefix, the stand-in token's and the true
+    token's entries swapped where they differ."""
+    q = torch.log_softmax(ref(input_ids=torch.tensor([cf[:j]])).logits[0, -1].double(), -1)
+    if cf[j] != ids[j]:
+        q[[ids[j], cf[j]]] = q[[cf[j], ids[j]]].clone()
+    return q
+
+
 def _reference_loss(model, ref, targets, records, tokenizer) -> float:
     """The definition, one record and one answer token at a time: q = ref's next-token distribution after the
     counterfactual prefix (the stand-in token's and the true token's probabilities swapped where they differ),
@@ -74,10 +84,7 @@ def _reference_loss(model, ref, targets, records, tokenizer) -> float:
         for j in range(1, len(ids)):
             if labels[j] == -100:
                 continue
-            with torch.no_grad():
-                q = torch.log_softmax(ref(input_ids=torch.tensor([cf[:j]])).logits[0, -1].double(), -1)
-            if cf[j] != ids[j]:
-                q[[ids[j], cf[j]]] = q[[cf[j], ids[j]]].clone()
+            q = _target_at(ref, ids, cf, j)
             with torch.no_grad():
                 p = torch.log_softmax(model(input_ids=torch.tensor([ids[:j]])).logits[0, -1].double(), -1)
             kl = float((q.exp() * (q - p)).sum())
@@ -104,16 +111,8 @@ def test_the_matching_loss_equals_its_per_prefix_definition(tiny_tokenizer) -> N
 
 def _answer_nll(ref, ids, labels, cf) -> float:
     """Mean over answer tokens of -log q(y), q as in `_reference_loss`, one prefix at a time."""
-    total, count = 0.0, 0
-    for j in range(1, len(ids)):
-        if labels[j] == -100:
-            continue
-        with torch.no_grad():
-            q = torch.log_softmax(ref(input_ids=torch.tensor([cf[:j]])).logits[0, -1].double(), -1)
-        if cf[j] != ids[j]:
-            q[[ids[j], cf[j]]] = q[[cf[j], ids[j]]].clone()
-        total, count = total - float(q[ids[j]]), count + 1
-    return total / count
+    nll = [-float(_target_at(ref, ids, cf, j)[ids[j]]) for j in range(1, len(ids)) if labels[j] != -100]
+    return sum(nll) / len(nll)
 
 
 def test_the_stand_in_used_is_the_median_candidate_of_each_person(tiny_tokenizer) -> None:

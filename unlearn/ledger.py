@@ -68,17 +68,9 @@ def load_key(*, create: bool = False) -> bytes | None:
             raise InputError(f"${KEY_ENV} must be at least 16 bytes (32 hex digits)")
         return key
     path = Path(os.environ.get(KEY_FILE_ENV) or default_key_file())
-    if not path.exists():
-        if not create:
-            return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
-    try:
-        key = bytes.fromhex(read_bytes(path, SMALL_FILE).decode("ascii").strip())
-    except (ValueError, UnicodeDecodeError):
-        raise InputError("ledger key file unreadable or not hex", file=path) from None
+    key = _secret_file(path, create, lambda: secrets.token_hex(32), "ledger key file unreadable or not hex")
+    if key is None:
+        return None
     if len(key) < 16:
         raise InputError("ledger key too short (at least 16 bytes)", file=path)
     return key
@@ -263,17 +255,29 @@ def load_signing_key(*, create: bool = False) -> Any:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     path = signing_key_file()
+    problem = "ledger signing key unreadable (64 hex digits)"
+    seed = _secret_file(path, create, lambda: Ed25519PrivateKey.generate().private_bytes_raw().hex(), problem)
+    if seed is None:
+        return None
+    try:
+        return Ed25519PrivateKey.from_private_bytes(seed)
+    except ValueError:
+        raise InputError(problem, file=path) from None
+
+
+def _secret_file(path: Path, create: bool, make: Callable[[], str], problem: str) -> bytes | None:
+    """The bytes of a hex secret file; created with ``make()`` (mode 0600) when ``create`` and missing."""
     if not path.exists():
         if not create:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(Ed25519PrivateKey.generate().private_bytes_raw().hex() + "\n")
+            fh.write(make() + "\n")
     try:
-        return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(read_bytes(path, SMALL_FILE).decode("ascii").strip()))
+        return bytes.fromhex(read_bytes(path, SMALL_FILE).decode("ascii").strip())
     except (ValueError, UnicodeDecodeError):
-        raise InputError("ledger signing key unreadable (64 hex digits)", file=path) from None
+        raise InputError(problem, file=path) from None
 
 
 def public_key_hex(signer: Any) -> str:
