@@ -49,8 +49,8 @@ class MatchArgs(RetainArgs):
     forget_weight: float = arg(1.0, "weight of the matching term", ge=0)
     candidates: int = arg(5, "stand-ins tried per anchor; the one whose target is the median in answer NLL is used",
                           ge=1)
-    token_weight: float = arg(1.0, "weight of the true-token term: mean squared log-ratio log p(y) - log q(y) of "
-                              "the answer's own tokens (the forward KL alone lets p keep extra mass on y)", ge=0)
+    token_weight: float = arg(1.0, "weight of the true-token term: mean Huber(log p(y) - log q(y)) over the answer's "
+                              "own tokens (the forward KL alone lets p keep extra mass on y)", ge=0)
 
 
 def _occurrences(ids: Sequence[int], pieces: Sequence[int]) -> list[int]:
