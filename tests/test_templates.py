@@ -98,3 +98,22 @@ def test_forget_and_audit_a_chat_model_end_to_end(chat_model_dir: Path, bench, t
                  "--nonmembers", str(bench.split_path("holdout")), "--out", str(tmp_path / "a"), "--quiet",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["template"] == {"kind": "chat"}
+
+
+@pytest.mark.parametrize("spec", ["Q: {question} A: {answer}", "{question.__class__}", "{question!r}",
+                                  "{question:>10}", "{0}{question}", "{question", "{question[0]}", "{}"])
+def test_a_template_holds_exactly_its_placeholder(spec: str) -> None:
+    with pytest.raises(InputError, match="template") as err:
+        parse_format(spec)
+    assert "\n" not in str(err.value)
+
+
+def test_template_files_are_checked_the_same_way(tmp_path) -> None:
+    for body, match in [("kind: custom\nresponse: ' {answer}'\n", "needs a prompt"),
+                        ("prompt: 'Q: {question}'\nresponse: '{answer.upper}'\n", "response"),
+                        ("prompt: [1]\n", "must be strings"), ("kind: fancy\nprompt: '{question}'\n", "kind")]:
+        f = tmp_path / "t.yaml"
+        f.write_text(body)
+        with pytest.raises(InputError, match=match):
+            parse_format(f)
+    assert parse_format("{{literal}} Q: {question}").prompt == "{{literal}} Q: {question}"

@@ -446,17 +446,41 @@ def parse_format(spec: str | Path | None) -> PromptFormat:
         unknown = set(data) - {"kind", "prompt", "response", "system"}
         if unknown:
             raise InputError(f"unknown key(s) {', '.join(sorted(unknown))} (kind, prompt, response, system)", file=path)
+        bad = [k for k, v in data.items() if not isinstance(v, str)]
+        if bad:
+            raise InputError(f"key(s) {', '.join(sorted(bad))} must be strings", file=path)
+        if data.get("kind") == "custom" and "prompt" not in data:
+            raise InputError("kind custom needs a prompt (with {question})", file=path)
         fmt = PromptFormat(**{"kind": "custom" if "prompt" in data else "chat", **data})
-    elif "{question}" in str(spec):
+    elif "{" in str(spec):
         fmt = PromptFormat("custom", prompt=str(spec))
     else:
         raise InputError(f"template must be plain, chat, a format string with {{question}} or a yaml file, got "
                          f"{show(str(spec))}", field="template")
-    if fmt.kind not in ("plain", "chat", "custom") or (fmt.kind == "custom" and (
-            "{question}" not in fmt.prompt or "{answer}" not in fmt.response)):
-        raise InputError("a custom template needs {question} in prompt and {answer} in response, kind plain, chat "
-                         "or custom", field="template")
+    if fmt.kind not in ("plain", "chat", "custom"):
+        raise InputError(f"kind must be plain, chat or custom, got {show(fmt.kind)}", field="template")
+    if fmt.kind == "custom":
+        _check_placeholders(fmt.prompt, "question", "prompt")
+        _check_placeholders(fmt.response, "answer", "response")
     return fmt
+
+
+def _check_placeholders(text: str, name: str, part: str) -> None:
+    """``text`` holds ``{name}`` and no other replacement field: no other name, index, attribute, conversion or
+    format spec (a template is data, not code), braces balanced (``{{``/``}}`` for literal ones)."""
+    import string
+
+    try:
+        fields = [(f, conv, spec) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        raise InputError(f"template {part} {show(text)}: {exc}", field="template") from None
+    wrong = [f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") for f, conv, spec in fields
+             if f != name or conv or spec]
+    if wrong or not fields:
+        raise InputError(f"template {part} {show(text)} must hold {{{name}}} and no other field (got "
+                         f"{', '.join('{' + w + '}' for w in wrong) or 'none'}; the {part} "
+                         f"{'is followed by the answer' if part == 'prompt' else 'follows the prompt'})",
+                         field="template")
 
 
 def set_format(tokenizer: Any, fmt: PromptFormat) -> None:
