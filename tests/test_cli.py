@@ -105,6 +105,7 @@ BAD_ARGS = [
     (["attribute", "--model", "m", "--train", "a.jsonl", "--test", "t.jsonl", "--steps", "0"], "key 'steps'"),
     (["worst-case", "--k", "0"], "k must be >= 1"),
     (["forget", "--dry-run", "--accelerate-config", "nope"], "shipped accelerate preset"),
+    (["audit", "--device", "bogus"], "device must be cpu, cuda"),
 ]
 
 

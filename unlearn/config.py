@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -234,6 +235,9 @@ class LoadOptions:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device is not None and not re.fullmatch(r"(cpu|cuda|mps|xpu|hpu|npu|mlu|meta)(:\d+)?", self.device):
+            raise ConfigError(f"device must be cpu, cuda, cuda:N, mps, xpu or another torch device, got "
+                              f"{self.device[:40]!r}")
 
     def torch_dtype(self) -> Any:
         import torch
