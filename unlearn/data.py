@@ -19,7 +19,15 @@ from typing import Any
 import torch
 
 from unlearn.errors import InputError
-from unlearn.jsonio import iter_json_objects, read_bytes, show
+from unlearn.jsonio import (
+    MAX_DEPTH,
+    checked_strings,
+    iter_json_objects,
+    nesting_depth,
+    read_bytes,
+    show,
+    strict_decoder,
+)
 
 QA_TEMPLATE = "Question: {question}\nAnswer:"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -89,44 +97,71 @@ def _iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _iter_json_arrays(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Objects of a JSON array, or of several arrays written one after another (TOFU's files); the number is
-    the line where each object starts."""
-    decoder = json.JSONDecoder()
-    pos = 0
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text):
-            return
+    the line where each object starts. Strict as JSON Lines: one comma between elements, duplicate keys, NaN,
+    Infinity, out-of-range numbers, lone surrogates and nesting deeper than 64 levels refused."""
+    if nesting_depth(text.encode("utf-8", "surrogatepass")) > MAX_DEPTH + 1:
+        raise InputError(f"nested more than {MAX_DEPTH} levels deep", file=path)
+    decoder, pos = strict_decoder(), _skip_space(text, 0)
+    while pos < len(text):
         if text[pos] != "[":
             raise InputError("expected a JSON array", file=path, line=text.count("\n", 0, pos) + 1)
-        pos += 1
+        pos = _skip_space(text, pos + 1)
+        first = True
         while True:
-            while pos < len(text) and text[pos] in " \t\r\n,":
-                pos += 1
             if pos >= len(text):
                 raise InputError("unterminated JSON array", file=path, line=text.count("\n") + 1)
             if text[pos] == "]":
-                pos += 1
+                pos = _skip_space(text, pos + 1)
                 break
             line = text.count("\n", 0, pos) + 1
+            if not first:
+                if text[pos] != ",":
+                    raise InputError("expected ',' or ']' between array elements", file=path, line=line)
+                pos = _skip_space(text, pos + 1)
+                line = text.count("\n", 0, pos) + 1
+                if pos >= len(text):
+                    raise InputError("unterminated JSON array", file=path, line=line)
             try:
                 obj, pos = decoder.raw_decode(text, pos)
+                checked_strings(obj)
             except json.JSONDecodeError as exc:
                 raise InputError(f"invalid JSON ({exc.msg})", file=path, line=exc.lineno) from None
+            except (ValueError, RecursionError) as exc:  # JSONProblem, integers over 4300 digits
+                raise InputError(f"invalid JSON ({' '.join(str(exc).split())[:120]})", file=path, line=line) from None
             if not isinstance(obj, dict):
                 raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line)
+            first = False
+            pos = _skip_space(text, pos)
             yield line, obj
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     import csv
     import io
 
-    reader = csv.DictReader(io.StringIO(read_bytes(path).decode("utf-8-sig")))
-    for row in reader:
-        if None in row:
-            raise InputError("more cells than header columns", file=path, line=reader.line_num)
-        yield reader.line_num, {k: v for k, v in row.items() if v not in ("", None)}
+    raw = read_bytes(path)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})", file=path,
+                         line=raw.count(b"\n", 0, exc.start) + 1) from None
+    if "\0" in text:
+        raise InputError("holds a NUL character: not a CSV text file", file=path, line=text.count("\n", 0,
+                                                                                                  text.index("\0")) + 1)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            if None in row:
+                raise InputError("more cells than header columns", file=path, line=reader.line_num)
+            yield reader.line_num, {k: v for k, v in row.items() if v not in ("", None)}
+    except csv.Error as exc:
+        raise InputError(f"invalid CSV ({exc})", file=path, line=reader.line_num) from None
 
 
 def _table_rows(table: Any) -> Iterator[tuple[int, dict[str, Any]]]:

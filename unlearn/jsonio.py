@@ -41,7 +41,38 @@ def _constant(name: str) -> Any:
     raise JSONProblem(f"{name} is not valid JSON")
 
 
-def _depth(raw: bytes) -> int:
+def _float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise JSONProblem(f"number {show(text, 20)} is out of range")
+    return value
+
+
+def checked_strings(obj: Any) -> Any:
+    """``obj`` when every string in it (keys too) is encodable text; a lone surrogate (``\\ud800``) is a
+    ``JSONProblem`` here, not a crash later in hashing."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise JSONProblem(f"string {show(item)} holds a lone surrogate (not text)") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return obj
+
+
+def strict_decoder() -> json.JSONDecoder:
+    """A decoder that refuses duplicate keys, NaN / Infinity and numbers out of float range."""
+    return json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float)
+
+
+def nesting_depth(raw: bytes) -> int:
     depth = deepest = 0
     in_string = escaped = False
     for b in raw:
@@ -70,10 +101,10 @@ def parse_line(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise JSONProblem(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
-    if _depth(raw) > MAX_DEPTH:
+    if nesting_depth(raw) > MAX_DEPTH:
         raise JSONProblem(f"nested more than {MAX_DEPTH} levels deep")
     try:
-        return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+        return checked_strings(strict_decoder().decode(text))
     except json.JSONDecodeError as exc:
         raise JSONProblem(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
     except (ValueError, RecursionError) as exc:  # integers over 4300 digits, pathological nesting
