@@ -262,3 +262,18 @@ def test_verify_rejects_a_record_answered_by_two_versions(tmp_path: Path) -> Non
     ledger._check_versions(rows, problems.append)
     assert [p.message for p in problems] == ["version 2: 1 record(s) answered twice (by an earlier version or by "
                                              "two of its own requests)"]
+
+
+def test_a_damaged_store_configuration_or_queue_is_one_input_error(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    assert store.create({"builtin": True, "model": "m", "data": []})
+    config = store.root / "store.json"
+    for body in ['{"builtin": true, "model": "m", "data": "abc"}', '{"model": 3}', "[1]", "{", '{"builtin": true}']:
+        config.write_text(body)
+        with pytest.raises(InputError, match="store"):
+            store.config()
+    (store.root / "queue.sqlite").write_bytes(b"this is not a database" * 100)
+    for f in store.root.glob("queue.sqlite-*"):
+        f.unlink()
+    with pytest.raises(InputError, match="request queue is damaged"):
+        store.add(None, ["a"])

@@ -27,6 +27,7 @@ from typing import Any
 from unlearn import ledger
 from unlearn.errors import InputError, UnlearnError
 from unlearn.fsutil import write_atomic
+from unlearn.jsonio import JSONProblem, parse_line, read_bytes
 
 CONFIG, QUEUE, LEDGER = "store.json", "queue.sqlite", "ledger.jsonl"
 PENDING, ANSWERED = "pending", "answered"
@@ -102,23 +103,43 @@ class Store:
     def config(self) -> dict[str, Any]:
         if not self.exists():
             raise InputError("no request store here (create one with `unlearn requests add`)", file=self.root)
+        path = self.root / CONFIG
         try:
-            return dict(json.loads((self.root / CONFIG).read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"unreadable store configuration ({exc})", file=self.root / CONFIG) from None
+            config = parse_line(read_bytes(path, 1 << 20).replace(b"\n", b" "))
+        except JSONProblem as exc:
+            raise InputError(f"unreadable store configuration ({exc})", file=path) from None
+        if not isinstance(config, dict):
+            raise InputError("the store configuration is not a JSON object", file=path)
+        kinds = {"builtin": bool, "model": str, "data": list, "manifest": (str, type(None)),
+                 "holdout": (str, type(None)), "retain_model": (str, type(None))}
+        bad = [k for k, t in kinds.items() if k in config and not isinstance(config[k], t)]
+        if isinstance(config.get("data"), list) and not all(isinstance(d, str) for d in config["data"]):
+            bad.append("data")
+        if bad or "model" not in config:
+            raise InputError(f"store configuration field(s) {', '.join(bad or ['model'])} missing or of the wrong "
+                             "type", file=path)
+        return config
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         con = sqlite3.connect(self.root / QUEUE, timeout=30, isolation_level=None)
         try:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            con.execute("""CREATE TABLE IF NOT EXISTS requests (
-                name TEXT PRIMARY KEY, seq INTEGER NOT NULL, added TEXT NOT NULL, records TEXT NOT NULL,
-                status TEXT NOT NULL, version INTEGER, entry_hash TEXT, verdict TEXT)""")
-            yield con
+            yield self._schema(con)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise InputError(f"the request queue is damaged ({exc})", file=self.root / QUEUE) from None
         finally:
             con.close()
+
+    @staticmethod
+    def _schema(con: sqlite3.Connection) -> sqlite3.Connection:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("""CREATE TABLE IF NOT EXISTS requests (
+            name TEXT PRIMARY KEY, seq INTEGER NOT NULL, added TEXT NOT NULL, records TEXT NOT NULL,
+            status TEXT NOT NULL, version INTEGER, entry_hash TEXT, verdict TEXT)""")
+        return con
 
     @contextlib.contextmanager
     def run_lock(self) -> Iterator[None]:
