@@ -18,6 +18,7 @@ from unlearn.attacks.runner import ONE_PASS_SCORES, ScoreTable, score_records
 from unlearn.auditors.audit import group_labels
 from unlearn.auditors.robustness import extraction, extraction_stats, split_for_relearning
 from unlearn.auditors.verdict import NOT_REMOVED, Verdict, two_sided_verdict, worst_case
+from unlearn.config import Checked, arg
 from unlearn.data import Record
 from unlearn.logprobs import Prepared, max_length_of, merged, prepare
 
@@ -25,20 +26,23 @@ Scores = tuple[dict[str, Any], dict[str, Any]]  # (forget, holdout): score name 
 
 
 @dataclass
-class BatteryArgs:
-    alpha: float = 0.05
-    margin: float | None = None  # the equivalence margin (AUC); None: `default_margin` from the data
-    quant_bits: tuple[int, ...] = (8, 4)
-    group_size: int = 32  # 4-bit groups along the input dimension (per channel when it does not divide)
-    relearn: bool = False
-    relearn_steps: int = 20
-    relearn_lr: float = 3e-4
-    n_boot: int = 500
-    seed: int = 0
-    exhaustive: bool = False  # run every attack; else stop at the first NOT REMOVED (the worst case is decided)
-    first_look: int = 48  # records per set an attack scores first (unless exhaustive; 0 = never): NOT REMOVED
-    # there, at first_look_share x alpha, is its verdict (the rest is not scored)
-    first_look_share: float = 0.2
+class BatteryArgs(Checked):
+    """The receipt's attack battery; every field checked when it is built (one error listing every problem)."""
+
+    alpha: float = arg(0.05, "level of the verdict", gt=0, lt=1)
+    margin: float | None = arg(None, "the equivalence margin (AUC); None: `default_margin` from the data", gt=0,
+                               le=0.5)
+    quant_bits: tuple[int, ...] = arg((8, 4), "RTN quantization attacks, bits per weight", ge=2, le=8)
+    group_size: int = arg(32, "4-bit groups along the input dimension (per channel when it does not divide)", ge=1)
+    relearn: bool = arg(False, "run the relearning attack")
+    relearn_steps: int = arg(20, "optimiser steps of the relearning attack", ge=1)
+    relearn_lr: float = arg(3e-4, "learning rate of the relearning attack", gt=0)
+    n_boot: int = arg(500, "bootstrap resamples", ge=1)
+    seed: int = arg(0, "seed of the battery's random choices", ge=0)
+    exhaustive: bool = arg(False, "run every attack; else stop at the first NOT REMOVED (the worst case is decided)")
+    first_look: int = arg(48, "records per set an attack scores first (unless exhaustive; 0 = never): NOT REMOVED "
+                          "there, at first_look_share x alpha, is its verdict (the rest is not scored)", ge=0)
+    first_look_share: float = arg(0.2, "share of alpha spent on the first look", gt=0, le=1)
 
 
 @dataclass

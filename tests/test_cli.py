@@ -106,6 +106,7 @@ BAD_ARGS = [
     (["worst-case", "--k", "0"], "k must be >= 1"),
     (["forget", "--dry-run", "--accelerate-config", "nope"], "shipped accelerate preset"),
     (["audit", "--device", "bogus"], "device must be cpu, cuda"),
+    (["audit", "--relearn-steps", "0", "--relearn-lr", "-1"], "'relearn_steps' must be >= 1, got 0; key 'relearn_lr'"),
 ]
 
 

@@ -70,6 +70,7 @@ class AuditResult:
 def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
     from unlearn.auditors.audit import AuditArgs
     from unlearn.auditors.audit import audit as run_audit
+    from unlearn.auditors.battery import BatteryArgs
     from unlearn.auditors.plots import plot_audit
     from unlearn.data import format_of, load_records, special_prefix
     from unlearn.model import check_same_tokenizer, load_model
@@ -79,6 +80,7 @@ def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
         raise UnlearnError(f"unknown attack(s) {', '.join(unknown)}; known: {', '.join(ATTACKS)}")
     audit_args = AuditArgs(scores=tuple(job.scores), k=job.k, alpha=job.alpha, batch_size=job.batch_size,
                            seed=job.seed)
+    BatteryArgs(alpha=job.alpha, relearn_steps=job.relearn_steps, relearn_lr=job.relearn_lr)  # checked: one error
     bench = benchmark_if_needed([job.model, job.reference, job.retain], job.benchmark, report)
     path = model_path(job.model, bench)
     if not is_builtin(job.model) and (job.members is None or job.nonmembers is None):
