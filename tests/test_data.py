@@ -253,3 +253,21 @@ def test_arrays_one_after_another_and_cr_only_csv_still_read(tmp_path: Path) -> 
     cr = tmp_path / "cr.csv"
     cr.write_bytes(b"question,answer\rq,a\r")
     assert [r.answer for r in load_records(cr)] == ["a"]
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, [1], True, 1.5])
+def test_a_person_or_group_must_be_a_name_or_a_number(value, tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"question": "q", "answer": "a", "group": value}) + "\n")
+    with pytest.raises(InputError, match="r.jsonl:1 field 'group': must be a string or an integer"):
+        load_records(path)
+
+
+@pytest.mark.parametrize("body", ["[1]", '{"base_model_name_or_path": {"a": 1}}', "{", '"x"'])
+def test_a_malformed_adapter_config_is_one_model_error(body: str, tmp_path: Path) -> None:
+    from unlearn.errors import ModelError
+    from unlearn.lora import base_of
+
+    (tmp_path / "adapter_config.json").write_text(body)
+    with pytest.raises(ModelError, match="adapter_config.json"):
+        base_of(tmp_path)

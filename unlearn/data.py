@@ -250,6 +250,11 @@ def _record_id(obj: dict[str, Any], path: Path, line: int, content: str) -> str:
 
 
 def parse_record(obj: dict[str, Any], path: Path, line: int) -> Record:
+    for name in ("person", "group"):  # units of the verdict's tests: a name or a number, nothing else
+        value = obj.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            raise InputError("must be a string or an integer (the person or group the record belongs to)",
+                             file=path, line=line, field=name)
     if "question" in obj or "answer" in obj:
         for name in ("question", "answer"):
             if name not in obj:

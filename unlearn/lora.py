@@ -10,7 +10,6 @@ unlearned.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +39,16 @@ def _peft() -> Any:
 
 def base_of(adapter: str | Path) -> str:
     """The base model an adapter directory names (``base_model_name_or_path``; relative to the adapter)."""
+    from unlearn.errors import InputError
+    from unlearn.jsonio import JSONProblem, parse_line, read_bytes
+
     try:
-        name = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{adapter}: unreadable {ADAPTER_CONFIG} ({type(exc).__name__})") from None
+        config = parse_line(read_bytes(Path(adapter) / ADAPTER_CONFIG, 1 << 20).replace(b"\n", b" "))
+    except (InputError, JSONProblem) as exc:
+        raise ModelError(f"{adapter}: unreadable {ADAPTER_CONFIG} ({exc})") from None
+    name = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if name is not None and not isinstance(name, str):
+        raise ModelError(f"{adapter}: {ADAPTER_CONFIG}: base_model_name_or_path must be a string")
     if not name:
         raise ModelError(f"{adapter}: {ADAPTER_CONFIG} names no base model; pass --model BASE --adapter {adapter}")
     local = Path(adapter) / name
