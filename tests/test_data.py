@@ -271,3 +271,19 @@ def test_a_malformed_adapter_config_is_one_model_error(body: str, tmp_path: Path
     (tmp_path / "adapter_config.json").write_text(body)
     with pytest.raises(ModelError, match="adapter_config.json"):
         base_of(tmp_path)
+
+
+def test_the_reader_fuzz_fast_cases_are_all_clean_errors() -> None:
+    """The seeded fuzz benchmark's first 200 in-process and 20 CLI cases (tests/benchmarks/reader_fuzz.py runs
+    1,500 + 100): every malformed input is one clean error, never accepted, a traceback or a hang."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reader_fuzz", Path(__file__).parent / "benchmarks" /
+                                                  "reader_fuzz.py")
+    assert spec is not None and spec.loader is not None
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    per, cli = fuzz.run_cases(200, 20, seed=1)
+    outcomes = {k for counts in per.values() for k in counts} | set(cli)
+    assert outcomes <= {"error", "reported"}, (dict(per), cli)
+    assert sum(sum(c.values()) for c in per.values()) == 200 and len(per) == 6

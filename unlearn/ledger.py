@@ -685,7 +685,13 @@ def _check_head(path: Path, rows: list[Row], key: bytes | None, report: Verifica
                                                    "(truncated, appended to or rewritten)"))
     if key is not None and not hmac.compare_digest(mac, head_mac(key, entries, head_hash)):
         report.problems.append(LedgerProblem(last, "head anchor MAC invalid: rewritten without the key"))
-    if pubkey is not None and not signature_valid(pubkey, head):
+    if key is not None and head.get("key_id") != key_id(key):
+        report.problems.append(LedgerProblem(last, "head anchor names another operator key"))
+    if pubkey is None and key is not None:  # the operator checks the signature with their own signing key
+        signer = load_signing_key()
+        pubkey = signer.public_key() if signer is not None else None
+    if pubkey is not None and (not signature_valid(pubkey, head)
+                               or head.get("pubkey") != pubkey.public_bytes_raw().hex()):
         report.problems.append(LedgerProblem(last, "head anchor signature invalid: not signed with the operator's "
                                                    "signing key for this chain"))
 
