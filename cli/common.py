@@ -50,6 +50,11 @@ def sub_parser(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
 
 
 def load_options(args: argparse.Namespace) -> LoadOptions:
+    """The global model-loading flags; a bad ``--template`` is refused here, before any work."""
+    if args.template is not None:
+        from unlearn.data import parse_format
+
+        parse_format(args.template)
     return LoadOptions(args.template, args.dtype or "float32", args.device, args.trust_remote_code)
 
 

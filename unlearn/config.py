@@ -244,10 +244,6 @@ class LoadOptions:
         if self.device is not None and not re.fullmatch(r"(cpu|cuda|mps|xpu|hpu|npu|mlu|meta)(:\d+)?", self.device):
             raise ConfigError(f"device must be cpu, cuda, cuda:N, mps, xpu or another torch device, got "
                               f"{self.device[:40]!r}")
-        if self.template is not None:  # checked now, before any model is built or loaded
-            from unlearn.data import parse_format
-
-            parse_format(self.template)
 
     def torch_dtype(self) -> Any:
         import torch
