@@ -68,28 +68,27 @@ def run_show(args: argparse.Namespace, ui: UI) -> int:
 def run_verify(args: argparse.Namespace, ui: UI) -> int:
     """Exit 0: verified; 1: tampered or inconsistent (each problem on stderr); 2: could not be read; 3: consistent
     but UNVERIFIED (neither the operator key nor the public key; 0 with --accept-unverified)."""
-    import json
     from pathlib import Path
 
-    from unlearn.jsonio import read_bytes
+    from unlearn.errors import InputError
+    from unlearn.jsonio import JSONProblem, read_json
     from unlearn.ledger import load_key, load_public_key, verify
 
+    key = load_key()
     pubkey = load_public_key(args.pubkey) if args.pubkey else None
     receipts = []
     for name in args.receipt:
         try:
-            receipts.append(json.loads(read_bytes(Path(name), 1 << 20)))
-        except ValueError:
-            from unlearn.errors import InputError
-
-            raise InputError("not a JSON receipt", file=name) from None
-    report = verify(args.ledger, check_models=not args.no_models, key=load_key(), pubkey=pubkey, receipts=receipts)
+            receipts.append(read_json(Path(name)))
+        except JSONProblem as exc:
+            raise InputError(f"not a JSON receipt ({exc})", file=name) from None
+    report = verify(args.ledger, check_models=not args.no_models, key=key, pubkey=pubkey, receipts=receipts)
     for p in report.problems:
         ui.err.print(f"{args.ledger}:{p.line}: {p.message}", markup=False, highlight=False)
     for note in report.notes:
         ui.print(f"[yellow]note:[/] {note}")
-    what = ("chain" + (", MACs" if not report.unverified and "MACs not checked" not in " ".join(report.notes) else "")
-            + (", signed head" if args.pubkey else "") + (", receipts" if receipts else "")
+    what = ("chain" + (", MACs, signed head" if key is not None else ", signed head" if pubkey is not None else "")
+            + (", receipts" if receipts else "")
             + ("" if args.no_models else " and model hashes"))
     ui.print(f"{args.ledger}: {report.entries} entries, " + (f"{what} verified" if report.ok else
                                                              f"{len(report.problems)} problem(s)"))

@@ -140,6 +140,12 @@ def read_bytes(path: Path, limit: int | None = None) -> bytes:
     return data
 
 
+def read_json(path: Path, limit: int = 1 << 20) -> Any:
+    """One JSON document from a small file (a configuration, an anchor, a journal, a receipt), read with
+    `read_bytes` (``InputError``) and parsed as strictly as a JSON line (``JSONProblem``)."""
+    return parse_line(read_bytes(path, limit).replace(b"\n", b" "))
+
+
 def iter_json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for each non-blank line of a JSON Lines file; the first bad line is an
     ``InputError`` naming the file and line."""

@@ -37,7 +37,7 @@ from typing import Any
 from unlearn.data import Record
 from unlearn.errors import InputError, ModelError, UnlearnError
 from unlearn.fsutil import fsync_dir, temp_sibling, write_atomic
-from unlearn.jsonio import JSONProblem, parse_line, read_bytes, show
+from unlearn.jsonio import JSONProblem, parse_line, read_bytes, read_json, show
 
 GENESIS = "0" * 64
 VERSION = 2
@@ -275,9 +275,14 @@ def _secret_file(path: Path, create: bool, make: Callable[[], str], problem: str
         with os.fdopen(fd, "w") as fh:
             fh.write(make() + "\n")
     try:
-        return bytes.fromhex(read_bytes(path, SMALL_FILE).decode("ascii").strip())
+        return _hex_file(path)
     except (ValueError, UnicodeDecodeError):
         raise InputError(problem, file=path) from None
+
+
+def _hex_file(path: Path) -> bytes:
+    """The bytes written as hex digits in a small file (a key)."""
+    return bytes.fromhex(read_bytes(path, SMALL_FILE).decode("ascii").strip())
 
 
 def public_key_hex(signer: Any) -> str:
@@ -290,8 +295,7 @@ def load_public_key(spec: str) -> Any:
 
     p = Path(spec)
     try:
-        text = read_bytes(p, SMALL_FILE).decode("ascii").strip() if p.is_file() else spec.strip()
-        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
+        return Ed25519PublicKey.from_public_bytes(_hex_file(p) if p.is_file() else bytes.fromhex(spec.strip()))
     except (ValueError, UnicodeDecodeError):
         raise InputError("not an Ed25519 public key (64 hex digits, or a file holding them)", field="pubkey",
                          file=p if p.is_file() else None) from None
@@ -434,12 +438,12 @@ def recover(ledger: Path, key: bytes | None) -> str | None:
     if not journal.exists():
         return None
     try:
-        pending = json.loads(read_bytes(journal, 1 << 20).decode("utf-8"))
+        pending = read_json(journal)
         entry, out, tmp = pending["entry"], Path(pending["out"]), Path(pending["tmp"])
         token = pending.get("token")
         if not isinstance(entry, dict) or not isinstance(entry.get("prev_hash"), str):
             raise ValueError("entry")
-    except (InputError, ValueError, KeyError, TypeError, RecursionError):
+    except (InputError, ValueError, KeyError, TypeError):  # ValueError: JSONProblem too
         raise InputError("unreadable commit journal; inspect it, then remove it", file=journal) from None
     n, head = head_of(ledger)
     anchored = _read_anchor(out)
@@ -491,7 +495,7 @@ def owned_temp(tmp: Path, out: Path, token: Any) -> bool:
 
 def _read_anchor(out: Path) -> dict[str, Any] | None:
     try:
-        obj = parse_line(read_bytes(out / ANCHOR, 1 << 20).replace(b"\n", b" "))
+        obj = read_json(out / ANCHOR)
     except (InputError, JSONProblem):
         return None
     return obj if isinstance(obj, dict) else None
@@ -670,7 +674,7 @@ def _check_head(path: Path, rows: list[Row], key: bytes | None, report: Verifica
             report.problems.append(LedgerProblem(last, f"head anchor {head_file.name} is missing"))
         return
     try:
-        head = parse_line(read_bytes(head_file, SMALL_FILE).strip())
+        head = read_json(head_file, SMALL_FILE)
         entries, head_hash, mac = head["entries"], head["head"], head["mac"]
         if not isinstance(entries, int) or isinstance(entries, bool) or not all(
                 isinstance(v, str) and v.isascii() for v in (head_hash, mac)):
@@ -724,7 +728,7 @@ def receipt_of(path: Path, entry: str | None = None) -> dict[str, Any]:
         raise InputError(f"no single entry {'starts with ' + show(entry) if entry else 'in the ledger'}", file=path)
     row = match[-1]
     assert row.entry is not None
-    head = parse_line(read_bytes(_sidecar(path, ".head"), SMALL_FILE).strip())
+    head = read_json(_sidecar(path, ".head"), SMALL_FILE)
     return {"ledger": str(path), "line": row.line, "entry_hash": row.entry["entry_hash"], "head": head}
 
 

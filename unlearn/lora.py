@@ -40,10 +40,10 @@ def _peft() -> Any:
 def base_of(adapter: str | Path) -> str:
     """The base model an adapter directory names (``base_model_name_or_path``; relative to the adapter)."""
     from unlearn.errors import InputError
-    from unlearn.jsonio import JSONProblem, parse_line, read_bytes
+    from unlearn.jsonio import JSONProblem, read_json
 
     try:
-        config = parse_line(read_bytes(Path(adapter) / ADAPTER_CONFIG, 1 << 20).replace(b"\n", b" "))
+        config = read_json(Path(adapter) / ADAPTER_CONFIG)
     except (InputError, JSONProblem) as exc:
         raise ModelError(f"{adapter}: unreadable {ADAPTER_CONFIG} ({exc})") from None
     name = config.get("base_model_name_or_path") if isinstance(config, dict) else None

@@ -69,9 +69,14 @@ def retain_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tens
 def target_kl(logits: torch.Tensor, target_logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """KL(q || p_theta) averaged over labelled positions, where ``target_logp[b, t]`` = log q of the token after
     position t (the distribution the model's prediction at t is pulled to; target matching's loss)."""
-    mask = labels[:, 1:] != -100
-    cur = torch.log_softmax(logits[:, :-1].float(), -1)[mask]
-    ref = target_logp[:, :-1].float()[mask]
+    return masked_kl(logits, target_logp, labels[:, 1:] != -100)
+
+
+def masked_kl(logits: torch.Tensor, target_logp: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """KL(q || p_theta) averaged over the next-token positions where ``keep`` ``[B, T-1]`` is True (answer tokens,
+    or every real token for a distillation); ``target_logp`` as in `target_kl`."""
+    cur = torch.log_softmax(logits[:, :-1].float(), -1)[keep]
+    ref = target_logp[:, :-1].float()[keep]
     return (ref.exp() * (ref - cur)).sum(-1).mean()
 
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from unlearn.data import Batch, Record, batches
-from unlearn.logprobs import forward_logits
+from unlearn.data import Batch, Record
+from unlearn.logprobs import forward_logits, token_logprobs
 from unlearn.loop import frozen_copy, run_loop
-from unlearn.losses import nll, sequence_logprobs
+from unlearn.losses import masked_kl
 from unlearn.params import apply_scope
 from unlearn.unlearner import UnlearnArgs, UnlearnResult
 
@@ -43,19 +43,12 @@ def shrink_perturb(params: Sequence[torch.nn.Parameter], alpha: float, beta: flo
 
 def all_positions_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """KL(p_teacher || p_theta) averaged over every next-token position of real tokens (``mask`` [B, T])."""
-    keep = mask[:, 1:].bool()
-    cur = torch.log_softmax(logits[:, :-1].float(), -1)[keep]
-    ref = torch.log_softmax(teacher_logits[:, :-1].float(), -1)[keep]
-    return (ref.exp() * (ref - cur)).sum(-1).mean()
+    return masked_kl(logits, torch.log_softmax(teacher_logits.float(), -1), mask[:, 1:].bool())
 
 
-@torch.no_grad()
 def retain_nll(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record]) -> float:
-    total = 0.0
-    for b in batches(records, tokenizer, 64):
-        lp, n, _ = sequence_logprobs(model, b)
-        total += float(nll(lp, n)) * len(b)
-    return total / len(records)
+    """Mean over records of the mean answer-token NLL (the scores' one forward pass, no moments or hits)."""
+    return -float(token_logprobs(model, tokenizer, records, moments=False, hits=False).mean_lp().mean())
 
 
 def robustify(model: torch.nn.Module, tokenizer: Any, retain: Sequence[Record], args: UnlearnArgs, *,

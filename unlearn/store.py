@@ -27,7 +27,7 @@ from typing import Any
 from unlearn import ledger
 from unlearn.errors import InputError, UnlearnError
 from unlearn.fsutil import write_atomic
-from unlearn.jsonio import JSONProblem, parse_line, read_bytes
+from unlearn.jsonio import JSONProblem, read_json
 
 CONFIG, QUEUE, LEDGER = "store.json", "queue.sqlite", "ledger.jsonl"
 PENDING, ANSWERED = "pending", "answered"
@@ -105,7 +105,7 @@ class Store:
             raise InputError("no request store here (create one with `unlearn requests add`)", file=self.root)
         path = self.root / CONFIG
         try:
-            config = parse_line(read_bytes(path, 1 << 20).replace(b"\n", b" "))
+            config = read_json(path)
         except JSONProblem as exc:
             raise InputError(f"unreadable store configuration ({exc})", file=path) from None
         if not isinstance(config, dict):

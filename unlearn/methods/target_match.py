@@ -34,7 +34,7 @@ from unlearn.errors import InputError
 from unlearn.jsonio import show
 from unlearn.logprobs import forward_logits, max_length_of
 from unlearn.loop import StepLoss, frozen_copy, run_loop
-from unlearn.losses import sequence_logprobs, target_kl, token_gap
+from unlearn.losses import sequence_logprobs, target_kl, target_logprobs, token_gap
 from unlearn.methods.gradient import RetainArgs, add_retain, retain_term
 from unlearn.unlearner import Monitor, UnlearnResult, register
 
@@ -174,13 +174,11 @@ class CounterfactualTargets:
         the candidates: a typical stranger, not an unusually easy or hard one."""
         nll = []
         for pairs in options:
-            self.pairs, scores = pairs, []
+            scores = []
             for start in range(0, len(encoded), 32):
                 batch = collate(encoded[start:start + 32], self.pad).to(next(ref.parameters()).device)
-                y = batch.labels[:, 1:]
-                q = self.target_logprobs(ref, batch)[:, :-1].gather(-1, y.clamp(min=0)[..., None])[..., 0]
-                mask = y != -100
-                scores += (-(q * mask).sum(1) / mask.sum(1)).tolist()
+                lp, n = target_logprobs(self.target_logprobs(ref, batch, pairs), batch.labels)
+                scores += (-lp / n).tolist()
             nll.append(scores)
         chosen = {}
         for anchor in set(anchors):
@@ -191,19 +189,22 @@ class CounterfactualTargets:
                 chosen[key] = options[by[len(by) // 2]][key]
         return chosen
 
-    def counterfactual(self, batch: Batch) -> Batch:
-        """The batch with every anchor replaced by its stand-in (same shape, same labels)."""
+    def counterfactual(self, batch: Batch, pairs: dict[tuple[int, ...], list[int]] | None = None) -> Batch:
+        """The batch with every anchor replaced by its stand-in (same shape, same labels); ``pairs``: another
+        candidate's stand-ins than the chosen ones."""
+        pairs = self.pairs if pairs is None else pairs
         ids = batch.input_ids.clone()
         for b in range(len(batch)):
             real = batch.attention_mask[b].bool()
-            ids[b, real] = torch.tensor(self.pairs[tuple(batch.input_ids[b, real].tolist())], device=ids.device)
+            ids[b, real] = torch.tensor(pairs[tuple(batch.input_ids[b, real].tolist())], device=ids.device)
         return Batch(ids, batch.attention_mask, batch.labels)
 
     @torch.no_grad()
-    def target_logprobs(self, ref: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    def target_logprobs(self, ref: torch.nn.Module, batch: Batch,
+                        pairs: dict[tuple[int, ...], list[int]] | None = None) -> torch.Tensor:
         """``[B, T, V]``: log q of the token after each position, the reference's prediction on the counterfactual;
         where the token is a stand-in's, its probability and the original token's trade places."""
-        cf = self.counterfactual(batch)
+        cf = self.counterfactual(batch, pairs)
         q = torch.log_softmax(forward_logits(ref, cf).float(), -1)
         b, t = torch.nonzero(cf.input_ids[:, 1:] != batch.input_ids[:, 1:], as_tuple=True)
         orig, new = batch.input_ids[b, t + 1], cf.input_ids[b, t + 1]
