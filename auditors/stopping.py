@@ -25,11 +25,12 @@ from unlearn.auditors.verdict import (
 )
 from unlearn.data import Record
 from unlearn.logprobs import Prepared, max_length_of, prepare
+from unlearn.receipt import LossCheck
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult
 
 
 def forget_check(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
-                 retain_eval: Sequence[Record]) -> dict[str, float]:
+                 retain_eval: Sequence[Record]) -> LossCheck:
     """LOSS AUC and one-sided MWU p of forget vs holdout, and retain utility (mean answer probability)."""
     scored = score_records(model, tokenizer, [*forget, *holdout, *retain_eval], ["loss"])
     s = scored.scores["loss"]
@@ -38,13 +39,11 @@ def forget_check(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record
 
 
 def check_from_scores(forget_loss: np.ndarray, holdout_loss: np.ndarray,
-                      retain_loss: np.ndarray | None = None) -> dict[str, float]:
+                      retain_loss: np.ndarray | None = None) -> LossCheck:
     """`forget_check` from LOSS scores already computed (e.g. by the attack battery)."""
     f, h = forget_loss, holdout_loss
-    out = {"forget_auc": auc(f, h), "forget_p": mann_whitney_p(f, h), "forget_nll": float(-f.mean())}
-    if retain_loss is not None and len(retain_loss):
-        out["retain_prob"] = float(np.exp(retain_loss).mean())
-    return out
+    retain = float(np.exp(retain_loss).mean()) if retain_loss is not None and len(retain_loss) else None
+    return LossCheck(auc(f, h), mann_whitney_p(f, h), float(-f.mean()), retain)
 
 
 QUICK_MARGIN = 0.2  # AUC above the target that is "far": a full check's every score (back-off ranking), or a
@@ -101,10 +100,60 @@ def returned_scores(result: UnlearnResult, kept: dict[int, KnownScores]) -> Know
     return next((k for k in kept.values() if now is not None and k.weights == now), None)
 
 
-def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
-                 retain_eval: Sequence[Record], args: UnlearnArgs,
-                 retain_model: torch.nn.Module | None = None, retain_scores: Scores | None = None,
-                 kept: dict[int, KnownScores] | None = None) -> Monitor:
+class Stages:
+    """A check's stages (`check_stages`) over one random order per set (forget, holdout, retain): each stage's
+    records are a prefix of its set's order, tokenised at their first use, with the stage's level (a
+    subsample's is ``QUICK_ALPHA_SHARE`` of ``stop_alpha``) and its relative interval width."""
+
+    def __init__(self, sets: Sequence[Sequence[Record]], args: UnlearnArgs) -> None:
+        self.sets = sets
+        rng = random.Random(args.seed)
+        self.orders = [rng.sample(range(len(x)), len(x)) for x in sets]
+        self.stages = check_stages([len(x) for x in sets], args.quick_check)
+        self.last = len(self.stages) - 1
+        self.alphas = [args.stop_alpha * (QUICK_ALPHA_SHARE if i < self.last else 1.0)
+                       for i in range(len(self.stages))]
+        self.widths = [np.sqrt(1 / max(f, 1) + 1 / max(h, 1)) * stats.norm.ppf(1 - a / (2 * len(ONE_PASS_SCORES)))
+                       for (_, (f, h, _)), a in zip(self.stages, self.alphas, strict=True)]
+        self.made: dict[int, Prepared] = {}
+
+    def name(self, i: int) -> str:
+        return self.stages[i][0]
+
+    def positions(self, i: int, s: int) -> list[int]:
+        """Stage ``i``'s records of set ``s`` (positions in the set, stage order)."""
+        return self.orders[s][: self.stages[i][1][s]]
+
+    def added(self, i: int) -> list[list[int]]:
+        """The positions (per set) stage ``i`` adds to the stage before it."""
+        before = self.stages[i - 1][1] if i else (0,) * len(self.sets)
+        return [o[b:e] for o, b, e in zip(self.orders, before, self.stages[i][1], strict=True)]
+
+    def score_to(self, model: torch.nn.Module, tokenizer: Any, i: int, parts: list[Part],
+                 extraction: bool) -> list[dict[str, np.ndarray]]:
+        """Every score of stage ``i``'s records, per set (in stage order); ``parts``: what this check scored so
+        far (extended here); ``extraction``: also the forget records' extraction, from the same pass."""
+        for j in range(len(parts), i + 1):
+            pos = self.added(j)
+            records = [x[p] for x, ps in zip(self.sets, pos, strict=True) for p in ps]
+            if j not in self.made:  # tokenised at its first use: every check scores the same records
+                self.made[j] = prepare(records, tokenizer, max_length=max_length_of(model))
+            table = score_records(model, tokenizer, records, list(ONE_PASS_SCORES), hits=extraction,
+                                  prepared=self.made[j])
+            cuts = np.cumsum([0, *(len(p) for p in pos)])
+            n = len(pos[0])  # the forget records come first
+            ext = (extraction_stats(table.logprobs.take(slice(0, n)))
+                   if extraction and n and table.logprobs is not None else None)
+            parts.append(([{k: v[cuts[s]:cuts[s + 1]] for k, v in table.scores.items()}
+                           for s in range(len(self.sets))], ext))
+        return [{k: np.concatenate([p[0][s][k] for p in parts[: i + 1]]) for k in ONE_PASS_SCORES}
+                for s in range(len(self.sets))]
+
+
+Decision = tuple[str | None, str, dict[str, Any]]  # (reason to stop or None, message, the check's metrics)
+
+
+class StoppingRule:
     """The stopping rule, on the CALIBRATION parts of the holdout and the retain evaluation set (the
     receipt's verdict uses the other parts; ``forget``: the monitored half of the request), by person on both
     sides, over every one-pass score. Stop when every score is within the margin of its target and no person
@@ -136,152 +185,156 @@ def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Rec
 
     ``kept``: filled with the forget set's scores and extraction at every full check (step -> `KnownScores`),
     for the receipt's "as is" attack on the weights the run returns (`returned_scores`)."""
-    groups = group_labels(holdout)
-    people = group_labels(forget)
-    sets = (forget, holdout, retain_eval)
-    reference: dict[str, Any] = {}
-    if retain_scores is None and retain_model is not None:
-        retain_scores = forget_holdout_scores(retain_model, tokenizer, forget, holdout)
-    if retain_scores is not None:
-        reference = {"retain_members": retain_scores[0], "retain_nonmembers": retain_scores[1]}
-    rng = random.Random(args.seed)
-    orders = [rng.sample(range(len(x)), len(x)) for x in sets]  # a stage's records: a prefix of each order
-    stages = check_stages([len(x) for x in sets], args.quick_check)
-    last = len(stages) - 1
-    alphas = [args.stop_alpha * (QUICK_ALPHA_SHARE if i < last else 1.0) for i in range(len(stages))]
-    widths = [np.sqrt(1 / max(f, 1) + 1 / max(h, 1)) * stats.norm.ppf(1 - a / (2 * len(ONE_PASS_SCORES)))
-              for (_, (f, h, _)), a in zip(stages, alphas, strict=True)]
-    made: dict[int, Prepared] = {}
-    base: np.ndarray | None = None  # every retain record's answer probability before any step (set order)
-    begin = 0  # the stage the next check starts at
 
-    def added(i: int) -> list[list[int]]:
-        """The positions (per set) stage ``i`` adds to the stage before it."""
-        before = stages[i - 1][1] if i else (0,) * len(sets)
-        return [o[b:e] for o, b, e in zip(orders, before, stages[i][1], strict=True)]
+    def __init__(self, tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
+                 retain_eval: Sequence[Record], args: UnlearnArgs, retain_model: torch.nn.Module | None = None,
+                 retain_scores: Scores | None = None, kept: dict[int, KnownScores] | None = None) -> None:
+        self.tokenizer, self.args, self.kept = tokenizer, args, kept
+        self.forget, self.retain_eval = forget, retain_eval
+        self.groups, self.people = group_labels(holdout), group_labels(forget)
+        if retain_scores is None and retain_model is not None:
+            retain_scores = forget_holdout_scores(retain_model, tokenizer, forget, holdout)
+        self.reference = retain_scores  # the retain model's scores on (forget, holdout), or None
+        self.stages = Stages((forget, holdout, retain_eval), args)
+        self.base: np.ndarray | None = None  # every retain record's answer probability before any step (set order)
+        self.begin = 0  # the stage the next check starts at (the schedule within a check)
+        self.floor = 1 - args.max_utility_drop
 
-    def score_to(model: torch.nn.Module, i: int, parts: list[Part]) -> list[dict[str, Any]]:
-        """Every score of stage ``i``'s records, per set (in stage order); ``parts``: what this check scored."""
-        for j in range(len(parts), i + 1):
-            pos = added(j)
-            records = [x[p] for x, ps in zip(sets, pos, strict=True) for p in ps]
-            if j not in made:  # tokenised at its first use: every check scores the same records
-                made[j] = prepare(records, tokenizer, max_length=max_length_of(model))
-            table = score_records(model, tokenizer, records, list(ONE_PASS_SCORES), hits=kept is not None,
-                                  prepared=made[j])
-            cuts = np.cumsum([0, *(len(p) for p in pos)])
-            n = len(pos[0])  # the forget records come first: their extraction, from the same pass
-            ext = (extraction_stats(table.logprobs.take(slice(0, n)))
-                   if kept is not None and n and table.logprobs is not None else None)
-            parts.append(([{k: v[cuts[s]:cuts[s + 1]] for k, v in table.scores.items()} for s in range(len(sets))],
-                          ext))
-        return [{k: np.concatenate([p[0][s][k] for p in parts[: i + 1]]) for k in ONE_PASS_SCORES}
-                for s in range(len(sets))]
-
-    def keep(model: torch.nn.Module, step: int, fm: dict[str, np.ndarray], parts: list[Part]) -> None:
-        found = [(ext, len(scored[0]["loss"])) for scored, ext in parts if ext is not None]
-        if kept is None or sum(n for _, n in found) < len(forget):  # several processes: no extraction
-            return
-        back = np.argsort(orders[0])  # stage order -> the forget set's own order
-        ext = {k: sum(e[k] * n for e, n in found) / len(forget) for k in found[0][0]}
-        kept[step] = KnownScores([r.id for r in forget], {k: v[back] for k, v in fm.items()}, ext,
-                                 weights_fingerprint(model))
-
-    def verdict(i: int, fm: dict[str, Any], hm: dict[str, Any], step: int) -> Any:
-        fpos, hpos = (o[:n] for o, n in zip(orders[:2], stages[i][1][:2], strict=True))
-        ref = {"retain_members": {k: v[fpos] for k, v in reference["retain_members"].items()},
-               "retain_nonmembers": {k: v[hpos] for k, v in reference["retain_nonmembers"].items()}
-               } if reference else {}
-        # by person on both sides, as the receipt: a person is the unit, and one memorised person stops nothing
-        return two_sided_verdict(fm, hm, nonmember_groups=[groups[p] for p in hpos] if groups is not None else None,
-                                 member_groups=[people[p] for p in fpos] if people is not None else None,
-                                 alpha=alphas[i], margin=args.margin, n_boot=400 if i < last else 200, seed=step,
-                                 **ref)
-
-    def next_begin(v: Any, i: int) -> int:
-        """The smallest stage whose interval, scaled from stage ``i``'s, would still lie above the target."""
-        for j in range(last):
-            if any(_lead(e) + (e.auc_ci[1] - e.auc_ci[0]) / 2 * (1 - widths[j] / widths[i]) > 0 for e in v.evidence):
-                return j
-        return last
-
-    def set_baseline(model: torch.nn.Module, parts: list[Part]) -> None:
-        nonlocal base
-        seen = np.concatenate([np.exp(p[0][2]["loss"]) for p in parts])
-        rest = orders[2][len(seen):]
-        more = np.exp(score_records(model, tokenizer, [retain_eval[p] for p in rest], ["loss"]).scores["loss"]
-                      ) if rest else np.zeros(0)
-        base = np.empty(len(retain_eval))
-        base[orders[2]] = np.concatenate([seen, more])
-
-    def monitor(model: torch.nn.Module, step: int) -> tuple[str | None, str, dict[str, Any]]:
-        nonlocal begin
+    def __call__(self, model: torch.nn.Module, step: int) -> Decision:
+        """One check: the subsample stages from ``begin`` until one decides, else the full check."""
         parts: list[Part] = []
-        first = base is None
-        floor = 1 - args.max_utility_drop
-        for i in range(0 if first else begin, last):
-            fm, hm, rm = score_to(model, i, parts)
-            v = verdict(i, fm, hm, step)
-            probs = np.exp(rm["loss"])
-            ratio, low, high = (1.0, 1.0, 1.0) if first or not len(probs) else utility_ratio_bounds(
-                probs, base[orders[2][:len(probs)]], alphas[i])
-            if high < floor:  # clearly lost even on the subsample: no full check needed
-                begin = 0
-                return ("utility_drop", f"retain utility fell to {ratio:.3f} x its value before any step on a "
-                        f"{len(probs)}-record subsample (upper bound {high:.3f}; more than "
-                        f"max_utility_drop={args.max_utility_drop:.0%})",
-                        {"quick": stages[i][0], "status": v.status, "utility_ok": False, "retain_ratio": ratio})
-            if v.status == NOT_REMOVED and low >= floor and not _overshot(v):
-                if first:
-                    set_baseline(model, parts)
-                lead = max(_lead(e) for e in v.evidence)
-                begin = next_begin(v, i)
-                # a score separates the sets even on the subsample: the full check would go on too (no
-                # ``distance``: a subsample's is not comparable with the full checks'; "far" ranks it)
-                return None, "", {"quick": stages[i][0], "far": True, "quick_lead": lead, "status": NOT_REMOVED,
-                                  "utility_ok": True, "defer": lead > QUICK_MARGIN}
-        fm, hm, rm = score_to(model, last, parts)
+        first = self.base is None
+        for i in range(0 if first else self.begin, self.stages.last):
+            decided = self.subsample(model, step, i, parts, first)
+            if decided is not None:
+                return decided
+        return self.full_check(model, step, parts, first)
+
+    def test(self, i: int, fm: dict[str, np.ndarray], hm: dict[str, np.ndarray], step: int) -> Verdict:
+        """The verdict's test on stage ``i``: by person on both sides, as the receipt (a person is the unit,
+        and one memorised person stops nothing), relative to the retain model when there is one."""
+        fpos, hpos = self.stages.positions(i, 0), self.stages.positions(i, 1)
+        ref = {"retain_members": {k: v[fpos] for k, v in self.reference[0].items()},
+               "retain_nonmembers": {k: v[hpos] for k, v in self.reference[1].items()}} if self.reference else {}
+        return two_sided_verdict(
+            fm, hm, nonmember_groups=[self.groups[p] for p in hpos] if self.groups is not None else None,
+            member_groups=[self.people[p] for p in fpos] if self.people is not None else None,
+            alpha=self.stages.alphas[i], margin=self.args.margin, n_boot=400 if i < self.stages.last else 200,
+            seed=step, **ref)
+
+    def subsample(self, model: torch.nn.Module, step: int, i: int, parts: list[Part], first: bool) -> Decision | None:
+        """Subsample stage ``i``: stop for utility when it is clearly lost even here; skip the rest of the check
+        when a score already separates the sets at the stricter level, none overshoots and utility is clearly
+        inside the guard (the full check would go on too); None: the next stage decides."""
+        fm, hm, rm = self.stages.score_to(model, self.tokenizer, i, parts, self.kept is not None)
+        v = self.test(i, fm, hm, step)
+        probs = np.exp(rm["loss"])
+        assert first or self.base is not None
+        ratio, low, high = (1.0, 1.0, 1.0) if first or not len(probs) else utility_ratio_bounds(
+            probs, self.base[self.stages.positions(i, 2)], self.stages.alphas[i])
+        if high < self.floor:  # clearly lost even on the subsample: no full check needed
+            self.begin = 0
+            return ("utility_drop", f"retain utility fell to {ratio:.3f} x its value before any step on a "
+                    f"{len(probs)}-record subsample (upper bound {high:.3f}; more than "
+                    f"max_utility_drop={self.args.max_utility_drop:.0%})",
+                    {"quick": self.stages.name(i), "status": v.status, "utility_ok": False, "retain_ratio": ratio})
+        if v.status == NOT_REMOVED and low >= self.floor and not _overshot(v):
+            if first:
+                self.set_baseline(model, parts)
+            lead = max(_lead(e) for e in v.evidence)
+            self.begin = self.schedule(v, i)
+            # no ``distance``: a subsample's is not comparable with the full checks' ("far" ranks it at back-off)
+            return None, "", {"quick": self.stages.name(i), "far": True, "quick_lead": lead, "status": NOT_REMOVED,
+                              "utility_ok": True, "defer": lead > QUICK_MARGIN}
+        return None
+
+    def full_check(self, model: torch.nn.Module, step: int, parts: list[Part], first: bool) -> Decision:
+        """Every calibration record: the check's metrics, then `decide`."""
+        last = self.stages.last
+        fm, hm, rm = self.stages.score_to(model, self.tokenizer, last, parts, self.kept is not None)
         if first:
-            set_baseline(model, parts)
-        assert base is not None
-        v = verdict(last, fm, hm, step)
-        if len(forget):
-            keep(model, step, fm, parts)
+            self.set_baseline(model, parts)
+        assert self.base is not None
+        v = self.test(last, fm, hm, step)
+        if len(self.forget):
+            self.keep(model, step, fm, parts)
         m: dict[str, Any] = {f"auc_{e.score}": e.auc for e in v.evidence}
         m["forget_auc"] = m["auc_loss"]
         excess = [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
         m["distance"] = max(abs(x) for x in excess)
         m["status"] = v.status
-        over = _overshot(v)
-        if over:
-            m["overshoot"] = over
-        begin = next_begin(v, last)
+        if _overshot(v):
+            m["overshoot"] = _overshot(v)
+        self.begin = self.schedule(v, last)
         if last:
             m["far"] = min(excess) > QUICK_MARGIN
-        if len(retain_eval):
+        if len(self.retain_eval):
             m["retain_prob"] = float(np.exp(rm["loss"]).mean())
-        m["utility_ok"] = "retain_prob" not in m or m["retain_prob"] >= floor * float(base.mean())
+        m["utility_ok"] = "retain_prob" not in m or m["retain_prob"] >= self.floor * float(self.base.mean())
+        reason, message = self.decide(v, m, first)
+        return reason, message, m
+
+    def decide(self, v: Verdict, m: dict[str, Any], first: bool) -> tuple[str | None, str]:
+        """The full check's decision: utility, then overshooting (any score), then equivalence; INCONCLUSIVE
+        and NOT REMOVED go on, and so does the check before any step without a never-trained reference."""
+        assert self.base is not None
         if not m["utility_ok"]:
-            return ("utility_drop", f"retain utility fell to {m['retain_prob']:.3f} from {base.mean():.3f} "
-                    f"(more than max_utility_drop={args.max_utility_drop:.0%})", m)
-        if first and not reference:
+            return ("utility_drop", f"retain utility fell to {m['retain_prob']:.3f} from {self.base.mean():.3f} "
+                    f"(more than max_utility_drop={self.args.max_utility_drop:.0%})")
+        if first and not self.reference:
             # before any step, without a never-trained reference, a separation either way may be a shift between
             # the sets (lengths, dates, authors) rather than membership: nothing to stop on yet
             m["unreferenced"] = True
-            return None, "", m
+            return None, ""
+        over = _overshot(v)
         if v.status == OVER_UNLEARNED:
-            return "over_unlearned", v.message, m
+            return "over_unlearned", v.message
         if over:  # some score already finds the forget set LESS likely, another still more likely
             still = [e.score for e in v.evidence if e.status == NOT_REMOVED]
             return ("over_unlearned", f"OVER-UNLEARNED by {', '.join(over)} (the forget set now LESS likely "
                     f"than held-out data) while {', '.join(still)} still find{'s' if len(still) == 1 else ''} it more "
-                    "likely: further steps only push the first further", m)
+                    "likely: further steps only push the first further")
         m["margin"], m["bound"] = v.margin, v.bound if np.isfinite(v.bound) else None  # JSON has no infinity
         if v.status == REMOVED:  # equivalence, not mere non-rejection: INCONCLUSIVE goes on
-            target = "AUC_retain" if reference else "0.5"
+            target = "AUC_retain" if self.reference else "0.5"
             return ("forget_undetectable", f"every score within +-{v.margin:.3f} of {target} on the monitored forget "
                     f"records vs the calibration holdout (equivalence; residual bound {v.bound:.3f}, max |AUC - "
-                    f"{target}| {m['distance']:.3f}), no person standing out", m)
-        return None, "", m
+                    f"{target}| {m['distance']:.3f}), no person standing out")
+        return None, ""
 
-    return monitor
+    def schedule(self, v: Verdict, i: int) -> int:
+        """Where the next check starts: the smallest stage whose interval, scaled from stage ``i``'s, would still
+        lie above the target."""
+        widths = self.stages.widths
+        for j in range(self.stages.last):
+            if any(_lead(e) + (e.auc_ci[1] - e.auc_ci[0]) / 2 * (1 - widths[j] / widths[i]) > 0 for e in v.evidence):
+                return j
+        return self.stages.last
+
+    def set_baseline(self, model: torch.nn.Module, parts: list[Part]) -> None:
+        """Retain utility before any step: the records this check scored, and the rest of the retain set."""
+        order = self.stages.orders[2]
+        seen = np.concatenate([np.exp(p[0][2]["loss"]) for p in parts])
+        rest = order[len(seen):]
+        more = np.exp(score_records(model, self.tokenizer, [self.retain_eval[p] for p in rest], ["loss"]
+                                    ).scores["loss"]) if rest else np.zeros(0)
+        self.base = np.empty(len(self.retain_eval))
+        self.base[order] = np.concatenate([seen, more])
+
+    def keep(self, model: torch.nn.Module, step: int, fm: dict[str, np.ndarray], parts: list[Part]) -> None:
+        """The forget set's scores and extraction at this full check, for the receipt (`returned_scores`)."""
+        found = [(ext, len(scored[0]["loss"])) for scored, ext in parts if ext is not None]
+        if self.kept is None or sum(n for _, n in found) < len(self.forget):  # several processes: no extraction
+            return
+        back = np.argsort(self.stages.orders[0])  # stage order -> the forget set's own order
+        ext = {k: sum(e[k] * n for e, n in found) / len(self.forget) for k in found[0][0]}
+        self.kept[step] = KnownScores([r.id for r in self.forget], {k: v[back] for k, v in fm.items()}, ext,
+                                      weights_fingerprint(model))
+
+
+def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
+                 retain_eval: Sequence[Record], args: UnlearnArgs,
+                 retain_model: torch.nn.Module | None = None, retain_scores: Scores | None = None,
+                 kept: dict[int, KnownScores] | None = None) -> Monitor:
+    """The stopping rule (`StoppingRule`) as an unlearner's monitor."""
+    return StoppingRule(tokenizer, forget, holdout, retain_eval, args, retain_model, retain_scores, kept)

@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from unlearn.cli.common import UI, add_data_args, benchmark_options, data_sources, load_options, sub_parser
 from unlearn.config import DEFAULT_METHOD
+from unlearn.receipt import Receipt
 from unlearn.workflows.forget import ForgetJob, forget, resolve_method_args
 
 
@@ -75,40 +76,41 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         return 0
     result = forget(job, ui)
     print_receipt(ui, result.receipt)
-    ui.json(result.receipt)
+    ui.json(result.receipt.to_dict())
     return 0
 
 
-def print_receipt(ui: UI, r: dict[str, Any]) -> None:
-    b, a = r["before"], r["after"]
-    rows = [["forget vs held-out LOSS AUC", b["forget_auc"], a["forget_auc"]],
-            ["forget mean NLL", b["forget_nll"], a["forget_nll"]],
-            ["retain utility (mean answer prob)", b.get("retain_prob"), a.get("retain_prob")]]
+def print_receipt(ui: UI, r: Receipt) -> None:
+    b, a = r.before, r.after
+    rows = [["forget vs held-out LOSS AUC", b.forget_auc, a.forget_auc],
+            ["forget mean NLL", b.forget_nll, a.forget_nll],
+            ["retain utility (mean answer prob)", b.retain_prob, a.retain_prob]]
+    battery = r.battery  # the battery's own JSON report
     # the headline says what the verdict says: "removed" only when the battery found it REMOVED
-    verdict = r["verdict"]
-    what = ("answered with no change" if r["unchanged"] else
-            f"removed with {r['method']} (within +-{r['battery']['verdict']['margin']:.3f} AUC)"
-            if verdict == "REMOVED" else f"unlearned with {r['method']}, verdict {verdict}")
-    ui.table(f"receipt: {len(r['request']['ids'])} record(s) {what} -> {r['out']}", ["check", "before", "after"], rows)
-    battery = [[row["attack"], row["verdict"]["status"],
+    what = ("answered with no change" if r.unchanged else
+            f"removed with {r.method} (within +-{battery['verdict']['margin']:.3f} AUC)"
+            if r.removed else f"unlearned with {r.method}, verdict {r.verdict}")
+    ui.table(f"receipt: {len(r.request.ids)} record(s) {what} -> {r.out}", ["check", "before", "after"], rows)
+    attacks = [[row["attack"], row["verdict"]["status"],
                 " ".join(f"{e['score']} {e['auc']:.2f}" for e in row["verdict"]["evidence"]),
                 f"{row['verdict']['margin']:.3f}", _bound(row["verdict"]["bound"]), row["extraction"]["exact_match"]]
-               for row in r["battery"]["attacks"]]
-    kind = "relative to the retain model" if r["battery"]["verdict"]["relative"] else "absolute"
+               for row in battery["attacks"]]
+    kind = "relative to the retain model" if battery["verdict"]["relative"] else "absolute"
     ui.table(f"attack battery on the held-out verdict split ({kind})",
-             ["attack", "verdict", "AUC per score", "margin", "residual bound", "exact match"], battery)
-    for note in r["battery"]["notes"]:
+             ["attack", "verdict", "AUC per score", "margin", "residual bound", "exact match"], attacks)
+    for note in battery["notes"]:
         ui.print(f"[dim]{escape(note)}[/]")
-    colour = {"REMOVED": "green", "NOT REMOVED": "red", "OVER-UNLEARNED": "red"}.get(r["verdict"], "yellow")
-    ui.print(f"[bold {colour}]{escape(r['verdict_message'])}[/]")
-    leak = r.get("privleak_vs_retain")
+    colour = {"REMOVED": "green", "NOT REMOVED": "red", "OVER-UNLEARNED": "red"}.get(r.verdict, "yellow")
+    ui.print(f"[bold {colour}]{escape(r.verdict_message)}[/]")
+    leak = r.privleak_vs_retain
     extra = f", privleak vs retain {leak:.1f}%" if leak is not None else ""
-    memory = (f"peak memory {r['peak_memory_mb']:.0f} MiB ({r['peak_memory_kind']})" if r["peak_memory_mb"] is not None
+    memory = (f"peak memory {r.peak_memory_mb:.0f} MiB ({r.peak_memory_kind})" if r.peak_memory_mb is not None
               else "peak memory not measured")
-    ui.print(f"steps {r['steps']} ({r['stop_reason']}: {escape(r['stop_message'])}); wall {r['wall_seconds']:.1f} s "
-             f"+ battery {r['battery_seconds']:.1f} s; {memory}; retain utility x{r['retain_utility_relative']:.3f}"
+    ui.print(f"steps {r.steps} ({r.stop_reason}: {escape(r.stop_message)}); wall {r.wall_seconds:.1f} s "
+             f"+ battery {r.battery_seconds:.1f} s; {memory}; retain utility x{r.retain_utility_relative:.3f}"
              f"{extra}")
-    ui.print(f"ledger: {r['ledger']['path']} (entry {r['ledger']['entry_hash'][:16]}...)")
+    if r.ledger is not None:
+        ui.print(f"ledger: {r.ledger.path} (entry {r.entry_hash[:16]}...)")
 
 
 def set_overrides(items: list[str]) -> dict[str, Any]:

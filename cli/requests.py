@@ -94,12 +94,12 @@ def run_run(args: argparse.Namespace, ui: UI) -> int:
     res = run_requests(RunJob(args.store, args.method, args.config, overrides, args.strategy, args.batch_max,
                               args.max_repairs, BatteryArgs(relearn=args.relearn_attack), benchmark_options(args),
                               load_options(args)), ui)
-    if res.version is not None:
-        r = res.receipt
-        print_receipt(ui, r)
+    if res.receipt is not None and res.receipt.version is not None:
+        print_receipt(ui, res.receipt)
         ui.table("every answered request under the new version (worst case over as-is and quantized)",
-                 ["request", "verdict"], [[n, v] for n, v in r["request_verdicts"].items()])
+                 ["request", "verdict"], [[n, v] for n, v in res.receipt.version.request_verdicts.items()])
     ui.print(escape(res.message))
     ui.json({"version": res.version, "out": str(res.out) if res.out else None, "answered": res.answered,
-             "entry_hash": res.entry_hash, "message": res.message, "receipt": res.receipt})
+             "entry_hash": res.entry_hash, "message": res.message,
+             "receipt": res.receipt.to_dict() if res.receipt else {}})
     return 0

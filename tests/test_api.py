@@ -38,13 +38,13 @@ def test_readme_snippet_handles_a_request_and_audits_it(bench, tmp_path: Path, m
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     result, audit = namespace["result"], namespace["audit"]
-    assert result.receipt["request"]["ids"] == [r.id for r in forget]
+    assert result.receipt.request.ids == [r.id for r in forget]
     assert (tmp_path / "my-model-v2" / "unlearn_receipt.json").is_file() and result.ledger.is_file()
-    assert result.receipt["after"]["forget_nll"] > result.receipt["before"]["forget_nll"]
+    assert result.receipt.after.forget_nll > result.receipt.before.forget_nll
     assert audit.report.n_members == len(forget) and (audit.out / "audit.json").is_file()
     assert audit.report.forget_quality is not None  # retain="retrained-model" was used
     printed = capsys.readouterr().out
-    assert result.receipt["stop_reason"] in printed and str(audit.out) in printed
+    assert result.receipt.stop_reason in printed and str(audit.out) in printed
     assert os.path.realpath(tmp_path / "my-model") == str(bench.target)  # the input model is untouched
 
 

@@ -162,14 +162,14 @@ def test_stopping_rule_never_sees_the_verdict_split(tmp_path: Path, bench, monke
     monkeypatch.setattr(stopping, "make_monitor", spy)
     result = forget(ForgetJob(out=tmp_path / "m", overrides={"max_steps": 10, "eval_every": 2},
                               benchmark=BenchmarkOptions("tiny")))
-    roles = result.receipt["roles"]
+    roles = result.receipt.roles
     cal, ver = set(roles["holdout_calibration"]), set(roles["holdout_verdict"])
     assert seen and not seen & ver and not seen & set(roles["retain_verdict"])
     assert seen <= set(roles["forget"]) | cal | set(roles["retain_calibration"])
     people = {r.id: r.meta["person"] for r in bench.split("holdout")}
     assert {people[i] for i in cal}.isdisjoint({people[i] for i in ver})  # split by person
-    assert result.receipt["verdict"] in ("REMOVED", "NOT REMOVED", "OVER-UNLEARNED", "INCONCLUSIVE")
-    battery = result.receipt["battery"]
+    assert result.receipt.verdict in ("REMOVED", "NOT REMOVED", "OVER-UNLEARNED", "INCONCLUSIVE")
+    battery = result.receipt.battery
     attacks = [a["attack"] for a in battery["attacks"]]
     assert battery["verdict"]["relative"] and attacks == ["as is", "8-bit RTN", "4-bit RTN"][:len(attacks)]
     # the attacks stop only at a NOT REMOVED (10 steps leave the person known), and say what they skipped
@@ -188,14 +188,14 @@ def test_a_receipt_decided_on_a_first_look_says_so(tmp_path: Path) -> None:
     result = forget(ForgetJob(out=tmp_path / "m", data=DataSources(forget_split="forget10"),
                               overrides={"max_steps": 2}, benchmark=BenchmarkOptions("tiny"),
                               battery=BatteryArgs(first_look=20)))
-    battery = result.receipt["battery"]
-    roles = result.receipt["roles"]
+    battery = result.receipt.battery
+    roles = result.receipt.roles
     assert len(roles["forget_judged"]) == len(roles["forget_monitored"]) == 50
     assert set(roles["forget_judged"]).isdisjoint(roles["forget_monitored"])
-    assert [a["attack"] for a in battery["attacks"]] == ["as is"] and result.receipt["verdict"] == "NOT REMOVED"
+    assert [a["attack"] for a in battery["attacks"]] == ["as is"] and result.receipt.verdict == "NOT REMOVED"
     assert battery["verdict"]["members"] == 20 and "first look at 20 of 50 forget" in battery["notes"][0]
     assert "not run: 8-bit RTN, 4-bit RTN" in battery["notes"][1]
-    assert result.receipt["after"]["forget_auc"] > 0.9
+    assert result.receipt.after.forget_auc > 0.9
 
 
 def test_a_request_that_needs_no_change_writes_no_copy(tmp_path: Path, bench, capsys) -> None:

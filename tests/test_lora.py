@@ -59,7 +59,7 @@ def test_forget_into_an_adapter_leaves_the_base_bit_identical(bench, tmp_path: P
                   for k, v in model.state_dict().items() if "lora_" not in k}
     for k, v in target.state_dict().items():
         assert torch.equal(base_state[k], v), k
-    forget_set = [r for r in bench.split("forget10") if r.id in set(res.receipt["request"]["ids"])]
+    forget_set = [r for r in bench.split("forget10") if r.id in set(res.receipt.request.ids)]
     assert float(token_logprobs(model, tok, forget_set).mean_lp().mean()) < float(
         token_logprobs(target, tok, forget_set).mean_lp().mean())  # the adapter did the unlearning
     # the adapter's own parameters unlearned further; --merge writes a plain model with the same scores

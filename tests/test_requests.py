@@ -87,7 +87,7 @@ def test_original_strategy_restarts_from_the_original_weights(tmp_path: Path, be
     e2 = Store(store_dir).versions()[-1].entry
     assert e2["strategy"] == "original" and e2["model_before"] == e2["original_sha256"]
     assert {r["id"] for r in e2["records"]} == set(p1 + p2)  # the union was unlearned
-    assert r2.receipt["request"]["ids"] == p2
+    assert r2.receipt.request.ids == p2
     assert ledger.verify(Store(store_dir).ledger, key=ledger.load_key()).ok
 
 
@@ -164,7 +164,7 @@ def test_regression_guard_repairs_or_refuses(tmp_path: Path, bench, monkeypatch)
 
     monkeypatch.setattr(battery, "request_verdicts", once_detectable)
     r2 = _run(store_dir)
-    assert r2.receipt["repaired"] == ["req-0001"] and len(calls) == 2
+    assert r2.receipt.version.repaired == ["req-0001"] and len(calls) == 2
     e2 = Store(store_dir).versions()[-1].entry
     assert set(p1) <= {r["id"] for r in e2["records"]}  # the repair unlearned req-0001 again
     _add(tmp_path, store_dir, "c", p3)

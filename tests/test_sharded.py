@@ -189,7 +189,7 @@ def test_the_queue_answers_sequential_requests_on_a_sharded_model_exactly(tmp_pa
         add_requests(AddJob(tmp_path / "store", tmp_path / f"{person}.jsonl", model=tmp_path / "v0" if first else None,
                             data=src if first else DataSources()))
         result = run_requests(RunJob(tmp_path / "store"))
-        assert result.receipt["exact"] is True and result.receipt["method"] == "exact"
+        assert result.receipt.exact is not None and result.receipt.method == "exact"
         assert not {f"{person}-{j}" for j in range(3)} & set(sharded.read_assignment(result.out))
     assert result.version == 3 and len(sharded.read_assignment(result.out)) == 36 - 9
     # the last version is the recipe run without the three people: compare with a from-scratch training

@@ -49,7 +49,7 @@ if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "attacks" / "__init
 _LAZY = {
     # workflows: a request in, a result dataclass out (what the CLI calls)
     "forget": "unlearn.workflows.forget", "ForgetJob": "unlearn.workflows.forget",
-    "ForgetResult": "unlearn.workflows.forget",
+    "ForgetResult": "unlearn.workflows.forget", "Receipt": "unlearn.receipt",
     "audit": "unlearn.workflows.audit", "AuditJob": "unlearn.workflows.audit", "AuditResult": "unlearn.workflows.audit",
     "compare": "unlearn.workflows.compare", "CompareJob": "unlearn.workflows.compare",
     "CompareResult": "unlearn.workflows.compare",
@@ -81,6 +81,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs (test_a
     from unlearn.data import DeletionRequest, Record, load_manifest, load_records, load_requests
     from unlearn.methods import METHODS, get_method, load_method_args
     from unlearn.model import load_model, save_model
+    from unlearn.receipt import Receipt
     from unlearn.sharded import ShardPlan
     from unlearn.store import Store
     from unlearn.unlearner import UnlearnArgs, UnlearnResult

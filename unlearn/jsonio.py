@@ -9,9 +9,14 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, Union
 
 from unlearn.errors import InputError
+
+# A JSON document's values, as the readers return them and the writers take them: narrower than Any (no
+# tensors, no arrays, no dataclasses), so a type checker sees what may be written to disk.
+Json: TypeAlias = Union[None, bool, int, float, str, list["Json"], dict[str, "Json"]]  # noqa: UP007
+JsonObject: TypeAlias = dict[str, Json]
 
 MAX_LINE_BYTES = 64 << 20  # one JSON line (a record, a manifest entry, a ledger entry)
 MAX_DEPTH = 64

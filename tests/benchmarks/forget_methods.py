@@ -66,12 +66,12 @@ def main() -> None:
     target, _ = load_model(bench.target)
     target_check = forget_check(target, tok, forget, holdout, retain_eval)
     target_mu = _utility(target, tok, utility_sets)
-    rows = [{"method": "target", "forget_auc": target_check["forget_auc"],
-             "privleak": privleak(target_check["forget_auc"], gold_check["forget_auc"]),
+    rows = [{"method": "target", "forget_auc": target_check.forget_auc,
+             "privleak": privleak(target_check.forget_auc, gold_check.forget_auc),
              "forget_quality": forget_quality(evaluate_qa(target, tok, forget, rouge=False), gold_tr),
              "retain_prob_rel": 1.0, "model_utility_rel": 1.0, "steps": 0, "stop": "-", "time_rel": 0.0},
-            {"method": "retain (retrain)", "forget_auc": gold_check["forget_auc"], "privleak": 0.0,
-             "forget_quality": 1.0, "retain_prob_rel": gold_check["retain_prob"] / target_check["retain_prob"],
+            {"method": "retain (retrain)", "forget_auc": gold_check.forget_auc, "privleak": 0.0,
+             "forget_quality": 1.0, "retain_prob_rel": gold_check.retain_prob / target_check.retain_prob,
              "model_utility_rel": _utility(gold, tok, utility_sets) / target_mu,
              "steps": 0, "stop": "-", "time_rel": 1.0}]
     retrain_peak = _child(args, "retrain")["peak_mb"]
@@ -145,9 +145,9 @@ def run_one(args: argparse.Namespace) -> dict:
     peak = _rss_mb() - base
     after = forget_check(res.model, tok, forget, holdout, retain_eval)
     return {"method": label + (f" ({', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else ""),
-            "forget_auc": after["forget_auc"], "privleak": privleak(after["forget_auc"], gold_check["forget_auc"]),
+            "forget_auc": after.forget_auc, "privleak": privleak(after.forget_auc, gold_check.forget_auc),
             "forget_quality": forget_quality(evaluate_qa(res.model, tok, forget, rouge=False), gold_tr),
-            "retain_prob_rel": after["retain_prob"] / target_check["retain_prob"],
+            "retain_prob_rel": after.retain_prob / target_check.retain_prob,
             "model_utility_rel": _utility(res.model, tok, utility_sets) / target_mu,
             "steps": res.steps, "stop": res.stop_reason, "wall_s": wall, "peak_mb": peak}
 

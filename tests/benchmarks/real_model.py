@@ -99,11 +99,11 @@ def main() -> None:
                                           **overrides}, out=out, copy_unchanged=True))
         wall = time.perf_counter() - t
         r = res.receipt
-        rows[name] = {"verdict": r["verdict"], "steps": r["steps"], "stop": r["stop_reason"],
-                      "unlearning_s": r["wall_seconds"], "battery_s": r["battery_seconds"], "total_s": round(wall, 1),
-                      "unlearning_peak_mib": r["peak_memory_mb"],
-                      "forget_auc": (r["before"]["forget_auc"], r["after"]["forget_auc"]),
-                      "retain_utility_x": r["retain_utility_relative"],
+        rows[name] = {"verdict": r.verdict, "steps": r.steps, "stop": r.stop_reason,
+                      "unlearning_s": r.wall_seconds, "battery_s": r.battery_seconds, "total_s": round(wall, 1),
+                      "unlearning_peak_mib": r.peak_memory_mb,
+                      "forget_auc": (r.before.forget_auc, r.after.forget_auc),
+                      "retain_utility_x": r.retain_utility_relative,
                       "output_mib": sum(f.stat().st_size for f in out.iterdir()) / 2**20}
         print(json.dumps({name: rows[name]}), flush=True)
     full, lo = rows["full"], rows["lora"]

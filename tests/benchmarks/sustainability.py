@@ -81,7 +81,7 @@ def main() -> None:
                     try:
                         res = run_requests(RunJob(store_dir, method=method, benchmark=options,
                                                   strategy="original" if strategy == "original" else "incremental"))
-                        outcome, verdict = "shipped", res.receipt["verdict"]
+                        outcome, verdict = "shipped", res.receipt.verdict
                     except RegressionError as exc:
                         outcome, verdict = "refused", str(exc)[:80]
                     seconds = time.perf_counter() - start

@@ -126,6 +126,10 @@ class RecordSets:
     retain_eval: list[Record]
     label: str
 
+    def sizes(self) -> dict[str, int]:
+        return {"forget": len(self.forget), "retain": len(self.retain), "holdout": len(self.holdout),
+                "retain_eval": len(self.retain_eval)}
+
 
 def _builtin_request(bench: Any, split: str | None) -> tuple[list[Record], str]:
     if split:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from unlearn.config import DEFAULT_METHOD, LoadOptions
 from unlearn.errors import ConfigError, Interrupted
+from unlearn.jsonio import JsonObject
+from unlearn.receipt import AdapterInfo, Evidence, ExactInfo, LedgerRef, LossCheck, Receipt, RequestInfo
 from unlearn.workflows.common import (
     SILENT,
     BenchmarkOptions,
@@ -64,8 +66,8 @@ class ForgetJob:
 class ForgetResult:
     out: Path
     ledger: Path
-    entry_hash: str
-    receipt: dict[str, Any]
+    entry_hash: str  # "" on a process that did not commit
+    receipt: Receipt
 
 
 @contextlib.contextmanager
@@ -143,9 +145,9 @@ def run_method(model: torch.nn.Module, tok: Any, forget: Sequence[Record], retai
     return measured(get_method(method).run, model, tok, forget, retain, margs, monitor=monitor, on_step=on_step)
 
 
-def judge(result: UnlearnResult, tok: Any, forget: Sequence[Record], splits: Splits, before: dict[str, float],
+def judge(result: UnlearnResult, tok: Any, forget: Sequence[Record], splits: Splits, before: LossCheck,
           battery_args: BatteryArgs | None, gold: torch.nn.Module | None, report: Reporter = SILENT,
-          known: KnownScores | None = None) -> dict[str, Any]:
+          known: KnownScores | None = None) -> Evidence:
     """The receipt's evidence for an unlearning run, on the verdict halves: the LOSS check before/after, the
     attack battery (relative to ``gold`` when given; ``known``: the forget set's scores on the returned weights,
     from the stopping rule) and privleak against it."""
@@ -163,48 +165,49 @@ def judge(result: UnlearnResult, tok: Any, forget: Sequence[Record], splits: Spl
     retain_lp = (score_records(result.model, tok, splits.retain_verdict, ["loss"]).scores["loss"]
                  if splits.retain_verdict else None)
     after = check_from_scores(f["loss"], h["loss"], retain_lp)
-    evidence: dict[str, Any] = {
-        "steps": result.steps, "stop_reason": result.stop_reason, "stop_message": result.stop_message,
-        "verdict": battery.verdict.status, "verdict_message": battery.verdict.message, "battery": battery.to_dict(),
-        "wall_seconds": round(result.wall_seconds, 3), "battery_seconds": round(time.perf_counter() - start, 3),
-        "peak_memory_mb": None if result.peak_memory_mb is None else round(result.peak_memory_mb, 1),
-        "peak_memory_kind": result.memory_kind, "before": before, "after": after, "history": result.history,
-        "method_stats": result.stats,
-        "retain_utility_relative": after.get("retain_prob", 0) / max(before.get("retain_prob", 1e-12), 1e-12)}
+    leak = None
     if battery.reference:
         rf, rh = battery.reference["as is"]
-        evidence["privleak_vs_retain"] = privleak(after["forget_auc"], auc(rf["loss"], rh["loss"]))
-    return evidence
+        leak = privleak(after.forget_auc, auc(rf["loss"], rh["loss"]))
+    return Evidence(
+        steps=result.steps, stop_reason=result.stop_reason, stop_message=result.stop_message,
+        verdict=battery.verdict.status, verdict_message=battery.verdict.message, battery=battery.to_dict(),
+        wall_seconds=round(result.wall_seconds, 3), battery_seconds=round(time.perf_counter() - start, 3),
+        peak_memory_mb=None if result.peak_memory_mb is None else round(result.peak_memory_mb, 1),
+        peak_memory_kind=result.memory_kind, before=before, after=after, history=result.history,
+        method_stats=result.stats, privleak_vs_retain=leak,
+        retain_utility_relative=(after.retain_prob or 0) / max(before.retain_prob or 1e-12, 1e-12))
 
 
-def commit(ledger_path: Path, key: bytes, content: dict[str, Any], out: Path, receipt: dict[str, Any],
+def commit(ledger_path: Path, key: bytes, content: JsonObject, out: Path, receipt: Receipt,
            model: torch.nn.Module | None, tok: Any, unchanged_hash: str | None = None,
-           expect_head: str | None = None, files: Callable[[Path], str] | None = None) -> str:
+           expect_head: str | None = None, files: Callable[[Path], str] | None = None) -> Receipt:
     """Write the model (or, when ``model`` is None, a receipt naming the unchanged weights ``unchanged_hash``;
     or, with ``files``, whatever it writes into the directory, returning its weights hash) and its ledger entry
-    in one commit, Ctrl-C held until both are written; the entry's hash."""
+    in one commit, Ctrl-C held until both are written; the receipt with its ledger entry."""
     from unlearn import ledger
     from unlearn.model import write_model_files
 
-    receipt["ledger"] = {"path": str(ledger_path.absolute())}
+    written = receipt.with_ledger(LedgerRef(str(ledger_path.absolute())))
+    text = json.dumps(written.to_dict(), indent=2)
 
-    def write(directory: Path) -> dict[str, Any]:
+    def write(directory: Path) -> dict[str, str | None]:
         if files is not None:
             digest = files(directory)
-            (directory / RECEIPT).write_text(json.dumps(receipt, indent=2), encoding="utf-8")
+            (directory / RECEIPT).write_text(text, encoding="utf-8")
             return {"weights_sha256": digest}
         if model is None:
-            (directory / RECEIPT).write_text(json.dumps(receipt, indent=2), encoding="utf-8")
+            (directory / RECEIPT).write_text(text, encoding="utf-8")
             return {"weights_sha256": unchanged_hash}
-        return write_model_files(model, tok, directory, {RECEIPT: json.dumps(receipt, indent=2)})
+        return write_model_files(model, tok, directory, {RECEIPT: text})
 
     with deferred_interrupts() as caught:
         done = ledger.commit_model(ledger_path, key, content, out, write, expect_head=expect_head)
-    receipt["ledger"]["entry_hash"] = done.entry["entry_hash"]
+    entry_hash = str(done.entry["entry_hash"])
     if caught:
         raise Interrupted(f"interrupted after the commit: the model {out} and its ledger entry "
-                          f"{done.entry['entry_hash'][:16]}... in {ledger_path} were both written")
-    return str(done.entry["entry_hash"])
+                          f"{entry_hash[:16]}... in {ledger_path} were both written")
+    return written.with_ledger(LedgerRef(str(ledger_path.absolute()), entry_hash))
 
 
 def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
@@ -254,22 +257,16 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
     evidence = judge(result, tok, splits.forget_judged, splits, before, job.battery, gold, report,
                      returned_scores(result, kept))
     unchanged = result.steps == 0 and not job.copy_unchanged
-    receipt: dict[str, Any] = {
-        "request": {"file": str(job.data.requests) if job.data.requests else None, "label": sets.label,
-                    "ids": [r.id for r in sets.forget],
-                    "duplicates_folded": sets.request.duplicates_folded if sets.request else 0},
-        "sets": {"forget": len(sets.forget), "retain": len(sets.retain), "holdout": len(sets.holdout),
-                 "retain_eval": len(sets.retain_eval)},
-        "roles": splits.roles(sets.forget),
-        "model_in": str(path), "model_in_sha256": before_hash, "out": str(out),
-        "unchanged": unchanged, "method": job.method, "config": margs.to_dict(),
-        "template": format_of(tok).describe(), "special_prefix": special_prefix(tok),
-        "adapter": {"in": str(adapter_in) if adapter_in else None, "base_sha256": base_sha256,
-                    "output": "merged model" if job.merge else "adapter"} if base_sha256 else None,
-        "retain_model": str(gold_path) if gold_path else None, **evidence}
+    adapter = AdapterInfo(str(adapter_in) if adapter_in else None, base_sha256,
+                          "merged model" if job.merge else "adapter") if base_sha256 else None
+    receipt = Receipt.of(
+        evidence, request=request_info(job, sets), sets=sets.sizes(), roles=splits.roles(sets.forget),
+        model_in=str(path), model_in_sha256=before_hash, out=str(out), unchanged=unchanged, method=job.method,
+        config=margs.to_dict(), template=format_of(tok).describe(), special_prefix=special_prefix(tok),
+        adapter=adapter, retain_model=str(gold_path) if gold_path else None)
     if not is_main_process():  # every process unlearned its shard; the first one commits the result
         return ForgetResult(out, ledger_path, "", receipt)
-    extra: dict[str, Any] = {"verdict": evidence["verdict"]}
+    extra: JsonObject = {"verdict": evidence.verdict}
     if base_sha256:
         extra.update(base_sha256=base_sha256, output_kind="merged" if job.merge else "adapter")
     if unchanged:
@@ -278,8 +275,13 @@ def forget(job: ForgetJob, report: Reporter = SILENT) -> ForgetResult:
                                 model_before=before_hash, request_file=job.data.requests,
                                 stop_reason=result.stop_reason, extra=extra)
     written = None if unchanged else lora.merged(result.model) if job.merge else result.model
-    entry = commit(ledger_path, key, content, out, receipt, written, tok, before_hash)
-    return ForgetResult(out, ledger_path, entry, receipt)
+    receipt = commit(ledger_path, key, content, out, receipt, written, tok, before_hash)
+    return ForgetResult(out, ledger_path, receipt.entry_hash, receipt)
+
+
+def request_info(job: ForgetJob, sets: RecordSets) -> RequestInfo:
+    return RequestInfo(sets.label, [r.id for r in sets.forget], str(job.data.requests) if job.data.requests else None,
+                       sets.request.duplicates_folded if sets.request else 0)
 
 
 @dataclass
@@ -304,9 +306,8 @@ class ExactVersion:
     def discard(self) -> None:
         shutil.rmtree(self.staged.parent, ignore_errors=True)
 
-    def receipt(self) -> dict[str, Any]:
-        return {"exact": True, "retrained": self.retrained, "retrain_cost": self.cost,
-                "cost_relative_to_sharded_training": round(self.relative_cost, 4)}
+    def info(self) -> ExactInfo:
+        return ExactInfo(self.retrained, self.cost, round(self.relative_cost, 4))
 
 
 def exact_version(path: Path, records: Sequence[Record], ids: Sequence[str], tok: Any, out: Path,
@@ -356,19 +357,16 @@ def forget_exact(job: ForgetJob, sets: RecordSets, path: Path, out: Path, ledger
     try:
         gold = load_model(job.retain_model, job.load)[0] if job.retain_model else None
         evidence = judge(version.result, tok, sets.forget, splits, before, job.battery, gold, report)
-        receipt: dict[str, Any] = {
-            "request": {"file": str(job.data.requests) if job.data.requests else None, "label": sets.label,
-                        "ids": [r.id for r in sets.forget]},
-            "sets": {"forget": len(sets.forget), "retain": len(sets.retain), "holdout": len(sets.holdout),
-                     "retain_eval": len(sets.retain_eval)},
-            "roles": splits.roles(sets.forget), "model_in": str(path), "model_in_sha256": before_hash,
-            "out": str(out), "unchanged": False, "method": "exact", "config": plan.to_dict(), **version.receipt(),
-            "retain_model": str(job.retain_model) if job.retain_model else None, **evidence}
+        receipt = Receipt.of(
+            evidence, request=request_info(job, sets), sets=sets.sizes(), roles=splits.roles(sets.forget),
+            model_in=str(path), model_in_sha256=before_hash, out=str(out), unchanged=False, method="exact",
+            config=plan.to_dict(), exact=version.info(),
+            retain_model=str(job.retain_model) if job.retain_model else None)
         content = ledger.make_entry(key, records=sets.forget, method="exact", config=plan.to_dict(),
                                     model_before=before_hash, request_file=job.data.requests,
                                     stop_reason="exact_retraining",
-                                    extra={"verdict": evidence["verdict"], "exact": True})
-        entry = commit(ledger_path, key, content, out, receipt, None, tok, files=version.files)
+                                    extra={"verdict": evidence.verdict, "exact": True})
+        receipt = commit(ledger_path, key, content, out, receipt, None, tok, files=version.files)
     finally:
         version.discard()
-    return ForgetResult(out, ledger_path, entry, receipt)
+    return ForgetResult(out, ledger_path, receipt.entry_hash, receipt)

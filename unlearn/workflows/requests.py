@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from unlearn.config import DEFAULT_METHOD, LoadOptions
 from unlearn.errors import InputError, UnlearnError
+from unlearn.jsonio import JsonObject
+from unlearn.receipt import Receipt, RequestInfo, VersionInfo
 from unlearn.workflows.common import (
     SILENT,
     BenchmarkOptions,
@@ -88,7 +90,7 @@ class RunResult:
     out: Path | None
     entry_hash: str
     answered: list[str]
-    receipt: dict[str, Any]
+    receipt: Receipt | None  # None: nothing was pending
     message: str
 
 
@@ -167,7 +169,7 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
         requests = store.requests(versions)
         todo = [r for r in requests if r.status != ANSWERED][: job.batch_max]
         if not todo:
-            return RunResult(None, None, "", [], {}, "no pending requests")
+            return RunResult(None, None, "", [], None, "no pending requests")
         earlier = [r for r in requests if r.status == ANSWERED]
         parent = versions[-1] if versions else None
         src, bench, original = _sources(config, job.benchmark)
@@ -244,33 +246,32 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
         evidence = judge(result, tok, judged, splits, before, job.battery, gold, report)
         unchanged = result.steps == 0 and not exact
         names = [r.name for r in todo]
-        receipt: dict[str, Any] = {
-            "request": {"label": f"queued request(s) {', '.join(names)}", "ids": [r.id for r in batch]},
-            "version": number, "parent": parent.number if parent else None, "strategy": job.strategy,
-            "requests": names, "cumulative_requests": [r.name for r in earlier] + names,
-            "request_verdicts": {n: v.status for n, v in verdicts.items() if n != EARLIER}, "repaired": repaired,
-            "roles": splits.roles(batch), "model_in": str(start), "model_in_sha256": start_hash, "out": str(out),
-            "unchanged": unchanged, "method": "exact" if exact else job.method, "config": margs.to_dict(),
-            **(version.receipt() if version else {}),
-            "template": format_of(tok).describe(), "special_prefix": special_prefix(tok),
-            "retain_model": str(gold_path) if gold_path else None, **evidence}
-        extra: dict[str, Any] = {
+        verdict_of = {n: v.status for n, v in verdicts.items() if n != EARLIER}
+        receipt = Receipt.of(
+            evidence, request=RequestInfo(f"queued request(s) {', '.join(names)}", [r.id for r in batch]),
+            version=VersionInfo(number, parent.number if parent else None, job.strategy, names,
+                                [r.name for r in earlier] + names, verdict_of, repaired),
+            roles=splits.roles(batch), model_in=str(start), model_in_sha256=start_hash, out=str(out),
+            unchanged=unchanged, method="exact" if exact else job.method, config=margs.to_dict(),
+            exact=version.info() if version else None, template=format_of(tok).describe(),
+            special_prefix=special_prefix(tok), retain_model=str(gold_path) if gold_path else None)
+        extra: JsonObject = {
             "version": number, "parent": parent.entry["entry_hash"] if parent else None, "strategy": job.strategy,
             "original_sha256": original_hash, "requests": {r.name: r.records for r in todo},
-            "cumulative_requests": sorted(receipt["cumulative_requests"]),
+            "cumulative_requests": sorted([r.name for r in earlier] + names),
             "cumulative_records": sorted(set(earlier_ids + new_ids)),
-            "request_verdicts": receipt["request_verdicts"], "repaired": repaired, "verdict": evidence["verdict"]}
+            "request_verdicts": verdict_of, "repaired": repaired, "verdict": evidence.verdict}
         if unchanged:
             extra.update(unchanged=True, model_in=ledger.relative_output(start, store.ledger.absolute()))
         content = ledger.make_entry(key, records=unlearned, method="exact" if exact else job.method,
                                     config=margs.to_dict(),
                                     model_before=start_hash, stop_reason=result.stop_reason, extra=extra)
         try:
-            entry = commit(store.ledger, key, content, out, receipt, None if unchanged else result.model, tok,
-                           start_hash, expect_head=head, files=version.files if version else None)
+            receipt = commit(store.ledger, key, content, out, receipt, None if unchanged else result.model, tok,
+                             start_hash, expect_head=head, files=version.files if version else None)
         finally:
             if version:
                 version.discard()
         store.reconcile()
-    return RunResult(number, out, entry, names, receipt,
-                     f"version {number} answers {', '.join(names)} ({evidence['verdict']})")
+    return RunResult(number, out, receipt.entry_hash, names, receipt,
+                     f"version {number} answers {', '.join(names)} ({evidence.verdict})")
