@@ -264,84 +264,119 @@ def removal_battery(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Rec
     ``scores`` and ``reference`` then hold the records scored, in their order. ``known``: the forget set's scores
     on these weights (`KnownScores`; used when its ids are the forget set's and its fingerprint these weights'):
     "as is" then scores only the held-out records."""
-    groups = group_labels(holdout)
     plan, notes = battery_plan(tokenizer, forget, args)
-    given: Mapping[str, Scores] = reference or {}
+    ctx = _Context(model, tokenizer, holdout, args, retain_model, reference or {}, group_labels(holdout), len(plan))
+    rows: list[AttackRow] = []
+    scores: dict[str, Scores] = {}
     ref: dict[str, Scores] = {}
     reference_seconds = 0.0
-    rows, scores = [], {}
-    made: dict[int, Prepared] = {}  # tokenised once per list of records (attacks, looks and models share it)
-    looks: dict[tuple[int, bool], tuple[list[np.ndarray], list[np.ndarray], list[Prepared]]] = {}
     for name, attack, measured in plan:
-        # a first look for the first attack only: once one has gone on to every record without finding the forget
-        # set NOT REMOVED, the next (the same model, quantized) rarely finds it on a few records
-        key = (id(measured), not rows)
-        if key not in looks:
-            fl, hl = look_order(len(measured), len(holdout), args if not rows else replace(args, first_look=0))
-            looks[key] = (fl, hl, [])
-        fl, hl, batches = looks[key]
-        spent_ref = 0.0  # of the retain model's part, inside this attack's time
         start = time.perf_counter()
-        mine: list[Scores] = []
-        their: list[Scores] = []
-        found: list[tuple[dict[str, float], int]] = []
         reused = known if (name == plan[0][0] and known is not None and known.ids == [r.id for r in measured]
                            and known.weights is not None and known.weights == weights_fingerprint(model)) else None
-        if reused is not None:
-            found.append((reused.extraction, 1))
-        for look, (f, h) in enumerate(zip(fl, hl, strict=True)):
-            fr, hr = [measured[i] for i in f], [holdout[i] for i in h]
-            if len(batches) == look:  # tokenised when a look first runs, once per list of records
-                batches.append(_look_batches(model, tokenizer, measured, holdout, f, h, made, looks))
-            if name not in given and retain_model is not None:
-                t0 = time.perf_counter()  # the retain model, attacked alike: only for the looks that run
-                their.append(forget_holdout_scores(attack(retain_model), tokenizer, fr, hr, batches[look]))
-                spent_ref += time.perf_counter() - t0
-            # one attacked copy at a time (a quantized copy is the model's size); a look after the first is of
-            # the first attack only, the model as is: nothing is made twice
-            if reused is not None:
-                held = score_records(model, tokenizer, hr, list(ONE_PASS_SCORES),
-                                     prepared=batches[look].subset(range(len(f), len(f) + len(h)))).scores
-                mine.append(({k: v[f] for k, v in reused.scores.items()}, held))
-            else:
-                part, ext = scores_and_extraction(attack(model), tokenizer, fr, hr, batches[look])
-                mine.append(part)
-                found.append((ext, len(f)))
-            seen_f, seen_h = np.concatenate(fl[: look + 1]), np.concatenate(hl[: look + 1])
-            back_f, back_h = np.argsort(seen_f), np.argsort(seen_h)
-            fm, hm = _joined(mine, back_f, back_h)
-            kw: dict[str, Any] = {}
-            if name in given:
-                kw = {"retain_members": {k: v[seen_f[back_f]] for k, v in given[name][0].items()},
-                      "retain_nonmembers": {k: v[seen_h[back_h]] for k, v in given[name][1].items()}}
-            elif their:
-                kw = dict(zip(("retain_members", "retain_nonmembers"), _joined(their, back_f, back_h), strict=True))
-            final = look == len(fl) - 1
-            # one family per receipt: alpha over the attacks (Bonferroni), and a first look's share spent from it
-            share = 1.0 if len(fl) == 1 else args.first_look_share if not final else 1 - args.first_look_share
-            alpha = args.alpha * share / len(plan)
-            verdict = two_sided_verdict(
-                fm, hm, nonmember_groups=None if groups is None else [groups[i] for i in seen_h[back_h]],
-                member_groups=group_labels([measured[i] for i in seen_f[back_f]]), alpha=alpha,
-                equivalence_alpha=args.alpha, margin=args.margin, n_boot=args.n_boot, seed=args.seed, attack=name,
-                **kw)
-            if final or verdict.status == NOT_REMOVED:
-                break
-        if not final:
-            notes.append(f"'{name}': NOT REMOVED on a first look at {len(fm['loss'])} of {len(measured)} forget and "
-                         f"{len(hm['loss'])} of {len(holdout)} held-out records (alpha {alpha:.3g}); the rest were "
-                         "not scored")
-        scores[name] = (fm, hm)
-        if kw:
-            ref[name] = (kw["retain_members"], kw["retain_nonmembers"])
-        reference_seconds += spent_ref
+        out = _attack(ctx, name, attack, measured, not rows, reused)
+        if not out.final:
+            notes.append(f"'{name}': NOT REMOVED on a first look at {len(out.fm['loss'])} of {len(measured)} forget "
+                         f"and {len(out.hm['loss'])} of {len(holdout)} held-out records (alpha {out.alpha:.3g}); the "
+                         "rest were not scored")
+        scores[name] = (out.fm, out.hm)
+        if out.reference is not None:
+            ref[name] = out.reference
+        reference_seconds += out.reference_seconds
+        found = out.extraction
         extracted = {k: sum(e[k] * n for e, n in found) / sum(n for _, n in found) for k in found[0][0]}
-        rows.append(AttackRow(name, verdict, extracted, time.perf_counter() - start - spent_ref))
-        if verdict.status == NOT_REMOVED and not args.exhaustive and len(rows) < len(plan):
+        rows.append(AttackRow(name, out.verdict, extracted, time.perf_counter() - start - out.reference_seconds))
+        if out.verdict.status == NOT_REMOVED and not args.exhaustive and len(rows) < len(plan):
             notes.append(f"not run: {', '.join(n for n, _, _ in plan[len(rows):])} ('{name}' already found the "
                          "forget set NOT REMOVED, the most severe verdict; exhaustive runs every attack)")
             break
     return Battery(worst_case([r.verdict for r in rows]), rows, notes, reference_seconds, scores, ref)
+
+
+@dataclass
+class _Context:
+    """What every attack of one battery run shares: the model and the held-out side, the retain model or its
+    given scores, and the tokenised looks (once per list of records: attacks, looks and models share them)."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    holdout: Sequence[Record]
+    args: BatteryArgs
+    retain_model: torch.nn.Module | None
+    given: Mapping[str, Scores]
+    groups: list[str] | None
+    attacks: int  # in the plan: the Bonferroni divisor
+    made: dict[int, Prepared] = field(default_factory=dict)
+    looks: dict[tuple[int, bool], tuple[list[np.ndarray], list[np.ndarray], list[Prepared]]] = field(
+        default_factory=dict)
+
+
+@dataclass
+class _Outcome:
+    verdict: Verdict
+    fm: dict[str, np.ndarray]  # the scores of the records looked at, in their order
+    hm: dict[str, np.ndarray]
+    reference: Scores | None  # the retain model's, alike
+    extraction: list[tuple[dict[str, float], int]]  # per look: (extraction, records it covers)
+    reference_seconds: float
+    final: bool  # the look at every record (False: a first look decided)
+    alpha: float
+
+
+def _attack(ctx: _Context, name: str, attack: Callable[[torch.nn.Module], torch.nn.Module],
+            measured: Sequence[Record], first: bool, reused: KnownScores | None) -> _Outcome:
+    """One attack of the battery: its looks (a first look for the first attack only: once one has gone on to
+    every record without finding the forget set NOT REMOVED, the next, the same model quantized, rarely finds
+    it on a few records) until one is final or finds the forget set NOT REMOVED."""
+    args, holdout = ctx.args, ctx.holdout
+    key = (id(measured), first)
+    if key not in ctx.looks:
+        fl, hl = look_order(len(measured), len(holdout), args if first else replace(args, first_look=0))
+        ctx.looks[key] = (fl, hl, [])
+    fl, hl, batches = ctx.looks[key]
+    spent_ref = 0.0  # of the retain model's part, inside this attack's time
+    mine: list[Scores] = []
+    their: list[Scores] = []
+    found: list[tuple[dict[str, float], int]] = [(reused.extraction, 1)] if reused is not None else []
+    for look, (f, h) in enumerate(zip(fl, hl, strict=True)):
+        fr, hr = [measured[i] for i in f], [holdout[i] for i in h]
+        if len(batches) == look:  # tokenised when a look first runs, once per list of records
+            batches.append(_look_batches(ctx.model, ctx.tokenizer, measured, holdout, f, h, ctx.made, ctx.looks))
+        if name not in ctx.given and ctx.retain_model is not None:
+            t0 = time.perf_counter()  # the retain model, attacked alike: only for the looks that run
+            their.append(forget_holdout_scores(attack(ctx.retain_model), ctx.tokenizer, fr, hr, batches[look]))
+            spent_ref += time.perf_counter() - t0
+        # one attacked copy at a time (a quantized copy is the model's size); a look after the first is of
+        # the first attack only, the model as is: nothing is made twice
+        if reused is not None:
+            held = score_records(ctx.model, ctx.tokenizer, hr, list(ONE_PASS_SCORES),
+                                 prepared=batches[look].subset(range(len(f), len(f) + len(h)))).scores
+            mine.append(({k: v[f] for k, v in reused.scores.items()}, held))
+        else:
+            part, ext = scores_and_extraction(attack(ctx.model), ctx.tokenizer, fr, hr, batches[look])
+            mine.append(part)
+            found.append((ext, len(f)))
+        seen_f, seen_h = np.concatenate(fl[: look + 1]), np.concatenate(hl[: look + 1])
+        back_f, back_h = np.argsort(seen_f), np.argsort(seen_h)
+        fm, hm = _joined(mine, back_f, back_h)
+        reference: Scores | None = None
+        if name in ctx.given:
+            reference = ({k: v[seen_f[back_f]] for k, v in ctx.given[name][0].items()},
+                         {k: v[seen_h[back_h]] for k, v in ctx.given[name][1].items()})
+        elif their:
+            reference = _joined(their, back_f, back_h)
+        final = look == len(fl) - 1
+        # one family per receipt: alpha over the attacks (Bonferroni), and a first look's share spent from it
+        share = 1.0 if len(fl) == 1 else args.first_look_share if not final else 1 - args.first_look_share
+        alpha = args.alpha * share / ctx.attacks
+        verdict = two_sided_verdict(
+            fm, hm, nonmember_groups=None if ctx.groups is None else [ctx.groups[i] for i in seen_h[back_h]],
+            member_groups=group_labels([measured[i] for i in seen_f[back_f]]), alpha=alpha,
+            equivalence_alpha=args.alpha, margin=args.margin, n_boot=args.n_boot, seed=args.seed, attack=name,
+            **(dict(zip(("retain_members", "retain_nonmembers"), reference, strict=True)) if reference else {}))
+        if final or verdict.status == NOT_REMOVED:
+            break
+    return _Outcome(verdict, fm, hm, reference, found, spent_ref, final, alpha)
 
 
 def _look_batches(model: torch.nn.Module, tokenizer: Any, measured: Sequence[Record], holdout: Sequence[Record],

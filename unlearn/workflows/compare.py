@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unlearn.config import LoadOptions
 from unlearn.errors import InputError
+from unlearn.jsonio import JsonObject
 from unlearn.workflows.common import (
     SILENT,
     BenchmarkOptions,
     DataSources,
     PathLike,
+    RecordSets,
     Reporter,
     benchmark_if_needed,
     model_path,
@@ -25,6 +27,9 @@ from unlearn.workflows.common import (
     stats_line,
     write_outputs,
 )
+
+if TYPE_CHECKING:
+    from unlearn.auditors.compare import Reference, Sets
 
 CONFIG_KEYS = ("preset", "forget_split", "seed", "common", "methods")
 COLUMNS = [("label", "method"), ("verdict", "verdict"), ("auc_loss", "AUC loss"), ("auc_zlib", "AUC zlib"),
@@ -56,12 +61,12 @@ class CompareJob:
 @dataclass
 class CompareResult:
     out: Path
-    rows: list[dict[str, Any]]  # one per model: retain, target, then each method
-    payload: dict[str, Any] = field(default_factory=dict)
+    rows: list[JsonObject]  # one per model: retain, target, then each method
+    payload: JsonObject = field(default_factory=dict)
     label: str = ""
 
 
-def load_compare_config(spec: PathLike | None) -> dict[str, Any]:
+def load_compare_config(spec: PathLike | None) -> JsonObject:
     from unlearn.config import read_yaml_mapping, resolve_config
 
     if spec is None:
@@ -75,32 +80,12 @@ def load_compare_config(spec: PathLike | None) -> dict[str, Any]:
 
 
 def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
-    from unlearn.auditors.battery import split_by_group
-    from unlearn.auditors.compare import (
-        Sets,
-        evaluate,
-        judged,
-        open_unlearning_files,
-        parse_specs,
-        reference_of,
-        run_compare,
-    )
-    from unlearn.auditors.plots import plot_compare
+    from unlearn.auditors.compare import run_compare
     from unlearn.distributed import is_main_process
-    from unlearn.methods import METHODS
-    from unlearn.model import check_same_tokenizer, load_model
+    from unlearn.model import load_model
 
     cfg = load_compare_config(job.config)
-    options = job.benchmark
-    if "preset" in cfg and options.preset == "default":
-        options = BenchmarkOptions(cfg["preset"], options.cache, options.force)
-    specs = parse_specs(job.methods or cfg.get("methods") or METHODS.names(), str(job.config or "methods"))
-    common: dict[str, Any] = dict(cfg.get("common") or {})
-    if job.max_steps is not None:
-        common["max_steps"] = job.max_steps
-    if job.adapter is not None:  # base + adapter: the methods change the adapter only, as `forget` does
-        common["scope"] = "lora"
-    seed = job.seed if job.seed is not None else int(cfg.get("seed", 0))
+    specs, common, seed, options = _settings(job, cfg)
     bench = benchmark_if_needed([job.model, job.retain_model], options, report)
     path = model_path(job.model, bench)
     src = job.data
@@ -108,17 +93,70 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
         src = DataSources(src.requests, src.manifest, src.data, src.holdout,
                           cfg.get("forget_split", bench.retain_split), src.retain_eval)
     data = record_sets(src, bench)
-    views = {name: bench.split(name) for name in ("real_authors", "world_facts")} if bench is not None else {}
-    holdout_cal, holdout_ver = split_by_group(data.holdout, seed=seed)  # stopping rule vs metrics
-    retain_cal, retain_ver = split_by_group(data.retain_eval, seed=seed)
-    sets = Sets(data.forget, holdout_ver, data.retain, retain_ver, **views, calibration=holdout_cal,
-                retain_calibration=retain_cal)
+    sets = _sets(data, bench, seed)
     out = new_out_dir(job.out, "compare")
     retain_path = (model_path(job.retain_model, bench) if job.retain_model else
                    bench.retain if bench is not None and src.forget_split == bench.retain_split else None)
     report.note(f"comparing {', '.join(s.label for s in specs)} on {data.label}: {len(sets.forget)} forget, "
                 f"{len(sets.retain)} retain, {len(sets.holdout)} holdout records; seed {seed}")
-    rows: list[dict[str, Any]] = []
+    rows, reference = _baseline_rows(job, path, retain_path, sets, report)
+    current = [""]
+
+    def on_method(label: str) -> None:
+        current[0] = label
+        report.progress(f"method {label}", 0, None)
+
+    def on_step(step: int, total: int, stats: dict[str, float]) -> None:
+        report.progress(f"method {current[0]}", step, total, stats_line(stats))
+
+    rows += run_compare(lambda: load_model(path, job.load, adapter=job.adapter), sets, specs, reference=reference,
+                        seed=seed, common=common, on_method=on_method, on_step=on_step)
+    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    payload = {"model": str(path), "adapter": str(job.adapter) if job.adapter else None,
+               "retain_model": str(retain_path) if retain_path else None, "forget": data.label,
+               "seed": seed, "common": common, "rows": public}
+    if is_main_process():
+        write_outputs(out, _files(rows, public, payload, data.label))
+    return CompareResult(out, public, payload, data.label)
+
+
+def _settings(job: CompareJob, cfg: JsonObject) -> tuple[list[Any], JsonObject, int, BenchmarkOptions]:
+    """The methods to run, the arguments common to them, the seed and the benchmark options (job over yaml)."""
+    from unlearn.auditors.compare import parse_specs
+    from unlearn.methods import METHODS
+
+    options = job.benchmark
+    if "preset" in cfg and options.preset == "default":
+        options = BenchmarkOptions(cfg["preset"], options.cache, options.force)
+    specs = parse_specs(job.methods or cfg.get("methods") or METHODS.names(), str(job.config or "methods"))
+    common: JsonObject = dict(cfg.get("common") or {})
+    if job.max_steps is not None:
+        common["max_steps"] = job.max_steps
+    if job.adapter is not None:  # base + adapter: the methods change the adapter only, as `forget` does
+        common["scope"] = "lora"
+    seed = job.seed if job.seed is not None else int(cfg.get("seed", 0))
+    return specs, common, seed, options
+
+
+def _sets(data: RecordSets, bench: Any, seed: int) -> Sets:
+    """The compare sets: the stopping rule's calibration halves, the metrics' verdict halves."""
+    from unlearn.auditors.battery import split_by_group
+    from unlearn.auditors.compare import Sets
+
+    views = {name: bench.split(name) for name in ("real_authors", "world_facts")} if bench is not None else {}
+    holdout_cal, holdout_ver = split_by_group(data.holdout, seed=seed)
+    retain_cal, retain_ver = split_by_group(data.retain_eval, seed=seed)
+    return Sets(data.forget, holdout_ver, data.retain, retain_ver, **views, calibration=holdout_cal,
+                retain_calibration=retain_cal)
+
+
+def _baseline_rows(job: CompareJob, path: Path, retain_path: Path | None, sets: Sets,
+                   report: Reporter) -> tuple[list[JsonObject], Reference | None]:
+    """The retain model's row (and its reference scores, which make every verdict relative) and the target's."""
+    from unlearn.auditors.compare import evaluate, judged, reference_of
+    from unlearn.model import check_same_tokenizer, load_model
+
+    rows: list[JsonObject] = []
     reference = None
     report.progress("reference models", 0, 2)
     target, tok = load_model(path, job.load, adapter=job.adapter)
@@ -131,23 +169,15 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
         del retain_model
     metrics, per_record = judged(target, tok, sets, reference)
     rows.append({"label": "target", "method": "none", **metrics, "_per_record": per_record})
-    del target
     report.progress("reference models", 2, 2)
-    current = [""]
+    return rows, reference
 
-    def on_method(label: str) -> None:
-        current[0] = label
-        report.progress(f"method {label}", 0, None)
 
-    def on_step(step: int, total: int, stats: dict[str, Any]) -> None:
-        report.progress(f"method {current[0]}", step, total, stats_line(stats))
-
-    rows += run_compare(lambda: load_model(path, job.load, adapter=job.adapter), sets, specs, reference=reference,
-                        seed=seed, common=common, on_method=on_method, on_step=on_step)
-    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    payload = {"model": str(path), "adapter": str(job.adapter) if job.adapter else None,
-               "retain_model": str(retain_path) if retain_path else None, "forget": data.label,
-               "seed": seed, "common": common, "rows": public}
+def _files(rows: list[JsonObject], public: list[JsonObject], payload: JsonObject,
+           label: str) -> dict[str, Callable[[Path], object]]:
+    """compare.json, compare.csv, compare.png and open-unlearning's files per model."""
+    from unlearn.auditors.compare import open_unlearning_files
+    from unlearn.auditors.plots import plot_compare
 
     def write_csv(p: Path) -> None:
         skip = {k for k, _ in COLUMNS} | {"args", "model_utility_parts", "battery"}
@@ -157,12 +187,9 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
             w.writeheader()
             w.writerows(public)
 
-    files = {"compare.json": lambda p: p.write_text(json.dumps(payload, indent=2, default=str)),
-             "compare.csv": write_csv,
-             "compare.png": lambda p: plot_compare(public, p, title=data.label)}
+    files: dict[str, Callable[[Path], object]] = {
+        "compare.json": lambda p: p.write_text(json.dumps(payload, indent=2, default=str)),
+        "compare.csv": write_csv, "compare.png": lambda p: plot_compare(public, p, title=label)}
     for r in rows:
-        files[r["label"]] = lambda p, r=r: open_unlearning_files(r, p)
-    if is_main_process():
-        write_outputs(out, files)
-    return CompareResult(out, public, payload, data.label)
-
+        files[str(r["label"])] = lambda p, r=r: open_unlearning_files(r, p)
+    return files

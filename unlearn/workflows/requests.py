@@ -5,7 +5,7 @@ again (the regression guard)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,9 +26,15 @@ from unlearn.workflows.common import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from unlearn.auditors.battery import BatteryArgs
-    from unlearn.store import Request, Store
+    from unlearn.auditors.verdict import Verdict
+    from unlearn.data import Record
+    from unlearn.receipt import Evidence
+    from unlearn.store import Request, Store, Version
     from unlearn.unlearner import UnlearnResult
+    from unlearn.workflows.forget import ExactVersion
 
 STRATEGIES = ("incremental", "original")
 
@@ -147,131 +153,208 @@ def _merge(first: UnlearnResult, then: UnlearnResult) -> UnlearnResult:
                                                   default=None))
 
 
+@dataclass
+class _Batch:
+    """One run of the queue: the pending requests it answers, the earlier ones it guards, and where it starts."""
+
+    todo: list[Request]
+    earlier: list[Request]
+    parent: Version | None
+    number: int
+    out: Path
+    start: Path  # the weights it unlearns from
+    start_hash: str
+    original_hash: str
+    incremental: bool
+    head: str  # the ledger head the commit expects
+    src: DataSources  # the store's data
+    bench: Any  # the built-in benchmark when it serves the store
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.todo]
+
+    @property
+    def new_ids(self) -> list[str]:
+        return [i for r in self.todo for i in r.records]
+
+    @property
+    def earlier_ids(self) -> list[str]:
+        return [i for r in self.earlier for i in r.records]
+
+
 def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
     """Killed at any point, a rerun finishes the batch exactly once: the ledger entry and the model version
     are one commit, and the queue follows the ledger."""
     from unlearn import ledger
-    from unlearn.auditors.battery import BatteryArgs, request_verdicts
     from unlearn.auditors.stopping import forget_check
-    from unlearn.auditors.verdict import NOT_REMOVED, OVER_UNLEARNED
-    from unlearn.data import format_of, special_prefix
     from unlearn.ensemble import is_sharded
     from unlearn.methods import load_method_args
-    from unlearn.model import load_model, model_hash
-    from unlearn.store import ANSWERED, CUMULATIVE, EARLIER
-    from unlearn.workflows.forget import Splits, commit, exact_version, judge, run_method
+    from unlearn.model import load_model
+    from unlearn.workflows.forget import Splits, exact_version, judge, run_method
 
     store = _store(job.store)
     config = store.config()
     margs = load_method_args(job.method, job.config, job.overrides)
     with store.run_lock():
-        versions = store.versions()
-        requests = store.requests(versions)
-        todo = [r for r in requests if r.status != ANSWERED][: job.batch_max]
-        if not todo:
+        b = _batch(store, job, config)
+        if b is None:
             return RunResult(None, None, "", [], None, "no pending requests")
-        earlier = [r for r in requests if r.status == ANSWERED]
-        parent = versions[-1] if versions else None
-        src, bench, original = _sources(config, job.benchmark)
-        original_hash = model_hash(original)
-        if original_hash != config["model_sha256"]:
-            raise UnlearnError(f"the original model {original} changed since the store was created")
-        incremental = job.strategy == "incremental" and parent is not None
-        start = parent.weights if incremental and parent is not None else original
-        start_hash = model_hash(start)
-        if incremental and parent is not None and start_hash != parent.entry["model_after"]:
-            raise UnlearnError(f"version {parent.number} ({start}) no longer has its committed weights")
-        number = parent.number + 1 if parent else 1
-        out = store.version_dir(number)
-        ledger.check_paths(out, store.ledger, start)
-        head = ledger.head_of(store.ledger)[1]
         key = ledger.load_key(create=True)
         assert key is not None
-
-        new_ids = [i for r in todo for i in r.records]
-        earlier_ids = [i for r in earlier for i in r.records]
-        sets = record_sets(src, bench, forget_ids=earlier_ids + new_ids)  # retain: none of them
+        bench = b.bench
+        sets = record_sets(b.src, bench, forget_ids=b.earlier_ids + b.new_ids)  # retain: none of them
         by_id = {r.id: r for r in sets.forget}
-        batch = [by_id[i] for i in new_ids]
-        forget = batch if incremental else [by_id[i] for i in earlier_ids + new_ids]
+        batch = [by_id[i] for i in b.new_ids]
+        forget = batch if b.incremental else [by_id[i] for i in b.earlier_ids + b.new_ids]
         gold_path = (Path(config["retain_model"]) if config["retain_model"] else
                      bench.retain if bench is not None and set(by_id) <= {r.id for r in bench.split(bench.retain_split)}
                      else None)
         gold = load_model(gold_path, job.load)[0] if gold_path is not None else None
-        model, tok = load_model(start, job.load)
-        exact = is_sharded(start)  # a deletion-ready model: each version is the recipe without the records
+        model, tok = load_model(b.start, job.load)
+        exact = is_sharded(b.start)  # a deletion-ready model: each version is the recipe without the records
         splits = Splits.of(sets.holdout, sets.retain_eval, margs.seed, forget, watched=not exact)
-        report.note(f"version {number}: answering {len(todo)} request(s) ({len(batch)} records) "
-                    f"{'from version ' + str(parent.number) if incremental and parent else 'from the original'}; "
-                    f"{len(earlier)} earlier request(s) guarded")
+        report.note(f"version {b.number}: answering {len(b.todo)} request(s) ({len(batch)} records) "
+                    f"{'from version ' + str(b.parent.number) if b.incremental and b.parent else 'from the original'}"
+                    f"; {len(b.earlier)} earlier request(s) guarded")
         judged = splits.judged_of(batch)
         before = forget_check(model, tok, judged, splits.holdout_verdict, splits.retain_verdict)
-        version = exact_version(start, [*sets.forget, *sets.retain], [r.id for r in forget], tok, out, job.load,
+        version = exact_version(b.start, [*sets.forget, *sets.retain], [r.id for r in forget], tok, b.out, job.load,
                                 report) if exact else None
         result = version.result if version else run_method(model, tok, forget, sets.retain, splits, margs,
                                                             job.method, report, gold)
-
-        # each request, the union of the earlier ones (compared with the union's verdict at the parent
-        # version: more records give the guard power a single person lacks) and the new cumulative union
-        groups = {r.name: [by_id[i] for i in r.records] for r in [*earlier, *todo]}
-        groups[CUMULATIVE] = [by_id[i] for i in earlier_ids + new_ids]
-        baseline: dict[str, str | None] = {r.name: r.verdict for r in earlier}
-        if earlier and parent is not None:
-            groups[EARLIER] = [by_id[i] for i in earlier_ids]
-            baseline[EARLIER] = parent.entry.get("request_verdicts", {}).get(CUMULATIVE)
-        # the guard may look job.max_repairs + 1 times at the same verdict split: alpha is spent evenly over those
-        # looks (Bonferroni), so repairing until a request passes cannot buy a false NOT REMOVED / a false pass
-        battery_args = job.battery or BatteryArgs()
-        battery_args = replace(battery_args, alpha=battery_args.alpha / (job.max_repairs + 1))
-        repaired: list[str] = []
-        for round_ in range(job.max_repairs + 1):
-            report.progress("regression guard", 0, None)
-            verdicts = request_verdicts(result.model, tok, groups, splits.holdout_verdict, battery_args,
-                                        retain_model=gold)
-            regressed = [n for n, was in baseline.items()
-                         if verdicts[n].status in (NOT_REMOVED, OVER_UNLEARNED) and verdicts[n].status != was]
-            if not regressed or exact:  # an exact version has nothing to repair: the verdicts are recorded
-                break
-            said = "; ".join(f"{n}: {was or 'unjudged'} -> {verdicts[n].status}" for n in regressed
-                             for was in [baseline[n]])
-            if round_ == job.max_repairs or any(verdicts[n].status == OVER_UNLEARNED for n in regressed):
-                raise RegressionError(f"version {number} would make earlier request(s) detectable again ({said}); "
-                                      "nothing was written (try --strategy original or another method)")
-            report.note(f"earlier request(s) detectable again ({said}): unlearning them again")
-            repair = list({r.id: r for n in regressed for r in groups[n]}.values())
-            result = _merge(result, run_method(result.model, tok, repair, sets.retain, splits, margs, job.method,
-                                               report, gold))
-            repaired += [n for n in regressed if n not in repaired]
-        unlearned = list({r.id: r for r in forget + [r for n in repaired for r in groups[n]]}.values())
+        guard = Guard(job, b, by_id, splits, tok, gold, exact)
+        result = guard.run(result, lambda model, repair: run_method(model, tok, repair, sets.retain, splits, margs,
+                                                                    job.method, report, gold), report)
         evidence = judge(result, tok, judged, splits, before, job.battery, gold, report)
-        unchanged = result.steps == 0 and not exact
-        names = [r.name for r in todo]
-        verdict_of = {n: v.status for n, v in verdicts.items() if n != EARLIER}
-        receipt = Receipt.of(
-            evidence, request=RequestInfo(f"queued request(s) {', '.join(names)}", [r.id for r in batch]),
-            version=VersionInfo(number, parent.number if parent else None, job.strategy, names,
-                                [r.name for r in earlier] + names, verdict_of, repaired),
-            roles=splits.roles(batch), model_in=str(start), model_in_sha256=start_hash, out=str(out),
-            unchanged=unchanged, method="exact" if exact else job.method, config=margs.to_dict(),
-            exact=version.info() if version else None, template=format_of(tok).describe(),
-            special_prefix=special_prefix(tok), retain_model=str(gold_path) if gold_path else None)
-        extra: JsonObject = {
-            "version": number, "parent": parent.entry["entry_hash"] if parent else None, "strategy": job.strategy,
-            "original_sha256": original_hash, "requests": {r.name: r.records for r in todo},
-            "cumulative_requests": sorted([r.name for r in earlier] + names),
-            "cumulative_records": sorted(set(earlier_ids + new_ids)),
-            "request_verdicts": verdict_of, "repaired": repaired, "verdict": evidence.verdict}
-        if unchanged:
-            extra.update(unchanged=True, model_in=ledger.relative_output(start, store.ledger.absolute()))
-        content = ledger.make_entry(key, records=unlearned, method="exact" if exact else job.method,
-                                    config=margs.to_dict(),
-                                    model_before=start_hash, stop_reason=result.stop_reason, extra=extra)
-        try:
-            receipt = commit(store.ledger, key, content, out, receipt, None if unchanged else result.model, tok,
-                             start_hash, expect_head=head, files=version.files if version else None)
-        finally:
-            if version:
-                version.discard()
+        unlearned = list({r.id: r for r in forget + guard.repaired_records()}.values())
+        receipt = _commit(job, store, b, key, margs.to_dict(), result, evidence, guard, unlearned, splits.roles(batch),
+                          tok, exact, version, str(gold_path) if gold_path else None)
         store.reconcile()
-    return RunResult(number, out, receipt.entry_hash, names, receipt,
-                     f"version {number} answers {', '.join(names)} ({evidence.verdict})")
+    return RunResult(b.number, b.out, receipt.entry_hash, b.names, receipt,
+                     f"version {b.number} answers {', '.join(b.names)} ({evidence.verdict})")
+
+
+def _batch(store: Store, job: RunJob, config: JsonObject) -> _Batch | None:
+    """The pending requests (at most ``batch_max``) and where this run starts, checked against the ledger:
+    the original weights and the parent version's must be the committed ones. None: nothing is pending."""
+    from unlearn import ledger
+    from unlearn.model import model_hash
+    from unlearn.store import ANSWERED
+
+    versions = store.versions()
+    requests = store.requests(versions)
+    todo = [r for r in requests if r.status != ANSWERED][: job.batch_max]
+    if not todo:
+        return None
+    parent = versions[-1] if versions else None
+    src, bench, original = _sources(config, job.benchmark)
+    original_hash = model_hash(original)
+    if original_hash != config["model_sha256"]:
+        raise UnlearnError(f"the original model {original} changed since the store was created")
+    incremental = job.strategy == "incremental" and parent is not None
+    start = parent.weights if incremental and parent is not None else original
+    start_hash = model_hash(start)
+    if incremental and parent is not None and start_hash != parent.entry["model_after"]:
+        raise UnlearnError(f"version {parent.number} ({start}) no longer has its committed weights")
+    number = parent.number + 1 if parent else 1
+    out = store.version_dir(number)
+    ledger.check_paths(out, store.ledger, start)
+    return _Batch(todo, [r for r in requests if r.status == ANSWERED], parent, number, out, start, start_hash,
+                  original_hash, incremental, ledger.head_of(store.ledger)[1], src, bench)
+
+
+class Guard:
+    """The regression guard: every request (each one, the union of the earlier ones, compared with the union's
+    verdict at the parent version: more records give the guard power a single person lacks, and the new
+    cumulative union) judged under the new weights; an earlier request that became NOT REMOVED is unlearned
+    again, at most ``max_repairs`` times, and one that is still (or became OVER-UNLEARNED) refuses the version.
+    The guard may look ``max_repairs`` + 1 times at the same verdict split: alpha is spent evenly over those
+    looks (Bonferroni), so repairing until a request passes cannot buy a false NOT REMOVED or a false pass."""
+
+    def __init__(self, job: RunJob, b: _Batch, by_id: dict[str, Record], splits: Any, tok: Any,
+                 gold: torch.nn.Module | None, exact: bool) -> None:
+        from unlearn.auditors.battery import BatteryArgs
+        from unlearn.store import CUMULATIVE, EARLIER
+
+        self.job, self.number, self.splits, self.tok, self.gold, self.exact = job, b.number, splits, tok, gold, exact
+        self.groups = {r.name: [by_id[i] for i in r.records] for r in [*b.earlier, *b.todo]}
+        self.groups[CUMULATIVE] = [by_id[i] for i in b.earlier_ids + b.new_ids]
+        self.baseline: dict[str, str | None] = {r.name: r.verdict for r in b.earlier}
+        if b.earlier and b.parent is not None:
+            self.groups[EARLIER] = [by_id[i] for i in b.earlier_ids]
+            self.baseline[EARLIER] = b.parent.entry.get("request_verdicts", {}).get(CUMULATIVE)
+        battery = job.battery or BatteryArgs()
+        self.battery = replace(battery, alpha=battery.alpha / (job.max_repairs + 1))
+        self.repaired: list[str] = []
+        self.verdicts: dict[str, Verdict] = {}
+
+    def run(self, result: UnlearnResult, unlearn: Callable[[torch.nn.Module, list[Record]], UnlearnResult],
+            report: Reporter) -> UnlearnResult:
+        """``result`` after the guard's repairs (``unlearn``: the method on the records to repair)."""
+        from unlearn.auditors.battery import request_verdicts
+        from unlearn.auditors.verdict import NOT_REMOVED, OVER_UNLEARNED
+
+        for round_ in range(self.job.max_repairs + 1):
+            report.progress("regression guard", 0, None)
+            self.verdicts = request_verdicts(result.model, self.tok, self.groups, self.splits.holdout_verdict,
+                                             self.battery, retain_model=self.gold)
+            regressed = [n for n, was in self.baseline.items()
+                         if self.verdicts[n].status in (NOT_REMOVED, OVER_UNLEARNED) and self.verdicts[n].status != was]
+            if not regressed or self.exact:  # an exact version has nothing to repair: the verdicts are recorded
+                break
+            said = "; ".join(f"{n}: {was or 'unjudged'} -> {self.verdicts[n].status}" for n in regressed
+                             for was in [self.baseline[n]])
+            if round_ == self.job.max_repairs or any(self.verdicts[n].status == OVER_UNLEARNED for n in regressed):
+                raise RegressionError(f"version {self.number} would make earlier request(s) detectable again "
+                                      f"({said}); nothing was written (try --strategy original or another method)")
+            report.note(f"earlier request(s) detectable again ({said}): unlearning them again")
+            repair = list({r.id: r for n in regressed for r in self.groups[n]}.values())
+            result = _merge(result, unlearn(result.model, repair))
+            self.repaired += [n for n in regressed if n not in self.repaired]
+        return result
+
+    def repaired_records(self) -> list[Record]:
+        return [r for n in self.repaired for r in self.groups[n]]
+
+    def statuses(self) -> dict[str, str]:
+        """Every answered request's verdict under the new version (the union of the earlier ones left out)."""
+        from unlearn.store import EARLIER
+
+        return {n: v.status for n, v in self.verdicts.items() if n != EARLIER}
+
+
+def _commit(job: RunJob, store: Store, b: _Batch, key: bytes, config: JsonObject, result: UnlearnResult,
+            evidence: Evidence, guard: Guard, unlearned: list[Record], roles: dict[str, list[str]], tok: Any,
+            exact: bool, version: ExactVersion | None, retain_model: str | None) -> Receipt:
+    """The version's receipt and ledger entry, committed with its weights (or a receipt naming the parent's
+    when nothing changed)."""
+    from unlearn import ledger
+    from unlearn.data import format_of, special_prefix
+    from unlearn.workflows.forget import commit
+
+    unchanged = result.steps == 0 and not exact
+    method = "exact" if exact else job.method
+    receipt = Receipt.of(
+        evidence, request=RequestInfo(f"queued request(s) {', '.join(b.names)}", b.new_ids),
+        version=VersionInfo(b.number, b.parent.number if b.parent else None, job.strategy, b.names,
+                            [r.name for r in b.earlier] + b.names, guard.statuses(), guard.repaired),
+        roles=roles, model_in=str(b.start), model_in_sha256=b.start_hash, out=str(b.out), unchanged=unchanged,
+        method=method, config=config, exact=version.info() if version else None,
+        template=format_of(tok).describe(), special_prefix=special_prefix(tok), retain_model=retain_model)
+    extra: JsonObject = {
+        "version": b.number, "parent": b.parent.entry["entry_hash"] if b.parent else None, "strategy": job.strategy,
+        "original_sha256": b.original_hash, "requests": {r.name: r.records for r in b.todo},
+        "cumulative_requests": sorted([r.name for r in b.earlier] + b.names),
+        "cumulative_records": sorted(set(b.earlier_ids + b.new_ids)),
+        "request_verdicts": guard.statuses(), "repaired": guard.repaired, "verdict": evidence.verdict}
+    if unchanged:
+        extra.update(unchanged=True, model_in=ledger.relative_output(b.start, store.ledger.absolute()))
+    content = ledger.make_entry(key, records=unlearned, method=method, config=config, model_before=b.start_hash,
+                                stop_reason=result.stop_reason, extra=extra)
+    try:
+        return commit(store.ledger, key, content, b.out, receipt, None if unchanged else result.model, tok,
+                      b.start_hash, expect_head=b.head, files=version.files if version else None)
+    finally:
+        if version:
+            version.discard()
