@@ -63,7 +63,7 @@ def worst_case_set(model: torch.nn.Module, tokenizer: Any, pool: Sequence[Record
                    on_round: Callable[[int, int], None] | None = None) -> WorstCase:
     """The k pool records that ``unlearn(model, records)`` (which changes ``model`` in place) handles worst.
     ``model`` is restored to its original weights afterwards."""
-    from unlearn.attribution import restore, snapshot
+    from unlearn.params import restore, snapshot
 
     if not 0 < k < len(pool):
         raise UnlearnError(f"k must be between 1 and the pool size - 1 ({len(pool) - 1}), got {k}")

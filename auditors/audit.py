@@ -24,6 +24,7 @@ from unlearn.auditors.verdict import CANNOT_JUDGE, NOT_REMOVED, OVER_UNLEARNED, 
 from unlearn.config import Checked, arg
 from unlearn.data import Record
 from unlearn.errors import UnlearnError
+from unlearn.splits import group_labels
 
 EXCHANGEABILITY = ("The p-values are valid only if members and non-members are exchangeable (drawn from the "
                    "same distribution, e.g. people split at random); a length or date shift between the sets "
@@ -100,15 +101,6 @@ def _length_warning(members: np.ndarray, nonmembers: np.ndarray) -> str | None:
     return None
 
 
-GROUP_FIELDS = ("group", "person")
-
-
-def group_labels(records: Sequence[Record]) -> list[str] | None:
-    """Per-record group (``group`` or ``person`` field) when every record has one, else None."""
-    for key in GROUP_FIELDS:
-        if all(key in r.meta for r in records):
-            return [str(r.meta[key]) for r in records]
-    return None
 
 
 def group_means(values: np.ndarray, groups: list[str] | None) -> np.ndarray:

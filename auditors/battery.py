@@ -4,7 +4,6 @@ extraction and a two-sided verdict. The receipt's verdict is the worst case over
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,12 +14,13 @@ import torch
 
 from unlearn.attacks.quantize import quantized_copy
 from unlearn.attacks.runner import ONE_PASS_SCORES, ScoreTable, score_records
-from unlearn.auditors.audit import group_labels
 from unlearn.auditors.robustness import extraction, extraction_stats, split_for_relearning
 from unlearn.auditors.verdict import NOT_REMOVED, Verdict, two_sided_verdict, worst_case
 from unlearn.config import Checked, arg
 from unlearn.data import Record
 from unlearn.logprobs import Prepared, max_length_of, merged, prepare
+from unlearn.params import weights_fingerprint
+from unlearn.splits import group_labels
 
 Scores = tuple[dict[str, Any], dict[str, Any]]  # (forget, holdout): score name -> array
 
@@ -56,25 +56,6 @@ class KnownScores:
     weights: tuple[float, float] | None = None  # `weights_fingerprint` of the weights they were scored on
 
 
-FINGERPRINT_SLICE = 1 << 24  # weights per float64 copy while fingerprinting (128 MiB)
-
-
-def weights_fingerprint(model: torch.nn.Module) -> tuple[float, float] | None:
-    """The sum and the sum of squares (float64) of every weight: two checks' weights differ in it unless nothing
-    trained in between (every weight: which ones are trainable changes, e.g. a method's scope is lifted at the
-    end). None for weights this process holds only a shard of (ZeRO-3)."""
-    params = list(model.parameters())
-    if any(hasattr(p, "ds_id") for p in params):
-        return None
-    total = squares = 0.0
-    with torch.no_grad():
-        for p in params:  # a float64 copy of one slice at a time, never of the model
-            for part in p.detach().reshape(-1).split(FINGERPRINT_SLICE):
-                x = part.double()
-                total, squares = total + float(x.sum()), squares + float(x.square().sum())
-    return total, squares
-
-
 @dataclass
 class AttackRow:
     attack: str
@@ -99,43 +80,6 @@ class Battery:
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict.to_dict(), "attacks": [r.to_dict() for r in self.rows], "notes": self.notes,
                 "reference_seconds": round(self.reference_seconds, 3)}
-
-
-def split_by_group(records: Sequence[Record], fraction: float = 0.5, seed: int = 0) -> tuple[list[Record],
-                                                                                             list[Record]]:
-    """(calibration, verdict) halves, whole groups (people) on one side when records carry them."""
-    key = group_labels(records) or [r.id for r in records]
-    groups = sorted(set(key))
-    random.Random(seed).shuffle(groups)
-    cal = set(groups[: round(fraction * len(groups))])
-    return ([r for r, g in zip(records, key, strict=True) if g in cal],
-            [r for r, g in zip(records, key, strict=True) if g not in cal])
-
-
-def split_forget(records: Sequence[Record], seed: int = 0) -> tuple[list[Record], list[Record]]:
-    """(monitored, judged): the stopping rule looks at the first, the receipt judges the second, so the records
-    a run stopped on are never the ones its verdict rests on (every record is still unlearned). Each person's
-    records are halved (the judged half gets the odd one); people of one record, or records without people,
-    are halved as whole units. The assignment is a keyed hash of (seed, id): the same record lands on the same
-    side in any request that contains it. A single record is both (there is nothing to split)."""
-    import hashlib
-
-    if len(records) < 2:
-        return list(records), list(records)
-
-    def rank(key: str) -> str:
-        return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
-
-    labels = group_labels(records)
-    people: dict[str, list[int]] = {}
-    for i, g in enumerate(labels or [r.id for r in records]):
-        people.setdefault(g, []).append(i)
-    if all(len(v) == 1 for v in people.values()):  # whole units: half of them monitored
-        order = sorted(people, key=rank)
-        chosen = {people[g][0] for g in order[: len(order) // 2]}
-    else:
-        chosen = {i for v in people.values() for i in sorted(v, key=lambda i: rank(records[i].id))[: len(v) // 2]}
-    return ([r for i, r in enumerate(records) if i in chosen], [r for i, r in enumerate(records) if i not in chosen])
 
 
 def _split(table: ScoreTable, n: int) -> Scores:

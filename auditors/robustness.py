@@ -10,11 +10,11 @@ import torch
 
 from unlearn.attacks.adversarial import relearn
 from unlearn.attacks.runner import score_records
-from unlearn.auditors.audit import group_labels
 from unlearn.auditors.metrics import auc
 from unlearn.auditors.tofu import extraction_strength, token_accuracy
 from unlearn.data import Record
 from unlearn.logprobs import TokenLogProbs, token_logprobs
+from unlearn.splits import group_labels
 
 
 def extraction(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record]) -> dict[str, float]:

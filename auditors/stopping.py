@@ -11,8 +11,7 @@ import torch
 from scipy import stats
 
 from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
-from unlearn.auditors.audit import group_labels
-from unlearn.auditors.battery import KnownScores, Scores, forget_holdout_scores, weights_fingerprint
+from unlearn.auditors.battery import KnownScores, Scores, forget_holdout_scores
 from unlearn.auditors.metrics import auc, mann_whitney_p
 from unlearn.auditors.robustness import extraction_stats
 from unlearn.auditors.verdict import (
@@ -25,7 +24,9 @@ from unlearn.auditors.verdict import (
 )
 from unlearn.data import Record
 from unlearn.logprobs import Prepared, max_length_of, prepare
+from unlearn.params import weights_fingerprint
 from unlearn.receipt import LossCheck
+from unlearn.splits import group_labels
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult
 
 

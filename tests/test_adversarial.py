@@ -10,10 +10,10 @@ import pytest
 
 from unlearn.attacks.adversarial import project_capped_simplex, random_sets, top_k, worst_case_set
 from unlearn.attacks.runner import score_records
-from unlearn.attribution import restore, snapshot
 from unlearn.auditors.robustness import extraction, relearn_report
 from unlearn.methods import get_method, load_method_args
 from unlearn.model import load_model
+from unlearn.params import restore, snapshot
 
 
 def test_capped_simplex_projection_and_top_k() -> None:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from scipy import stats
 
-from unlearn.attribution import UnTracArgs, attribute
 from unlearn.auditors.metrics import pearson, spearman
 from unlearn.data import record_to_json, write_jsonl
 from unlearn.errors import UnlearnError
+from unlearn.methods.attribution import UnTracArgs, attribute
 from unlearn.model import load_model
 
 

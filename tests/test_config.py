@@ -9,12 +9,12 @@ import pytest
 
 from tests.conftest import write_lines
 from unlearn.attacks.runner import SCORES
-from unlearn.attribution import ATTRIBUTION, UnTracArgs
 from unlearn.auditors.audit import AuditArgs
 from unlearn.config import build_args, presets
 from unlearn.curvature import CURVATURES, FIRST_ORDER_BACKENDS, needs_double_backward
 from unlearn.errors import ConfigError, InputError
 from unlearn.methods import METHODS, get_method, load_method_args
+from unlearn.methods.attribution import ATTRIBUTION, UnTracArgs
 from unlearn.registry import Registry
 from unlearn.unlearner import UnlearnArgs, register
 

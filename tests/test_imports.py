@@ -12,8 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"unlearn": "unlearn", "attacks": "unlearn.attacks", "auditors": "unlearn.auditors", "cli": "unlearn.cli"}
-# lower layers never import higher ones
-LAYERS = ["unlearn.cli", "unlearn.workflows", "unlearn.auditors", "unlearn.attacks", "unlearn"]
+# lower layers never import higher ones: core (data, model I/O, log-probs, losses, curvature, ledger, splits)
+# < methods < attacks < auditors < workflows < cli
+LAYERS = ["unlearn.cli", "unlearn.workflows", "unlearn.auditors", "unlearn.attacks", "unlearn.methods", "unlearn"]
 
 
 def module_files() -> dict[str, Path]:
@@ -107,6 +108,27 @@ def test_imports_flow_one_way() -> None:
     bad = [f"{m} -> {t}" for m, ts in import_graph().items() for t in ts
            if m != "unlearn" and layer(t) < layer(m)]  # unlearn/__init__ re-exports lazily, by name only
     assert bad == []
+
+
+def test_the_layer_test_sees_a_core_module_importing_a_method() -> None:
+    """Methods are a layer of their own: core importing one (as UnTrac did from unlearn/) is a violation."""
+    assert layer("unlearn.methods.npo") < layer("unlearn.splits") and layer("unlearn.attacks.runner") < layer(
+        "unlearn.methods") and layer("unlearn.methods") > layer("unlearn.auditors.battery")
+
+
+MAX_LINES = 80  # a workflow's or an auditor's function reads in one screen
+
+
+def test_no_function_of_the_workflows_or_auditors_is_longer_than_a_screen() -> None:
+    long = []
+    for folder in (ROOT / "auditors", ROOT / "unlearn" / "workflows"):
+        for path in folder.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
 
 
 def test_cycle_finder_finds_a_cycle() -> None:

@@ -109,8 +109,9 @@ def test_rouge_l_recall() -> None:
 
 
 def test_group_means_for_clustered_records() -> None:
-    from unlearn.auditors.audit import group_labels, group_means
+    from unlearn.auditors.audit import group_means
     from unlearn.data import qa_record
+    from unlearn.splits import group_labels
 
     vals = np.array([1.0, 3.0, 10.0, 2.0])
     assert group_means(vals, ["a", "a", "b", "c"]).tolist() == [2.0, 10.0, 2.0]

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from unlearn.auditors.battery import split_forget
 from unlearn.cli.main import main
 from unlearn.data import qa_record
+from unlearn.splits import split_forget
 
 
 def _people(n: int, per: int) -> list:

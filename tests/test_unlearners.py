@@ -133,9 +133,10 @@ STOP_CASES = [  # (method, overrides, expected reason): each reason of the stopp
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "over", "reason"), STOP_CASES, ids=[c[2] for c in STOP_CASES])
 def test_stopping_rule_reaches_each_reason_and_backs_off_to_the_best_checkpoint(name, over, reason, bench) -> None:
-    from unlearn.auditors.battery import BatteryArgs, removal_battery, split_by_group
+    from unlearn.auditors.battery import BatteryArgs, removal_battery
     from unlearn.auditors.robustness import extraction
     from unlearn.auditors.stopping import make_monitor, returned_scores
+    from unlearn.splits import split_by_group
 
     forget, retain = bench.split("forget10"), bench.split("retain90")
     calibration, verdict_half = split_by_group(bench.split("holdout"))
@@ -192,8 +193,8 @@ def test_stopping_rule_reaches_each_reason_and_backs_off_to_the_best_checkpoint(
 
 def _graddiff_until_undetectable(bench, **over):
     """GradDiff on forget10 under the stopping rule (the forget_undetectable case of STOP_CASES)."""
-    from unlearn.auditors.battery import split_by_group
     from unlearn.auditors.stopping import make_monitor
+    from unlearn.splits import split_by_group
 
     forget, retain = bench.split("forget10"), bench.split("retain90")
     calibration, _ = split_by_group(bench.split("holdout"))
@@ -228,8 +229,8 @@ def test_a_quick_check_stops_for_utility_only_when_it_is_clearly_lost(bench) -> 
     """NPO at a high lr (the utility_drop case of STOP_CASES): with quick checks the run stops at a quick check
     whose subsample's utility is significantly below the guard, and backs off to a checkpoint that the
     full-check run (same weights at every step) found inside the guard."""
-    from unlearn.auditors.battery import split_by_group
     from unlearn.auditors.stopping import make_monitor
+    from unlearn.splits import split_by_group
 
     forget, retain = bench.split("forget10"), bench.split("retain90")
     calibration, _ = split_by_group(bench.split("holdout"))
@@ -323,8 +324,8 @@ def test_a_score_over_unlearned_stops_the_rule_while_another_is_not_removed(benc
     """Mixed evidence (LOSS still NOT REMOVED, Min-K%++ OVER-UNLEARNED): no subsample skips on it, and the full
     check stops with over_unlearned, naming the score under ``overshoot``."""
     import unlearn.auditors.stopping as stopping
-    from unlearn.auditors.battery import split_by_group
     from unlearn.auditors.verdict import NOT_REMOVED, OVER_UNLEARNED, ScoreEvidence, Verdict
+    from unlearn.splits import split_by_group
 
     forget, retain = bench.split("forget10"), bench.split("retain90")
     calibration, _ = split_by_group(bench.split("holdout"))
@@ -384,8 +385,9 @@ def test_back_off_prefers_the_closest_full_check_then_the_latest_far_one(script,
 def test_newton_keeps_the_back_off_in_its_stats_and_the_rule_finds_the_returned_weights(bench) -> None:
     """Newton replaces its result's stats with its certificate: the stopper's back-off must survive that (the
     receipt says where it backed off to), and the rule's kept scores are found by the weights, not the step."""
-    from unlearn.auditors.battery import KnownScores, weights_fingerprint
+    from unlearn.auditors.battery import KnownScores
     from unlearn.auditors.stopping import returned_scores
+    from unlearn.params import weights_fingerprint
 
     forget, retain = bench.split("forget10"), bench.split("retain90")
     model, tok = load_model(bench.target)
@@ -404,19 +406,19 @@ def test_newton_keeps_the_back_off_in_its_stats_and_the_rule_finds_the_returned_
 
 
 def test_weights_fingerprint_sums_every_weight_a_slice_at_a_time(monkeypatch) -> None:
-    import unlearn.auditors.battery as battery
+    import unlearn.params as params
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
     model[0].weight.requires_grad_(False)  # frozen weights count too
     flat = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
-    monkeypatch.setattr(battery, "FINGERPRINT_SLICE", 4)  # slices that cut through every tensor
-    total, squares = battery.weights_fingerprint(model)
+    monkeypatch.setattr(params, "FINGERPRINT_SLICE", 4)  # slices that cut through every tensor
+    total, squares = params.weights_fingerprint(model)
     assert total == pytest.approx(float(flat.sum()), rel=1e-12)
     assert squares == pytest.approx(float(flat.square().sum()), rel=1e-12)
     with torch.no_grad():
         model[0].weight[0, 0] += 1e-3
-    assert battery.weights_fingerprint(model) != (total, squares)
+    assert params.weights_fingerprint(model) != (total, squares)
 
 
 def test_a_check_marked_defer_skips_the_next_one() -> None:

@@ -1,8 +1,9 @@
-"""Parameter scope: which parameters an unlearner may change."""
+"""Parameter scope: which parameters an unlearner may change; in-memory snapshots of the weights."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import torch
 
@@ -69,3 +70,34 @@ def apply_scope(model: torch.nn.Module, scope: str) -> list[torch.nn.Parameter]:
         if name in chosen:
             params.append(p)
     return params
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def restore(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Back to theta_0 from memory (bit-identical; no reload from disk)."""
+    model.load_state_dict(state)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+
+
+FINGERPRINT_SLICE = 1 << 24  # weights per float64 copy while fingerprinting (128 MiB)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> tuple[float, float] | None:
+    """The sum and the sum of squares (float64) of every weight: two checks' weights differ in it unless nothing
+    trained in between (every weight: which ones are trainable changes, e.g. a method's scope is lifted at the
+    end). None for weights this process holds only a shard of (ZeRO-3)."""
+    params = list(model.parameters())
+    if any(hasattr(p, "ds_id") for p in params):
+        return None
+    total = squares = 0.0
+    with torch.no_grad():
+        for p in params:  # a float64 copy of one slice at a time, never of the model
+            for part in p.detach().reshape(-1).split(FINGERPRINT_SLICE):
+                x = part.double()
+                total, squares = total + float(x.sum()), squares + float(x.square().sum())
+    return total, squares

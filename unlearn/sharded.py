@@ -50,6 +50,7 @@ from unlearn.ensemble import (
     sharded_hash,
 )
 from unlearn.errors import ConfigError, ModelError
+from unlearn.splits import GROUP_FIELDS
 from unlearn.training import TrainArgs, train_lm
 
 __all__ = ["SHARDED_FILE", "ShardEnsemble", "ShardPlan", "ShardRun", "assign", "delete", "is_sharded", "load_sharded",
@@ -57,7 +58,6 @@ __all__ = ["SHARDED_FILE", "ShardEnsemble", "ShardPlan", "ShardRun", "assign", "
            "train_stages"]
 
 ASSIGNMENT_FILE = "assignment.json"
-GROUP_FIELDS = ("group", "person")
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,14 @@ from typing import Any
 
 import yaml
 
-from unlearn.auditors.battery import BatteryArgs, reference_scores, removal_battery, split_by_group
+from unlearn.auditors.battery import BatteryArgs, reference_scores, removal_battery
 from unlearn.auditors.stopping import make_monitor, returned_scores
 from unlearn.auditors.tofu import evaluate_qa, forget_quality, model_utility
 from unlearn.benchmark.build import build
 from unlearn.benchmark.generator import RETAIN_OF
 from unlearn.methods import METHODS, get_method, load_method_args, measured
 from unlearn.model import load_model
+from unlearn.splits import split_by_group
 
 
 @dataclasses.dataclass

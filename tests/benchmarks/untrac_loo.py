@@ -17,9 +17,9 @@ import json
 import time
 from pathlib import Path
 
-from unlearn.attribution import UnTracArgs, attribute, mean_loss
 from unlearn.auditors.metrics import pearson, spearman
 from unlearn.benchmark.build import PRESETS, build, default_cache_dir, init_model
+from unlearn.methods.attribution import UnTracArgs, attribute, mean_loss
 from unlearn.model import load_model, save_model
 from unlearn.training import train_lm
 

@@ -16,7 +16,7 @@ from unlearn.workflows.common import SILENT, PathLike, Reporter, new_out_dir, wr
 @dataclass(frozen=True)
 class AttributeJob:
     """``train``: dataset name -> JSONL (a list of paths is named by the file stems); ``args`` overrides
-    of :class:`unlearn.attribution.UnTracArgs` (steps, lr, batch_size, scope, seed, ...)."""
+    of :class:`unlearn.methods.attribution.UnTracArgs` (steps, lr, batch_size, scope, seed, ...)."""
 
     model: PathLike
     train: Mapping[str, PathLike] | list[PathLike]
@@ -35,10 +35,10 @@ class AttributeResult:
 
 
 def attribute(job: AttributeJob, report: Reporter = SILENT) -> AttributeResult:
-    from unlearn.attribution import ATTRIBUTION, UnTracArgs
-    from unlearn.attribution import attribute as run_attribution
     from unlearn.config import build_args
     from unlearn.data import load_records
+    from unlearn.methods.attribution import ATTRIBUTION, UnTracArgs
+    from unlearn.methods.attribution import attribute as run_attribution
     from unlearn.model import load_model
 
     ATTRIBUTION.entry(job.method)  # an unknown method fails before any work

@@ -140,8 +140,8 @@ def _settings(job: CompareJob, cfg: JsonObject) -> tuple[list[Any], JsonObject, 
 
 def _sets(data: RecordSets, bench: Any, seed: int) -> Sets:
     """The compare sets: the stopping rule's calibration halves, the metrics' verdict halves."""
-    from unlearn.auditors.battery import split_by_group
     from unlearn.auditors.compare import Sets
+    from unlearn.splits import split_by_group
 
     views = {name: bench.split(name) for name in ("real_authors", "world_facts")} if bench is not None else {}
     holdout_cal, holdout_ver = split_by_group(data.holdout, seed=seed)

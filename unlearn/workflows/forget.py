@@ -107,7 +107,7 @@ class Splits:
     def of(cls, holdout: Sequence[Record], retain_eval: Sequence[Record], seed: int,
            forget: Sequence[Record] = (), watched: bool = True) -> Splits:
         """``watched`` False: no stopping rule looks at the forget set (exact deletion), every record is judged."""
-        from unlearn.auditors.battery import split_by_group, split_forget
+        from unlearn.splits import split_by_group, split_forget
 
         halves = split_forget(forget, seed=seed) if watched else ([], list(forget))
         return cls(*split_by_group(holdout, seed=seed), *split_by_group(retain_eval, seed=seed), *halves)

@@ -69,12 +69,12 @@ class WorstCaseResult:
 def worst_case(job: WorstCaseJob, report: Reporter = SILENT) -> WorstCaseResult:
     from unlearn.attacks.adversarial import random_sets, worst_case_set
     from unlearn.attacks.runner import score_records
-    from unlearn.attribution import restore, snapshot
     from unlearn.auditors.metrics import auc, privleak
     from unlearn.benchmark.generator import RETAIN_OF
     from unlearn.data import load_records
     from unlearn.methods import get_method, load_method_args
     from unlearn.model import load_model
+    from unlearn.params import restore, snapshot
 
     method = get_method(job.method)
     lower = load_method_args(job.method, job.config, {"max_steps": job.lower_steps, "eval_every": 0,

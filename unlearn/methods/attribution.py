@@ -20,7 +20,7 @@ from unlearn.curvature import dot, gradient, lm_objective, lm_source
 from unlearn.data import Record, subsample
 from unlearn.errors import UnlearnError
 from unlearn.logprobs import token_logprobs
-from unlearn.params import apply_scope, check_scope
+from unlearn.params import apply_scope, check_scope, restore, snapshot
 from unlearn.registry import Registry
 
 
@@ -51,18 +51,6 @@ def mean_loss(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record],
     """Mean over records of the mean token NLL of their targets (the shared one-pass log-probs)."""
     lp = token_logprobs(model, tokenizer, records, batch_size=batch_size, moments=False, hits=False)
     return -float(lp.mean_lp().mean())
-
-
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def restore(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Back to theta_0 from memory (bit-identical; no reload from disk)."""
-    model.load_state_dict(state)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model.eval()
 
 
 def _ascend(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record], args: UnTracArgs,

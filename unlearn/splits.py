@@ -1,0 +1,55 @@
+"""Splitting records by person: the group of each record, the calibration / verdict halves of held-out sets
+and the monitored / judged halves of a forget set (the evidence's roles)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+
+from unlearn.data import Record
+
+GROUP_FIELDS = ("group", "person")  # a record's unit: its group, else its person
+
+
+def group_labels(records: Sequence[Record]) -> list[str] | None:
+    """Per-record group (``group`` or ``person`` field) when every record has one, else None."""
+    for key in GROUP_FIELDS:
+        if all(key in r.meta for r in records):
+            return [str(r.meta[key]) for r in records]
+    return None
+
+
+def split_by_group(records: Sequence[Record], fraction: float = 0.5, seed: int = 0) -> tuple[list[Record],
+                                                                                             list[Record]]:
+    """(calibration, verdict) halves, whole groups (people) on one side when records carry them."""
+    key = group_labels(records) or [r.id for r in records]
+    groups = sorted(set(key))
+    random.Random(seed).shuffle(groups)
+    cal = set(groups[: round(fraction * len(groups))])
+    return ([r for r, g in zip(records, key, strict=True) if g in cal],
+            [r for r, g in zip(records, key, strict=True) if g not in cal])
+
+
+def split_forget(records: Sequence[Record], seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """(monitored, judged): the stopping rule looks at the first, the receipt judges the second, so the records
+    a run stopped on are never the ones its verdict rests on (every record is still unlearned). Each person's
+    records are halved (the judged half gets the odd one); people of one record, or records without people,
+    are halved as whole units. The assignment is a keyed hash of (seed, id): the same record lands on the same
+    side in any request that contains it. A single record is both (there is nothing to split)."""
+    if len(records) < 2:
+        return list(records), list(records)
+
+    def rank(key: str) -> str:
+        return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+
+    labels = group_labels(records)
+    people: dict[str, list[int]] = {}
+    for i, g in enumerate(labels or [r.id for r in records]):
+        people.setdefault(g, []).append(i)
+    if all(len(v) == 1 for v in people.values()):  # whole units: half of them monitored
+        order = sorted(people, key=rank)
+        chosen = {people[g][0] for g in order[: len(order) // 2]}
+    else:
+        chosen = {i for v in people.values() for i in sorted(v, key=lambda i: rank(records[i].id))[: len(v) // 2]}
+    return ([r for i, r in enumerate(records) if i in chosen], [r for i, r in enumerate(records) if i not in chosen])
