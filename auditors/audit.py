@@ -24,6 +24,7 @@ from unlearn.auditors.verdict import CANNOT_JUDGE, NOT_REMOVED, OVER_UNLEARNED, 
 from unlearn.config import Checked, arg
 from unlearn.data import Record
 from unlearn.errors import UnlearnError
+from unlearn.jsonio import JsonObject
 from unlearn.splits import group_labels
 
 EXCHANGEABILITY = ("The p-values are valid only if members and non-members are exchangeable (drawn from the "
@@ -79,11 +80,11 @@ class AuditReport:
     forget_quality: float | None = None
     tofu: dict[str, dict[str, float]] = field(default_factory=dict)  # per-model QA summaries; "summary": TOFU's
     muse: dict[str, float] = field(default_factory=dict)  # MUSE's VerbMem / KnowMem / privleak
-    removal: dict[str, Any] = field(default_factory=dict)  # the two-sided verdict (verdict.Verdict)
+    removal: JsonObject = field(default_factory=dict)  # the two-sided verdict (verdict.Verdict)
     presence: str = ""  # PRESENT / NOT DETECTABLE / INCONCLUSIVE / OVER-UNLEARNED / CANNOT JUDGE (verdict.presence)
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return asdict(self)
 
     def result(self, score: str) -> ScoreResult:

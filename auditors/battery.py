@@ -18,11 +18,12 @@ from unlearn.auditors.robustness import extraction, extraction_stats, split_for_
 from unlearn.auditors.verdict import NOT_REMOVED, Verdict, two_sided_verdict, worst_case
 from unlearn.config import Checked, arg
 from unlearn.data import Record
+from unlearn.jsonio import JsonObject
 from unlearn.logprobs import Prepared, max_length_of, merged, prepare
 from unlearn.params import weights_fingerprint
 from unlearn.splits import group_labels
 
-Scores = tuple[dict[str, Any], dict[str, Any]]  # (forget, holdout): score name -> array
+Scores = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (forget, holdout): score name -> array
 
 
 @dataclass
@@ -63,7 +64,7 @@ class AttackRow:
     extraction: dict[str, float]
     seconds: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {"attack": self.attack, "verdict": self.verdict.to_dict(), "extraction": self.extraction,
                 "seconds": round(self.seconds, 3)}
 
@@ -77,7 +78,7 @@ class Battery:
     scores: dict[str, Scores] = field(default_factory=dict, repr=False)  # the model's, per attack
     reference: Mapping[str, Scores] = field(default_factory=dict, repr=False)  # the retain model's
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {"verdict": self.verdict.to_dict(), "attacks": [r.to_dict() for r in self.rows], "notes": self.notes,
                 "reference_seconds": round(self.reference_seconds, 3)}
 

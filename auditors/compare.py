@@ -34,6 +34,7 @@ from unlearn.auditors.tofu import (
 )
 from unlearn.data import Record
 from unlearn.errors import ConfigError, InputError
+from unlearn.jsonio import JsonObject
 from unlearn.methods import METHODS, get_method, load_method_args, measured
 
 
@@ -81,14 +82,14 @@ def _tofu(records: Sequence[Record], paraphrased: bool = True) -> bool:
 
 
 def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None,
-             scores: Scores | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+             scores: Scores | None = None) -> tuple[JsonObject, JsonObject]:
     """(summary metrics, per-record metrics) of one model. Published metrics under published names:
     privleak (MUSE), forget truth ratio / forget quality / model utility (TOFU); ``retain_utility`` is ours,
     reported instead of ``model_utility`` when there are no real-authors / world-facts sets. ``scores``: the
     model's `forget_holdout_scores` on ``sets.forget`` / ``sets.holdout`` when already computed."""
     aucs = detectability(scores or forget_holdout_scores(model, tokenizer, sets.forget, sets.holdout))
-    out: dict[str, Any] = {f"auc_{k}": v for k, v in aucs.items()}
-    per_record: dict[str, Any] = {}
+    out: JsonObject = {f"auc_{k}": v for k, v in aucs.items()}
+    per_record: JsonObject = {}
     if ref is not None:
         out.update({f"privleak_{k}": privleak(v, ref.aucs[k]) for k, v in aucs.items()})
     if _tofu(sets.forget):
@@ -120,7 +121,7 @@ def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets) -> Referenc
 
 
 def judged(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None,
-           known: KnownScores | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+           known: KnownScores | None = None) -> tuple[JsonObject, JsonObject]:
     """`evaluate` plus the receipt's verdict on the metrics' held-out half (columns ``verdict`` and
     ``battery``): the battery, relative to the retain model when there is one, whose "as is" pass gives the
     AUC columns (so every record is scored: no first look; ``known``: the stopping rule's forget scores of
@@ -165,7 +166,7 @@ def parse_specs(methods: Sequence[Any], where: str = "methods") -> list[MethodSp
 def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, specs: Sequence[MethodSpec], *,
                 reference: Reference | None, seed: int = 0, common: Mapping[str, Any] | None = None,
                 on_method: Callable[[str], Any] | None = None,
-                on_step: Callable[[int, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                on_step: Callable[[int, int, JsonObject], None] | None = None) -> list[JsonObject]:
     """Run each method from freshly loaded weights with the same seed, under the stopping rule a receipt uses
     (relative to the retain model when there is one); one row of metrics and the receipt's verdict per
     method."""
@@ -198,7 +199,7 @@ def open_unlearning_files(row: Mapping[str, Any], out: Path, benchmark: str = "T
     theirs; the nine model-utility components under their pre_compute names in the EVAL file)."""
     summary = {theirs: row[ours] for ours, theirs in OPEN_UNLEARNING_NAMES.items() if row.get(ours) is not None}
     fe: QAEval | None = row.get("_per_record", {}).get("forget")
-    per_index: dict[str, dict[str, Any]] = {}
+    per_index: dict[str, JsonObject] = {}
     if fe is not None:
         per_index = {
             "forget_Q_A_Prob": {str(i): {"prob": float(p)} for i, p in enumerate(fe.prob)},
@@ -208,7 +209,7 @@ def open_unlearning_files(row: Mapping[str, Any], out: Path, benchmark: str = "T
         }
         if fe.rouge_l is not None:
             per_index["forget_Q_A_ROUGE"] = {str(i): {"rougeL_recall": float(t)} for i, t in enumerate(fe.rouge_l)}
-    evals: dict[str, Any] = {k: {"agg_value": v, **({"value_by_index": per_index[k]} if k in per_index else {})}
+    evals: JsonObject = {k: {"agg_value": v, **({"value_by_index": per_index[k]} if k in per_index else {})}
                              for k, v in summary.items()}
     if "model_utility" in evals and row.get("model_utility_parts"):
         evals["model_utility"]["pre_compute"] = {k: {"agg_value": v} for k, v in row["model_utility_parts"].items()}

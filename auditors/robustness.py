@@ -13,6 +13,7 @@ from unlearn.attacks.runner import score_records
 from unlearn.auditors.metrics import auc
 from unlearn.auditors.tofu import extraction_strength, token_accuracy
 from unlearn.data import Record
+from unlearn.jsonio import JsonObject
 from unlearn.logprobs import TokenLogProbs, token_logprobs
 from unlearn.splits import group_labels
 
@@ -46,7 +47,7 @@ def split_for_relearning(members: Sequence[Record], seed: int = 0) -> tuple[list
 
 def relearn_report(model: torch.nn.Module, tokenizer: Any, members: Sequence[Record], nonmembers: Sequence[Record],
                    relearn_set: Sequence[Record] | None = None, *, steps: int = 20, lr: float = 3e-4,
-                   seed: int = 0, original_exact_match: float | None = None) -> dict[str, Any]:
+                   seed: int = 0, original_exact_match: float | None = None) -> JsonObject:
     """Fine-tune on ``relearn_set`` (default: half the members' groups) and measure on the other members:
     exact-match extraction and LOSS AUC against non-members, before and after.
 

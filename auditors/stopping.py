@@ -23,6 +23,7 @@ from unlearn.auditors.verdict import (
     two_sided_verdict,
 )
 from unlearn.data import Record
+from unlearn.jsonio import JsonObject
 from unlearn.logprobs import Prepared, max_length_of, prepare
 from unlearn.params import weights_fingerprint
 from unlearn.receipt import LossCheck
@@ -151,7 +152,7 @@ class Stages:
                 for s in range(len(self.sets))]
 
 
-Decision = tuple[str | None, str, dict[str, Any]]  # (reason to stop or None, message, the check's metrics)
+Decision = tuple[str | None, str, JsonObject]  # (reason to stop or None, message, the check's metrics)
 
 
 class StoppingRule:
@@ -259,7 +260,7 @@ class StoppingRule:
         v = self.test(last, fm, hm, step)
         if len(self.forget):
             self.keep(model, step, fm, parts)
-        m: dict[str, Any] = {f"auc_{e.score}": e.auc for e in v.evidence}
+        m: JsonObject = {f"auc_{e.score}": e.auc for e in v.evidence}
         m["forget_auc"] = m["auc_loss"]
         excess = [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
         m["distance"] = max(abs(x) for x in excess)
@@ -275,7 +276,7 @@ class StoppingRule:
         reason, message = self.decide(v, m, first)
         return reason, message, m
 
-    def decide(self, v: Verdict, m: dict[str, Any], first: bool) -> tuple[str | None, str]:
+    def decide(self, v: Verdict, m: JsonObject, first: bool) -> tuple[str | None, str]:
         """The full check's decision: utility, then overshooting (any score), then equivalence; INCONCLUSIVE
         and NOT REMOVED go on, and so does the check before any step without a never-trained reference."""
         assert self.base is not None

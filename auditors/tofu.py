@@ -16,7 +16,7 @@ from unlearn.data import Record, with_answer
 from unlearn.distributed import sharded
 from unlearn.errors import UnlearnError
 from unlearn.generation import greedy_answers
-from unlearn.jsonio import show
+from unlearn.jsonio import JsonObject, show
 from unlearn.logprobs import TokenLogProbs, token_logprobs
 
 
@@ -216,12 +216,12 @@ OPEN_UNLEARNING_NAMES = {
 def tofu_summary(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], *,
                  retain_model: torch.nn.Module | None = None, retain_eval: Sequence[Record] = (),
                  real_authors: Sequence[Record] = (), world_facts: Sequence[Record] = (),
-                 batch_size: int = 32) -> dict[str, Any]:
+                 batch_size: int = 32) -> JsonObject:
     """TOFU's evaluation under open-unlearning's TOFU_SUMMARY names: forget_Q_A_Prob, forget_Q_A_ROUGE,
     forget_truth_ratio, extraction_strength, exact_memorization; forget_quality with a retain model; and
     model_utility with its nine parts when the retain / real-authors / world-facts sets are given."""
     fe = evaluate_qa(model, tokenizer, forget, batch_size=batch_size)
-    out: dict[str, Any] = {OPEN_UNLEARNING_NAMES[k]: v for k, v in forget_summary(fe).items()}
+    out: JsonObject = {OPEN_UNLEARNING_NAMES[k]: v for k, v in forget_summary(fe).items()}
     if retain_model is not None:
         out["forget_quality"] = forget_quality(fe, evaluate_qa(retain_model, tokenizer, forget, rouge=False,
                                                                batch_size=batch_size))

@@ -55,6 +55,7 @@ import numpy as np
 from scipy import stats
 
 from unlearn.auditors.metrics import auc, block_bootstrap_counts, weighted_aucs
+from unlearn.jsonio import JsonObject
 
 REMOVED, NOT_REMOVED, OVER_UNLEARNED, INCONCLUSIVE = "REMOVED", "NOT REMOVED", "OVER-UNLEARNED", "INCONCLUSIVE"
 SEVERITY = {NOT_REMOVED: 3, OVER_UNLEARNED: 2, INCONCLUSIVE: 1, REMOVED: 0}
@@ -224,7 +225,7 @@ class Verdict:
     needed: int | None = None  # forget units the equivalence test would need at ``margin`` (INCONCLUSIVE)
     unit: str = "records"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """As JSON has it: an unbounded separation (a saturated AUC) and an unknown spread are null."""
         return _finite(asdict(self))
 

@@ -8,6 +8,7 @@ from typing import Any
 from rich.markup import escape
 
 from unlearn.cli.common import UI, add_fields_arg, benchmark_options, comma_list, load_options, sub_parser
+from unlearn.jsonio import JsonObject
 from unlearn.workflows.audit import AuditJob, audit
 
 
@@ -93,7 +94,7 @@ def _privleak(r: Any) -> str | None:
     return f"{r.privleak:.1f}{ci}"
 
 
-def print_attacks(ui: UI, attacks: dict[str, Any]) -> None:
+def print_attacks(ui: UI, attacks: JsonObject) -> None:
     if "extract" in attacks:
         ui.table("extraction (greedy completion of the prompts)",
                  ["set", "exact match", "extraction strength", "token accuracy"],

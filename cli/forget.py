@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from unlearn.cli.common import UI, add_data_args, benchmark_options, data_sources, load_options, sub_parser
 from unlearn.config import DEFAULT_METHOD
+from unlearn.jsonio import JsonObject
 from unlearn.receipt import Receipt
 from unlearn.workflows.forget import ForgetJob, forget, resolve_method_args
 
@@ -113,13 +114,13 @@ def print_receipt(ui: UI, r: Receipt) -> None:
         ui.print(f"ledger: {r.ledger.path} (entry {r.entry_hash[:16]}...)")
 
 
-def set_overrides(items: list[str]) -> dict[str, Any]:
+def set_overrides(items: list[str]) -> JsonObject:
     """``--set key=value`` pairs as method overrides (values parsed as yaml scalars or lists)."""
     import yaml
 
     from unlearn.errors import ConfigError
 
-    out: dict[str, Any] = {}
+    out: JsonObject = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from unlearn.cli.common import UI, sub_parser
+from unlearn.jsonio import JsonObject
 
 
 def add_parser(sub: Any) -> None:
@@ -15,7 +16,7 @@ def add_parser(sub: Any) -> None:
     m.set_defaults(run=run)
 
 
-def describe(name: str) -> list[dict[str, Any]]:
+def describe(name: str) -> list[JsonObject]:
     """The rows of a method's arguments, from its dataclass (the one home of every default)."""
     from unlearn.methods import get_method
 

@@ -88,3 +88,14 @@ def test_a_damaged_receipt_is_one_input_error(edit, word) -> None:
     edit(d)
     with pytest.raises(InputError, match=word):
         Receipt.from_dict(d)
+
+
+def test_the_receipt_and_the_json_type_resolve_for_tooling() -> None:
+    """The JSON alias is recursive: its self-reference must resolve from any module (typing.get_type_hints,
+    as IDEs and dataclass tooling call it), not only in unlearn.jsonio."""
+    import typing
+
+    from unlearn.data import Record
+
+    hints = typing.get_type_hints(Receipt)
+    assert hints["before"] is LossCheck and "battery" in hints and "meta" in typing.get_type_hints(Record)

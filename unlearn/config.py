@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from unlearn.errors import ConfigError, InputError
-from unlearn.jsonio import read_bytes
+from unlearn.jsonio import JsonObject, read_bytes
 
 A = TypeVar("A", bound="Checked")
 
@@ -104,7 +104,7 @@ class Checked:
         """Rules across fields; subclasses extend the list."""
         return []
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
@@ -179,7 +179,7 @@ def _unique_key_loader() -> type:
     return Loader
 
 
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+def read_yaml_mapping(path: str | Path) -> JsonObject:
     """A yaml file that must hold a mapping; missing files and bad yaml are one-line input errors."""
     import yaml
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from unlearn.data import collate, encode_many, pad_id_of
 from unlearn.distributed import rank_world
 from unlearn.errors import ConfigError, UnlearnError
+from unlearn.jsonio import JsonObject
 from unlearn.logprobs import forward_logits, max_length_of
 from unlearn.losses import nll, target_logprobs
 from unlearn.registry import Registry
@@ -586,7 +587,7 @@ class CurvatureOptions:
     samples: int = 1
     seed: int = 0
 
-    def products(self) -> dict[str, Any]:
+    def products(self) -> JsonObject:
         return dict(solver=self.solver, max_iter=self.max_iter, tol=self.tol, lissa_scale=self.lissa_scale,
                     lissa_damp=self.lissa_damp, seed=self.seed)
 

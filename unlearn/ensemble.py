@@ -18,6 +18,7 @@ import torch
 
 from unlearn.errors import ModelError
 from unlearn.fsutil import WEIGHT_SUFFIXES, sha256_file, weights_hash
+from unlearn.jsonio import JsonObject
 
 SHARDED_FILE, FORMAT = "sharded.json", "unlearn-sharded/1"
 AGGREGATES = ("mean_prob", "mean_logprob")
@@ -73,7 +74,7 @@ def read_json(file: Path) -> Any:
     return parse_line(read_bytes(file))
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
+def read_meta(path: str | Path) -> JsonObject:
     meta = read_json(Path(path) / SHARDED_FILE)
     plan = meta.get("plan") if isinstance(meta, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(plan, dict) or not (

@@ -9,13 +9,14 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeAlias, Union
+from typing import Any, ForwardRef, TypeAlias, Union
 
 from unlearn.errors import InputError
 
 # A JSON document's values, as the readers return them and the writers take them: narrower than Any (no
 # tensors, no arrays, no dataclasses), so a type checker sees what may be written to disk.
-Json: TypeAlias = Union[None, bool, int, float, str, list["Json"], dict[str, "Json"]]  # noqa: UP007
+_SELF = ForwardRef("Json", module=__name__)  # resolvable from any module (typing.get_type_hints)
+Json: TypeAlias = Union[None, bool, int, float, str, list[_SELF], dict[str, _SELF]]  # type: ignore[valid-type]  # noqa: UP007
 JsonObject: TypeAlias = dict[str, Json]
 
 MAX_LINE_BYTES = 64 << 20  # one JSON line (a record, a manifest entry, a ledger entry)
@@ -33,8 +34,8 @@ def show(value: object, limit: int = 60) -> str:
     return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
 
 
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _pairs(pairs: list[tuple[str, Any]]) -> JsonObject:
+    out: JsonObject = {}
     for k, v in pairs:
         if k in out:
             raise JSONProblem(f"duplicate key '{show(k)}'")
@@ -151,7 +152,7 @@ def read_json(path: Path, limit: int = 1 << 20) -> Any:
     return parse_line(read_bytes(path, limit).replace(b"\n", b" "))
 
 
-def iter_json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_json_objects(path: Path) -> Iterator[tuple[int, JsonObject]]:
     """``(line number, object)`` for each non-blank line of a JSON Lines file; the first bad line is an
     ``InputError`` naming the file and line."""
     for line_no, raw in enumerate(read_bytes(path).split(b"\n"), start=1):

@@ -37,7 +37,7 @@ from typing import Any
 from unlearn.data import Record
 from unlearn.errors import InputError, ModelError, UnlearnError
 from unlearn.fsutil import fsync_dir, temp_sibling, write_atomic
-from unlearn.jsonio import JSONProblem, parse_line, read_bytes, read_json, show
+from unlearn.jsonio import JsonObject, JSONProblem, parse_line, read_bytes, read_json, show
 
 GENESIS = "0" * 64
 VERSION = 2
@@ -86,27 +86,27 @@ def record_digest(key: bytes, salt: str, text: str) -> str:
     return hmac.new(key, (salt + text).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def _canonical(entry: dict[str, Any]) -> bytes:
+def _canonical(entry: JsonObject) -> bytes:
     return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def line_of(entry: dict[str, Any]) -> str:
+def line_of(entry: JsonObject) -> str:
     """The one serialisation a ledger line may have (so any byte edit is detected)."""
     return json.dumps(entry, sort_keys=True, ensure_ascii=True)
 
 
-def entry_hash(entry: dict[str, Any]) -> str:
+def entry_hash(entry: JsonObject) -> str:
     return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "entry_hash"})).hexdigest()
 
 
-def entry_mac(key: bytes, entry: dict[str, Any]) -> str:
+def entry_mac(key: bytes, entry: JsonObject) -> str:
     return hmac.new(key, _canonical({k: v for k, v in entry.items() if k not in ("entry_hash", "mac")}),
                     hashlib.sha256).hexdigest()
 
 
-def make_entry(key: bytes, *, records: Sequence[Record], method: str, config: dict[str, Any], model_before: str,
+def make_entry(key: bytes, *, records: Sequence[Record], method: str, config: JsonObject, model_before: str,
                request_file: str | Path | None = None, stop_reason: str = "",
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra: JsonObject | None = None) -> JsonObject:
     """The entry's content before it is chained (``finalise``); no deleted text, no unkeyed hash of any."""
     salt = secrets.token_hex(16)
     request_digest = None
@@ -119,7 +119,7 @@ def make_entry(key: bytes, *, records: Sequence[Record], method: str, config: di
             "stop_reason": stop_reason, **(extra or {})}
 
 
-def finalise(key: bytes, content: dict[str, Any], *, prev_hash: str, model_after: str, output: str) -> dict[str, Any]:
+def finalise(key: bytes, content: JsonObject, *, prev_hash: str, model_after: str, output: str) -> JsonObject:
     entry = {**content, "model_after": model_after, "output": output, "prev_hash": prev_hash}
     entry["mac"] = entry_mac(key, entry)
     entry["entry_hash"] = entry_hash(entry)
@@ -132,7 +132,7 @@ def finalise(key: bytes, content: dict[str, Any], *, prev_hash: str, model_after
 class Row:
     line: int
     raw: bytes
-    entry: dict[str, Any] | None
+    entry: JsonObject | None
     problem: str | None = None
 
 
@@ -158,7 +158,7 @@ def read_rows(path: Path) -> list[Row]:
     return rows
 
 
-def _schema_problem(e: dict[str, Any]) -> str | None:
+def _schema_problem(e: JsonObject) -> str | None:
     for name in ("entry_hash", "prev_hash", "model_after", "model_before"):
         if not isinstance(e.get(name), str) or not _HEX64.fullmatch(e[name]):
             return f"field '{name}' is not a sha256 hex digest"
@@ -305,7 +305,7 @@ def head_message(entries: int, head: str, when: str) -> bytes:
     return f"unlearn-ledger-head\0{entries}\0{head}\0{when}".encode()
 
 
-def signature_valid(pubkey: Any, head: dict[str, Any]) -> bool:
+def signature_valid(pubkey: Any, head: JsonObject) -> bool:
     from cryptography.exceptions import InvalidSignature
 
     try:
@@ -316,7 +316,7 @@ def signature_valid(pubkey: Any, head: dict[str, Any]) -> bool:
     return True
 
 
-def _append_line(path: Path, entry: dict[str, Any]) -> None:
+def _append_line(path: Path, entry: JsonObject) -> None:
     with path.open("ab") as fh:
         fh.write((line_of(entry) + "\n").encode("ascii"))
         fh.flush()
@@ -336,7 +336,7 @@ def _pause(stage: str) -> None:
         time.sleep(0.05)
 
 
-def append_entry(path: Path, key: bytes, content: dict[str, Any], *, model_after: str, output: str) -> dict[str, Any]:
+def append_entry(path: Path, key: bytes, content: JsonObject, *, model_after: str, output: str) -> JsonObject:
     """Chain and append one entry under the lock (no model to commit with it)."""
     with locked(path):
         recover(path, key)
@@ -384,11 +384,11 @@ def check_paths(out: Path, ledger: Path, input_model: Path | None) -> None:
 @dataclass
 class Commit:
     out: Path
-    entry: dict[str, Any]
+    entry: JsonObject
 
 
-def commit_model(ledger: Path, key: bytes, content: dict[str, Any], out: Path,
-                 write: Callable[[Path], dict[str, Any]], *, expect_head: str | None = None) -> Commit:
+def commit_model(ledger: Path, key: bytes, content: JsonObject, out: Path,
+                 write: Callable[[Path], JsonObject], *, expect_head: str | None = None) -> Commit:
     """Write a model and its ledger entry together. ``write(directory)`` writes the model files (weights,
     receipt) into ``directory`` and returns its manifest (``weights_sha256``). With ``expect_head`` the
     commit happens only if the ledger still ends at that entry hash (nobody committed meanwhile)."""
@@ -493,7 +493,7 @@ def owned_temp(tmp: Path, out: Path, token: Any) -> bool:
         return False
 
 
-def _read_anchor(out: Path) -> dict[str, Any] | None:
+def _read_anchor(out: Path) -> JsonObject | None:
     try:
         obj = read_json(out / ANCHOR)
     except (InputError, JSONProblem):
@@ -552,7 +552,7 @@ class Verification:
 
 
 def verify(path: str | Path, *, check_models: bool = True, key: bytes | None = None, pubkey: Any = None,
-           receipts: Sequence[dict[str, Any]] = ()) -> Verification:
+           receipts: Sequence[JsonObject] = ()) -> Verification:
     """Every line's bytes, hash, MAC (with the key) and chain link; each output model (present, its weights,
     its anchored copy of the entry); the head anchor; and anchored models whose entry is missing from the
     ledger (truncation, deletion). A file that cannot be read is an ``InputError`` (exit 2); problems are
@@ -596,7 +596,7 @@ def verify(path: str | Path, *, check_models: bool = True, key: bytes | None = N
     return report
 
 
-def _check_model(ledger: Path, line: int, e: dict[str, Any], add: Callable[[LedgerProblem], None]) -> None:
+def _check_model(ledger: Path, line: int, e: JsonObject, add: Callable[[LedgerProblem], None]) -> None:
     from unlearn.model import model_hash
 
     out = resolve_output(e["output"], ledger)
@@ -627,7 +627,7 @@ def _check_versions(rows: list[Row], add: Callable[[LedgerProblem], None]) -> No
     """Model versions (entries of ``unlearn requests run``): one linear chain, each version's parent the one
     before it, its starting weights its parent's (incremental) or the original's, the cumulative sets its
     parent's plus its own requests, and no request or record answered twice."""
-    prev: dict[str, Any] | None = None
+    prev: JsonObject | None = None
     for row in rows:
         e = row.entry
         if row.problem or e is None or "version" not in e:
@@ -700,7 +700,7 @@ def _check_head(path: Path, rows: list[Row], key: bytes | None, report: Verifica
                                                    "signing key for this chain"))
 
 
-def _check_receipts(rows: list[Row], receipts: Sequence[dict[str, Any]], pubkey: Any, report: Verification) -> None:
+def _check_receipts(rows: list[Row], receipts: Sequence[JsonObject], pubkey: Any, report: Verification) -> None:
     """Each requester's receipt (see `receipt_of`): its entry still at its line, the head count not gone back."""
     for i, r in enumerate(receipts, start=1):
         try:
@@ -719,7 +719,7 @@ def _check_receipts(rows: list[Row], receipts: Sequence[dict[str, Any]], pubkey:
                                                             f"issued, now {len(rows)} (rolled back)"))
 
 
-def receipt_of(path: Path, entry: str | None = None) -> dict[str, Any]:
+def receipt_of(path: Path, entry: str | None = None) -> JsonObject:
     """What a requester keeps: the entry's hash and line and the signed head at export time. ``entry``: a
     prefix of the entry hash (default: the last entry)."""
     rows = [r for r in read_rows(path) if r.entry is not None]

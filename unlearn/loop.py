@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from unlearn.data import Batch, Record, collate, encode_many, pad_id_of
 from unlearn.distributed import configure_deepspeed, gathered_copy, make_accelerator
 from unlearn.errors import UnlearnError
+from unlearn.jsonio import JsonObject
 from unlearn.logprobs import max_length_of
 from unlearn.params import apply_scope
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult
@@ -67,7 +68,7 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain: Sequence[Record],
              args: UnlearnArgs, step_loss: StepLoss, *, uses_retain: bool, monitor: Monitor | None = None,
-             accelerator: Any = None, on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
+             accelerator: Any = None, on_step: Callable[[int, int, JsonObject], None] | None = None,
              make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
              before_step: BeforeStep | None = None) -> UnlearnResult:
     """Run ``args.max_steps`` steps of ``step_loss`` (or fewer if the monitor stops it); model changed in place.
@@ -132,7 +133,7 @@ STOPPER_STATS = ("backed_off_to", "back_off")  # what the stopper adds to a resu
 MAX_GAP = 8  # the adaptive schedule checks at least every MAX_GAP x eval_every steps
 
 
-def next_check(history: list[dict[str, Any]], every: int) -> int:
+def next_check(history: list[JsonObject], every: int) -> int:
     """The step of the next adaptive check: after half the steps the last two checks predict until the
     ``distance`` to the target (max |AUC - target| over the scores) reaches 0, rounded to a multiple of
     ``every`` and clamped to [1, MAX_GAP] of it; the gap doubles while the distance does not shrink. The
@@ -154,16 +155,16 @@ class Stopper:
     def __init__(self, monitor: Monitor | None, args: UnlearnArgs, current: Callable[[], torch.nn.Module]) -> None:
         self.monitor, self.current = monitor, current
         self.every, self.schedule = args.eval_every, args.eval_schedule
-        self.history: list[dict[str, Any]] = []
+        self.history: list[JsonObject] = []
         self.reason, self.message = "max_steps", f"reached max_steps={args.max_steps}"
         self.best: tuple[int, float, list[torch.Tensor]] | None = None
         self.best_rank = (0.0, 0.0)
-        self.extra: dict[str, Any] = {}
+        self.extra: JsonObject = {}
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.current().parameters() if p.requires_grad]
 
-    def _keep(self, step: int, metrics: dict[str, Any]) -> None:
+    def _keep(self, step: int, metrics: JsonObject) -> None:
         params = self._trainable()
         if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3 shards: no host copy of the weights to keep
             self.extra["back_off"] = "unavailable under DeepSpeed ZeRO-3"
@@ -229,14 +230,14 @@ class Stopper:
         if self.monitor is not None and (not self.history or self.history[-1]["step"] != steps):
             self.check(steps)
 
-    def result(self, model: torch.nn.Module, steps: int, stats: dict[str, Any] | None = None) -> UnlearnResult:
+    def result(self, model: torch.nn.Module, steps: int, stats: JsonObject | None = None) -> UnlearnResult:
         return UnlearnResult(model, steps, self.reason, self.message, history=self.history,
                              stats={**(stats or {}), **self.extra})
 
 
-def run_direct(model: torch.nn.Module, args: UnlearnArgs, update: Callable[[int], dict[str, Any]], *,
+def run_direct(model: torch.nn.Module, args: UnlearnArgs, update: Callable[[int], JsonObject], *,
                monitor: Monitor | None = None,
-               on_step: Callable[[int, int, dict[str, Any]], None] | None = None) -> UnlearnResult:
+               on_step: Callable[[int, int, JsonObject], None] | None = None) -> UnlearnResult:
     """For methods that set the weights directly (Newton, IAU): ``update(step)`` applies step ``step``
     (1-based) in place and returns its stats; the monitor is checked every ``eval_every`` steps."""
     stopper = Stopper(monitor, args, lambda: model)

@@ -24,6 +24,7 @@ from unlearn.data import PromptFormat, parse_format, set_format
 from unlearn.ensemble import quiet_loading as _quiet_loading
 from unlearn.errors import ModelError
 from unlearn.fsutil import WEIGHT_SUFFIXES, fsync_dir, fsync_tree, sha256_file, temp_sibling, weights_hash
+from unlearn.jsonio import JsonObject
 
 MANIFEST = "unlearn_manifest.json"
 
@@ -161,7 +162,7 @@ def check_output(out: Path, input_dir: str | Path | None) -> None:
 
 
 def write_model_files(model: torch.nn.Module, tokenizer: Any, directory: Path,
-                      extra_files: dict[str, str] | None = None) -> dict[str, Any]:
+                      extra_files: dict[str, str] | None = None) -> JsonObject:
     """Weights (safetensors only), tokenizer, ``extra_files`` and the manifest of sha256 hashes into
     ``directory``, each file fsynced; returns the manifest."""
     with _quiet_loading():
@@ -181,7 +182,7 @@ def write_model_files(model: torch.nn.Module, tokenizer: Any, directory: Path,
 
 def save_model(model: torch.nn.Module, tokenizer: Any, out: str | Path, *, input_dir: str | Path | None = None,
                extra_files: dict[str, str] | None = None,
-               before_commit: Callable[[Path], None] | None = None) -> dict[str, Any]:
+               before_commit: Callable[[Path], None] | None = None) -> JsonObject:
     """Write model + tokenizer to a NEW directory ``out`` atomically (no ledger); returns the manifest.
 
     ``extra_files`` maps file names to text written beside the weights. ``before_commit`` runs on the

@@ -179,7 +179,7 @@ def _plain(value: object) -> Json:
     return value  # type: ignore[return-value]
 
 
-def _obj(value: Json) -> dict[str, Any]:
+def _obj(value: Json) -> JsonObject:
     if not isinstance(value, dict):
         raise TypeError(f"expected an object, found {type(value).__name__}")
     return value

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from unlearn.data import Batch, Record
+from unlearn.jsonio import JsonObject
 from unlearn.logprobs import forward_logits, token_logprobs
 from unlearn.loop import frozen_copy, run_loop
 from unlearn.losses import masked_kl
@@ -69,7 +70,7 @@ def robustify(model: torch.nn.Module, tokenizer: Any, retain: Sequence[Record], 
         loss = all_positions_kl(forward_logits(m, rb), t, rb.attention_mask)
         return loss, {"distil_kl": float(loss.detach())}
 
-    def repaired(m: torch.nn.Module, at: int) -> tuple[str | None, str, dict[str, Any]]:
+    def repaired(m: torch.nn.Module, at: int) -> tuple[str | None, str, JsonObject]:
         value = retain_nll(m, tokenizer, sample)
         done = value <= goal
         return ("repaired" if done else None, f"retain NLL {value:.4f} (goal {goal:.4f})", {"retain_nll": value})

@@ -50,6 +50,7 @@ from unlearn.ensemble import (
     sharded_hash,
 )
 from unlearn.errors import ConfigError, ModelError
+from unlearn.jsonio import JsonObject
 from unlearn.splits import GROUP_FIELDS
 from unlearn.training import TrainArgs, train_lm
 
@@ -78,7 +79,7 @@ class ShardPlan:
         if problems:
             raise ConfigError("; ".join(problems))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return dataclasses.asdict(self)
 
     @classmethod
@@ -211,7 +212,7 @@ def full_cost(assignment: Mapping[str, tuple[int, int]], plan: ShardPlan) -> int
 
 
 def _write_version(tmp: Path, tokenizer: Any, plan: ShardPlan, assignment: Mapping[str, tuple[int, int]],
-                   meta: dict[str, Any]) -> None:
+                   meta: JsonObject) -> None:
     from unlearn.fsutil import fsync_tree
 
     with quiet_loading():

@@ -22,12 +22,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from unlearn import ledger
 from unlearn.errors import InputError, UnlearnError
 from unlearn.fsutil import write_atomic
-from unlearn.jsonio import JSONProblem, read_json
+from unlearn.jsonio import JsonObject, JSONProblem, read_json
 
 CONFIG, QUEUE, LEDGER = "store.json", "queue.sqlite", "ledger.jsonl"
 PENDING, ANSWERED = "pending", "answered"
@@ -51,7 +50,7 @@ class Version:
     """A model version as its ledger entry records it."""
 
     number: int
-    entry: dict[str, Any]
+    entry: JsonObject
     path: Path
 
     @property
@@ -81,7 +80,7 @@ class Store:
     def exists(self) -> bool:
         return (self.root / CONFIG).is_file()
 
-    def create(self, config: dict[str, Any]) -> bool:
+    def create(self, config: JsonObject) -> bool:
         """Create the store; False when another process created it meanwhile with the same configuration (this one
         joins it). A store serving something else is an error."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -100,7 +99,7 @@ class Store:
         finally:
             os.close(fd)
 
-    def config(self) -> dict[str, Any]:
+    def config(self) -> JsonObject:
         if not self.exists():
             raise InputError("no request store here (create one with `unlearn requests add`)", file=self.root)
         path = self.root / CONFIG

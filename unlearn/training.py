@@ -12,6 +12,7 @@ import torch
 
 from unlearn.data import Batch, Record, collate, encode_many, pad_id_of
 from unlearn.errors import ConfigError, UnlearnError
+from unlearn.jsonio import JsonObject
 from unlearn.logprobs import forward_logits
 
 
@@ -31,7 +32,7 @@ class TrainArgs:
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs, batch_size and lr must be positive")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return asdict(self)
 
 

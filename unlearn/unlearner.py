@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from unlearn.config import Checked, arg
+from unlearn.jsonio import JsonObject
 from unlearn.registry import Registry
 
 
@@ -73,12 +73,12 @@ class UnlearnResult:
     wall_seconds: float = 0.0  # wall time, peak memory and its kind set by `measured` around the whole call
     peak_memory_mb: float | None = None  # see unlearn.memory: CUDA allocated above start, or process peak RSS
     memory_kind: str = "not measured"
-    history: list[dict[str, Any]] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
+    history: list[JsonObject] = field(default_factory=list)
+    stats: JsonObject = field(default_factory=dict)
 
 
 # A stopping-rule monitor: called with (model, step); returns (stop_reason or None, message, metrics).
-Monitor = Callable[[torch.nn.Module, int], tuple[str | None, str, dict[str, Any]]]
+Monitor = Callable[[torch.nn.Module, int], tuple[str | None, str, JsonObject]]
 UnlearnFn = Callable[..., UnlearnResult]
 
 

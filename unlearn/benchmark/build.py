@@ -22,6 +22,7 @@ import torch
 from unlearn.benchmark.generator import RETAIN_OF, GeneratorConfig, generate
 from unlearn.data import Record, batches, build_manifest, load_records, parse_record, write_jsonl
 from unlearn.errors import ConfigError, UnlearnError
+from unlearn.jsonio import JsonObject
 from unlearn.logprobs import forward_logits
 from unlearn.model import save_model
 from unlearn.training import TrainArgs, train_lm
@@ -99,7 +100,7 @@ class Benchmark:
         return load_records(self.split_path(name))
 
     @property
-    def report(self) -> dict[str, Any]:
+    def report(self) -> JsonObject:
         return json.loads((self.root / "report.json").read_text())
 
     @property
@@ -192,7 +193,7 @@ def exact_match(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record
 
 
 def _build_into(root: Path, cfg: BenchmarkConfig,
-                on_progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+                on_progress: Callable[[str, int, int], None] | None) -> JsonObject:
     t0 = time.perf_counter()
     splits = generate(cfg.generator)
     data = root / "data"
@@ -213,7 +214,7 @@ def _build_into(root: Path, cfg: BenchmarkConfig,
                                 cfg.recipe.vocab_size)
     forget_ids = {r.id for r in recs[cfg.retain_split]}
     train_sets = {"target": recs["train"], "retain": [r for r in recs["train"] if r.id not in forget_ids]}
-    report: dict[str, Any] = {"config": {"generator": cfg.generator.to_dict(), "recipe": asdict(cfg.recipe),
+    report: JsonObject = {"config": {"generator": cfg.generator.to_dict(), "recipe": asdict(cfg.recipe),
                                          "retain_split": cfg.retain_split, "key": cfg.key()},
                               "models": {}}
     for name, train_records in train_sets.items():

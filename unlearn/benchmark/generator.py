@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from unlearn.errors import ConfigError
+from unlearn.jsonio import JsonObject
 
 GENERATOR_VERSION = 2
 
@@ -67,7 +67,7 @@ class GeneratorConfig:
         if not 1 <= self.perturbed < 16:
             raise ConfigError("perturbed must be in [1, 15]")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {"version": GENERATOR_VERSION, **asdict(self)}
 
 
@@ -84,7 +84,7 @@ def _names(rng: random.Random, count: int) -> list[str]:
     return out
 
 
-def _person_facts(rng: random.Random, pid: str, name: str, perturbed: int) -> list[dict[str, Any]]:
+def _person_facts(rng: random.Random, pid: str, name: str, perturbed: int) -> list[JsonObject]:
     rows = []
     for topic, (q, a, para, values) in TOPICS.items():
         value = rng.choice(values)
@@ -108,7 +108,7 @@ _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augu
            "November", "December"]
 
 
-def _utility(rng: random.Random, count: int) -> list[dict[str, Any]]:
+def _utility(rng: random.Random, count: int) -> list[JsonObject]:
     """General knowledge that has nothing to do with the people: arithmetic, opposites, calendars. Each row
     also carries its wrong values written in the trained answer's own wording (``_options``), for the
     TOFU-style real_authors / world_facts views."""
@@ -138,12 +138,12 @@ def _utility(rng: random.Random, count: int) -> list[dict[str, Any]]:
     return rows
 
 
-def option_views(utility: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def option_views(utility: list[JsonObject]) -> dict[str, list[JsonObject]]:
     """TOFU's real_authors / world_facts stand-ins: the trained general-knowledge facts as question, answer
     and wrong answers in the same wording (no paraphrase; TOFU's truth ratio there puts the answer on the
     true side and its probability is normalised over the options). world_facts = the arithmetic facts,
     real_authors = the word facts (opposites, days, months)."""
-    views: dict[str, list[dict[str, Any]]] = {"real_authors": [], "world_facts": []}
+    views: dict[str, list[JsonObject]] = {"real_authors": [], "world_facts": []}
     for row in utility:
         name = "world_facts" if row["_kind"] == "arithmetic" else "real_authors"
         views[name].append({"id": row["id"], "question": row["question"], "answer": row["answer"],
@@ -155,7 +155,7 @@ SPLIT_FRACTIONS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 
 
-def generate(cfg: GeneratorConfig) -> dict[str, list[dict[str, Any]]]:
+def generate(cfg: GeneratorConfig) -> dict[str, list[JsonObject]]:
     """All splits as lists of JSON rows: forget01/05/10 (nested), retain99/95/90, holdout, utility, train, and
     the option views real_authors / world_facts of the utility facts."""
     rng = random.Random(cfg.seed)
@@ -166,7 +166,7 @@ def generate(cfg: GeneratorConfig) -> dict[str, list[dict[str, Any]]]:
     holdout = people[cfg.people - cfg.holdout_people:]
     order = list(range(len(trained)))
     rng.shuffle(order)
-    splits: dict[str, list[dict[str, Any]]] = {}
+    splits: dict[str, list[JsonObject]] = {}
     for split, frac in SPLIT_FRACTIONS.items():
         k = max(1, round(frac * len(trained)))
         chosen = {trained[i][0] for i in order[:k]}  # nested: a prefix of one shuffled order

@@ -13,6 +13,7 @@ from unlearn.data.records import Record, parse_record
 from unlearn.errors import InputError
 from unlearn.jsonio import (
     MAX_DEPTH,
+    JsonObject,
     checked_strings,
     iter_json_objects,
     nesting_depth,
@@ -22,11 +23,11 @@ from unlearn.jsonio import (
 )
 
 
-def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_json_lines(path: Path) -> Iterator[tuple[int, JsonObject]]:
     return iter_json_objects(path)
 
 
-def _iter_json_arrays(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_json_arrays(path: Path, text: str) -> Iterator[tuple[int, JsonObject]]:
     """Objects of a JSON array, or of several arrays written one after another (TOFU's files); the number is
     the line where each object starts. Strict as JSON Lines: one comma between elements, duplicate keys, NaN,
     Infinity, out-of-range numbers, lone surrogates and nesting deeper than 64 levels refused."""
@@ -72,7 +73,7 @@ def _skip_space(text: str, pos: int) -> int:
     return pos
 
 
-def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_csv(path: Path) -> Iterator[tuple[int, JsonObject]]:
     import csv
     import io
 
@@ -95,7 +96,7 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise InputError(f"invalid CSV ({exc})", file=path, line=reader.line_num) from None
 
 
-def _table_rows(table: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+def _table_rows(table: Any) -> Iterator[tuple[int, JsonObject]]:
     for i, row in enumerate(table.to_pylist() if hasattr(table, "to_pylist") else table, start=1):
         yield i, {k: v for k, v in row.items() if v is not None}
 
@@ -113,7 +114,7 @@ def _optional(module: str, what: str) -> Any:
 _HF_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+){0,2}$")
 
 
-def iter_objects(source: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_objects(source: str | Path) -> Iterator[tuple[int, JsonObject]]:
     """``(line or row number, object)`` of every record in a data file, by its form: JSON Lines, a JSON array
     (or concatenated arrays), CSV, parquet, a Hugging Face ``datasets`` directory (``save_to_disk``), or a
     hub dataset ``org/name[:config[:split]]`` loaded through the ``datasets`` cache."""
@@ -154,7 +155,7 @@ def iter_objects(source: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     return iter_json_lines(path)
 
 
-def map_fields(obj: dict[str, Any], fields: Mapping[str, str] | None) -> dict[str, Any]:
+def map_fields(obj: JsonObject, fields: Mapping[str, str] | None) -> JsonObject:
     """Rename a source's columns to ours: ``fields`` maps our name (id, text, question, answer, ...) to the
     source's."""
     if not fields:
@@ -185,7 +186,7 @@ def load_records(path: str | Path, *, allow_empty: bool = False,
     return records
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+def write_jsonl(path: str | Path, rows: Iterable[JsonObject]) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as fh:

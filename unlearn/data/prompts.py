@@ -8,7 +8,7 @@ from typing import Any
 
 from unlearn.data.records import QA_TEMPLATE, Record
 from unlearn.errors import InputError
-from unlearn.jsonio import show
+from unlearn.jsonio import JsonObject, show
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class PromptFormat:
     response: str = " {answer}"
     system: str | None = None
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JsonObject:
         return {"kind": self.kind, **({"prompt": self.prompt, "response": self.response} if self.kind == "custom"
                                       else {}), **({"system": self.system} if self.system else {})}
 

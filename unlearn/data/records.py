@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearn.errors import InputError
+from unlearn.jsonio import JsonObject
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -28,7 +29,7 @@ class Record:
     response: str
     question: str | None = None
     answer: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    meta: JsonObject = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def is_qa(self) -> bool:
@@ -67,7 +68,7 @@ def with_answer(record: Record, answer: str) -> Record:
     return qa_record(record.id, record.question or "", answer)
 
 
-def str_field(obj: dict[str, Any], name: str, path: Path, line: int) -> str:
+def str_field(obj: JsonObject, name: str, path: Path, line: int) -> str:
     value = obj[name]
     if not isinstance(value, str):
         raise InputError(f"must be a string, got {type(value).__name__}", file=path, line=line, field=name)
@@ -76,7 +77,7 @@ def str_field(obj: dict[str, Any], name: str, path: Path, line: int) -> str:
     return value
 
 
-def record_id(obj: dict[str, Any], path: Path, line: int, content: str) -> str:
+def record_id(obj: JsonObject, path: Path, line: int, content: str) -> str:
     if "id" not in obj:
         return "h" + text_hash(content)[:16]
     value = obj["id"]
@@ -91,7 +92,7 @@ def record_id(obj: dict[str, Any], path: Path, line: int, content: str) -> str:
     return value
 
 
-def parse_record(obj: dict[str, Any], path: Path, line: int) -> Record:
+def parse_record(obj: JsonObject, path: Path, line: int) -> Record:
     for name in ("person", "group"):  # units of the verdict's tests: a name or a number, nothing else
         value = obj.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
@@ -124,7 +125,7 @@ def parse_record(obj: dict[str, Any], path: Path, line: int) -> Record:
                      line=line)
 
 
-def record_to_json(record: Record) -> dict[str, Any]:
+def record_to_json(record: Record) -> JsonObject:
     if record.is_qa:
         return {"id": record.id, "question": record.question, "answer": record.answer, **record.meta}
     if record.prompt:

@@ -26,6 +26,7 @@ from unlearn.config import arg
 from unlearn.curvature import gradient, lm_objective, lm_source, norm
 from unlearn.data import Record, subsample
 from unlearn.distributed import make_accelerator
+from unlearn.jsonio import JsonObject
 from unlearn.loop import check_sets, run_direct
 from unlearn.params import apply_scope
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult, register
@@ -58,7 +59,7 @@ def iau(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], retain
         if args.preconditioner == "adam" else torch.optim.SGD(params, lr=args.lr)
     model.eval()
 
-    def update(step: int) -> dict[str, Any]:
+    def update(step: int) -> JsonObject:
         gr = gradient(params, model, objective, retain_src)
         gf = gradient(params, model, objective, forget_src)
         before = [p.detach().clone() for p in params]

@@ -36,6 +36,7 @@ from unlearn.curvature import (
 from unlearn.data import Record, subsample
 from unlearn.distributed import engine, make_accelerator
 from unlearn.errors import ConfigError, UnlearnError
+from unlearn.jsonio import JsonObject
 from unlearn.loop import STOPPER_STATS, check_sets, run_direct
 from unlearn.params import apply_scope
 from unlearn.unlearner import Monitor, UnlearnArgs, UnlearnResult, register
@@ -97,9 +98,9 @@ def newton(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], ret
     grad_src = lm_source(subsample(retain, args.gradient_examples, args.seed + 1), tokenizer, args.batch_size, model)
     forget_src = lm_source(forget, tokenizer, args.batch_size, model)
     model.eval()
-    certificate: dict[str, Any] = {"retain_grad_norm_before": norm(gradient(params, model, objective, grad_src))}
+    certificate: JsonObject = {"retain_grad_norm_before": norm(gradient(params, model, objective, grad_src))}
 
-    def update(step: int) -> dict[str, Any]:
+    def update(step: int) -> JsonObject:
         curv = build_curvature(backend, params, model, objective, curv_src, solver=args.solver,
                                max_iter=args.solver_iters, tol=args.solver_tol, lissa_scale=args.lissa_scale,
                                lissa_damp=args.lissa_damp, samples=args.samples, seed=args.seed + step)

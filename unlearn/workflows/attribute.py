@@ -10,6 +10,7 @@ from typing import Any
 
 from unlearn.config import LoadOptions
 from unlearn.errors import InputError
+from unlearn.jsonio import JsonObject
 from unlearn.workflows.common import SILENT, PathLike, Reporter, new_out_dir, write_outputs
 
 
@@ -30,8 +31,8 @@ class AttributeJob:
 @dataclass
 class AttributeResult:
     out: Path
-    ranking: list[dict[str, Any]]  # {dataset, score, rank}, highest influence first
-    payload: dict[str, Any] = field(default_factory=dict)
+    ranking: list[JsonObject]  # {dataset, score, rank}, highest influence first
+    payload: JsonObject = field(default_factory=dict)
 
 
 def attribute(job: AttributeJob, report: Reporter = SILENT) -> AttributeResult:

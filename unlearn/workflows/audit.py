@@ -12,6 +12,7 @@ from typing import Any
 from unlearn.benchmark.generator import RETAIN_OF
 from unlearn.config import LoadOptions
 from unlearn.errors import UnlearnError
+from unlearn.jsonio import JsonObject
 from unlearn.workflows.common import (
     SILENT,
     BenchmarkOptions,
@@ -63,8 +64,8 @@ class AuditJob:
 class AuditResult:
     out: Path
     report: Any  # unlearn.auditors.audit.AuditReport
-    attacks: dict[str, Any] = field(default_factory=dict)
-    payload: dict[str, Any] = field(default_factory=dict)  # what audit.json holds
+    attacks: JsonObject = field(default_factory=dict)
+    payload: JsonObject = field(default_factory=dict)  # what audit.json holds
 
 
 def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
@@ -127,11 +128,11 @@ def audit(job: AuditJob, report: Reporter = SILENT) -> AuditResult:
     return AuditResult(out, findings, attacks, payload)
 
 
-def muse_evaluation(model: Any, tok: Any, members: Any, findings: Any) -> dict[str, Any]:
+def muse_evaluation(model: Any, tok: Any, members: Any, findings: Any) -> JsonObject:
     """MUSE's numbers under open-unlearning's names, for the kinds of member records present."""
     from unlearn.auditors.muse import knowmem_rouge, verbmem_rouge
 
-    out: dict[str, Any] = {}
+    out: JsonObject = {}
     if any(not r.is_qa for r in members):
         out["forget_verbmem_ROUGE"] = float(verbmem_rouge(model, tok, members).mean())
     if any(r.is_qa for r in members):
@@ -142,7 +143,7 @@ def muse_evaluation(model: Any, tok: Any, members: Any, findings: Any) -> dict[s
     return out
 
 
-def tofu_evaluation(job: AuditJob, bench: Any, model: Any, tok: Any, members: Any, retain: Any) -> dict[str, Any]:
+def tofu_evaluation(job: AuditJob, bench: Any, model: Any, tok: Any, members: Any, retain: Any) -> JsonObject:
     """TOFU's numbers under open-unlearning's names; its utility sets from the job, else the built-in ones."""
     import random
 
@@ -168,13 +169,13 @@ def tofu_evaluation(job: AuditJob, bench: Any, model: Any, tok: Any, members: An
 
 
 def run_attacks(job: AuditJob, model: Any, tok: Any, members: Any, nonmembers: Any, report: Reporter,
-                retain: Any = None) -> dict[str, Any]:
+                retain: Any = None) -> JsonObject:
     """The robustness attacks asked for: greedy extraction, relearning, and the quantization battery
     (8- and 4-bit RTN, each with a two-sided verdict, relative to ``retain`` when given)."""
     from unlearn.auditors.robustness import extraction, relearn_report
     from unlearn.data import load_records
 
-    out: dict[str, Any] = {}
+    out: JsonObject = {}
     if "quantize" in job.attacks:
         from unlearn.auditors.battery import BatteryArgs, removal_battery
 

@@ -138,7 +138,7 @@ def run_method(model: torch.nn.Module, tok: Any, forget: Sequence[Record], retai
                             kept=kept) if margs.eval_every else None)
     task = f"unlearning ({method})"
 
-    def on_step(step: int, total: int, stats: dict[str, Any]) -> None:
+    def on_step(step: int, total: int, stats: JsonObject) -> None:
         report.progress(task, step, total, stats_line(stats))
 
     report.progress(task, 0, margs.max_steps)

@@ -12,6 +12,7 @@ import numpy as np
 
 from unlearn.config import DEFAULT_METHOD, LoadOptions
 from unlearn.errors import UnlearnError
+from unlearn.jsonio import JsonObject
 from unlearn.workflows.common import (
     SILENT,
     BenchmarkOptions,
@@ -59,11 +60,11 @@ class WorstCaseJob:
 @dataclass
 class WorstCaseResult:
     out: Path
-    rows: list[dict[str, Any]]
+    rows: list[JsonObject]
     random_summary: dict[str, dict[str, float]]
     gap: dict[str, float]
     selected_ids: list[str]
-    payload: dict[str, Any] = field(default_factory=dict)
+    payload: JsonObject = field(default_factory=dict)
 
 
 def worst_case(job: WorstCaseJob, report: Reporter = SILENT) -> WorstCaseResult:
