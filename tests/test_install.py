@@ -32,26 +32,60 @@ def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel built from a clean copy of the source files (no stale build/), installed into a new venv
     that sees this environment's dependencies (torch, rich, ...) but not its editable `unlearn`."""
     tmp = tmp_path_factory.mktemp("wheel")
+    src = _source_copy(tmp / "src")
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"),
+          str(src)], tmp)
+    wheel = next((tmp / "dist").glob("unlearn-*.whl"))
+    env_dir = _new_env(tmp / "venv")
+    _run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], tmp)
+    return env_dir
+
+
+def _source_copy(src: Path) -> Path:
+    """The repository's source files (tracked and new, not ignored) copied to ``src``: no stale build/."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, check=True).stdout
-    src = tmp / "src"
     for name in filter(None, files.decode().split("\0")):
         if (ROOT / name).is_file():
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, src / name)
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"),
-          str(src)], tmp)
-    wheel = next((tmp / "dist").glob("unlearn-*.whl"))
-    env_dir = tmp / "venv"
+    return src
+
+
+def _new_env(env_dir: Path) -> Path:
+    """A new venv that sees this environment's dependencies (torch, rich, ...) but not its editable `unlearn`:
+    a path line in a .pth file adds that directory only (its own .pth files, the editable install's finder
+    among them, are not processed)."""
     venv.create(env_dir, with_pip=False)
     py = env_dir / "bin" / "python"
-    # the dependencies come from the environment running the tests (a path line in a .pth file adds that
-    # directory only: its own .pth files, the editable install's finder among them, are not processed)
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     (Path(purelib) / "_outer_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], tmp)
     return env_dir
+
+
+@pytest.mark.slow
+def test_a_strict_editable_install_materialises_the_package_tree_for_tools(tmp_path: Path) -> None:
+    """What the README tells IDE and type-checker users: a strict editable install lays the installed package
+    out as a tree of links (unlearn/attacks/... -> attacks/...), so a tool that reads files finds every module
+    of `unlearn` where its import name says, and the links point at the checkout (edits show at once)."""
+    from tests.test_imports import module_files
+
+    src = _source_copy(tmp_path / "src")
+    py = _new_env(tmp_path / "venv") / "bin" / "python"
+    _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(src),
+          "--config-settings", "editable_mode=strict"], tmp_path)
+    tree = next((src / "build").glob("__editable__.unlearn-*"))
+    missing = []
+    for module, path in module_files().items():
+        parts = module.split(".")
+        linked = tree.joinpath(*parts, "__init__.py") if path.name == "__init__.py" else tree.joinpath(
+            *parts[:-1], parts[-1] + ".py")
+        if not linked.is_file() or linked.resolve() != (src / path.relative_to(ROOT)).resolve():
+            missing.append(module)
+    assert missing == [] and len(module_files()) > 40
+    where = _run([str(py), "-c", "import unlearn.attacks.runner as m; print(m.__file__)"], tmp_path).stdout
+    assert where.strip().startswith(str(src)) or where.strip().startswith(str(tree))
 
 
 def _console_script(bin_dir: Path) -> str:
