@@ -36,18 +36,19 @@ from unlearn.data import Record
 from unlearn.errors import ConfigError, InputError
 from unlearn.jsonio import JsonObject
 from unlearn.methods import METHODS, get_method, load_method_args, measured
+from unlearn.splits import Splits
 
 
 @dataclass
 class Sets:
+    """A comparison's records: the forget set, what the unlearners may use (``retain``), the held-out and
+    retain-evaluation records by role (`Splits`: the stopping rule's calibration halves, the metrics' verdict
+    halves; empty calibration halves: the rule uses the verdict halves) and TOFU's utility views."""
+
     forget: list[Record]
-    holdout: list[Record]
-    retain: list[Record]  # what the unlearners may use
-    retain_eval: list[Record]  # retain-set QA for utility and the stopping rule
-    real_authors: list[Record] = field(default_factory=list)  # TOFU's utility sets (answer + perturbed answers)
-    # the stopping rule's own held-out records, disjoint from ``holdout`` / ``retain_eval`` (the metrics')
-    calibration: list[Record] = field(default_factory=list)
-    retain_calibration: list[Record] = field(default_factory=list)
+    retain: list[Record]
+    splits: Splits
+    real_authors: list[Record] = field(default_factory=list)  # answer + perturbed answers
     world_facts: list[Record] = field(default_factory=list)
 
 
@@ -86,8 +87,8 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference 
     """(summary metrics, per-record metrics) of one model. Published metrics under published names:
     privleak (MUSE), forget truth ratio / forget quality / model utility (TOFU); ``retain_utility`` is ours,
     reported instead of ``model_utility`` when there are no real-authors / world-facts sets. ``scores``: the
-    model's `forget_holdout_scores` on ``sets.forget`` / ``sets.holdout`` when already computed."""
-    aucs = detectability(scores or forget_holdout_scores(model, tokenizer, sets.forget, sets.holdout))
+    model's `forget_holdout_scores` on ``sets.forget`` / ``sets.splits.holdout_verdict`` when already computed."""
+    aucs = detectability(scores or forget_holdout_scores(model, tokenizer, sets.forget, sets.splits.holdout_verdict))
     out: JsonObject = {f"auc_{k}": v for k, v in aucs.items()}
     per_record: JsonObject = {}
     if ref is not None:
@@ -98,8 +99,8 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference 
         per_record["forget"] = fe
         if ref is not None and ref.forget_qa is not None:
             out["forget_quality"] = forget_quality(fe, ref.forget_qa)
-    if _tofu(sets.retain_eval):
-        retain_qa = evaluate_qa(model, tokenizer, sets.retain_eval)
+    if _tofu(sets.splits.retain_verdict):
+        retain_qa = evaluate_qa(model, tokenizer, sets.splits.retain_verdict)
         out["retain_prob"] = float(retain_qa.prob.mean())
         if _tofu(sets.real_authors, False) and _tofu(sets.world_facts, False):
             ra, wf = (evaluate_qa(model, tokenizer, s, true_side="answer") for s in (sets.real_authors,
@@ -113,10 +114,12 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference 
 
 
 def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets) -> Reference:
-    battery = reference_scores(model, tokenizer, sets.forget, sets.holdout)
+    split = sets.splits
+    battery = reference_scores(model, tokenizer, sets.forget, split.holdout_verdict)
     return Reference(detectability(battery["as is"]),
                      evaluate_qa(model, tokenizer, sets.forget, rouge=False) if _tofu(sets.forget) else None,
-                     forget_holdout_scores(model, tokenizer, sets.forget, sets.calibration or sets.holdout),
+                     forget_holdout_scores(model, tokenizer, sets.forget,
+                                           split.holdout_calibration or split.holdout_verdict),
                      battery)
 
 
@@ -126,7 +129,7 @@ def judged(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | 
     ``battery``): the battery, relative to the retain model when there is one, whose "as is" pass gives the
     AUC columns (so every record is scored: no first look; ``known``: the stopping rule's forget scores of
     these weights)."""
-    b = removal_battery(model, tokenizer, sets.forget, sets.holdout, BatteryArgs(first_look=0),
+    b = removal_battery(model, tokenizer, sets.forget, sets.splits.holdout_verdict, BatteryArgs(first_look=0),
                         reference=ref.battery if ref else None, known=known)
     metrics, per_record = evaluate(model, tokenizer, sets, ref, b.scores["as is"])
     return {**metrics, "verdict": b.verdict.status, "battery": b.to_dict()}, per_record
@@ -179,8 +182,8 @@ def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, spe
         torch.manual_seed(seed)
         random.seed(seed)
         kept: dict[int, KnownScores] = {}
-        monitor = (make_monitor(tok, sets.forget, sets.calibration or sets.holdout,
-                                sets.retain_calibration or sets.retain_eval, args,
+        monitor = (make_monitor(tok, sets.forget, sets.splits.holdout_calibration or sets.splits.holdout_verdict,
+                                sets.splits.retain_calibration or sets.splits.retain_verdict, args,
                                 retain_scores=reference.stopping if reference is not None else None, kept=kept)
                    if args.eval_every else None)
         res = measured(get_method(spec.method).run, model, tok, sets.forget, sets.retain, args, monitor=monitor,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from unlearn.data import Record
 
@@ -53,3 +54,34 @@ def split_forget(records: Sequence[Record], seed: int = 0) -> tuple[list[Record]
     else:
         chosen = {i for v in people.values() for i in sorted(v, key=lambda i: rank(records[i].id))[: len(v) // 2]}
     return ([r for i, r in enumerate(records) if i in chosen], [r for i, r in enumerate(records) if i not in chosen])
+
+
+@dataclass
+class Splits:
+    """The roles of the records: the stopping rule sees the calibration halves of the held-out and retain
+    evaluation sets and the monitored half of the forget set, the receipt's verdict the other halves (every
+    forget record is unlearned)."""
+
+    holdout_calibration: list[Record]
+    holdout_verdict: list[Record]
+    retain_calibration: list[Record]
+    retain_verdict: list[Record]
+    forget_monitored: list[Record] = field(default_factory=list)
+    forget_judged: list[Record] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, holdout: Sequence[Record], retain_eval: Sequence[Record], seed: int,
+           forget: Sequence[Record] = (), watched: bool = True) -> Splits:
+        """``watched`` False: no stopping rule looks at the forget set (exact deletion), every record is judged."""
+        halves = split_forget(forget, seed=seed) if watched else ([], list(forget))
+        return cls(*split_by_group(holdout, seed=seed), *split_by_group(retain_eval, seed=seed), *halves)
+
+    def judged_of(self, records: Sequence[Record]) -> list[Record]:
+        """The judged ones among ``records`` (all of them when none is: a request the split did not see)."""
+        ids = {r.id for r in records}
+        return [r for r in self.forget_judged if r.id in ids] or list(records)
+
+    def roles(self, forget: Sequence[Record]) -> dict[str, list[str]]:
+        return {"forget": [r.id for r in forget], **{name: [r.id for r in getattr(self, name)] for name in (
+            "forget_monitored", "forget_judged", "holdout_calibration", "holdout_verdict", "retain_calibration",
+            "retain_verdict")}}

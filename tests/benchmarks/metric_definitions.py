@@ -14,6 +14,7 @@ from unlearn.auditors.compare import Sets, evaluate, reference_of
 from unlearn.benchmark.build import build
 from unlearn.benchmark.generator import RETAIN_OF
 from unlearn.model import load_model
+from unlearn.splits import Splits
 
 
 def main() -> None:
@@ -24,8 +25,8 @@ def main() -> None:
     bench = build(args.preset)
     retain = bench.split(RETAIN_OF[args.split])
     views = {name: bench.split(name) for name in ("real_authors", "world_facts")}
-    sets = Sets(bench.split(args.split), bench.split("holdout"), retain, random.Random(0).sample(retain, 200),
-                **views)
+    sets = Sets(bench.split(args.split), retain, Splits([], bench.split("holdout"), [],
+                                                        random.Random(0).sample(retain, 200)), **views)
     gold, tok = load_model(bench.retain)
     ref = reference_of(gold, tok, sets)
     for name, path in (("target", bench.target), ("retain", bench.retain)):

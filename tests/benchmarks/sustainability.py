@@ -28,9 +28,9 @@ from unlearn.auditors.tofu import evaluate_qa, forget_quality, model_utility
 from unlearn.benchmark.build import build
 from unlearn.benchmark.generator import RETAIN_OF
 from unlearn.model import load_model
+from unlearn.splits import Splits
 from unlearn.store import Store
 from unlearn.workflows.common import BenchmarkOptions
-from unlearn.workflows.forget import Splits
 from unlearn.workflows.requests import AddJob, RegressionError, RunJob, add_requests, run_requests
 
 

@@ -98,7 +98,7 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
     retain_path = (model_path(job.retain_model, bench) if job.retain_model else
                    bench.retain if bench is not None and src.forget_split == bench.retain_split else None)
     report.note(f"comparing {', '.join(s.label for s in specs)} on {data.label}: {len(sets.forget)} forget, "
-                f"{len(sets.retain)} retain, {len(sets.holdout)} holdout records; seed {seed}")
+                f"{len(sets.retain)} retain, {len(sets.splits.holdout_verdict)} holdout records; seed {seed}")
     rows, reference = _baseline_rows(job, path, retain_path, sets, report)
     current = [""]
 
@@ -141,13 +141,10 @@ def _settings(job: CompareJob, cfg: JsonObject) -> tuple[list[Any], JsonObject, 
 def _sets(data: RecordSets, bench: Any, seed: int) -> Sets:
     """The compare sets: the stopping rule's calibration halves, the metrics' verdict halves."""
     from unlearn.auditors.compare import Sets
-    from unlearn.splits import split_by_group
+    from unlearn.splits import Splits
 
     views = {name: bench.split(name) for name in ("real_authors", "world_facts")} if bench is not None else {}
-    holdout_cal, holdout_ver = split_by_group(data.holdout, seed=seed)
-    retain_cal, retain_ver = split_by_group(data.retain_eval, seed=seed)
-    return Sets(data.forget, holdout_ver, data.retain, retain_ver, **views, calibration=holdout_cal,
-                retain_calibration=retain_cal)
+    return Sets(data.forget, data.retain, Splits.of(data.holdout, data.retain_eval, seed), **views)
 
 
 def _baseline_rows(job: CompareJob, path: Path, retain_path: Path | None, sets: Sets,

@@ -17,6 +17,7 @@ from unlearn.config import DEFAULT_METHOD, LoadOptions
 from unlearn.errors import ConfigError, Interrupted
 from unlearn.jsonio import JsonObject
 from unlearn.receipt import AdapterInfo, Evidence, ExactInfo, LedgerRef, LossCheck, Receipt, RequestInfo
+from unlearn.splits import Splits
 from unlearn.workflows.common import (
     SILENT,
     BenchmarkOptions,
@@ -88,39 +89,6 @@ def resolve_method_args(job: ForgetJob) -> Any:
     from unlearn.methods import load_method_args
 
     return load_method_args(job.method, job.config, job.overrides)
-
-
-@dataclass
-class Splits:
-    """The roles of the records: the stopping rule sees the calibration halves of the held-out and retain
-    evaluation sets and the monitored half of the forget set, the receipt's verdict the other halves (every
-    forget record is unlearned)."""
-
-    holdout_calibration: list[Record]
-    holdout_verdict: list[Record]
-    retain_calibration: list[Record]
-    retain_verdict: list[Record]
-    forget_monitored: list[Record] = field(default_factory=list)
-    forget_judged: list[Record] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, holdout: Sequence[Record], retain_eval: Sequence[Record], seed: int,
-           forget: Sequence[Record] = (), watched: bool = True) -> Splits:
-        """``watched`` False: no stopping rule looks at the forget set (exact deletion), every record is judged."""
-        from unlearn.splits import split_by_group, split_forget
-
-        halves = split_forget(forget, seed=seed) if watched else ([], list(forget))
-        return cls(*split_by_group(holdout, seed=seed), *split_by_group(retain_eval, seed=seed), *halves)
-
-    def judged_of(self, records: Sequence[Record]) -> list[Record]:
-        """The judged ones among ``records`` (all of them when none is: a request the split did not see)."""
-        ids = {r.id for r in records}
-        return [r for r in self.forget_judged if r.id in ids] or list(records)
-
-    def roles(self, forget: Sequence[Record]) -> dict[str, list[str]]:
-        return {"forget": [r.id for r in forget], **{name: [r.id for r in getattr(self, name)] for name in (
-            "forget_monitored", "forget_judged", "holdout_calibration", "holdout_verdict", "retain_calibration",
-            "retain_verdict")}}
 
 
 def run_method(model: torch.nn.Module, tok: Any, forget: Sequence[Record], retain: Sequence[Record], splits: Splits,

@@ -191,7 +191,8 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
     from unlearn.ensemble import is_sharded
     from unlearn.methods import load_method_args
     from unlearn.model import load_model
-    from unlearn.workflows.forget import Splits, exact_version, judge, run_method
+    from unlearn.splits import Splits
+    from unlearn.workflows.forget import exact_version, judge, run_method
 
     store = _store(job.store)
     config = store.config()
