@@ -9,7 +9,8 @@ import pytest
 
 from unlearn.cli.main import main
 from unlearn.data import qa_record
-from unlearn.splits import split_forget
+from unlearn.errors import InputError
+from unlearn.splits import Splits, split_forget
 
 
 def _people(n: int, per: int) -> list:
@@ -25,6 +26,16 @@ def test_each_person_is_halved_and_the_halves_are_disjoint_and_complete() -> Non
         mine = [r for r in monitored if r.meta["person"] == f"p{i}"]
         theirs = [r for r in judged if r.meta["person"] == f"p{i}"]
         assert (len(mine), len(theirs)) == (2, 3)  # the judged half gets the odd record
+
+
+@pytest.mark.parametrize("people, per", [(1, 1), (1, 4)])
+def test_a_holdout_of_one_person_is_one_input_error_not_a_division_by_zero(people, per) -> None:
+    """A one-record (or one-person) holdout left the stopping rule or the verdict without held-out records:
+    ZeroDivisionError / ValueError deep in a run. It is refused where the roles are assigned."""
+    with pytest.raises(InputError, match=rf"field 'holdout': {people * per} held-out record\(s\) of 1 person"):
+        Splits.of(_people(people, per), _people(3, 2), seed=0, forget=_people(2, 2))
+    two = Splits.of(_people(2, 1), [], seed=0)  # two people: one each side
+    assert len(two.holdout_calibration) == len(two.holdout_verdict) == 1
 
 
 def test_the_split_is_keyed_by_record_not_by_position() -> None:

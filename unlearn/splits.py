@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from unlearn.data import Record
+from unlearn.errors import InputError
 
 GROUP_FIELDS = ("group", "person")  # a record's unit: its group, else its person
 
@@ -72,9 +73,16 @@ class Splits:
     @classmethod
     def of(cls, holdout: Sequence[Record], retain_eval: Sequence[Record], seed: int,
            forget: Sequence[Record] = (), watched: bool = True) -> Splits:
-        """``watched`` False: no stopping rule looks at the forget set (exact deletion), every record is judged."""
+        """``watched`` False: no stopping rule looks at the forget set (exact deletion), every record is judged.
+        A holdout that leaves either half empty (fewer than two people, or records) is an `InputError`."""
         halves = split_forget(forget, seed=seed) if watched else ([], list(forget))
-        return cls(*split_by_group(holdout, seed=seed), *split_by_group(retain_eval, seed=seed), *halves)
+        calibration, verdict = split_by_group(holdout, seed=seed)
+        if not calibration or not verdict:
+            units = len(set(group_labels(holdout) or [r.id for r in holdout]))
+            raise InputError(f"{len(holdout)} held-out record(s) of {units} person(s): the stopping rule and the "
+                             "receipt's verdict each need held-out people of their own (at least 2 people; 20 or "
+                             "more for a verdict with power)", field="holdout")
+        return cls(calibration, verdict, *split_by_group(retain_eval, seed=seed), *halves)
 
     def judged_of(self, records: Sequence[Record]) -> list[Record]:
         """The judged ones among ``records`` (all of them when none is: a request the split did not see)."""
