@@ -577,3 +577,62 @@ def test_the_public_key_alone_detects_every_tampering_and_receipts_catch_a_rollb
     _forged_head(path, forged)
     assert main(["ledger", "verify", "--no-models", str(path)]) == 3  # never 0 unless asked to accept that
     assert main(["ledger", "verify", "--no-models", "--pubkey", str(pub_file), str(path)]) == 1
+
+
+def test_the_public_key_alone_catches_every_rollback_that_leaves_the_later_models_beside_the_ledger(
+        tmp_path: Path, monkeypatch) -> None:
+    """#30 item 1, with models: a backup of ledger and head restored, and the later model folders renamed to
+    dot-names, to the commit's temporary-name pattern, or their anchors' back-pointer edited. The anchors are
+    signed (back-pointer and entry hash), hidden folders are read, and only the folder an unfinished commit's
+    journal names is skipped; the untouched ledger verifies."""
+    monkeypatch.setenv(ledger.KEY_FILE_ENV, str(tmp_path / "keys" / "operator.key"))
+    worker = _worker()
+    path = tmp_path / "ledger.jsonl"
+    outs = [tmp_path / f"m{i}" for i in range(3)]
+    for out in outs[:2]:
+        worker.commit_one(path, out)
+    backup_lines, backup_head = path.read_text(), path.with_name(path.name + ".head").read_text()
+    worker.commit_one(path, outs[2])
+    pub = ledger.load_signing_key().public_key()
+    good, head = path.read_text(), path.with_name(path.name + ".head").read_text()
+    assert ledger.verify(path, pubkey=pub).ok
+    anchor_file = outs[2] / ledger.ANCHOR
+    anchor_text = anchor_file.read_text()
+
+    def rolled_back(hide) -> list[str]:
+        path.write_text(backup_lines)
+        path.with_name(path.name + ".head").write_text(backup_head)
+        where = hide()
+        problems = [p.message for p in ledger.verify(path, pubkey=pub).problems]
+        where.rename(outs[2]) if where != outs[2] else None  # undo
+        anchor_file.write_text(anchor_text)
+        path.write_text(good)
+        path.with_name(path.name + ".head").write_text(head)
+        return problems
+
+    def pointer_edited() -> Path:
+        anchor = json.loads(anchor_text)
+        anchor["ledger"] = "../elsewhere/ledger.jsonl"
+        anchor_file.write_text(json.dumps(anchor))
+        return outs[2]
+
+    def pointer_and_signature_removed() -> Path:
+        anchor = json.loads(anchor_text)
+        anchor = {"ledger": "../elsewhere/ledger.jsonl", "entry": anchor["entry"]}
+        anchor_file.write_text(json.dumps(anchor))
+        return outs[2]
+
+    variants = {"renamed to a dot-name": lambda: outs[2].rename(tmp_path / ".m2") or tmp_path / ".m2",
+                "renamed like a commit's temporary": lambda: outs[2].rename(tmp_path / ".m2.tmp-1-abcd") or (
+                    tmp_path / ".m2.tmp-1-abcd"),
+                "back-pointer edited": pointer_edited,
+                "back-pointer edited, signature stripped": pointer_and_signature_removed}
+    for name, hide in variants.items():
+        problems = rolled_back(hide)
+        assert any("missing from this ledger" in m or "signature is invalid" in m for m in problems), (name, problems)
+    assert ledger.verify(path, pubkey=pub).ok  # everything undone: genuine again
+    # an anchor whose signature is fine but names another ledger (a sibling store's model) is not a problem
+    other = tmp_path / "other" / "ledger.jsonl"
+    other.parent.mkdir()
+    worker.commit_one(other, tmp_path / "theirs")
+    assert ledger.verify(path, pubkey=pub).ok and ledger.verify(other, pubkey=pub).ok

@@ -306,14 +306,42 @@ def head_message(entries: int, head: str, when: str) -> bytes:
 
 
 def signature_valid(pubkey: Any, head: JsonObject) -> bool:
+    try:
+        return _signed(pubkey, head, head_message(int(head["entries"]), str(head["head"]), str(head["time"])))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def anchor_message(pointer: str, entry_hash: str) -> bytes:
+    """What a model's anchor signs: its back-pointer to the ledger and the hash of its entry."""
+    return f"unlearn-ledger-anchor\0{pointer}\0{entry_hash}".encode()
+
+
+def signed_anchor(pointer: str, entry: JsonObject) -> JsonObject:
+    """A model's anchor (its entry and the back-pointer to its ledger), signed with the operator's signing key:
+    editing the pointer or the entry hash breaks the signature."""
+    signer = load_signing_key(create=True)
+    assert signer is not None
+    return {"ledger": pointer, "entry": entry, "pubkey": public_key_hex(signer),
+            "signature": signer.sign(anchor_message(pointer, str(entry["entry_hash"]))).hex()}
+
+
+def anchor_signature_valid(pubkey: Any, anchor: JsonObject) -> bool:
+    entry = anchor.get("entry")
+    if not isinstance(entry, dict) or not isinstance(anchor.get("ledger"), str):
+        return False
+    return _signed(pubkey, anchor, anchor_message(str(anchor["ledger"]), str(entry.get("entry_hash"))))
+
+
+def _signed(pubkey: Any, obj: JsonObject, message: bytes) -> bool:
+    """Whether ``obj["signature"]`` is ``pubkey``'s signature of ``message`` and ``obj`` names that key."""
     from cryptography.exceptions import InvalidSignature
 
     try:
-        pubkey.verify(bytes.fromhex(str(head["signature"])),
-                      head_message(int(head["entries"]), str(head["head"]), str(head["time"])))
+        pubkey.verify(bytes.fromhex(str(obj["signature"])), message)
     except (InvalidSignature, KeyError, TypeError, ValueError):
         return False
-    return True
+    return obj.get("pubkey") in (None, pubkey.public_bytes_raw().hex())
 
 
 def _append_line(path: Path, entry: JsonObject) -> None:
@@ -411,7 +439,7 @@ def commit_model(ledger: Path, key: bytes, content: JsonObject, out: Path,
                 raise ModelError(f"output directory already exists: {out} (created while this run worked)")
             entry = finalise(key, content, prev_hash=head, model_after=manifest["weights_sha256"],
                              output=relative_output(out, ledger))
-            anchor = {"ledger": os.path.relpath(ledger, out), "entry": entry}
+            anchor = signed_anchor(os.path.relpath(ledger, out), entry)
             write_atomic(tmp / ANCHOR, json.dumps(anchor, indent=2) + "\n")
             write_atomic(_sidecar(ledger, ".pending"), json.dumps({"out": str(out), "tmp": str(tmp),
                                                                      "token": token, "entry": entry}) + "\n")
@@ -561,6 +589,7 @@ def verify(path: str | Path, *, check_models: bool = True, key: bytes | None = N
     rows = read_rows(path)
     report = Verification(len(rows))
     add = report.problems.append
+    trusted = pubkey if pubkey is not None else _own_public_key(key)  # what heads and anchors must be signed with
     prev: str | None = GENESIS
     hashes = set()
     for row in rows:
@@ -579,14 +608,13 @@ def verify(path: str | Path, *, check_models: bool = True, key: bytes | None = N
         prev = e["entry_hash"]
         hashes.add(e["entry_hash"])
         if check_models:
-            _check_model(path, row.line, e, add)
+            _check_model(path, row.line, e, add, trusted)
     _check_versions(rows, add)
-    _check_head(path, rows, key, report, pubkey)
+    _check_head(path, rows, key, report, trusted)
     _check_receipts(rows, receipts, pubkey, report)
     if check_models:
-        for orphan in _orphan_anchors(path, hashes):
-            add(LedgerProblem(len(rows), f"model {orphan} is anchored to an entry missing from this ledger "
-                                         "(entries were deleted or the ledger truncated)"))
+        for where, problem in _sibling_anchors(path, hashes, trusted):
+            add(LedgerProblem(len(rows), f"model {where} {problem}"))
     if key is None:
         report.notes.append("MACs not checked: no operator key ($UNLEARN_LEDGER_KEY or the key file)")
     report.unverified = key is None and pubkey is None
@@ -596,7 +624,14 @@ def verify(path: str | Path, *, check_models: bool = True, key: bytes | None = N
     return report
 
 
-def _check_model(ledger: Path, line: int, e: JsonObject, add: Callable[[LedgerProblem], None]) -> None:
+def _own_public_key(key: bytes | None) -> Any:
+    """With the operator key, the operator checks signatures with their own signing key (None without it)."""
+    signer = load_signing_key() if key is not None else None
+    return signer.public_key() if signer is not None else None
+
+
+def _check_model(ledger: Path, line: int, e: JsonObject, add: Callable[[LedgerProblem], None],
+                 trusted: Any = None) -> None:
     from unlearn.model import model_hash
 
     out = resolve_output(e["output"], ledger)
@@ -621,6 +656,9 @@ def _check_model(ledger: Path, line: int, e: JsonObject, add: Callable[[LedgerPr
     if anchor is None or anchor.get("entry") != e:
         add(LedgerProblem(line, f"model {show(e['output'])} anchors a different entry: the ledger line was "
                                 "rewritten (or the anchor removed)"))
+    elif trusted is not None and "signature" in anchor and not anchor_signature_valid(trusted, anchor):
+        add(LedgerProblem(line, f"model {show(e['output'])}: its anchor's signature is invalid (the back-pointer "
+                                "or the entry was edited)"))
 
 
 def _check_versions(rows: list[Row], add: Callable[[LedgerProblem], None]) -> None:
@@ -691,9 +729,6 @@ def _check_head(path: Path, rows: list[Row], key: bytes | None, report: Verifica
         report.problems.append(LedgerProblem(last, "head anchor MAC invalid: rewritten without the key"))
     if key is not None and head.get("key_id") != key_id(key):
         report.problems.append(LedgerProblem(last, "head anchor names another operator key"))
-    if pubkey is None and key is not None:  # the operator checks the signature with their own signing key
-        signer = load_signing_key()
-        pubkey = signer.public_key() if signer is not None else None
     if pubkey is not None and (not signature_valid(pubkey, head)
                                or head.get("pubkey") != pubkey.public_bytes_raw().hex()):
         report.problems.append(LedgerProblem(last, "head anchor signature invalid: not signed with the operator's "
@@ -732,24 +767,47 @@ def receipt_of(path: Path, entry: str | None = None) -> JsonObject:
     return {"ledger": str(path), "line": row.line, "entry_hash": row.entry["entry_hash"], "head": head}
 
 
-def _orphan_anchors(ledger: Path, hashes: set[str]) -> list[Path]:
-    """Model directories beside the ledger whose anchor points at this ledger but whose entry it lacks."""
-    found = []
+def _sibling_anchors(ledger: Path, hashes: set[str], trusted: Any) -> list[tuple[Path, str]]:
+    """Problems of the model directories beside the ledger, hidden (dot) names included: an anchor that claims
+    this ledger (by its back-pointer, or by its entry's output path) for an entry the ledger lacks (entries
+    deleted, the ledger truncated or rolled back), and an anchor whose signature by ``trusted`` is invalid (its
+    back-pointer or entry edited). Only the directory an unfinished commit's journal names is left out."""
+    me = ledger.resolve()
+    pending = _pending_temp(ledger)
     try:
-        siblings = [p for p in ledger.resolve().parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        siblings = sorted(p for p in me.parent.iterdir() if p.is_dir() and p.resolve() != pending)
     except OSError:
         return []
-    for d in sorted(siblings):
+    found = []
+    for d in siblings:
         anchor = _read_anchor(d)
-        if anchor is None or not isinstance(anchor.get("entry"), dict):
+        entry = anchor.get("entry") if anchor is not None else None
+        if anchor is None or not isinstance(entry, dict) or not isinstance(entry.get("entry_hash"), str):
             continue
-        ref, entry_hash = anchor.get("ledger"), anchor["entry"].get("entry_hash")
-        if not isinstance(ref, str) or "\0" in ref or not isinstance(entry_hash, str):
-            continue
-        try:
-            target = (d / ref).resolve()
-        except (OSError, ValueError, RuntimeError):
-            continue
-        if target == ledger.resolve() and entry_hash not in hashes:
-            found.append(d)
+        if trusted is not None and "signature" in anchor and not anchor_signature_valid(trusted, anchor):
+            found.append((d, "has an anchor whose signature is invalid (its back-pointer or entry was edited)"))
+        elif _claims(d, anchor, entry, me) and entry["entry_hash"] not in hashes:
+            found.append((d, "is anchored to an entry missing from this ledger (entries were deleted or the ledger "
+                             "truncated or rolled back)"))
     return found
+
+
+def _claims(d: Path, anchor: JsonObject, entry: JsonObject, ledger: Path) -> bool:
+    """Whether an anchor in ``d`` belongs to ``ledger``: its back-pointer resolves to it, or its entry's output
+    path (relative to the ledger) is ``d``."""
+    pointer, output = anchor.get("ledger"), entry.get("output")
+    try:
+        return ((isinstance(pointer, str) and "\0" not in pointer and (d / pointer).resolve() == ledger)
+                or (isinstance(output, str) and "\0" not in output
+                    and resolve_output(output, ledger).resolve() == d.resolve()))
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+def _pending_temp(ledger: Path) -> Path | None:
+    """The temporary directory an unfinished commit's journal names (None without a readable journal)."""
+    try:
+        tmp = read_json(pending_journal(ledger)).get("tmp")
+        return Path(tmp).resolve() if isinstance(tmp, str) and "\0" not in tmp else None
+    except (InputError, JSONProblem, OSError, ValueError, RuntimeError, AttributeError):
+        return None
