@@ -1,9 +1,9 @@
 """Seeded fuzz of every reader and of the CLI on malformed input: counts per outcome.
 
 In-process: malformed record files (JSON Lines, JSON arrays, CSV: each case built malformed on purpose, so
-acceptance is a failure), yaml configs and templates, request stores, adapter configs, and ledgers with one byte
-edited (the verifier must report them, never crash). CLI: bad flags and files through ``unlearn.cli.main``. Every
-case runs under a 10 s alarm. Outcomes: ``error`` (one clean input error), ``accepted`` (a malformed input taken:
+acceptance is a failure), yaml configs and templates, request stores, adapter configs, ledgers with one byte
+edited (the verifier must report them, never crash) and held-out sets too small to split into roles. CLI: bad
+flags and files through ``unlearn.cli.main``. Every case runs under a 10 s alarm. Outcomes: ``error`` (one clean input error), ``accepted`` (a malformed input taken:
 a failure), ``traceback`` (any other exception), ``hang``, ``internal`` (a CLI "internal error" line).
 
     python tests/benchmarks/reader_fuzz.py [--cases 1500] [--seed 0]
@@ -215,6 +215,17 @@ def cli_outcomes(rng: random.Random, root: Path, count: int) -> collections.Coun
     return counts
 
 
+def holdout_case(rng: random.Random):
+    """A held-out set the roles cannot be assigned from: 0-6 records of one person, or one record alone."""
+    from unlearn.data import qa_record
+    from unlearn.splits import Splits
+
+    n = rng.randint(0, 6)
+    meta = {"person": "p"} if rng.random() < 0.8 or n > 1 else {}
+    records = [qa_record(f"h{j}", f"q{j}?", "a.", **meta) for j in range(n)]
+    return lambda: Splits.of(records, [], seed=rng.randint(0, 9), forget=[qa_record("f", "q?", "a.")])
+
+
 def run_cases(cases: int, cli: int, seed: int) -> tuple[dict[str, collections.Counter], collections.Counter]:
     """``cases`` in-process cases (by reader) and ``cli`` CLI cases, seeded: their outcome counts."""
     rng = random.Random(seed)
@@ -231,10 +242,11 @@ def run_cases(cases: int, cli: int, seed: int) -> tuple[dict[str, collections.Co
                       ("yaml", lambda i: (lambda p=yaml_file(rng, root, i): read_yaml_template(p))),
                       ("ledger", lambda i: ledger_case(rng, root, i, key)),
                       ("store", lambda i: store_case(rng, root, i)),
-                      ("adapter", lambda i: adapter_case(rng, root, i))]
+                      ("adapter", lambda i: adapter_case(rng, root, i)),
+                      ("holdout", lambda i: holdout_case(rng))]
             per: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
             for i in range(cases):
-                kind, make = rng.choices(makers, [8, 2, 2, 3, 1, 1])[0]
+                kind, make = rng.choices(makers, [8, 2, 2, 3, 1, 1, 1])[0]
                 per[kind][outcome(make(i))] += 1
             return per, cli_outcomes(rng, root, cli)
         finally:
