@@ -3,8 +3,9 @@
 In-process: malformed record files (JSON Lines, JSON arrays, CSV: each case built malformed on purpose, so
 acceptance is a failure), yaml configs and templates, request stores, adapter configs, ledgers with one byte
 edited (the verifier must report them, never crash) and held-out sets too small to split into roles. CLI: bad
-flags and files through ``unlearn.cli.main``. Every case runs under a 10 s alarm. Outcomes: ``error`` (one clean input error), ``accepted`` (a malformed input taken:
-a failure), ``traceback`` (any other exception), ``hang``, ``internal`` (a CLI "internal error" line).
+flags and files through ``unlearn.cli.main``. Every case runs under a 10 s alarm. Outcomes: ``error`` (one
+clean input error), ``accepted`` (a malformed input taken: a failure), ``traceback`` (any other exception),
+``hang``, ``internal`` (a CLI "internal error" line).
 
     python tests/benchmarks/reader_fuzz.py [--cases 1500] [--seed 0]
 """
