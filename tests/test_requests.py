@@ -277,3 +277,26 @@ def test_a_damaged_store_configuration_or_queue_is_one_input_error(tmp_path: Pat
         f.unlink()
     with pytest.raises(InputError, match="request queue is damaged"):
         store.add(None, ["a"])
+
+
+def test_a_builtin_sharded_store_serves_the_sharded_model_and_judges_against_its_retain_twin(tmp_path: Path,
+                                                                                             bench: Any) -> None:
+    """`requests add --model builtin:sharded` queued against the sharded target but answered from the central
+    one (the store recorded only 'builtin'): its first run failed on the original's hash. The store records the
+    built-in it serves; the answer is exact and judged against the same recipe trained without forget10."""
+    from unlearn import sharded
+
+    person, other = _people(bench, 2)
+    add_requests(AddJob(tmp_path / "store", _request_file(tmp_path, "p.jsonl", person), model="builtin:sharded",
+                        benchmark=TINY))
+    res = run_requests(RunJob(tmp_path / "store", benchmark=TINY))
+    assert res.receipt is not None and res.receipt.method == "exact" and res.receipt.exact is not None
+    assert res.receipt.model_in == str(bench.sharded("target")) and res.receipt.retain_model == str(
+        bench.sharded("retain"))
+    assert not set(person) & set(sharded.read_assignment(res.out))
+    assert res.receipt.verdict not in (NOT_REMOVED, "OVER-UNLEARNED")
+    config = json.loads((tmp_path / "store" / "store.json").read_text())
+    config["spec"] = "/somewhere/else"
+    (tmp_path / "store" / "store.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="field 'spec'"):  # an edited store serves nothing else
+        add_requests(AddJob(tmp_path / "store", _request_file(tmp_path, "q.jsonl", other), benchmark=TINY))

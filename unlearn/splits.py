@@ -7,9 +7,12 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from unlearn.data import Record
 from unlearn.errors import InputError
+
+if TYPE_CHECKING:
+    from unlearn.data import Record
 
 GROUP_FIELDS = ("group", "person")  # a record's unit: its group, else its person
 

@@ -110,7 +110,7 @@ class Store:
         if not isinstance(config, dict):
             raise InputError("the store configuration is not a JSON object", file=path)
         kinds = {"builtin": bool, "model": str, "data": list, "manifest": (str, type(None)),
-                 "holdout": (str, type(None)), "retain_model": (str, type(None))}
+                 "holdout": (str, type(None)), "retain_model": (str, type(None)), "spec": (str, type(None))}
         bad = [k for k, t in kinds.items() if k in config and not isinstance(config[k], t)]
         if isinstance(config.get("data"), list) and not all(isinstance(d, str) for d in config["data"]):
             bad.append("data")

@@ -9,7 +9,13 @@ every answered request against the held-out verdict split (mean and worst over r
 the retain model's own AUC for the same people (what "forgotten" looks like), forget quality of the answered
 people against the retain model, and wall time of the run.
 
-    python tests/benchmarks/sustainability.py [--preset default] [--methods graddiff,npo] [--requests 10]
+``exact`` (in ``--methods``) is deletion-ready training: the store serves the built-in sharded target
+(``builtin:sharded``, 4 shards x 4 slices) and every request retrains the shard that held the person; its
+gold standard is the same recipe trained without the forget split, and its utility is relative to the sharded
+target (``utility_rel``) and to the central target (``utility_rel_central``). One strategy: every version is
+the recipe without the answered people, whichever way it is reached.
+
+    python tests/benchmarks/sustainability.py [--preset default] [--methods graddiff,npo,exact] [--requests 10]
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from unlearn.workflows.requests import AddJob, RegressionError, RunJob, add_requ
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="default")
-    ap.add_argument("--methods", default="graddiff,npo")
+    ap.add_argument("--methods", default="graddiff,npo", help="methods, and 'exact' for deletion-ready training")
     ap.add_argument("--requests", type=int, default=10)
     ap.add_argument("--out", help="write every row as JSON lines here")
     args = ap.parse_args()
@@ -59,16 +65,23 @@ def main() -> None:
         return model_utility(evaluate_qa(model, tok, u_sets[0]), *(evaluate_qa(model, tok, s, true_side="answer")
                                                                    for s in u_sets[1:]))
 
-    target_utility = utility(target)
-    # the gold standard's own separation of each person from the held-out people (it never saw any of them)
-    gm, gh = forget_holdout_scores(gold, tok, [r for p in people for r in by_person[p]], splits.holdout_verdict)
-    offsets = dict(zip(people, itertools.accumulate([0] + [len(by_person[p]) for p in people]), strict=False))
-    gold_auc = {(p, score): auc(gm[score][offsets[p]:offsets[p] + len(by_person[p])], gh[score])
+    central_utility = utility(target)
+
+    def gold_aucs(model) -> dict:
+        """The gold standard's own separation of each person from the held-out people (it never saw any)."""
+        gm, gh = forget_holdout_scores(model, tok, [r for p in people for r in by_person[p]], splits.holdout_verdict)
+        offsets = dict(zip(people, itertools.accumulate([0] + [len(by_person[p]) for p in people]), strict=False))
+        return {(p, score): auc(gm[score][offsets[p]:offsets[p] + len(by_person[p])], gh[score])
                 for p in people for score in ("loss", "minkpp")}
+
     rows = []
     sink = Path(args.out).open("w") if args.out else None
     for method in args.methods.split(","):
-        for strategy in ("incremental", "original", "batched"):
+        exact = method == "exact"
+        if exact:  # deletion-ready training: the sharded target, judged against its own retain twin
+            target, gold = load_model(bench.sharded("target"))[0], load_model(bench.sharded("retain"))[0]
+        target_utility, gold_auc = utility(target), gold_aucs(gold)
+        for strategy in ("incremental",) if exact else ("incremental", "original", "batched"):
             with tempfile.TemporaryDirectory() as tmp:
                 store_dir = Path(tmp) / "store"
                 schedule = [people] if strategy == "batched" else [[p] for p in people]
@@ -76,7 +89,8 @@ def main() -> None:
                 for step, group in enumerate(schedule, start=1):
                     req = Path(tmp) / f"r{step}.jsonl"
                     req.write_text("".join(json.dumps({"id": r.id}) + "\n" for p in group for r in by_person[p]))
-                    add_requests(AddJob(store_dir, req, benchmark=options))
+                    add_requests(AddJob(store_dir, req, benchmark=options,
+                                        model="builtin:sharded" if exact and step == 1 else None))
                     start = time.perf_counter()
                     try:
                         res = run_requests(RunJob(store_dir, method=method, benchmark=options,
@@ -89,9 +103,11 @@ def main() -> None:
                     versions = Store(store_dir).versions()
                     model = load_model(versions[-1].weights)[0] if versions else target
                     records = [r for p in answered for r in by_person[p]]
+                    mu = utility(model)
                     row = {"method": method, "strategy": strategy, "request": step, "outcome": outcome,
                            "verdict": verdict, "seconds": round(seconds, 1), "answered": len(answered),
-                           "utility_rel": round(utility(model) / target_utility, 4)}
+                           "utility_rel": round(mu / target_utility, 4),
+                           "utility_rel_central": round(mu / central_utility, 4)}
                     if records:
                         fm, hm = forget_holdout_scores(model, tok, records, splits.holdout_verdict)
                         for score in ("loss", "minkpp"):

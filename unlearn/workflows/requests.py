@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from unlearn.config import DEFAULT_METHOD, LoadOptions
 from unlearn.errors import InputError, UnlearnError
-from unlearn.jsonio import JsonObject
+from unlearn.jsonio import JsonObject, show
 from unlearn.receipt import Receipt, RequestInfo, VersionInfo
 from unlearn.workflows.common import (
+    BUILTIN,
     SILENT,
     BenchmarkOptions,
     DataSources,
@@ -107,10 +108,15 @@ def _store(path: PathLike) -> Store:
 
 
 def _sources(config: Mapping[str, Any], options: BenchmarkOptions) -> tuple[DataSources, Any, Path]:
-    """The store's data sources, the built-in benchmark when it serves it, and the original model's path."""
+    """The store's data sources, the built-in benchmark when it serves it, and the original model's path (a
+    built-in store names its model as ``builtin:target`` or ``builtin:sharded``; stores made before that was
+    recorded serve the target)."""
     if config["builtin"]:
+        spec = config.get("spec") or "builtin:target"
+        if spec not in BUILTIN:
+            raise InputError(f"a built-in store serves one of {', '.join(BUILTIN)}, not {show(spec)}", field="spec")
         bench = dataclasses.replace(options, preset=config["preset"]).build()
-        return DataSources(retain_eval=config["retain_eval"]), bench, bench.target
+        return DataSources(retain_eval=config["retain_eval"]), bench, model_path(spec, bench)
     src = DataSources(manifest=config["manifest"], data=tuple(config["data"]), holdout=config["holdout"],
                       retain_eval=config["retain_eval"], fields=config.get("fields") or None)
     return src, None, Path(config["model"])
@@ -125,7 +131,8 @@ def add_requests(job: AddJob, report: Reporter = SILENT) -> AddResult:
         builtin = is_builtin(job.model)
         bench = job.benchmark.build(report) if builtin else None
         path = model_path(job.model, bench).absolute()
-        config = {"builtin": builtin, "preset": job.benchmark.preset, "model": str(path),
+        config = {"builtin": builtin, "spec": str(job.model or "builtin:target") if builtin else None,
+                  "preset": job.benchmark.preset, "model": str(path),
                   "model_sha256": model_hash(path), "manifest": _absolute(job.data.manifest),
                   "data": [_absolute(p) for p in job.data.data], "holdout": _absolute(job.data.holdout),
                   "retain_model": _absolute(job.retain_model), "retain_eval": job.data.retain_eval,
@@ -208,9 +215,7 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
         by_id = {r.id: r for r in sets.forget}
         batch = [by_id[i] for i in b.new_ids]
         forget = batch if b.incremental else [by_id[i] for i in b.earlier_ids + b.new_ids]
-        gold_path = (Path(config["retain_model"]) if config["retain_model"] else
-                     bench.retain if bench is not None and set(by_id) <= {r.id for r in bench.split(bench.retain_split)}
-                     else None)
+        gold_path = _gold_path(config, bench, set(by_id))
         gold = load_model(gold_path, job.load)[0] if gold_path is not None else None
         model, tok = load_model(b.start, job.load)
         exact = is_sharded(b.start)  # a deletion-ready model: each version is the recipe without the records
@@ -234,6 +239,17 @@ def run_requests(job: RunJob, report: Reporter = SILENT) -> RunResult:
         store.reconcile()
     return RunResult(b.number, b.out, receipt.entry_hash, b.names, receipt,
                      f"version {b.number} answers {', '.join(b.names)} ({evidence.verdict})")
+
+
+def _gold_path(config: JsonObject, bench: Any, ids: set[str]) -> Path | None:
+    """The model trained without every record of the store's requests: the store's ``retain_model``, else the
+    built-in benchmark's (of the same recipe: the sharded retain model for the sharded target) when every
+    record is in its forget split."""
+    if config["retain_model"]:
+        return Path(str(config["retain_model"]))
+    if bench is None or not ids <= {r.id for r in bench.split(bench.retain_split)}:
+        return None
+    return bench.sharded("retain") if str(config.get("spec")).startswith("builtin:sharded") else bench.retain
 
 
 def _batch(store: Store, job: RunJob, config: JsonObject) -> _Batch | None:
