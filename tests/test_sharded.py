@@ -223,3 +223,46 @@ def test_bad_sharded_input_is_one_error_line(tmp_path, capsys) -> None:
     assert main(["train", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--base-model" in err and not (tmp_path / "t").exists()
+
+
+def _left_padded(tokenizer, prompts: list[str]):
+    from unlearn.data import collate, pad_id_of
+
+    enc = [(tokenizer.encode(p, add_special_tokens=False), []) for p in prompts]
+    return collate([(ids, [-100] * len(ids)) for ids, _ in enc], pad_id_of(tokenizer), padding_side="left")
+
+
+def test_a_sharded_model_generates_greedily_by_its_own_next_token_distribution(tiny_tokenizer) -> None:
+    """TOFU's ROUGE and generation need `generate` (sustainability.py crashed on it): with one member it is the
+    member's own greedy `generate`; with two it is a slow reference: the ensemble's full forward on the whole
+    sequence at every step, argmax at the last position (no cache), finished rows padded."""
+    from unlearn.data import pad_id_of
+
+    members = [make_tiny_model(tiny_tokenizer, seed=s).eval() for s in (1, 2)]
+    with torch.no_grad():  # sharper than at init, so that a wrong position or cache changes the argmax
+        for m in members:
+            for p in m.parameters():
+                p.mul_(4.0)
+    b = _left_padded(tiny_tokenizer, ["Question: Where was Ana born?\nAnswer:", "a b", "Question: x?\nAnswer: y"])
+    pad, eos = pad_id_of(tiny_tokenizer), tiny_tokenizer.eos_token_id
+    alone = sharded.ShardEnsemble(members[:1]).generate(b.input_ids, b.attention_mask, max_new_tokens=12,
+                                                        pad_token_id=pad, eos_token_id=eos)
+    theirs = members[0].generate(input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=12,
+                                 do_sample=False, pad_token_id=pad, eos_token_id=eos)
+    assert torch.equal(alone, theirs[:, : alone.shape[1]])
+    ensemble = sharded.ShardEnsemble(members)
+    ids, mask = b.input_ids, b.attention_mask
+    done = torch.zeros(len(ids), dtype=torch.bool)
+    for _ in range(12):  # the slow reference
+        with torch.no_grad():
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = ensemble(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+        nxt = torch.where(done, torch.full_like(logits[:, 0], pad, dtype=torch.long), logits.argmax(-1))
+        ids, mask = torch.cat([ids, nxt[:, None]], 1), torch.cat([mask, torch.ones_like(nxt[:, None])], 1)
+        done |= nxt == eos
+        if done.all():
+            break
+    fast = ensemble.generate(b.input_ids, b.attention_mask, max_new_tokens=12, pad_token_id=pad, eos_token_id=eos)
+    assert torch.equal(fast, ids) and fast.shape[1] > b.input_ids.shape[1]
+    with pytest.raises(ValueError, match="greedily"):
+        ensemble.generate(b.input_ids, do_sample=True)

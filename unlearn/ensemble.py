@@ -40,11 +40,46 @@ class ShardEnsemble(torch.nn.Module):
         kwargs.pop("labels", None)
         logps = torch.stack([torch.log_softmax(m(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
                                                .logits.float(), dim=-1) for m in self.members])  # [S, B, T, V]
+        return SimpleNamespace(logits=self.combine(logps))
+
+    def combine(self, logps: torch.Tensor) -> torch.Tensor:
+        """The ensemble's log-probabilities from the members' (stacked on the first dimension)."""
         if self.aggregate == "mean_prob":
-            out = torch.logsumexp(logps, dim=0) - math.log(len(self.members))
-        else:
-            out = torch.log_softmax(logps.mean(dim=0), dim=-1)
-        return SimpleNamespace(logits=out)
+            return torch.logsumexp(logps, dim=0) - math.log(len(self.members))
+        return torch.log_softmax(logps.mean(dim=0), dim=-1)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 max_new_tokens: int = 20, do_sample: bool = False, pad_token_id: int | None = None,
+                 eos_token_id: int | Sequence[int] | None = None, **kwargs: Any) -> torch.Tensor:
+        """Greedy decoding by the ensemble's next-token distribution (what `forward` scores), left padding as
+        `transformers` generates: each member keeps its own KV cache, so a step costs S one-token passes.
+        Finished rows are padded with ``pad_token_id``; returns prompt + new tokens, like ``generate``."""
+        if do_sample:
+            raise ValueError("a sharded model decodes greedily (do_sample=False)")
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        eos = torch.tensor([] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int)
+                           else list(eos_token_id), device=input_ids.device)
+        ids, step, positions = input_ids, input_ids, (mask.cumsum(-1) - 1).clamp(min=0)
+        caches: list[Any] = [None] * len(self.members)
+        done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+        for _ in range(max_new_tokens):
+            logps = []
+            for i, m in enumerate(self.members):
+                out = m(input_ids=step, attention_mask=mask, position_ids=positions, past_key_values=caches[i],
+                        use_cache=True)
+                caches[i] = out.past_key_values
+                logps.append(torch.log_softmax(out.logits[:, -1].float(), dim=-1))
+            nxt = self.combine(torch.stack(logps)).argmax(-1)
+            if pad_token_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            done |= torch.isin(nxt, eos)
+            if done.all():
+                break
+            mask = torch.cat([mask, torch.ones_like(nxt[:, None])], dim=1)
+            step, positions = nxt[:, None], positions[:, -1:] + 1
+        return ids
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.members[0].get_input_embeddings()
