@@ -33,6 +33,7 @@ from unlearn.auditors.metrics import auc
 from unlearn.auditors.tofu import evaluate_qa, forget_quality, model_utility
 from unlearn.benchmark.build import build
 from unlearn.benchmark.generator import RETAIN_OF
+from unlearn.config import DEFAULT_METHOD
 from unlearn.model import load_model
 from unlearn.splits import Splits
 from unlearn.store import Store
@@ -93,7 +94,8 @@ def main() -> None:
                                         model="builtin:sharded" if exact and step == 1 else None))
                     start = time.perf_counter()
                     try:
-                        res = run_requests(RunJob(store_dir, method=method, benchmark=options,
+                        res = run_requests(RunJob(store_dir, method=DEFAULT_METHOD if exact else method,
+                                                  benchmark=options,
                                                   strategy="original" if strategy == "original" else "incremental"))
                         outcome, verdict = "shipped", res.receipt.verdict
                     except RegressionError as exc:
