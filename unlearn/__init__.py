@@ -10,7 +10,7 @@ One import root. Handling a deletion request and auditing the result::
     audit = unlearn.audit(unlearn.AuditJob(model=result.out, members="forget.jsonl", nonmembers="holdout.jsonl"))
 
 Layers (imports flow one way): ``unlearn.cli -> unlearn.workflows -> unlearn.auditors -> unlearn.attacks
--> the model side`` (data, model I/O, log-probs, losses, curvature, methods, ledger). Importing this
+-> unlearn.methods -> the core`` (data, model I/O, log-probs, losses, curvature, ledger, receipt). Importing this
 package loads none of them and changes nothing in the process environment; the names below are
 imported on first use.
 """
