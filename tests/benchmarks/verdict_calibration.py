@@ -25,19 +25,14 @@ import time
 
 import torch
 
-from unlearn.auditors.battery import (
-    BatteryArgs,
-    forget_holdout_scores,
-    reference_scores,
-    removal_battery,
-    split_by_group,
-)
+from unlearn.auditors.battery import BatteryArgs, forget_holdout_scores, reference_scores, removal_battery
 from unlearn.auditors.stopping import make_monitor
 from unlearn.auditors.verdict import two_sided_verdict
 from unlearn.benchmark.build import build
 from unlearn.benchmark.generator import RETAIN_OF
 from unlearn.methods import get_method, load_method_args, measured
 from unlearn.model import load_model
+from unlearn.splits import split_by_group
 
 
 def second_retain(bench, preset: str, tok) -> torch.nn.Module:
