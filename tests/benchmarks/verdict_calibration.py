@@ -9,9 +9,13 @@ model: it must be NOT REMOVED). Then, for each
 method, unlearning under the stopping rule (calibration split) and the battery (verdict split): the share of
 REMOVED / NOT REMOVED / OVER-UNLEARNED / INCONCLUSIVE without attacks, with 4-bit quantization, and with
 relearning (10% requests only: a single person has no second half to measure on), relative to the retain
-model, with wall times relative to retraining.
+model, with wall times relative to retraining. ``--sharded N``: exact deletions from the built-in sharded
+target (N single people and the whole split, each the recipe run without them), judged by the battery
+relative to the sharded retain model (the recipe without the whole split): for exact deletion the verdict
+must never be NOT REMOVED or OVER-UNLEARNED; a single person's version still holds the split's other people,
+so it is another never-trained model per person, not the reference itself.
 
-    python tests/benchmarks/verdict_calibration.py [--preset tiny] [--methods graddiff,npo,...]
+    python tests/benchmarks/verdict_calibration.py [--preset tiny] [--methods graddiff,npo,...] [--sharded 20]
 """
 
 from __future__ import annotations
@@ -54,11 +58,43 @@ def second_retain(bench, preset: str, tok) -> torch.nn.Module:
     return load_model(path)[0]
 
 
+def sharded_rows(bench, tok, requests, holdout, table, split: str) -> None:
+    """Exact deletion of each request from the sharded target (one shard retrained), judged by the battery
+    relative to the sharded retain model; the cost relative to training the sharded model anew."""
+    import tempfile
+    from pathlib import Path
+
+    from unlearn import sharded
+
+    target_path = bench.sharded("target")
+    gold = load_model(bench.sharded("retain"))[0]
+    train = bench.split("train")
+    costs = []
+    for name, forget, seed in requests:
+        kind = "10%" if name.startswith(split) else "single"
+        _, ver = split_by_group(holdout, seed=seed)
+        bargs = BatteryArgs(relearn=False, seed=seed, exhaustive=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            run = sharded.delete(target_path, train, [r.id for r in forget], tok, Path(tmp) / "v")
+            model = load_model(Path(tmp) / "v")[0]
+            battery = removal_battery(model, tok, forget, ver, bargs, retain_model=gold)
+        costs.append(run.relative_cost)
+        for r in battery.rows:
+            table[f"exact (sharded): {r.attack} ({kind})"][r.verdict.status] += 1
+        table[f"exact (sharded): worst case ({kind})"][battery.verdict.status] += 1
+        print(json.dumps({"request": name, "verdict": battery.verdict.status, "retrained": run.retrained,
+                          "cost_vs_sharded_training": round(run.relative_cost, 3),
+                          "aucs": {e.score: round(e.auc, 3) for e in battery.verdict.evidence}}), flush=True)
+    print(f"exact deletion cost / training the sharded model: median {sorted(costs)[len(costs) // 2]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--methods", default="grad_ascent,graddiff,npo,simnpo,newton,iau,soul")
     ap.add_argument("--method-requests", type=int, default=4, help="single-person requests per method")
+    ap.add_argument("--sharded", type=int, default=0, help="exact deletions of this many single people (and of "
+                                                           "the whole split) from the built-in sharded target")
     args = ap.parse_args()
     bench = build(args.preset)
     split = bench.retain_split
@@ -119,6 +155,9 @@ def main() -> None:
                 table[f"{method}: {row.attack} ({kind})"][row.verdict.status] += 1
             table[f"{method}: worst case ({kind})"][battery.verdict.status] += 1
             costs[method + " wall/retrain"].append(res.wall_seconds / retrain_seconds)
+    if args.sharded:
+        sharded_rows(bench, tok, [r for r in requests if r[0].endswith("/s0")][: args.sharded]
+                     + [r for r in requests if r[0].startswith(split)][:1], holdout, table, split)
     print("margin: the verdict's default, 1.96 x the spread of the held-out people's statistics / sqrt(forget "
           "people), clipped to [0.05, 0.10] AUC (0.20 under 10 people); median per row")
     print(f"{'':44}{'REMOVED':>9}{'NOT REM.':>9}{'OVER':>7}{'INCONCL.':>9}{'n':>4}{'margin':>8}")
