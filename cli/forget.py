@@ -87,8 +87,12 @@ def print_receipt(ui: UI, r: Receipt) -> None:
             ["forget mean NLL", b.forget_nll, a.forget_nll],
             ["retain utility (mean answer prob)", b.retain_prob, a.retain_prob]]
     battery = r.battery  # the battery's own JSON report
-    # the headline says what the verdict says: "removed" only when the battery found it REMOVED
+    # the headline says what the verdict says: "removed" only when the battery found it REMOVED, and an exact
+    # deletion what it is (the recipe run without the records), the battery's verdict beside it
     what = ("answered with no change" if r.unchanged else
+            f"deleted exactly (shard(s) {', '.join(sorted(r.exact.retrained))} retrained, "
+            f"{r.exact.cost_relative_to_sharded_training:.2f} x training anew), battery verdict {r.verdict}"
+            if r.exact is not None else
             f"removed with {r.method} (within +-{battery['verdict']['margin']:.3f} AUC)"
             if r.removed else f"unlearned with {r.method}, verdict {r.verdict}")
     ui.table(f"receipt: {len(r.request.ids)} record(s) {what} -> {r.out}", ["check", "before", "after"], rows)

@@ -23,7 +23,8 @@ from unlearn.receipt import (
 
 def evidence(verdict: str = "INCONCLUSIVE") -> Evidence:
     return Evidence(steps=3, stop_reason="max_steps", stop_message="reached max_steps=3", verdict=verdict,
-                    verdict_message="m", battery={"verdict": {"margin": 0.1}, "attacks": [], "notes": []},
+                    verdict_message="m",
+                    battery={"verdict": {"margin": 0.1, "relative": True}, "attacks": [], "notes": []},
                     wall_seconds=1.5, battery_seconds=0.25, peak_memory_mb=None, peak_memory_kind=None,
                     before=LossCheck(0.9, 1e-4, 0.5, 0.7), after=LossCheck(0.55, 0.3, 1.5),
                     history=[{"step": 0, "status": "NOT REMOVED"}], method_stats={"certificate": {"x": 1.0}},
@@ -99,3 +100,22 @@ def test_the_receipt_and_the_json_type_resolve_for_tooling() -> None:
 
     hints = typing.get_type_hints(Receipt)
     assert hints["before"] is LossCheck and "battery" in hints and "meta" in typing.get_type_hints(Record)
+
+
+@pytest.mark.parametrize("extra, verdict, words", [
+    ({}, "INCONCLUSIVE", "unlearned with npo, verdict INCONCLUSIVE"),
+    ({}, "REMOVED", "removed with npo (within +-0.100 AUC)"),
+    ({"exact": ExactInfo({"2": 1}, 40, 0.21), "method": "exact"}, "INCONCLUSIVE",
+     "deleted exactly (shard(s) 2 retrained, 0.21 x training anew), battery verdict INCONCLUSIVE"),
+    ({"unchanged": True}, "REMOVED", "answered with no change"),
+])
+def test_the_printed_headline_says_what_the_receipt_says(extra, verdict, words, capsys) -> None:
+    """"removed" only on a REMOVED verdict; an exact deletion says it is one, with the battery's verdict beside."""
+    from unlearn.cli.common import UI
+    from unlearn.cli.forget import print_receipt
+
+    base = {k: getattr(receipt(), k) for k in ("request", "roles", "model_in", "model_in_sha256", "out", "unchanged",
+                                               "method", "config", "ledger")}
+    r = Receipt.of(evidence(verdict), **{**base, **extra})
+    print_receipt(UI(), r)
+    assert words in " ".join(capsys.readouterr().out.split())
