@@ -636,3 +636,16 @@ def test_the_public_key_alone_catches_every_rollback_that_leaves_the_later_model
     other.parent.mkdir()
     worker.commit_one(other, tmp_path / "theirs")
     assert ledger.verify(path, pubkey=pub).ok and ledger.verify(other, pubkey=pub).ok
+
+
+def test_an_edited_anchor_of_a_ledger_model_is_reported_once(tmp_path: Path, monkeypatch) -> None:
+    """The model's own check judges its anchor's signature; the scan of the folders beside the ledger does not
+    report the same anchor a second time."""
+    monkeypatch.setenv(ledger.KEY_FILE_ENV, str(tmp_path / "keys" / "operator.key"))
+    path, out = tmp_path / "ledger.jsonl", tmp_path / "m0"
+    _worker().commit_one(path, out)
+    anchor = json.loads((out / ledger.ANCHOR).read_text())
+    anchor["signature"] = "00" * 64
+    (out / ledger.ANCHOR).write_text(json.dumps(anchor))
+    problems = [p.message for p in ledger.verify(path, pubkey=ledger.load_signing_key().public_key()).problems]
+    assert len(problems) == 1 and "signature is invalid" in problems[0], problems

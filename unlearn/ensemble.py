@@ -18,7 +18,7 @@ import torch
 
 from unlearn.errors import ModelError
 from unlearn.fsutil import WEIGHT_SUFFIXES, sha256_file, weights_hash
-from unlearn.jsonio import JsonObject
+from unlearn.jsonio import JsonObject, read_json
 
 SHARDED_FILE, FORMAT = "sharded.json", "unlearn-sharded/1"
 AGGREGATES = ("mean_prob", "mean_logprob")
@@ -103,14 +103,8 @@ def is_sharded(path: str | Path) -> bool:
     return (Path(path) / SHARDED_FILE).is_file()
 
 
-def read_json(file: Path) -> Any:
-    from unlearn.jsonio import parse_line, read_bytes
-
-    return parse_line(read_bytes(file))
-
-
 def read_meta(path: str | Path) -> JsonObject:
-    meta = read_json(Path(path) / SHARDED_FILE)
+    meta = read_json(Path(path) / SHARDED_FILE, None)
     plan = meta.get("plan") if isinstance(meta, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(plan, dict) or not (
             isinstance(plan.get("shards"), int) and plan["shards"] >= 1 and plan.get("aggregate") in AGGREGATES):

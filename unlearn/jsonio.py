@@ -146,9 +146,10 @@ def read_bytes(path: Path, limit: int | None = None) -> bytes:
     return data
 
 
-def read_json(path: Path, limit: int = 1 << 20) -> Any:
-    """One JSON document from a small file (a configuration, an anchor, a journal, a receipt), read with
-    `read_bytes` (``InputError``) and parsed as strictly as a JSON line (``JSONProblem``)."""
+def read_json(path: Path, limit: int | None = 1 << 20) -> Any:
+    """One JSON document from a file (a configuration, an anchor, a journal, a receipt: small, at most
+    ``limit`` bytes; None: any size, e.g. a sharded model's record assignment), read with `read_bytes`
+    (``InputError``) and parsed as strictly as a JSON line (``JSONProblem``)."""
     return parse_line(read_bytes(path, limit).replace(b"\n", b" "))
 
 

@@ -592,6 +592,7 @@ def verify(path: str | Path, *, check_models: bool = True, key: bytes | None = N
     trusted = pubkey if pubkey is not None else _own_public_key(key)  # what heads and anchors must be signed with
     prev: str | None = GENESIS
     hashes = set()
+    checked: set[Path] = set()  # the models whose anchors `_check_model` verified
     for row in rows:
         e = row.entry
         if row.problem or e is None:
@@ -607,13 +608,13 @@ def verify(path: str | Path, *, check_models: bool = True, key: bytes | None = N
                                         "(a line was removed, reordered or inserted)"))
         prev = e["entry_hash"]
         hashes.add(e["entry_hash"])
-        if check_models:
-            _check_model(path, row.line, e, add, trusted)
+        if check_models and (judged := _check_model(path, row.line, e, add, trusted)) is not None:
+            checked.add(judged.resolve())
     _check_versions(rows, add)
     _check_head(path, rows, key, report, trusted)
     _check_receipts(rows, receipts, pubkey, report)
     if check_models:
-        for where, problem in _sibling_anchors(path, hashes, trusted):
+        for where, problem in _sibling_anchors(path, hashes, trusted, checked):
             add(LedgerProblem(len(rows), f"model {where} {problem}"))
     if key is None:
         report.notes.append("MACs not checked: no operator key ($UNLEARN_LEDGER_KEY or the key file)")
@@ -631,24 +632,26 @@ def _own_public_key(key: bytes | None) -> Any:
 
 
 def _check_model(ledger: Path, line: int, e: JsonObject, add: Callable[[LedgerProblem], None],
-                 trusted: Any = None) -> None:
+                 trusted: Any = None) -> Path | None:
+    """One entry's output model: present, its weights, its anchor (the entry, the signature); the model's
+    directory when its anchor was judged (None when an earlier problem stopped the check)."""
     from unlearn.model import model_hash
 
     out = resolve_output(e["output"], ledger)
     if not out.exists():
         add(LedgerProblem(line, f"output model {show(e['output'])} is missing"))
-        return
+        return None
     weights = out
     if e.get("unchanged"):  # the request needed no change: the receipt names the input weights
         if not isinstance(e.get("model_in"), str):
             add(LedgerProblem(line, "an unchanged-model entry without 'model_in'"))
-            return
+            return None
         weights = resolve_output(e["model_in"], ledger)
     try:
         actual = model_hash(weights)
     except ModelError as exc:
         add(LedgerProblem(line, f"output model unreadable: {exc}"))
-        return
+        return None
     if actual != e["model_after"]:
         add(LedgerProblem(line, f"model {show(str(weights))} no longer has the recorded weights "
                                 f"(sha256 {actual[:12]}... != {e['model_after'][:12]}...)"))
@@ -659,6 +662,7 @@ def _check_model(ledger: Path, line: int, e: JsonObject, add: Callable[[LedgerPr
     elif trusted is not None and "signature" in anchor and not anchor_signature_valid(trusted, anchor):
         add(LedgerProblem(line, f"model {show(e['output'])}: its anchor's signature is invalid (the back-pointer "
                                 "or the entry was edited)"))
+    return out
 
 
 def _check_versions(rows: list[Row], add: Callable[[LedgerProblem], None]) -> None:
@@ -767,11 +771,12 @@ def receipt_of(path: Path, entry: str | None = None) -> JsonObject:
     return {"ledger": str(path), "line": row.line, "entry_hash": row.entry["entry_hash"], "head": head}
 
 
-def _sibling_anchors(ledger: Path, hashes: set[str], trusted: Any) -> list[tuple[Path, str]]:
+def _sibling_anchors(ledger: Path, hashes: set[str], trusted: Any, checked: set[Path]) -> list[tuple[Path, str]]:
     """Problems of the model directories beside the ledger, hidden (dot) names included: an anchor that claims
     this ledger (by its back-pointer, or by its entry's output path) for an entry the ledger lacks (entries
     deleted, the ledger truncated or rolled back), and an anchor whose signature by ``trusted`` is invalid (its
-    back-pointer or entry edited). Only the directory an unfinished commit's journal names is left out."""
+    back-pointer or entry edited; not again for the ``checked`` models, whose entries `_check_model` judged).
+    Only the directory an unfinished commit's journal names is left out."""
     me = ledger.resolve()
     pending = _pending_temp(ledger)
     try:
@@ -784,7 +789,8 @@ def _sibling_anchors(ledger: Path, hashes: set[str], trusted: Any) -> list[tuple
         entry = anchor.get("entry") if anchor is not None else None
         if anchor is None or not isinstance(entry, dict) or not isinstance(entry.get("entry_hash"), str):
             continue
-        if trusted is not None and "signature" in anchor and not anchor_signature_valid(trusted, anchor):
+        if (trusted is not None and "signature" in anchor and d.resolve() not in checked
+                and not anchor_signature_valid(trusted, anchor)):
             found.append((d, "has an anchor whose signature is invalid (its back-pointer or entry was edited)"))
         elif _claims(d, anchor, entry, me) and entry["entry_hash"] not in hashes:
             found.append((d, "is anchored to an entry missing from this ledger (entries were deleted or the ledger "

@@ -45,12 +45,11 @@ from unlearn.ensemble import (
     load_sharded,
     member_dir,
     quiet_loading,
-    read_json,
     read_meta,
     sharded_hash,
 )
 from unlearn.errors import ConfigError, ModelError
-from unlearn.jsonio import JsonObject
+from unlearn.jsonio import JsonObject, read_json
 from unlearn.splits import GROUP_FIELDS
 from unlearn.training import TrainArgs, train_lm
 
@@ -136,7 +135,7 @@ def train_stages(model: torch.nn.Module, records: Sequence[Record], assignment: 
 
 
 def read_assignment(path: str | Path) -> dict[str, tuple[int, int]]:
-    raw = read_json(Path(path) / ASSIGNMENT_FILE)
+    raw = read_json(Path(path) / ASSIGNMENT_FILE, None)
     if not isinstance(raw, dict) or not all(isinstance(v, list) and len(v) == 2 for v in raw.values()):
         raise ModelError(f"{path}: {ASSIGNMENT_FILE} must map record ids to [shard, slice]")
     return {k: (int(v[0]), int(v[1])) for k, v in raw.items()}

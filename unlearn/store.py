@@ -83,10 +83,7 @@ class Store:
     def create(self, config: JsonObject) -> bool:
         """Create the store; False when another process created it meanwhile with the same configuration (this one
         joins it). A store serving something else is an error."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / "create.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with ledger.locked(self.root / "create"):  # the lock file create.lock (released when the process dies)
             if self.exists():
                 theirs = self.config()
                 if any(theirs.get(k) != v for k, v in config.items()):
@@ -96,8 +93,6 @@ class Store:
                 pass
             write_atomic(self.root / CONFIG, json.dumps({**config, "created": _now()}, indent=2) + "\n")
             return True
-        finally:
-            os.close(fd)
 
     def config(self) -> JsonObject:
         if not self.exists():
