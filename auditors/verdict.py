@@ -61,9 +61,18 @@ REMOVED, NOT_REMOVED, OVER_UNLEARNED, INCONCLUSIVE = "REMOVED", "NOT REMOVED", "
 SEVERITY = {NOT_REMOVED: 3, OVER_UNLEARNED: 2, INCONCLUSIVE: 1, REMOVED: 0}
 PERSON_ALPHA_SHARE = 0.25  # of a verdict's alpha, for the per-person max test (the set-level tests keep the rest)
 SHIFT_ALPHA_SHARE = 0.2  # of the set-level alpha, for the mean-shift tests (the AUC tests keep the rest)
-# The scores whose group means are tested too: averages of token log-probs. Min-K%++ divides by the spread of
-# the next-token distribution, so its record scores are heavy-tailed and a group mean is not a stable statistic.
+# The scores whose group means are tested too: averages of token log-probs (<= 0), tested on the log of the
+# negative log-likelihood (`log_nll`). Min-K%++ divides by the spread of the next-token distribution, so its
+# record scores are heavy-tailed and a group mean is not a stable statistic.
 SHIFT_SCORES = ("loss", "zlib", "mink")
+# Scores whose per-person statistic is heavy-tailed between two never-trained models. Min-K%++ on the default
+# benchmark (two seeds of the retain recipe, 60 people neither saw; placebo t-test at nominal 1%): 3.1x the
+# nominal false alarms for one person, 1.6x for 5, 1.2x for 10, 0.7x for 20; LOSS and Min-K% 0.2-1.1x. So
+# no person is flagged by them, and their set-level significance tests need HEAVY_TAILED_PEOPLE forget people
+# (a mean over people is nearer normal). They still bound REMOVED, which needs every score.
+HEAVY_TAILED = ("minkpp",)
+HEAVY_TAILED_PEOPLE = 10
+NLL_FLOOR = 1e-4  # nats per token: closer to zero than this is verbatim recall, whatever the digits
 MARGIN_FLOOR, MARGIN_CAP, MARGIN_CAP_FEW, MARGIN_UNITS = 0.05, 0.10, 0.20, 10
 SMALL_SAMPLE = 30  # units per side below which critical values are t, not normal
 POWER = 0.8
@@ -135,6 +144,18 @@ def leave_one_group_out_aucs(scores: np.ndarray, blocks: list[np.ndarray]) -> np
     return np.array(out)
 
 
+def log_nll(scores: np.ndarray, name: str) -> np.ndarray:
+    """A log-probability score (<= 0, higher = member) on the scale of its mean-shift test: -log(-score), the
+    negative log-likelihood floored at `NLL_FLOOR`. Memorisation drives the NLL towards zero by a factor, so on
+    this scale a memorised person (NLL 1e-3 where a never-seen one has 2) stands out by log(2000) = 7.6, while
+    in nats it moves by at most the 2 the never-trained model already had (people it finds easy hide there);
+    between two never-trained models the statistic is also less heavy-tailed than in nats."""
+    if scores.size and scores.max() > 1e-6:
+        raise ValueError(f"score {name!r} must be a log-probability (<= 0) for its mean-shift test; "
+                         f"got {scores.max():.3g}")
+    return -np.log(np.maximum(-scores, NLL_FLOOR))
+
+
 def group_mean_shifts(scores: np.ndarray, blocks: list[np.ndarray], reference: np.ndarray) -> np.ndarray:
     """Each group's mean score minus the mean of ``reference``: unlike an AUC it does not saturate, so a
     memorised group (every record far above every held-out one) stands out by how far, not just by order."""
@@ -203,7 +224,7 @@ class PersonFlag:
     """A forget person (by id, never by text) whose own statistic lies beyond the per-person critical value."""
 
     person: str
-    score: str  # the score, or "mean-<score> shift"
+    score: str  # the score, or "log-NLL shift (<score>)"
     t: float
     direction: str  # NOT_REMOVED or OVER_UNLEARNED
 
@@ -313,25 +334,31 @@ def _placebo_path(u: tuple[Mapping, Mapping], r: tuple[Mapping, Mapping], member
         d[s] = (group_aucs(mu, member_blocks, nu) - group_aucs(mr, member_blocks, nr),
                 leave_one_group_out_aucs(nu, blocks) - leave_one_group_out_aucs(nr, blocks))
         if s in SHIFT_SCORES:
-            shift[s] = (group_mean_shifts(mu, member_blocks, nu) - group_mean_shifts(mr, member_blocks, nr),
-                        leave_one_group_out_shifts(nu, blocks) - leave_one_group_out_shifts(nr, blocks))
+            lmu, lnu, lmr, lnr = (log_nll(x, s) for x in (mu, nu, mr, nr))
+            shift[s] = (group_mean_shifts(lmu, member_blocks, lnu) - group_mean_shifts(lmr, member_blocks, lnr),
+                        leave_one_group_out_shifts(lnu, blocks) - leave_one_group_out_shifts(lnr, blocks))
+    tested = [s for s in names if s not in HEAVY_TAILED or k >= HEAVY_TAILED_PEOPLE]
     set_alpha = alpha * (1 - PERSON_ALPHA_SHARE)
-    crit = joint_critical_value(list(d.values()), set_alpha * (1 - SHIFT_ALPHA_SHARE), seed=seed)
+    crit = joint_critical_value([d[s] for s in tested], set_alpha * (1 - SHIFT_ALPHA_SHARE), seed=seed)
     shift_crit = joint_critical_value(list(shift.values()), set_alpha * SHIFT_ALPHA_SHARE, seed=seed) if shift else 0
     out, unit_sds = [], []
     for s in names:
         diff, (lo, hi), pooled = placebo_t_test(*d[s], set_alpha, critical=crit)
         auc_ci = (lo, hi)
         stat = f"person dAUC {diff:+.3f} vs {n} held-out people"
+        if s not in tested:  # reported, not tested: too few people for a heavy-tailed score
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
+            stat += f" (heavy-tailed: tested from {HEAVY_TAILED_PEOPLE} people)"
         if s in shift:
             sdiff, (slo, shi), _ = placebo_t_test(*shift[s], set_alpha, critical=shift_crit)
             if _status(lo, hi) is None and _status(slo, shi) is not None:  # beyond what a saturated AUC shows
-                stat, lo, hi = f"person mean-{s} shift {sdiff:+.3g} vs {n} held-out people", slo, shi
+                stat, lo, hi = f"person log-NLL shift ({s}) {sdiff:+.3g} vs {n} held-out people", slo, shi
         eq, unit_sd = _equivalence(*d[s], pooled)
         unit_sds.append(unit_sd)
         out.append(ScoreEvidence(s, aucs[s][0], (lo, hi), stat, aucs[s][1], eq.estimate,
                                  eq.supported_margin(eq_alpha), _status(lo, hi) or "", auc_ci))
-    flags = person_flags({**d, **{f"mean-{s} shift": v for s, v in shift.items()}}, people,
+    flags = person_flags({**{s: v for s, v in d.items() if s not in HEAVY_TAILED},
+                          **{f"log-NLL shift ({s})": v for s, v in shift.items()}}, people,
                          alpha * PERSON_ALPHA_SHARE, seed)
     spread = max(float(np.std(p, ddof=1)) for _, p in d.values()) / math.sqrt(k) if n > 1 else math.inf
     return _Evidence(out, flags, spread, max(unit_sds), k, "people")
@@ -353,20 +380,21 @@ def _bootstrap_path(u: tuple[Mapping, Mapping], r: tuple[Mapping, Mapping] | Non
     for s in names:
         mu, nu = np.asarray(u[0][s], float), np.asarray(u[1][s], float)
         point, boot, ref = auc(mu, nu), weighted_aucs(mu, nu, cm, cn), None
-        means = cm @ mu / cm.sum(1) - cn @ nu / cn.sum(1)
         if r is not None:
             mr, nr = np.asarray(r[0][s], float), np.asarray(r[1][s], float)
             ref = auc(mr, nr)
             boot = boot - weighted_aucs(mr, nr, cm, cn)
-            means = means - (cm @ mr / cm.sum(1) - cn @ nr / cn.sum(1))
         test = MeanTest(point - (0.5 if ref is None else ref), float(boot.std(ddof=1)), df)
         lo, hi = auc_ci = test.interval(level * (1 - SHIFT_ALPHA_SHARE))
         stat, ci = ("AUC - AUC_retain", (lo, hi)) if r is not None else ("AUC", (lo + 0.5, hi + 0.5))
         if s in SHIFT_SCORES and _status(lo, hi) is None:
-            centre = float(mu.mean() - nu.mean() - (0 if r is None else mr.mean() - nr.mean()))
-            slo, shi = MeanTest(centre, float(means.std(ddof=1)), df).interval(level * SHIFT_ALPHA_SHARE)
+            centre, means = _log_nll_shift(mu, nu, cm, cn, s)
+            if r is not None:
+                r_centre, r_means = _log_nll_shift(mr, nr, cm, cn, s)
+                centre, means = centre - r_centre, means - r_means
+            slo, shi = MeanTest(float(centre), float(means.std(ddof=1)), df).interval(level * SHIFT_ALPHA_SHARE)
             if _status(slo, shi) is not None:
-                stat, ci, lo, hi = f"mean-{s} shift {centre:+.3g}", (slo, shi), slo, shi
+                stat, ci, lo, hi = f"log-NLL shift ({s}) {centre:+.3g}", (slo, shi), slo, shi
         saturated = point in (0.0, 1.0) and (ref is None or ref in (0.0, 1.0)) and test.se == 0
         ses.append(test.se)
         out.append(ScoreEvidence(s, point, ci, stat, ref, test.estimate,
@@ -375,6 +403,12 @@ def _bootstrap_path(u: tuple[Mapping, Mapping], r: tuple[Mapping, Mapping] | Non
     n_units = len(member_units)
     return _Evidence(out, [], max(ses), max(ses) * math.sqrt(n_units), n_units,
                      "people" if n_units < m else "records")
+
+
+def _log_nll_shift(m: np.ndarray, n: np.ndarray, cm: np.ndarray, cn: np.ndarray, name: str) -> tuple[float, np.ndarray]:
+    """The mean `log_nll` of ``m`` minus that of ``n``, and its bootstrap draws (the counts ``cm``, ``cn``)."""
+    lm, ln = log_nll(m, name), log_nll(n, name)
+    return float(lm.mean() - ln.mean()), cm @ lm / cm.sum(1) - cn @ ln / cn.sum(1)
 
 
 def _hanley_mcneil_se(a: float, m: int, n: int) -> float:

@@ -31,12 +31,18 @@ from unlearn.auditors.verdict import (
 ALPHA = 0.05
 
 
+def lp(x: np.ndarray) -> np.ndarray:
+    """Synthetic scores as mean log-probabilities (what LOSS is; <= 0), monotone in ``x`` so every AUC is the
+    same, with ``x`` the log-NLL scale of the mean-shift test: ``x + 3`` is an NLL e^3 times smaller."""
+    return -np.exp(-np.asarray(x, float))
+
+
 def _scores(target_auc: float, m: int, n: int, seed: int = 0) -> tuple[dict, dict, list[str]]:
     """Normal scores whose population AUC is ``target_auc``: d = sqrt(2) Phi^-1(AUC)."""
     rng = np.random.default_rng(seed)
     d = np.sqrt(2) * stats.norm.ppf(target_auc)
     groups = [f"g{i // 5}" for i in range(n)]  # five records per held-out person
-    return {"loss": rng.normal(d, 1, m)}, {"loss": rng.normal(0, 1, n)}, groups
+    return {"loss": lp(rng.normal(d, 1, m))}, {"loss": lp(rng.normal(0, 1, n))}, groups
 
 
 @pytest.mark.parametrize(("target", "expected"), [(0.3, OVER_UNLEARNED), (0.7, NOT_REMOVED), (0.5, REMOVED)])
@@ -61,13 +67,13 @@ def test_relative_verdict_does_not_call_a_shared_shift_membership() -> None:
     shift = 0.8  # the forget set differs from the holdout for every model (e.g. length)
     retain_m, retain_n = rng.normal(shift, 1, 200), rng.normal(0, 1, 300)
     unlearned_m, unlearned_n = retain_m + rng.normal(0, 0.05, 200), retain_n + rng.normal(0, 0.05, 300)
-    absolute = two_sided_verdict({"loss": unlearned_m}, {"loss": unlearned_n}, n_boot=300)
-    relative = two_sided_verdict({"loss": unlearned_m}, {"loss": unlearned_n}, retain_members={"loss": retain_m},
-                                 retain_nonmembers={"loss": retain_n}, n_boot=300)
+    absolute = two_sided_verdict({"loss": lp(unlearned_m)}, {"loss": lp(unlearned_n)}, n_boot=300)
+    relative = two_sided_verdict({"loss": lp(unlearned_m)}, {"loss": lp(unlearned_n)}, retain_members={"loss": lp(retain_m)},
+                                 retain_nonmembers={"loss": lp(retain_n)}, n_boot=300)
     assert absolute.status == NOT_REMOVED and relative.status == REMOVED and relative.relative
     assert "exchangeable" in absolute.message and "exchangeable" not in relative.message
-    still = two_sided_verdict({"loss": retain_m + 1.0}, {"loss": retain_n}, retain_members={"loss": retain_m},
-                              retain_nonmembers={"loss": retain_n}, n_boot=300)
+    still = two_sided_verdict({"loss": lp(retain_m + 1.0)}, {"loss": lp(retain_n)}, retain_members={"loss": lp(retain_m)},
+                              retain_nonmembers={"loss": lp(retain_n)}, n_boot=300)
     assert still.status == NOT_REMOVED
     assert worst_case([relative, still, absolute]).status == NOT_REMOVED
 
@@ -177,12 +183,12 @@ def test_a_saturated_auc_never_says_removed_and_the_mean_shift_still_decides() -
     """Every forget record above every held-out one under both models: the AUC difference is 0 with a bootstrap
     interval of width 0. That is no evidence of removal; a memorised model is caught by its mean shift."""
     rng = np.random.default_rng(13)
-    retain_m, retain_n = rng.normal(10, 1, 100), rng.normal(0, 1, 200)
-    kw = {"retain_members": {"loss": retain_m}, "retain_nonmembers": {"loss": retain_n}, "n_boot": 200}
-    same = two_sided_verdict({"loss": retain_m + rng.normal(0, 0.01, 100)}, {"loss": retain_n}, **kw)
+    retain_m, retain_n = rng.normal(5, 0.5, 100), rng.normal(0, 1, 200)  # log-NLL scale: NLL ~ e^-5
+    kw = {"retain_members": {"loss": lp(retain_m)}, "retain_nonmembers": {"loss": lp(retain_n)}, "n_boot": 200}
+    same = two_sided_verdict({"loss": lp(retain_m + rng.normal(0, 0.01, 100))}, {"loss": lp(retain_n)}, **kw)
     assert same.status == INCONCLUSIVE and math.isinf(same.bound), same.message
-    memorised = two_sided_verdict({"loss": retain_m + 3}, {"loss": retain_n}, **kw)
-    assert memorised.status == NOT_REMOVED and "mean-loss shift" in memorised.message, memorised.message
+    memorised = two_sided_verdict({"loss": lp(retain_m + 3)}, {"loss": lp(retain_n)}, **kw)
+    assert memorised.status == NOT_REMOVED and "log-NLL shift (loss)" in memorised.message, memorised.message
 
 
 def test_grouped_absolute_test_keeps_its_false_alarm_rate_where_a_record_level_one_does_not() -> None:
@@ -198,12 +204,12 @@ def test_grouped_absolute_test_keeps_its_false_alarm_rate_where_a_record_level_o
 
         (m, mg), (n, ng) = people(10), people(20)
         for kind, kw in (("grouped", {"member_groups": mg}), ("records", {})):
-            v = two_sided_verdict({"loss": m}, {"loss": n}, nonmember_groups=ng if kind == "grouped" else None,
+            v = two_sided_verdict({"loss": lp(m)}, {"loss": lp(n)}, nonmember_groups=ng if kind == "grouped" else None,
                                   n_boot=200, **kw)
             alarms[kind] += v.status in (NOT_REMOVED, OVER_UNLEARNED)
     assert alarms["grouped"] / runs <= 0.1, alarms
     assert alarms["records"] / runs > 0.3, alarms  # what the grouping is for
-    single = two_sided_verdict({"loss": np.ones(10)}, {"loss": n}, nonmember_groups=ng, member_groups=["p"] * 10)
+    single = two_sided_verdict({"loss": lp(np.ones(10))}, {"loss": lp(n)}, nonmember_groups=ng, member_groups=["p"] * 10)
     assert single.status == INCONCLUSIVE and "forget people" in single.message
 
 
@@ -230,11 +236,11 @@ def test_relative_single_person_verdict_keeps_its_false_alarm_rate_across_never_
     for _ in range(runs):
         other, retain, groups = _two_never_trained_models(rng, 16)
         m, h = slice(0, 10), slice(10, None)  # person 0 is the request, 15 held-out people
-        kw = {"retain_members": {"loss": retain[m]}, "retain_nonmembers": {"loss": retain[h]}, "n_boot": 200}
-        v = two_sided_verdict({"loss": other[m]}, {"loss": other[h]}, nonmember_groups=groups[10:],
+        kw = {"retain_members": {"loss": lp(retain[m])}, "retain_nonmembers": {"loss": lp(retain[h])}, "n_boot": 200}
+        v = two_sided_verdict({"loss": lp(other[m])}, {"loss": lp(other[h])}, nonmember_groups=groups[10:],
                               member_groups=groups[:10], **kw)
         alarms["placebo"] += v.status in (NOT_REMOVED, OVER_UNLEARNED)
-        records = two_sided_verdict({"loss": other[m]}, {"loss": other[h]}, nonmember_groups=groups[10:], **kw)
+        records = two_sided_verdict({"loss": lp(other[m])}, {"loss": lp(other[h])}, nonmember_groups=groups[10:], **kw)
         alarms["records"] += records.status in (NOT_REMOVED, OVER_UNLEARNED)
     assert alarms["placebo"] / runs <= 0.1, alarms
     assert alarms["records"] / runs >= 0.3, alarms  # what the placebo groups are for
@@ -245,16 +251,16 @@ def test_relative_grouped_verdict_detects_memorised_people_and_is_removed_with_m
     other, retain, groups = _two_never_trained_models(rng, 160, between=0.2)
     m, h = slice(0, 800), slice(800, None)  # 80 forget people, 80 held-out people
     kw = {"nonmember_groups": groups[800:], "member_groups": groups[:800], "n_boot": 100, "margin": MARGIN_CAP,
-          "retain_members": {"loss": retain[m]}, "retain_nonmembers": {"loss": retain[h]}}
-    removed = two_sided_verdict({"loss": other[m]}, {"loss": other[h]}, **kw)
+          "retain_members": {"loss": lp(retain[m])}, "retain_nonmembers": {"loss": lp(retain[h])}}
+    removed = two_sided_verdict({"loss": lp(other[m])}, {"loss": lp(other[h])}, **kw)
     assert removed.status == REMOVED and removed.bound <= removed.margin, removed.message
-    memorised = two_sided_verdict({"loss": other[m] + 3}, {"loss": other[h]}, **kw)
+    memorised = two_sided_verdict({"loss": lp(other[m] + 3)}, {"loss": lp(other[h])}, **kw)
     assert memorised.status == NOT_REMOVED and "person dAUC" in memorised.message
-    assert two_sided_verdict({"loss": other[m] - 3}, {"loss": other[h]}, **kw).status == OVER_UNLEARNED
-    itself = two_sided_verdict({"loss": retain[m]}, {"loss": retain[h]}, **kw)
+    assert two_sided_verdict({"loss": lp(other[m] - 3)}, {"loss": lp(other[h])}, **kw).status == OVER_UNLEARNED
+    itself = two_sided_verdict({"loss": lp(retain[m])}, {"loss": lp(retain[h])}, **kw)
     assert itself.status == REMOVED and itself.bound == pytest.approx(0, abs=1e-12)
-    one = two_sided_verdict({"loss": other[:10]}, {"loss": other[h]}, **{
-        **kw, "member_groups": groups[:10], "retain_members": {"loss": retain[:10]}})
+    one = two_sided_verdict({"loss": lp(other[:10])}, {"loss": lp(other[h])}, **{
+        **kw, "member_groups": groups[:10], "retain_members": {"loss": lp(retain[:10])}})
     assert one.status == INCONCLUSIVE and "forget people" in one.message, one.message
 
 
@@ -269,11 +275,11 @@ def test_a_memorised_single_person_is_detected_by_its_mean_shift_where_the_auc_s
         other, retain, groups = _two_never_trained_models(rng, 16)
         m, h = slice(0, 10), slice(10, None)
         kw = {"nonmember_groups": groups[10:], "member_groups": groups[:10], "n_boot": 100,
-              "retain_members": {"loss": retain[m]}, "retain_nonmembers": {"loss": retain[h]}}
-        v = two_sided_verdict({"loss": other[m] + 6}, {"loss": other[h]}, **kw)
+              "retain_members": {"loss": lp(retain[m])}, "retain_nonmembers": {"loss": lp(retain[h])}}
+        v = two_sided_verdict({"loss": lp(other[m] + 6)}, {"loss": lp(other[h])}, **kw)
         found["not_removed"] += v.status == NOT_REMOVED
-        found["by_shift"] += "mean-loss shift" in v.message
-        found["over"] += two_sided_verdict({"loss": other[m] - 6}, {"loss": other[h]}, **kw).status == OVER_UNLEARNED
+        found["by_shift"] += "log-NLL shift (loss)" in v.message
+        found["over"] += two_sided_verdict({"loss": lp(other[m] - 6)}, {"loss": lp(other[h])}, **kw).status == OVER_UNLEARNED
     assert found["not_removed"] / runs >= 0.95 and found["over"] / runs >= 0.95, found
     assert found["by_shift"] / runs >= 0.3, found  # the people the AUC alone misses
 
@@ -312,3 +318,54 @@ def test_joint_critical_value_sits_between_one_test_and_bonferroni_and_keeps_the
         alarms += max(ts) > c
         assert one < c < bonf
     assert alarms / 300 <= 0.08, alarms
+
+
+def test_a_memorised_person_the_retain_model_finds_easy_is_found_on_the_log_nll_scale() -> None:
+    """The built-in benchmark's misses: a memorised person (NLL ~0) whom the retain model already finds easy
+    (NLL a third of a held-out person's). In nats the shift is at most that small NLL, inside the spread of
+    never-trained models; on the log scale it is log(NLL_retain / NLL_floor), far outside it."""
+    rng = np.random.default_rng(21)
+    found, runs = 0, 40
+    for _ in range(runs):
+        other, retain, groups = _two_never_trained_models(rng, 21, between=0.3)
+        m, h = slice(0, 10), slice(10, None)  # person 0 is the request, 20 held-out people
+        easy = retain[m] - retain[m].mean() + retain[h].mean() + 1.1  # NLL e^-1.1 = a third of a held-out one's
+        kw = {"nonmember_groups": groups[10:], "member_groups": groups[:10], "n_boot": 100,
+              "retain_members": {"loss": lp(easy)}, "retain_nonmembers": {"loss": lp(retain[h])}}
+        memorised = np.full(10, -1e-5)  # mean token log-prob of a verbatim answer
+        found += two_sided_verdict({"loss": memorised}, {"loss": lp(other[h])}, **kw).status == NOT_REMOVED
+    assert found / runs >= 0.95, found
+
+
+def test_a_heavy_tailed_score_flags_no_single_person_but_still_tests_a_set_of_people() -> None:
+    """Min-K%++ between two never-trained models disagrees about some people far beyond its usual spread (3x
+    the per-person false alarms on the built-in benchmark). With Cauchy-tailed person disagreement on it the
+    single-person verdict keeps its level; one person far out on Min-K%++ alone is not OVER-UNLEARNED (the
+    statistic says why), and the same shift on every one of 12 people is."""
+    rng = np.random.default_rng(22)
+    people, per = 33, 10
+
+    def model(difficulty: np.ndarray, heavy: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.repeat(difficulty + rng.normal(0, 0.3, len(difficulty)), per)
+        return {"loss": lp(x + rng.normal(0, 0.5, len(x))),
+                "minkpp": np.repeat(difficulty + heavy, per) + rng.normal(0, 1, len(x))}
+
+    def verdict(u: dict, r: dict, k: int, seed: int = 0):
+        cut, g = k * per, [f"p{i // per}" for i in range(people * per)]
+        return two_sided_verdict({s: a[:cut] for s, a in u.items()}, {s: a[-200:] for s, a in u.items()},
+                                 retain_members={s: a[:cut] for s, a in r.items()},
+                                 retain_nonmembers={s: a[-200:] for s, a in r.items()},
+                                 member_groups=g[:cut], nonmember_groups=g[-200:], seed=seed)
+
+    alarms, runs = 0, 200
+    for i in range(runs):
+        d = rng.normal(0, 1, people)
+        alarms += verdict(model(d, 0.2 * rng.standard_t(1, people)), model(d, 0.2 * rng.standard_t(1, people)),
+                          1, i).status in (NOT_REMOVED, OVER_UNLEARNED)
+    assert alarms / runs <= 2 * ALPHA, alarms
+    d, calm = rng.normal(0, 1, people), np.zeros(people)
+    out = np.where(np.arange(people) < 12, -3.0, 0.0)  # the request's people, far lower on Min-K%++ only
+    one = verdict(model(d, out), model(d, calm), 1)
+    assert one.status != OVER_UNLEARNED and "heavy-tailed" in one.message + str(one.evidence), one.message
+    assert not any(f.score == "minkpp" for f in one.people)
+    assert verdict(model(d, out), model(d, calm), 12).status == OVER_UNLEARNED
