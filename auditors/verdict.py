@@ -24,8 +24,10 @@ Paths:
    held-out person gets the same statistic against the other held-out people (leave one person out): the
    "placebo" people, whose d shows how far two models that never saw a person disagree about it (seed, data
    order). Significance: a pooled two-sample t-test of the forget people's d against the placebo people's,
-   also on each person's mean-score shift (LOSS, zlib, Min-K%; Min-K%++ is heavy-tailed), which does not
-   saturate at AUC 1. Critical values are joint over the scores (their correlation, `max_t_quantile`).
+   also on each person's mean log(NLL) shift (LOSS, zlib, Min-K%: `log_nll`), which does not saturate at
+   AUC 1, nor where the retain model already finds the person easy. Min-K%++ (`HEAVY_TAILED`) flags no
+   person and is tested only for HEAVY_TAILED_PEOPLE forget people or more. Critical values are joint over
+   the scores (their correlation, `max_t_quantile`).
    Equivalence: TOST on the mean of the forget people's d (the placebo mean is zero by construction for people
    of equal size: the held-out people's leave-one-out AUCs average 0.5 under any model), standard error from
    the forget people's own spread (or the pooled one, whichever is larger). Per person: each forget person's
@@ -33,7 +35,7 @@ Paths:
    with a critical value joint over the statistics at level PERSON_ALPHA_SHARE x alpha / (forget people).
 2. without people on both sides: records are the unit (or forget people, when several), held-out data by
    person when known; a bootstrap of AUC (- AUC_retain, paired) with t critical values when a side has fewer
-   than 30 units, and the same for the mean-score shift; an AUC at 0 or 1 for both models cannot tell (its
+   than 30 units, and the same for the mean log(NLL) shift; an AUC at 0 or 1 for both models cannot tell (its
    interval would have width 0): it never supports REMOVED, the mean shift decides significance.
 3. absolute (no retain model), people on both sides: a Mann-Whitney test over person means, TOST on that AUC
    with the Hanley-McNeil standard error (never below the null one).
@@ -366,7 +368,7 @@ def _placebo_path(u: tuple[Mapping, Mapping], r: tuple[Mapping, Mapping], member
 
 def _bootstrap_path(u: tuple[Mapping, Mapping], r: tuple[Mapping, Mapping] | None, member_units: list[np.ndarray],
                     blocks: list[np.ndarray], alpha: float, eq_alpha: float, n_boot: int, seed: int) -> _Evidence:
-    """Path 2: a block bootstrap of AUC (- AUC_retain, paired over the same draws) and of the mean shift; t
+    """Path 2: a block bootstrap of AUC (- AUC_retain, paired over the same draws) and of the log(NLL) shift; t
     critical values under SMALL_SAMPLE units a side; a saturated AUC (0 or 1 for both models) never supports
     REMOVED."""
     names = list(u[0])

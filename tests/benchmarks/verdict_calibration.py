@@ -1,9 +1,9 @@
 """Calibration of the removal verdict on the built-in benchmark.
 
 Requests are people of the forget split (the retain model never saw them): single-person requests (each
-person, under two random calibration/verdict splits of the holdout) and the whole 10% split (under several
-splits). For each: the verdict on the retain model (absolute: its false-alarm rate, since it never saw the
-data), on a second never-trained model (the retain recipe with seed 1: absolute, and relative to the retain
+person, under `--splits` (2) random calibration/verdict splits of the holdout) and the whole 10% split (under
+several splits). For each: the verdict on the retain model (absolute: its false-alarm rate, since it never saw
+the data), on a second never-trained model (the retain recipe with seed 1: absolute, and relative to the retain
 model, the relative verdict's honest false-alarm rate) and on the target (absolute and relative to the retain
 model: it must be NOT REMOVED). Then, for each
 method, unlearning under the stopping rule (calibration split) and the battery (verdict split): the share of
@@ -11,9 +11,10 @@ REMOVED / NOT REMOVED / OVER-UNLEARNED / INCONCLUSIVE without attacks, with 4-bi
 relearning (10% requests only: a single person has no second half to measure on), relative to the retain
 model, with wall times relative to retraining. ``--sharded N``: exact deletions from the built-in sharded
 target (N single people and the whole split, each the recipe run without them), judged by the battery
-relative to the sharded retain model (the recipe without the whole split): for exact deletion the verdict
-must never be NOT REMOVED or OVER-UNLEARNED; a single person's version still holds the split's other people,
-so it is another never-trained model per person, not the reference itself.
+relative to the same request deleted from the seed-1 sharded recipe (a reference that lacks exactly the
+request's people: the relative verdict's honest false-alarm rate for an exact deletion), and relative to the
+sharded retain model (the recipe without the whole split: a single person's version still holds the split's
+other people, some of whom share name tokens with the person, so that reference lacks more than the request).
 
     python tests/benchmarks/verdict_calibration.py [--preset tiny] [--methods graddiff,npo,...] [--sharded 20]
 """
@@ -26,6 +27,7 @@ import dataclasses
 import json
 import random
 import time
+from pathlib import Path
 
 import torch
 
@@ -58,15 +60,34 @@ def second_retain(bench, preset: str, tok) -> torch.nn.Module:
     return load_model(path)[0]
 
 
-def sharded_rows(bench, tok, requests, holdout, table, split: str) -> None:
+def second_sharded(bench, preset: str, tok) -> Path:
+    """The built-in sharded target's recipe with seed 1 (assignment, initialisation, data order), cached beside
+    the benchmark: a second deletion-ready model for references that lack exactly a request's people."""
+    from unlearn import sharded
+    from unlearn.benchmark.build import init_model, sharded_plan
+
+    path = bench.root.parent.parent / "calibration" / bench.root.name / "sharded-4x4-seed1"
+    if not (path / sharded.SHARDED_FILE).is_file():
+        cfg = bench.config()
+        plan = sharded_plan(cfg, 4, 4)
+        plan = dataclasses.replace(plan, seed=1, train=dataclasses.replace(plan.train, seed=1))
+        t = time.perf_counter()
+        sharded.train_sharded(bench.split("train"), tok, plan, init_model(cfg.recipe, tok, seed=1), path)
+        print(f"trained the seed-1 sharded model in {time.perf_counter() - t:.0f} s", flush=True)
+    return path
+
+
+def sharded_rows(bench, preset: str, tok, requests, holdout, table, split: str) -> None:
     """Exact deletion of each request from the sharded target (one shard retrained), judged by the battery
-    relative to the sharded retain model; the cost relative to training the sharded model anew."""
+    relative to (a) the seed-1 sharded recipe with the same request deleted (a reference that lacks exactly
+    the request's people, as the verdict's definition asks) and (b) the sharded retain model (the recipe
+    without the whole split: for a single person it lacks 19 more people); the cost relative to training the
+    sharded model anew."""
     import tempfile
-    from pathlib import Path
 
     from unlearn import sharded
 
-    target_path = bench.sharded("target")
+    target_path, twin_path = bench.sharded("target"), second_sharded(bench, preset, tok)
     gold = load_model(bench.sharded("retain"))[0]
     train = bench.split("train")
     costs = []
@@ -74,17 +95,24 @@ def sharded_rows(bench, tok, requests, holdout, table, split: str) -> None:
         kind = "10%" if name.startswith(split) else "single"
         _, ver = split_by_group(holdout, seed=seed)
         bargs = BatteryArgs(relearn=False, seed=seed, exhaustive=True)
+        ids = [r.id for r in forget]
         with tempfile.TemporaryDirectory() as tmp:
-            run = sharded.delete(target_path, train, [r.id for r in forget], tok, Path(tmp) / "v")
-            model = load_model(Path(tmp) / "v")[0]
-            battery = removal_battery(model, tok, forget, ver, bargs, retain_model=gold)
+            run = sharded.delete(target_path, train, ids, tok, Path(tmp) / "v")
+            sharded.delete(twin_path, train, ids, tok, Path(tmp) / "ref")
+            model, ref = load_model(Path(tmp) / "v")[0], load_model(Path(tmp) / "ref")[0]
+            found = {}
+            for label, reference in (("vs seed-1 recipe without the same people", ref),
+                                     ("vs sharded retain (lacks the whole split)", gold)):
+                battery = removal_battery(model, tok, forget, ver, bargs, retain_model=reference)
+                for r in battery.rows:
+                    table[f"exact (sharded) {label}: {r.attack} ({kind})"][r.verdict.status] += 1
+                table[f"exact (sharded) {label}: worst case ({kind})"][battery.verdict.status] += 1
+                found[label.split(" (")[0]] = {"verdict": battery.verdict.status,
+                                               "aucs": {e.score: round(e.auc, 3) for e in battery.verdict.evidence},
+                                               "people": [f.person for f in battery.verdict.people]}
         costs.append(run.relative_cost)
-        for r in battery.rows:
-            table[f"exact (sharded): {r.attack} ({kind})"][r.verdict.status] += 1
-        table[f"exact (sharded): worst case ({kind})"][battery.verdict.status] += 1
-        print(json.dumps({"request": name, "verdict": battery.verdict.status, "retrained": run.retrained,
-                          "cost_vs_sharded_training": round(run.relative_cost, 3),
-                          "aucs": {e.score: round(e.auc, 3) for e in battery.verdict.evidence}}), flush=True)
+        print(json.dumps({"request": name, "retrained": run.retrained,
+                          "cost_vs_sharded_training": round(run.relative_cost, 3), **found}), flush=True)
     print(f"exact deletion cost / training the sharded model: median {sorted(costs)[len(costs) // 2]:.2f}")
 
 
@@ -93,6 +121,8 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--methods", default="grad_ascent,graddiff,npo,simnpo,newton,iau,soul")
     ap.add_argument("--method-requests", type=int, default=4, help="single-person requests per method")
+    ap.add_argument("--splits", type=int, default=2, help="calibration/verdict splits of the holdout per person "
+                                                        "(single-person rows: people x splits verdicts)")
     ap.add_argument("--sharded", type=int, default=0, help="exact deletions of this many single people (and of "
                                                            "the whole split) from the built-in sharded target")
     args = ap.parse_args()
@@ -104,7 +134,8 @@ def main() -> None:
     target, tok = load_model(bench.target)
     gold, _ = load_model(bench.retain)
     twin = second_retain(bench, args.preset, tok)
-    requests = [(f"{p}/s{s}", [r for r in forget_all if r.meta["person"] == p], s) for s in (0, 1) for p in people]
+    requests = [(f"{p}/s{s}", [r for r in forget_all if r.meta["person"] == p], s)
+                for s in range(args.splits) for p in people]
     requests += [(f"{split}/s{s}", forget_all, s) for s in range(5)]
     table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     margins: dict[str, list[float]] = collections.defaultdict(list)
@@ -156,7 +187,7 @@ def main() -> None:
             table[f"{method}: worst case ({kind})"][battery.verdict.status] += 1
             costs[method + " wall/retrain"].append(res.wall_seconds / retrain_seconds)
     if args.sharded:
-        sharded_rows(bench, tok, [r for r in requests if r[0].endswith("/s0")][: args.sharded]
+        sharded_rows(bench, args.preset, tok, [r for r in requests if r[0].endswith("/s0")][: args.sharded]
                      + [r for r in requests if r[0].startswith(split)][:1], holdout, table, split)
     print("margin: the verdict's default, 1.96 x the spread of the held-out people's statistics / sqrt(forget "
           "people), clipped to [0.05, 0.10] AUC (0.20 under 10 people); median per row")
