@@ -116,6 +116,9 @@ def method_row(name: str, overrides: dict[str, Any], sets: Sets, forget: list, r
             "receipt_attacks": [r.attack for r in receipt.rows], "receipt_notes": receipt.notes,
             "attacks": {r.attack: (r.verdict.status, {e.score: round(e.auc, 3) for e in r.verdict.evidence},
                                    r.extraction["exact_match"]) for r in battery.rows},
+            "flagged": {r.attack: [f"{f.person} {f.score} t {f.t:+.1f}" for f in r.verdict.people]
+                        for r in battery.rows if r.verdict.people},
+            "why": {r.attack: r.verdict.message.split(" [")[0] for r in battery.rows},
             "forget_quality": forget_quality(evaluate_qa(model, tok, forget, rouge=False), gold_tr),
             "utility_rel": utility(model, tok, sets.u_sets) / target_utility,
             "steps": res.steps if res else 0, "stop": res.stop_reason if res else "-",
