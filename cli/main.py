@@ -106,9 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ui.error(_one_line(exc))
         return 2
     finally:
+        _leave_process_group()
         signal.signal(signal.SIGTERM, old_term)
         if console:  # the command is over: a late Ctrl-C must not become a shutdown traceback
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _leave_process_group() -> None:
+    """Under a launcher, close this process's gloo/NCCL group before the interpreter exits (left open, its
+    threads abort the process at exit). Never imports torch itself."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -24,6 +24,9 @@ def add_parser(sub: Any) -> None:
                                                             "mean_logprob")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="NEW output directory (default runs/train-TIME)")
+    t.add_argument("--accelerate-config", help="launch through `accelerate launch` with this config (a file, or a "
+                                               "name in configs/accelerate): the shards train in parallel, one "
+                                               "per process")
     t.set_defaults(run=run)
 
 

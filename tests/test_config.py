@@ -160,6 +160,9 @@ def test_every_shipped_accelerate_preset_loads_with_accelerate_itself(name: str)
             "multi_cpu": DistributedType.MULTI_CPU, "multi_gpu": DistributedType.MULTI_GPU,
             "single": DistributedType.NO}
     expected = next(v for k, v in kind.items() if name.startswith(k))
+    if expected == DistributedType.MULTI_CPU:  # what starts several CPU processes under `accelerate launch`
+        expected = DistributedType.MULTI_GPU
+        assert c.use_cpu and c.num_processes > 1, name
     assert c.distributed_type == expected, (name, c.distributed_type)
     if expected == DistributedType.DEEPSPEED:
         stage = c.deepspeed_config.get("zero_stage")

@@ -80,3 +80,59 @@ def test_cli_forget_through_accelerate_launch_matches_one_process(tmp_path: Path
     assert '"steps": 3' in receipt
     a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("one", "two"))
     assert _rel(a, b) < 1e-5 and len((tmp_path / "unlearn-ledger.jsonl").read_text().splitlines()) == 2
+
+
+def test_sharded_training_and_deletion_spread_over_processes_give_the_same_bytes(tmp_path: Path) -> None:
+    """Deletion-ready training with the shards spread over 2 processes (3 shards: one process trains two), then
+    a deletion of two people: every file of both versions is byte-identical to the single-process run (each
+    shard is the same single-process loop with the same seeds, one thread), and the costs are the totals."""
+    import hashlib
+    import json
+
+    worker = Path(__file__).parent / "distributed" / "sharded_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {"single": [sys.executable], "multi": [sys.executable, "-m", "torch.distributed.run",
+                                                  "--nproc_per_node=2", f"--master_port={_port()}"]}
+    for name, head in runs.items():
+        res = subprocess.run([*head, str(worker), "--out", str(tmp_path / name)], env=env, capture_output=True,
+                             text=True, timeout=600, check=False)
+        assert res.returncode == 0, res.stderr[-4000:]
+
+    def files(root: Path) -> dict[str, str]:
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    one, two = (json.loads((tmp_path / n / "run.json").read_text()) for n in runs)
+    assert one["world"] == 1 and two["world"] == 2 and one["mine"] == [0, 1, 2] and two["mine"] == [0, 2]
+    assert {k: v for k, v in one.items() if k not in ("world", "mine")} == \
+        {k: v for k, v in two.items() if k not in ("world", "mine")}
+    for version in ("v1", "v2"):
+        a, b = files(tmp_path / "single" / version), files(tmp_path / "multi" / version)
+        assert a == b and sum(k.endswith("model.safetensors") and k.startswith("shard-") for k in a) == 3, version
+    assert not list(tmp_path.glob("*/.v*"))  # no temporary directory left behind
+
+
+def test_cli_train_under_accelerate_trains_one_shard_per_process_with_the_same_bytes(tmp_path: Path,
+                                                                                       tiny_model_dir: Path,
+                                                                                       capfd) -> None:
+    """`unlearn train --accelerate-config multi_cpu_ddp` (2 processes, 2 shards: one each) writes the same
+    files as the same command in one process."""
+    import hashlib
+
+    from tests.test_sharded import _files
+    from unlearn.cli.main import main
+
+    f = _files(tmp_path)
+    for name, config in (("one", "single_process"), ("two", "multi_cpu_ddp")):
+        assert main(["train", "--data", str(f["train"]), "--manifest", str(f["manifest"]), "--base-model",
+                     str(tiny_model_dir), "--shards", "2", "--slices", "2", "--epochs", "1", "--batch-size", "4",
+                     "--out", str(tmp_path / name), "--accelerate-config", config]) == 0
+        said = capfd.readouterr()
+        assert ("over 2 processes" in said.out + said.err) == (name == "two")
+
+    def files(root: Path) -> dict[str, str]:
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    one, two = files(tmp_path / "one"), files(tmp_path / "two")
+    assert one == two and "shard-01/model.safetensors" in one

@@ -84,7 +84,14 @@ def test_deletion_equals_the_recipe_run_without_the_records(trained, tiny_tokeni
     remaining = [r for r in records if r.id not in gone]
     # the reference: that shard's recipe from scratch on its remaining records (same init, seeds, order)
     ref = copy.deepcopy(init)
-    sharded.train_stages(ref, remaining, {k: v for k, v in a.items() if k not in gone}, PLAN, shard, tiny_tokenizer)
+    kept = {k: v for k, v in a.items() if k not in gone}
+    sharded.train_stages(ref, remaining, kept, PLAN, shard, tiny_tokenizer)
+    # the cost the receipt states (from the assignment alone) is what retraining from that stage processes
+    from_stage = sharded.load_state(copy.deepcopy(init), root / "v1" / "init" / "model.safetensors") \
+        if slice_ == 0 else sharded.load_state(copy.deepcopy(init), sharded.member_dir(root / "v1", shard) / "stages"
+                                               / f"stage-{slice_ - 1}.safetensors")
+    _, spent = sharded.train_stages(from_stage, remaining, kept, PLAN, shard, tiny_tokenizer, slice_)
+    assert run.cost == spent == sharded.retrain_cost(kept, PLAN, {shard: slice_})
     got = _weights(root / "v2", shard)
     for k, v in ref.state_dict().items():
         if k in got:

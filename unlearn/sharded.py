@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from unlearn.data import Record
+from unlearn.distributed import is_main_process, rank_world
 from unlearn.ensemble import (
     AGGREGATES,
     FORMAT,
@@ -180,7 +181,13 @@ def write_member(model: torch.nn.Module, states: Mapping[int, Mapping[str, torch
     member's directory in the previous version)."""
     (directory / "stages").mkdir(parents=True)
     with quiet_loading():
-        model.save_pretrained(str(directory), safe_serialization=True)
+        # a member is this process's own model: transformers writes only on rank 0 once a process group
+        # exists, so this instance is told it is the writer (the bytes are those of a single process)
+        model.should_save_on_this_rank = lambda is_main_process: True
+        try:
+            model.save_pretrained(str(directory), safe_serialization=True)
+        finally:
+            del model.should_save_on_this_rank
     for stage in range(plan.slices - 1):
         name = Path("stages") / f"stage-{stage}.safetensors"
         if stage < first and keep is not None:
@@ -205,9 +212,15 @@ class ShardRun:
 
 def full_cost(assignment: Mapping[str, tuple[int, int]], plan: ShardPlan) -> int:
     """Records processed by training every shard from its first stage (each stage: the shard's slices 0..r)."""
+    return retrain_cost(assignment, plan, {s: 0 for s in range(plan.shards)})
+
+
+def retrain_cost(assignment: Mapping[str, tuple[int, int]], plan: ShardPlan, first: Mapping[int, int]) -> int:
+    """Records processed by training each shard of ``first`` from its stage there on (``assignment``: the
+    records trained on), from the assignment alone: what `train_stages` reports, known to every process."""
     per_slice = Counter(assignment.values())  # (shard, slice) -> records
-    stage_sizes = (sum(per_slice[(s, q)] for q in range(r + 1)) for s in range(plan.shards) for r in range(plan.slices))
-    return sum(stage_cost(n, plan) for n in stage_sizes if n)
+    sizes = (sum(per_slice[(s, q)] for q in range(r + 1)) for s, f in first.items() for r in range(f, plan.slices))
+    return sum(stage_cost(n, plan) for n in sizes if n)
 
 
 def _write_version(tmp: Path, tokenizer: Any, plan: ShardPlan, assignment: Mapping[str, tuple[int, int]],
@@ -226,17 +239,75 @@ def _write_version(tmp: Path, tokenizer: Any, plan: ShardPlan, assignment: Mappi
 @contextlib.contextmanager
 def _new_version(out: Path) -> Iterator[Path]:
     """A temporary directory beside ``out``, renamed to it when the block succeeds and removed when it fails:
-    nothing half-written ever stands at ``out``."""
-    from unlearn.fsutil import fsync_dir, temp_sibling
+    nothing half-written ever stands at ``out``. Under a launcher (several processes) the main process makes
+    it and tells the others; every process writes its shards into it, and the rename waits for all of them
+    (and happens only if all of them succeeded)."""
+    from unlearn.fsutil import temp_sibling
 
-    tmp = temp_sibling(out)
+    main = is_main_process()
+    tmp = Path(from_main(str(temp_sibling(out)) if main else None))
+    ok, problem = False, ""
     try:
         yield tmp
+        ok = True
+    finally:
+        everyone = _all_ok(ok)  # every process once, whether its own block succeeded or not
+        if main:
+            problem = _rename(tmp, out) if everyone else "another process failed"
+            if problem:
+                shutil.rmtree(tmp, ignore_errors=True)
+        problem = from_main(problem)
+    if problem:
+        raise ModelError(f"{out}: the sharded model was not written ({problem})")
+
+
+def _rename(tmp: Path, out: Path) -> str:
+    from unlearn.fsutil import fsync_dir
+
+    try:
         os.rename(tmp, out)
         fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except OSError as e:
+        return str(e)
+    return ""
+
+
+def my_shards(shards: int) -> list[int]:
+    """The shards this process trains: all of them in one process; under a launcher (``accelerate launch``,
+    torchrun) every world-th from its rank, so with as many processes as shards, one shard per process. Each
+    shard's training is the plain single-process loop: no gradient crosses processes, and the result does not
+    depend on how many there are."""
+    rank, world = rank_world()
+    return [s for s in range(shards) if s % world == rank]
+
+
+def from_main(value: Any) -> Any:
+    """``value`` as the main process has it (itself in one process)."""
+    if rank_world()[1] == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _all_ok(ok: bool) -> bool:
+    """Whether every process is ``ok`` (waits for all of them)."""
+    if rank_world()[1] == 1:
+        return ok
+    import torch.distributed as dist
+
+    flags: list[Any] = [None] * rank_world()[1]
+    dist.all_gather_object(flags, ok)
+    return all(flags)
+
+
+def _device(model: torch.nn.Module) -> torch.nn.Module:
+    """Under a launcher on GPUs, this process's GPU; otherwise where the model is."""
+    if rank_world()[1] > 1 and torch.cuda.is_available():
+        return model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return model
 
 
 def train_sharded(records: Sequence[Record], tokenizer: Any, plan: ShardPlan, init: torch.nn.Module, out: Path,
@@ -253,17 +324,18 @@ def train_sharded(records: Sequence[Record], tokenizer: Any, plan: ShardPlan, in
         raise ModelError(f"refusing to write {out}: it exists (outputs are always new directories)")
     assignment = assign(records, plan)
     with _new_version(out) as tmp:
-        (tmp / "init").mkdir()
-        save_state(_state(init), tmp / "init" / "model.safetensors")
-        cost = 0
-        for shard in range(plan.shards):
-            model = copy.deepcopy(init)
-            states, spent = train_stages(model, records, assignment, plan, shard, tokenizer, 0, on_stage)
+        if is_main_process():
+            (tmp / "init").mkdir()
+            save_state(_state(init), tmp / "init" / "model.safetensors")
+        for shard in my_shards(plan.shards):
+            model = _device(copy.deepcopy(init))
+            states, _ = train_stages(model, records, assignment, plan, shard, tokenizer, 0, on_stage)
             write_member(model, states, member_dir(tmp, shard), plan)
-            cost += spent
+        cost = full_cost(assignment, plan)  # no collective inside the block: a failed process cannot hang it
         run = ShardRun({s: 0 for s in range(plan.shards)}, cost, cost)
-        _write_version(tmp, tokenizer, plan, assignment, {"version": 1, "records": len(assignment),
-                                                          "training_cost": cost, "deleted_records": 0})
+        if is_main_process():
+            _write_version(tmp, tokenizer, plan, assignment, {"version": 1, "records": len(assignment),
+                                                              "training_cost": cost, "deleted_records": 0})
     return run
 
 
@@ -299,25 +371,26 @@ def delete(path: str | Path, records: Sequence[Record], ids: Sequence[str], toke
     kept_records = [by_id[i] for i in remaining]
     todo = plan_deletion(assignment, ids)
     with _new_version(out) as tmp:
-        link_or_copy(src / "init", tmp / "init")
-        cost = 0
-        for shard in range(plan.shards):
+        if is_main_process():
+            link_or_copy(src / "init", tmp / "init")
+        for shard in my_shards(plan.shards):
             if shard not in todo:
                 link_or_copy(member_dir(src, shard), member_dir(tmp, shard))
                 continue
             first = todo[shard]
-            model = load_member(member_dir(src, shard))
+            model = _device(load_member(member_dir(src, shard)))
             start = (src / "init" / "model.safetensors" if first == 0 else
                      member_dir(src, shard) / "stages" / f"stage-{first - 1}.safetensors")
             load_state(model, start)
-            states, spent = train_stages(model, kept_records, remaining, plan, shard, tokenizer, first, on_stage)
+            states, _ = train_stages(model, kept_records, remaining, plan, shard, tokenizer, first, on_stage)
             write_member(model, states, member_dir(tmp, shard), plan, keep=member_dir(src, shard), first=first)
-            cost += spent
+        cost = retrain_cost(remaining, plan, todo)
         run = ShardRun(todo, cost, full_cost(remaining, plan))
-        _write_version(tmp, tokenizer, plan, remaining, {
-            "version": int(meta.get("version", 1)) + 1, "records": len(remaining),
-            "training_cost": run.full_cost, "deleted_records": int(meta.get("deleted_records", 0)) + len(gone),
-            "last_deletion": {"shards": {str(k): v for k, v in todo.items()}, "cost": cost}})
+        if is_main_process():
+            _write_version(tmp, tokenizer, plan, remaining, {
+                "version": int(meta.get("version", 1)) + 1, "records": len(remaining),
+                "training_cost": run.full_cost, "deleted_records": int(meta.get("deleted_records", 0)) + len(gone),
+                "last_deletion": {"shards": {str(k): v for k, v in todo.items()}, "cost": cost}})
     return run
 
 

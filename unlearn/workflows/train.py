@@ -39,7 +39,7 @@ def train(job: TrainJob, report: Reporter = SILENT) -> TrainResult:
     from unlearn.data import check_against_manifest, load_manifest, load_records
     from unlearn.model import load_model
 
-    out = new_out_dir(job.out, "train")
+    out = _launched_out(job.out)
     if job.data:
         if job.base_model is None:
             raise UnlearnError("--base-model is required with --data: the model every shard starts from")
@@ -64,8 +64,26 @@ def train(job: TrainJob, report: Reporter = SILENT) -> TrainResult:
     if not records:
         raise UnlearnError("no training records")
     plan = job.plan
-    report.note(f"training {plan.shards} shards x {plan.slices} slices on {len(records)} records")
+    from unlearn.distributed import rank_world
+
+    world = rank_world()[1]
+    report.note(f"training {plan.shards} shards x {plan.slices} slices on {len(records)} records"
+                + (f", over {world} processes (one shard at a time each)" if world > 1 else ""))
     start = time.perf_counter()
     run = sharded.train_sharded(records, tok, plan, init, out, on_stage=lambda s, r, n: report.progress(
         "deletion-ready training", s * plan.slices + r + 1, plan.shards * plan.slices))
     return TrainResult(out, run, time.perf_counter() - start)
+
+
+def _launched_out(out: PathLike | None) -> Path:
+    """The new output directory, the main process's under a launcher (`accelerate launch`, torchrun: shards
+    are then trained one per process, `unlearn.sharded.my_shards`), whose process group starts here."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return new_out_dir(out, "train")
+    from unlearn.distributed import is_main_process, make_accelerator
+    from unlearn.sharded import from_main
+
+    make_accelerator()
+    return Path(from_main(str(new_out_dir(out, "train")) if is_main_process() else None))
