@@ -117,6 +117,13 @@ def _leave_process_group() -> None:
     threads abort the process at exit). Never imports torch itself."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
+        import datetime
+
+        with contextlib.suppress(Exception):  # every process leaves together (a dead one: after a minute)
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            else:
+                dist.barrier()
         dist.destroy_process_group()
 
 

@@ -136,3 +136,18 @@ def test_cli_train_under_accelerate_trains_one_shard_per_process_with_the_same_b
 
     one, two = files(tmp_path / "one"), files(tmp_path / "two")
     assert one == two and "shard-01/model.safetensors" in one
+    # an exact deletion from it, in one process and in two: the same new version, committed once each
+    from unlearn.data import write_jsonl
+
+    write_jsonl(tmp_path / "request.jsonl", ({"id": f"p02-{j}"} for j in range(3)))
+    for name, config in (("del-one", "single_process"), ("del-two", "multi_cpu_ddp")):
+        assert main(["forget", "--model", str(tmp_path / "one"), "--requests", str(tmp_path / "request.jsonl"),
+                     "--manifest", str(f["manifest"]), "--data", str(f["train"]), "--holdout", str(f["holdout"]),
+                     "--out", str(tmp_path / name), "--accelerate-config", config]) == 0
+        said = capfd.readouterr()
+        assert ("over 2 processes" in said.out + said.err) == (name == "del-two")
+    a, b = files(tmp_path / "del-one"), files(tmp_path / "del-two")
+    weights = [k for k in a if k.endswith(".safetensors")]
+    assert weights and {k: a[k] for k in weights} == {k: b[k] for k in weights}
+    assert len((tmp_path / "unlearn-ledger.jsonl").read_text().splitlines()) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import time
@@ -283,12 +284,14 @@ def exact_version(path: Path, records: Sequence[Record], ids: Sequence[str], tok
     """Each shard of the sharded model ``path`` holding one of ``ids`` retrained from the checkpoint before its
     first such slice on its remaining ``records`` (`unlearn.sharded.delete`): the recipe run without them."""
     from unlearn import sharded
+    from unlearn.distributed import is_main_process
     from unlearn.fsutil import temp_sibling
     from unlearn.model import load_model
     from unlearn.unlearner import UnlearnResult
 
     slices = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"]).slices
-    staged = temp_sibling(out) / "model"
+    # under a launcher every process retrains its shards into the main process's staging directory
+    staged = Path(sharded.from_main(str(temp_sibling(out)) if is_main_process() else None)) / "model"
     try:
         start = time.perf_counter()
         run = sharded.delete(path, records, ids, tok, staged,
@@ -311,14 +314,18 @@ def forget_exact(job: ForgetJob, sets: RecordSets, path: Path, out: Path, ledger
     whole forget set is judged."""
     from unlearn import ledger, sharded
     from unlearn.auditors.stopping import forget_check
+    from unlearn.distributed import is_main_process, make_accelerator, rank_world
     from unlearn.model import load_model, model_hash
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        make_accelerator()  # joins the process group: the shards are retrained one per process
     before_hash = model_hash(path)
     plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
     model, tok = load_model(path, job.load)
     splits = Splits.of(sets.holdout, sets.retain_eval, plan.seed, sets.forget, watched=False)
+    world = rank_world()[1]
     report.note(f"exact deletion of {len(sets.forget)} record(s) from the sharded model {path} "
-                f"({plan.shards} shards x {plan.slices} slices)")
+                f"({plan.shards} shards x {plan.slices} slices)" + (f", over {world} processes" if world > 1 else ""))
     before = forget_check(model, tok, sets.forget, splits.holdout_verdict, splits.retain_verdict)
     version = exact_version(path, [*sets.forget, *sets.retain], [r.id for r in sets.forget], tok, out, job.load,
                             report)
@@ -330,11 +337,14 @@ def forget_exact(job: ForgetJob, sets: RecordSets, path: Path, out: Path, ledger
             model_in=str(path), model_in_sha256=before_hash, out=str(out), unchanged=False, method="exact",
             config=plan.to_dict(), exact=version.info(),
             retain_model=str(job.retain_model) if job.retain_model else None)
+        if not is_main_process():  # the first process commits (and then removes the staging directory)
+            return ForgetResult(out, ledger_path, "", receipt)
         content = ledger.make_entry(key, records=sets.forget, method="exact", config=plan.to_dict(),
                                     model_before=before_hash, request_file=job.data.requests,
                                     stop_reason="exact_retraining",
                                     extra={"verdict": evidence.verdict, "exact": True})
         receipt = commit(ledger_path, key, content, out, receipt, None, tok, files=version.files)
     finally:
-        version.discard()
+        if is_main_process():
+            version.discard()
     return ForgetResult(out, ledger_path, receipt.entry_hash, receipt)
