@@ -29,6 +29,35 @@ def is_main_process() -> bool:
     return rank_world()[0] == 0
 
 
+def from_main(value: Any) -> Any:
+    """``value`` as the main process has it (itself in one process)."""
+    if rank_world()[1] == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_ok(ok: bool) -> bool:
+    """Whether every process is ``ok`` (waits for all of them)."""
+    if rank_world()[1] == 1:
+        return ok
+    import torch.distributed as dist
+
+    flags: list[Any] = [None] * rank_world()[1]
+    dist.all_gather_object(flags, ok)
+    return all(flags)
+
+
+def join_launch() -> None:
+    """Under a launcher (``accelerate launch``, torchrun: WORLD_SIZE > 1), join its process group once
+    (`make_accelerator`); nothing in one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank_world()[1] == 1:
+        make_accelerator()
+
+
 def make_accelerator(accelerator: Any = None) -> Any:
     """The given accelerator, or one built from the launch environment (``accelerate launch`` / torchrun)."""
     if accelerator is not None:

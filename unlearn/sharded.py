@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from unlearn.data import Record
-from unlearn.distributed import is_main_process, rank_world
+from unlearn.distributed import all_ok, from_main, is_main_process, join_launch, rank_world
 from unlearn.ensemble import (
     AGGREGATES,
     FORMAT,
@@ -251,7 +251,7 @@ def _new_version(out: Path) -> Iterator[Path]:
         yield tmp
         ok = True
     finally:
-        everyone = _all_ok(ok)  # every process once, whether its own block succeeded or not
+        everyone = all_ok(ok)  # every process once, whether its own block succeeded or not
         if main:
             problem = _rename(tmp, out) if everyone else "another process failed"
             if problem:
@@ -281,28 +281,6 @@ def my_shards(shards: int) -> list[int]:
     return [s for s in range(shards) if s % world == rank]
 
 
-def from_main(value: Any) -> Any:
-    """``value`` as the main process has it (itself in one process)."""
-    if rank_world()[1] == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _all_ok(ok: bool) -> bool:
-    """Whether every process is ``ok`` (waits for all of them)."""
-    if rank_world()[1] == 1:
-        return ok
-    import torch.distributed as dist
-
-    flags: list[Any] = [None] * rank_world()[1]
-    dist.all_gather_object(flags, ok)
-    return all(flags)
-
-
 def _device(model: torch.nn.Module) -> torch.nn.Module:
     """Under a launcher on GPUs, this process's GPU; otherwise where the model is."""
     if rank_world()[1] > 1 and torch.cuda.is_available():
@@ -323,6 +301,7 @@ def train_sharded(records: Sequence[Record], tokenizer: Any, plan: ShardPlan, in
     if out.exists():
         raise ModelError(f"refusing to write {out}: it exists (outputs are always new directories)")
     assignment = assign(records, plan)
+    join_launch()
     with _new_version(out) as tmp:
         if is_main_process():
             (tmp / "init").mkdir()
@@ -370,6 +349,7 @@ def delete(path: str | Path, records: Sequence[Record], ids: Sequence[str], toke
     remaining = {k: v for k, v in assignment.items() if k not in gone}
     kept_records = [by_id[i] for i in remaining]
     todo = plan_deletion(assignment, ids)
+    join_launch()
     with _new_version(out) as tmp:
         if is_main_process():
             link_or_copy(src / "init", tmp / "init")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import time
@@ -284,14 +283,14 @@ def exact_version(path: Path, records: Sequence[Record], ids: Sequence[str], tok
     """Each shard of the sharded model ``path`` holding one of ``ids`` retrained from the checkpoint before its
     first such slice on its remaining ``records`` (`unlearn.sharded.delete`): the recipe run without them."""
     from unlearn import sharded
-    from unlearn.distributed import is_main_process
+    from unlearn.distributed import from_main, is_main_process
     from unlearn.fsutil import temp_sibling
     from unlearn.model import load_model
     from unlearn.unlearner import UnlearnResult
 
     slices = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"]).slices
     # under a launcher every process retrains its shards into the main process's staging directory
-    staged = Path(sharded.from_main(str(temp_sibling(out)) if is_main_process() else None)) / "model"
+    staged = Path(from_main(str(temp_sibling(out)) if is_main_process() else None)) / "model"
     try:
         start = time.perf_counter()
         run = sharded.delete(path, records, ids, tok, staged,
@@ -314,11 +313,10 @@ def forget_exact(job: ForgetJob, sets: RecordSets, path: Path, out: Path, ledger
     whole forget set is judged."""
     from unlearn import ledger, sharded
     from unlearn.auditors.stopping import forget_check
-    from unlearn.distributed import is_main_process, make_accelerator, rank_world
+    from unlearn.distributed import is_main_process, join_launch, rank_world
     from unlearn.model import load_model, model_hash
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        make_accelerator()  # joins the process group: the shards are retrained one per process
+    join_launch()  # under a launcher: the shards are retrained one per process
     before_hash = model_hash(path)
     plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
     model, tok = load_model(path, job.load)

@@ -77,13 +77,8 @@ def train(job: TrainJob, report: Reporter = SILENT) -> TrainResult:
 
 def _launched_out(out: PathLike | None) -> Path:
     """The new output directory, the main process's under a launcher (`accelerate launch`, torchrun: shards
-    are then trained one per process, `unlearn.sharded.my_shards`), whose process group starts here."""
-    import os
+    are then trained one per process, `unlearn.sharded.my_shards`)."""
+    from unlearn.distributed import from_main, is_main_process, join_launch
 
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return new_out_dir(out, "train")
-    from unlearn.distributed import is_main_process, make_accelerator
-    from unlearn.sharded import from_main
-
-    make_accelerator()
+    join_launch()
     return Path(from_main(str(new_out_dir(out, "train")) if is_main_process() else None))
