@@ -112,6 +112,20 @@ def test_sharded_training_and_deletion_spread_over_processes_give_the_same_bytes
     assert not list(tmp_path.glob("*/.v*"))  # no temporary directory left behind
 
 
+def test_a_failure_of_the_main_process_part_reaches_every_process(tmp_path: Path) -> None:
+    """`on_main` (the main process makes a directory and tells the others): when it raises there, the other
+    process raises too, naming it, instead of waiting in the broadcast."""
+    worker = Path(__file__).parent / "distributed" / "sharded_worker.py"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_port()}", str(worker), "--main-fails", "--out", str(tmp_path)],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert (tmp_path / "rank-0.txt").read_text().startswith("ZeroDivisionError")
+    assert (tmp_path / "rank-1.txt").read_text() == "UnlearnError: the main process failed: ZeroDivisionError: " \
+                                                    "division by zero"
+
+
 def test_cli_train_under_accelerate_trains_one_shard_per_process_with_the_same_bytes(tmp_path: Path,
                                                                                        tiny_model_dir: Path,
                                                                                        capfd) -> None:

@@ -29,15 +29,30 @@ def is_main_process() -> bool:
     return rank_world()[0] == 0
 
 
-def from_main(value: Any) -> Any:
-    """``value`` as the main process has it (itself in one process)."""
+def on_main(make: Callable[[], T]) -> T:
+    """``make()``, run by the main process alone and its result given to every process (in one process: just
+    ``make()``). When it raises there, the main process raises it and every other process raises an
+    ``UnlearnError`` saying so, instead of waiting for a value that never comes."""
     if rank_world()[1] == 1:
-        return value
+        return make()
     import torch.distributed as dist
 
-    box = [value]
+    from unlearn.errors import UnlearnError
+
+    failure: BaseException | None = None
+    box: list[Any] = [None]
+    if is_main_process():
+        try:
+            box = [(True, make())]
+        except Exception as e:  # told to the others, raised here below
+            failure, box = e, [(False, f"{type(e).__name__}: {e}")]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    ok, value = box[0]
+    if failure is not None:
+        raise failure
+    if not ok:
+        raise UnlearnError(f"the main process failed: {value}")
+    return value
 
 
 def all_ok(ok: bool) -> bool:

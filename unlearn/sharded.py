@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from unlearn.data import Record
-from unlearn.distributed import all_ok, from_main, is_main_process, join_launch, rank_world
+from unlearn.distributed import all_ok, is_main_process, join_launch, on_main, rank_world
 from unlearn.ensemble import (
     AGGREGATES,
     FORMAT,
@@ -244,32 +244,33 @@ def _new_version(out: Path) -> Iterator[Path]:
     (and happens only if all of them succeeded)."""
     from unlearn.fsutil import temp_sibling
 
-    main = is_main_process()
-    tmp = Path(from_main(str(temp_sibling(out)) if main else None))
-    ok, problem = False, ""
+    tmp = on_main(lambda: temp_sibling(out))
+    ok = False
     try:
         yield tmp
         ok = True
     finally:
         everyone = all_ok(ok)  # every process once, whether its own block succeeded or not
-        if main:
-            problem = _rename(tmp, out) if everyone else "another process failed"
-            if problem:
-                shutil.rmtree(tmp, ignore_errors=True)
-        problem = from_main(problem)
+        problem = on_main(lambda: _finish(tmp, out, everyone))
     if problem:
         raise ModelError(f"{out}: the sharded model was not written ({problem})")
 
 
-def _rename(tmp: Path, out: Path) -> str:
+def _finish(tmp: Path, out: Path, everyone: bool) -> str:
+    """Rename ``tmp`` to ``out`` when every process succeeded; otherwise, or when the rename fails, remove it.
+    What went wrong, or nothing."""
     from unlearn.fsutil import fsync_dir
 
-    try:
-        os.rename(tmp, out)
-        fsync_dir(out.parent)
-    except OSError as e:
-        return str(e)
-    return ""
+    problem = "" if everyone else "another process failed"
+    if everyone:
+        try:
+            os.rename(tmp, out)
+            fsync_dir(out.parent)
+        except OSError as e:
+            problem = str(e)
+    if problem:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return problem
 
 
 def my_shards(shards: int) -> list[int]:

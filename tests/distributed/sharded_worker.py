@@ -25,6 +25,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--shards", type=int, default=3)
+    ap.add_argument("--main-fails", action="store_true", help="only check that a failure of the main process's "
+                                                              "part (`on_main`) reaches every process")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from unlearn import sharded
@@ -34,6 +36,15 @@ def main() -> None:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         make_accelerator()  # the process group (gloo on CPU)
+    if args.main_fails:
+        from unlearn.distributed import on_main
+
+        try:
+            on_main(lambda: 1 / 0)
+        except Exception as e:
+            Path(args.out).mkdir(exist_ok=True)
+            (Path(args.out) / f"rank-{rank_world()[0]}.txt").write_text(f"{type(e).__name__}: {e}")
+        return
     tok = train_tokenizer(CORPUS * 20, vocab_size=300)
     records = [qa_record(f"p{i:02d}-{j}", f"Where was Kalo Venra {i} born {j}?", f"In Tolmere {i}.",
                          person=f"p{i:02d}") for i in range(12) for j in range(3)]

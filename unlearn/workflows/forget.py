@@ -283,14 +283,14 @@ def exact_version(path: Path, records: Sequence[Record], ids: Sequence[str], tok
     """Each shard of the sharded model ``path`` holding one of ``ids`` retrained from the checkpoint before its
     first such slice on its remaining ``records`` (`unlearn.sharded.delete`): the recipe run without them."""
     from unlearn import sharded
-    from unlearn.distributed import from_main, is_main_process
+    from unlearn.distributed import on_main
     from unlearn.fsutil import temp_sibling
     from unlearn.model import load_model
     from unlearn.unlearner import UnlearnResult
 
     slices = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"]).slices
     # under a launcher every process retrains its shards into the main process's staging directory
-    staged = Path(from_main(str(temp_sibling(out)) if is_main_process() else None)) / "model"
+    staged = on_main(lambda: temp_sibling(out)) / "model"
     try:
         start = time.perf_counter()
         run = sharded.delete(path, records, ids, tok, staged,

@@ -78,7 +78,7 @@ def train(job: TrainJob, report: Reporter = SILENT) -> TrainResult:
 def _launched_out(out: PathLike | None) -> Path:
     """The new output directory, the main process's under a launcher (`accelerate launch`, torchrun: shards
     are then trained one per process, `unlearn.sharded.my_shards`)."""
-    from unlearn.distributed import from_main, is_main_process, join_launch
+    from unlearn.distributed import join_launch, on_main
 
     join_launch()
-    return Path(from_main(str(new_out_dir(out, "train")) if is_main_process() else None))
+    return on_main(lambda: new_out_dir(out, "train"))
