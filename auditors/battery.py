@@ -16,7 +16,7 @@ from unlearn.attacks.quantize import quantized_copy
 from unlearn.attacks.runner import ONE_PASS_SCORES, ScoreTable, score_records
 from unlearn.auditors.robustness import extraction, extraction_stats, split_for_relearning
 from unlearn.auditors.verdict import NOT_REMOVED, Verdict, two_sided_verdict, worst_case
-from unlearn.config import Checked, arg
+from unlearn.config import RELEARN_LR, RELEARN_STEPS, Checked, arg
 from unlearn.data import Record
 from unlearn.jsonio import JsonObject
 from unlearn.logprobs import Prepared, max_length_of, merged, prepare
@@ -36,8 +36,8 @@ class BatteryArgs(Checked):
     quant_bits: tuple[int, ...] = arg((8, 4), "RTN quantization attacks, bits per weight", ge=2, le=8)
     group_size: int = arg(32, "4-bit groups along the input dimension (per channel when it does not divide)", ge=1)
     relearn: bool = arg(False, "run the relearning attack")
-    relearn_steps: int = arg(20, "optimiser steps of the relearning attack", ge=1)
-    relearn_lr: float = arg(3e-4, "learning rate of the relearning attack", gt=0)
+    relearn_steps: int = arg(RELEARN_STEPS, "optimiser steps of the relearning attack", ge=1)
+    relearn_lr: float = arg(RELEARN_LR, "learning rate of the relearning attack", gt=0)
     n_boot: int = arg(500, "bootstrap resamples", ge=1)
     seed: int = arg(0, "seed of the battery's random choices", ge=0)
     exhaustive: bool = arg(False, "run every attack; else stop at the first NOT REMOVED (the worst case is decided)")

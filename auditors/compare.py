@@ -21,7 +21,7 @@ from unlearn.auditors.battery import (
     removal_battery,
 )
 from unlearn.auditors.metrics import auc, privleak
-from unlearn.auditors.stopping import make_monitor, returned_scores
+from unlearn.auditors.stopping import make_monitor, relearned_scores, returned_scores
 from unlearn.auditors.tofu import (
     OPEN_UNLEARNING_NAMES,
     QAEval,
@@ -59,6 +59,15 @@ class MethodSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     config: str | None = None
 
+    def args(self, common: Mapping[str, Any] | None, seed: int) -> Any:
+        """The method's arguments in a comparison: defaults <- config <- common <- seed <- its own."""
+        return load_method_args(self.method, self.config, {**(common or {}), "seed": seed, **self.overrides})
+
+
+def probe_key(args: Any) -> tuple[int, float, int]:
+    """What the stopping rule's relearning probe of the retain model depends on (besides the sets)."""
+    return args.relearn_steps, args.relearn_lr, args.seed
+
 
 @dataclass
 class Reference:
@@ -69,6 +78,8 @@ class Reference:
     forget_qa: QAEval | None
     stopping: Scores | None = None
     battery: dict[str, Scores] = field(default_factory=dict)
+    probes: dict[tuple[int, float, int], Scores | None] = field(default_factory=dict)  # `probe_key` -> the retain
+    # model's `relearned_scores` (the relearning probe's reference)
 
 
 def detectability(scores: Scores) -> dict[str, float]:
@@ -113,14 +124,17 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference 
     return out, per_record
 
 
-def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets) -> Reference:
+def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets, probes: Sequence[Any] = ()) -> Reference:
+    """The retain model's reference; ``probes``: the method arguments of the comparison (the relearning probes
+    they ask for are run on it once each)."""
     split = sets.splits
     battery = reference_scores(model, tokenizer, sets.forget, split.holdout_verdict)
+    holdout = split.holdout_calibration or split.holdout_verdict
     return Reference(detectability(battery["as is"]),
                      evaluate_qa(model, tokenizer, sets.forget, rouge=False) if _tofu(sets.forget) else None,
-                     forget_holdout_scores(model, tokenizer, sets.forget,
-                                           split.holdout_calibration or split.holdout_verdict),
-                     battery)
+                     forget_holdout_scores(model, tokenizer, sets.forget, holdout), battery,
+                     {probe_key(a): relearned_scores(model, tokenizer, sets.forget, holdout, a)
+                      for a in probes if a.relearn_probe})
 
 
 def judged(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None,
@@ -177,14 +191,15 @@ def run_compare(load: Callable[[], tuple[torch.nn.Module, Any]], sets: Sets, spe
     for spec in specs:
         if on_method is not None:
             on_method(spec.label)
-        args = load_method_args(spec.method, spec.config, {**(common or {}), "seed": seed, **spec.overrides})
+        args = spec.args(common, seed)
         model, tok = load()
         torch.manual_seed(seed)
         random.seed(seed)
         kept: dict[int, KnownScores] = {}
         monitor = (make_monitor(tok, sets.forget, sets.splits.holdout_calibration or sets.splits.holdout_verdict,
                                 sets.splits.retain_calibration or sets.splits.retain_verdict, args,
-                                retain_scores=reference.stopping if reference is not None else None, kept=kept)
+                                retain_scores=reference.stopping if reference is not None else None, kept=kept,
+                                probe_reference=reference.probes.get(probe_key(args)) if reference else None)
                    if args.eval_every else None)
         res = measured(get_method(spec.method).run, model, tok, sets.forget, sets.retain, args, monitor=monitor,
                        on_step=on_step)

@@ -13,7 +13,7 @@ from scipy import stats
 from unlearn.attacks.runner import ONE_PASS_SCORES, score_records
 from unlearn.auditors.battery import KnownScores, Scores, forget_holdout_scores
 from unlearn.auditors.metrics import auc, mann_whitney_p
-from unlearn.auditors.robustness import extraction_stats
+from unlearn.auditors.robustness import extraction_stats, split_for_relearning
 from unlearn.auditors.verdict import (
     NOT_REMOVED,
     OVER_UNLEARNED,
@@ -83,6 +83,11 @@ def utility_ratio_bounds(probs: np.ndarray, base: np.ndarray, alpha: float) -> t
 def _overshot(v: Verdict) -> list[str]:
     """The scores that find the forget set significantly LESS likely than held-out data."""
     return [e.score for e in v.evidence if e.status == OVER_UNLEARNED]
+
+
+def _excess(v: Verdict) -> list[float]:
+    """Each score's AUC minus its target (AUC_retain, or 0.5)."""
+    return [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
 
 
 def _lead(e: ScoreEvidence) -> float:
@@ -155,6 +160,20 @@ class Stages:
 Decision = tuple[str | None, str, JsonObject]  # (reason to stop or None, message, the check's metrics)
 
 
+def relearned_scores(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
+                     args: UnlearnArgs) -> Scores | None:
+    """The relearning probe: a copy of ``model`` fine-tuned ``args.relearn_steps`` steps on half the people of
+    ``forget`` (`split_for_relearning`, as the battery's attack), scored on the other half and on ``holdout``;
+    None when ``forget`` has one person (nothing disjoint to relearn on)."""
+    from unlearn.attacks.adversarial import relearn
+
+    learn, measured = split_for_relearning(forget, args.seed)
+    if not learn or not measured:
+        return None
+    copy = relearn(model, tokenizer, learn, steps=args.relearn_steps, lr=args.relearn_lr, seed=args.seed)
+    return forget_holdout_scores(copy, tokenizer, measured, holdout)
+
+
 class StoppingRule:
     """The stopping rule, on the CALIBRATION parts of the holdout and the retain evaluation set (the
     receipt's verdict uses the other parts; ``forget``: the monitored half of the request), by person on both
@@ -185,13 +204,19 @@ class StoppingRule:
     whose lead (the subsample's lower bound) is still above ``QUICK_MARGIN`` asks to ``defer`` the next
     check: far from the target the checks come every 2 x ``eval_every`` steps.
 
+    With ``args.relearn_probe`` a full check that would stop on REMOVED first runs the relearning probe
+    (`probe`): it stops only when the monitored people the probe did not relearn on are REMOVED after relearning
+    too (relative to the retain model relearned the same way: ``retain_model``, or its ``probe_reference``).
+
     ``kept``: filled with the forget set's scores and extraction at every full check (step -> `KnownScores`),
     for the receipt's "as is" attack on the weights the run returns (`returned_scores`)."""
 
     def __init__(self, tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
                  retain_eval: Sequence[Record], args: UnlearnArgs, retain_model: torch.nn.Module | None = None,
-                 retain_scores: Scores | None = None, kept: dict[int, KnownScores] | None = None) -> None:
+                 retain_scores: Scores | None = None, kept: dict[int, KnownScores] | None = None,
+                 probe_reference: Scores | None = None) -> None:
         self.tokenizer, self.args, self.kept = tokenizer, args, kept
+        self.retain_model, self.probed = retain_model, probe_reference
         self.forget, self.retain_eval = forget, retain_eval
         self.groups, self.people = group_labels(holdout), group_labels(forget)
         if retain_scores is None and retain_model is not None:
@@ -262,7 +287,7 @@ class StoppingRule:
             self.keep(model, step, fm, parts)
         m: JsonObject = {f"auc_{e.score}": e.auc for e in v.evidence}
         m["forget_auc"] = m["auc_loss"]
-        excess = [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
+        excess = _excess(v)
         m["distance"] = max(abs(x) for x in excess)
         m["status"] = v.status
         if _overshot(v):
@@ -274,7 +299,42 @@ class StoppingRule:
             m["retain_prob"] = float(np.exp(rm["loss"]).mean())
         m["utility_ok"] = "retain_prob" not in m or m["retain_prob"] >= self.floor * float(self.base.mean())
         reason, message = self.decide(v, m, first)
+        if reason == "forget_undetectable" and self.args.relearn_probe:
+            reason, message = self.probe(model, step, m, message)
         return reason, message, m
+
+    def probe(self, model: torch.nn.Module, step: int, m: JsonObject, message: str) -> tuple[str | None, str]:
+        """The relearning probe before a REMOVED stop (`relearned_scores`): stop only if the monitored people it
+        did not relearn on are still REMOVED, relative to the retain model relearned the same way; else go on,
+        with the check's ``distance`` the worse of the two (the back-off prefers what survives relearning)."""
+        scores = relearned_scores(model, self.tokenizer, self.forget, self.stages.sets[1], self.args)
+        if scores is None:
+            m["relearned"] = "skipped"
+            return "forget_undetectable", f"{message}; relearning probe skipped (one person monitored)"
+        ref = self.probe_reference()
+        measured = split_for_relearning(self.forget, self.args.seed)[1]
+        v = two_sided_verdict(
+            *scores, nonmember_groups=self.groups, member_groups=group_labels(measured), alpha=self.args.stop_alpha,
+            margin=self.args.margin, n_boot=200, seed=step,
+            **({"retain_members": ref[0], "retain_nonmembers": ref[1]} if ref is not None else {}))
+        m["relearned"], m["relearned_distance"] = v.status, max(abs(x) for x in _excess(v))
+        what = (f"after {self.args.relearn_steps} relearning steps on the other monitored people "
+                f"({len(measured)} records measured): {v.status}, max |AUC - target| {m['relearned_distance']:.3f}")
+        if v.status == REMOVED:
+            return "forget_undetectable", f"{message}; still REMOVED {what}"
+        m["distance"] = max(m["distance"], m["relearned_distance"])
+        m["probe"] = what
+        return None, ""
+
+    def probe_reference(self) -> Scores | None:
+        """The retain model's `relearned_scores` (computed once), or None without a retain model (target 0.5)."""
+        if self.probed is None and self.retain_model is not None:
+            self.probed = relearned_scores(self.retain_model, self.tokenizer, self.forget, self.stages.sets[1],
+                                           self.args)
+        if self.probed is None and self.reference is not None:
+            raise ValueError("the relearning probe is relative to the retain model relearned the same way: pass "
+                             "retain_model, or its relearned_scores as probe_reference")
+        return self.probed
 
     def decide(self, v: Verdict, m: JsonObject, first: bool) -> tuple[str | None, str]:
         """The full check's decision: utility, then overshooting (any score), then equivalence; INCONCLUSIVE
@@ -337,6 +397,7 @@ class StoppingRule:
 def make_monitor(tokenizer: Any, forget: Sequence[Record], holdout: Sequence[Record],
                  retain_eval: Sequence[Record], args: UnlearnArgs,
                  retain_model: torch.nn.Module | None = None, retain_scores: Scores | None = None,
-                 kept: dict[int, KnownScores] | None = None) -> Monitor:
+                 kept: dict[int, KnownScores] | None = None, probe_reference: Scores | None = None) -> Monitor:
     """The stopping rule (`StoppingRule`) as an unlearner's monitor."""
-    return StoppingRule(tokenizer, forget, holdout, retain_eval, args, retain_model, retain_scores, kept)
+    return StoppingRule(tokenizer, forget, holdout, retain_eval, args, retain_model, retain_scores, kept,
+                        probe_reference)

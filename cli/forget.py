@@ -36,7 +36,9 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--ledger", help="ledger JSONL to append to (default: unlearn-ledger.jsonl beside --out)")
     f.add_argument("--retain-model", help="a model trained without the forget set: the verdict becomes relative to "
                                           "it (default with the built-in model: its retain model, when it applies)")
-    f.add_argument("--relearn-attack", action="store_true", help="add the relearning attack to the receipt's battery")
+    f.add_argument("--relearn-attack", action="store_true",
+                   help="add the relearning attack to the receipt's battery, and the relearning probe to the stopping "
+                        "rule (it stops only on what stays REMOVED after relearning; --set relearn_probe=false: not)")
     f.add_argument("--full-battery", action="store_true",
                    help="score every record under every attack, even after a first look or an attack has found the "
                         "forget set NOT REMOVED")
@@ -56,6 +58,8 @@ def job_of(args: argparse.Namespace) -> ForgetJob:
     overrides = {**set_overrides(args.set_args),
                  **{k: v for k, v in (("max_steps", args.max_steps), ("lr", args.lr), ("seed", args.seed),
                                       ("scope", args.scope), ("margin", args.margin)) if v is not None}}
+    if args.relearn_attack:
+        overrides.setdefault("relearn_probe", True)
     from unlearn.auditors.battery import BatteryArgs
 
     battery = BatteryArgs(relearn=args.relearn_attack, margin=args.margin,

@@ -46,7 +46,8 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--batch-max", type=int, help="answer at most this many pending requests")
     r.add_argument("--max-repairs", type=int, default=2,
                    help="rounds of unlearning again earlier requests that became detectable (then fail)")
-    r.add_argument("--relearn-attack", action="store_true", help="add the relearning attack to the battery")
+    r.add_argument("--relearn-attack", action="store_true",
+                   help="add the relearning attack to the battery, and the relearning probe to the stopping rule")
     r.set_defaults(run=run_run)
 
 
@@ -90,7 +91,9 @@ def run_run(args: argparse.Namespace, ui: UI) -> int:
     from unlearn.cli.forget import print_receipt
     from unlearn.workflows.requests import RunJob, run_requests
 
-    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("lr", args.lr)) if v is not None}
+    overrides: dict[str, object] = {k: v for k, v in (("max_steps", args.max_steps), ("lr", args.lr)) if v is not None}
+    if args.relearn_attack:
+        overrides["relearn_probe"] = True
     res = run_requests(RunJob(args.store, args.method, args.config, overrides, args.strategy, args.batch_max,
                               args.max_repairs, BatteryArgs(relearn=args.relearn_attack), benchmark_options(args),
                               load_options(args)), ui)

@@ -13,12 +13,24 @@ from unlearn.cli.main import main
 
 
 @pytest.mark.slow
-def test_compare_writes_table_json_csv_png(tmp_path: Path, bench, capsys) -> None:
+def test_compare_writes_table_json_csv_png(tmp_path: Path, bench, capsys, monkeypatch) -> None:
+    from unlearn.auditors import compare
+
     out = tmp_path / "cmp"
     cfg = write_lines(tmp_path / "c.yaml", ["preset: tiny", "seed: 3", "common: {max_steps: 2}",
                                             "methods:", "  - graddiff", "  - name: soul",
-                                            "    label: soul-npo", "    args: {loss: npo, lr: 2.0e-4}"])
+                                            "    label: soul-npo",
+                                            "    args: {loss: npo, lr: 2.0e-4, relearn_probe: true, relearn_steps: 2}"])
+    probes = []  # the probe's reference per method: the retain model relearned as that method's probe asks
+
+    def spy(*a, probe_reference=None, **kw):
+        probes.append(probe_reference)
+        return real(*a, probe_reference=probe_reference, **kw)
+
+    real = compare.make_monitor
+    monkeypatch.setattr(compare, "make_monitor", spy)
     assert main(["compare", "--config", str(cfg), "--out", str(out)]) == 0
+    assert probes[0] is None and len(probes[1][0]["loss"]) == len(bench.split("forget10")) // 2  # half the people
     screen = capsys.readouterr().out
     assert "soul-npo" in screen and "AUC" in screen and "quality" in screen and "privleak" in screen
     payload = json.loads((out / "compare.json").read_text())

@@ -76,6 +76,13 @@ def test_set_overrides_are_validated_like_the_config_file(item: str, ok: bool, c
         assert out.err.count("\n") == 1 and "error" in out.err.lower()
 
 
+@pytest.mark.parametrize(("argv", "probe"), [([], False), (["--relearn-attack"], True),
+                                             (["--relearn-attack", "--set", "relearn_probe=false"], False)])
+def test_relearn_attack_turns_on_the_stopping_rules_probe_unless_told_not_to(argv, probe, capsys) -> None:
+    assert main(["forget", "--method", "npo", *argv, "--dry-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["relearn_probe"] is probe
+
+
 def test_manifest_command_writes_what_load_manifest_reads_and_refuses_to_overwrite(tmp_path, capsys) -> None:
     from unlearn.data import build_manifest, load_manifest, write_jsonl
 

@@ -297,6 +297,52 @@ def test_check_stages_are_nested_and_a_check_scores_each_record_once(bench, monk
     assert all(monitor(target, step)[2].get("quick") for step in (0, 1))
 
 
+def test_relearning_probe_gates_a_removed_stop(bench, monkeypatch) -> None:
+    """With relearn_probe, a check that is REMOVED as is stops only if the people the probe did not relearn on
+    are REMOVED after relearning too, relative to the retain model relearned the same way; a model that
+    relearning brings back (here: relearning the candidate returns the target, which memorised forget10) goes on
+    with the worse distance; without the probe, or with one person, the as-is REMOVED stops."""
+    from unlearn.attacks import adversarial
+    from unlearn.auditors import stopping
+    from unlearn.auditors.robustness import split_for_relearning
+    from unlearn.splits import group_labels
+
+    forget, holdout, retain = bench.split("forget10"), bench.split("holdout")[:200], bench.split("retain90")[:100]
+    target, tok = load_model(bench.target)
+    gold, _ = load_model(bench.retain)
+    candidate, _ = load_model(bench.retain)  # never saw forget10: REMOVED as is, and (truly) after relearning
+    args = UnlearnArgs(quick_check=0, relearn_probe=True, relearn_steps=5)
+    rule = stopping.make_monitor(tok, forget, holdout, retain, args, retain_model=gold)
+    rule(candidate, 0)
+    reason, message, m = rule(candidate, 1)
+    assert reason == "forget_undetectable" and m["relearned"] == "REMOVED" and "still REMOVED" in message, m
+
+    real, relearned = adversarial.relearn, []
+
+    def brings_back(model, tokenizer, records, **kw):
+        relearned.append(sorted(set(group_labels(records))))
+        return target if model is candidate else real(model, tokenizer, records, **kw)
+
+    monkeypatch.setattr(adversarial, "relearn", brings_back)
+    rule = stopping.make_monitor(tok, forget, holdout, retain, args, retain_model=gold)
+    rule(candidate, 0)
+    reason, _, m = rule(candidate, 1)
+    assert reason is None and m["relearned"] == "NOT REMOVED" and m["status"] == "REMOVED", m
+    assert m["distance"] == m["relearned_distance"] > 0.3, m  # the back-off ranks it by what relearning found
+    learn, measured = split_for_relearning(forget, args.seed)
+    assert relearned and all(p == sorted(set(group_labels(learn))) for p in relearned)
+    assert not set(group_labels(learn)) & set(group_labels(measured))  # disjoint people
+
+    relearned.clear()
+    for a, people in ((dataclasses.replace(args, relearn_probe=False), forget),
+                      (args, [r for r, p in zip(forget, group_labels(forget)) if p == group_labels(forget)[0]])):
+        rule = stopping.make_monitor(tok, people, holdout, retain, a, retain_model=gold)
+        rule(candidate, 0)
+        reason, message, m = rule(candidate, 1)
+        assert reason == "forget_undetectable", (a.relearn_probe, message)
+        assert m.get("relearned") == (None if not a.relearn_probe else "skipped") and not relearned
+
+
 def test_utility_ratio_bounds_hold_their_level_and_have_power() -> None:
     """Records' retain probabilities before and now (now = before x a per-record factor): at a population
     ratio equal to the floor, the lower bound says "kept" (and the upper bound "lost") at most about alpha of

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from unlearn.config import Checked, arg
+from unlearn.config import RELEARN_LR, RELEARN_STEPS, Checked, arg
 from unlearn.jsonio import JsonObject
 from unlearn.registry import Registry
 
@@ -49,6 +49,11 @@ class UnlearnArgs(Checked):
                                "data, as the receipt's verdict (at most 0.10 for 10 or more people)", gt=0, le=0.5)
     max_utility_drop: float = arg(0.25, "stop early if retain utility falls below (1 - this) x its value "
                                   "before unlearning", gt=0, le=1)
+    relearn_probe: bool = arg(False, "before it stops on REMOVED, the stopping rule fine-tunes a copy on half the "
+                              "monitored people for relearn_steps and stops only if the other half is still "
+                              "REMOVED (a method stops on what survives relearning, not only on what looks gone)")
+    relearn_steps: int = arg(RELEARN_STEPS, "optimiser steps of the relearning probe (the battery's attack's)", ge=1)
+    relearn_lr: float = arg(RELEARN_LR, "learning rate of the relearning probe", gt=0)
     robustify_alpha: float = arg(0.0, "after the method, UNDO's robustification: shrink-and-perturb the weights "
                                  "toward a random init by this much, then distil the unlearned model back in on "
                                  "retain data (0 = off)", ge=0, lt=1)

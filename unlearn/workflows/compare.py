@@ -99,7 +99,7 @@ def compare(job: CompareJob, report: Reporter = SILENT) -> CompareResult:
                    bench.retain if bench is not None and src.forget_split == bench.retain_split else None)
     report.note(f"comparing {', '.join(s.label for s in specs)} on {data.label}: {len(sets.forget)} forget, "
                 f"{len(sets.retain)} retain, {len(sets.splits.holdout_verdict)} holdout records; seed {seed}")
-    rows, reference = _baseline_rows(job, path, retain_path, sets, report)
+    rows, reference = _baseline_rows(job, path, retain_path, sets, report, [s.args(common, seed) for s in specs])
     current = [""]
 
     def on_method(label: str) -> None:
@@ -147,9 +147,10 @@ def _sets(data: RecordSets, bench: Any, seed: int) -> Sets:
     return Sets(data.forget, data.retain, Splits.of(data.holdout, data.retain_eval, seed), **views)
 
 
-def _baseline_rows(job: CompareJob, path: Path, retain_path: Path | None, sets: Sets,
-                   report: Reporter) -> tuple[list[JsonObject], Reference | None]:
-    """The retain model's row (and its reference scores, which make every verdict relative) and the target's."""
+def _baseline_rows(job: CompareJob, path: Path, retain_path: Path | None, sets: Sets, report: Reporter,
+                   probes: list[Any]) -> tuple[list[JsonObject], Reference | None]:
+    """The retain model's row (and its reference scores, which make every verdict relative; ``probes``: the
+    methods' arguments, for their relearning probes) and the target's."""
     from unlearn.auditors.compare import evaluate, judged, reference_of
     from unlearn.model import check_same_tokenizer, load_model
 
@@ -160,7 +161,7 @@ def _baseline_rows(job: CompareJob, path: Path, retain_path: Path | None, sets: 
     if retain_path:
         retain_model, retain_tok = load_model(retain_path, job.load)
         check_same_tokenizer(tok, retain_tok, str(path), str(retain_path))
-        reference = reference_of(retain_model, tok, sets)
+        reference = reference_of(retain_model, tok, sets, probes)
         rows.append({"label": "retain", "method": "retrain",
                      **evaluate(retain_model, tok, sets, reference, reference.battery["as is"])[0]})
         del retain_model
