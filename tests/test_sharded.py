@@ -111,6 +111,100 @@ def test_deletion_equals_the_recipe_run_without_the_records(trained, tiny_tokeni
     assert not (root / "v4").exists()
 
 
+LORA = sharded.ShardPlan(shards=3, slices=3, seed=5, lora_rank=4, train=TrainArgs(epochs=2, batch_size=4, lr=3e-3,
+                                                                                  bf16=False))
+
+
+@pytest.fixture(scope="module")
+def lora_trained(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("sharded-lora")
+    init = make_tiny_model(tiny_tokenizer, seed=3)
+    records = _records()
+    sharded.train_sharded(records, tiny_tokenizer, LORA, init, root / "v1")
+    return root, records, init
+
+
+def _adapter_state(path: Path, shard: int) -> dict[str, torch.Tensor]:
+    from unlearn import lora
+    from unlearn.ensemble import load_member
+
+    return sharded._state(lora.load(load_member(path / "init"), sharded.member_dir(path, shard)))
+
+
+def test_lora_members_delete_exactly_and_leave_the_base_and_other_adapters_alone(lora_trained, tiny_tokenizer) -> None:
+    """One adapter per shard on the shared base: a deletion retrains the one adapter from its checkpoint, equal
+    (to rounding) to that shard's recipe from scratch (the same seeded adapter init) on its remaining records; the base
+    and every other adapter are the same bytes; a second deletion on top, from stage 0, too."""
+    root, records, init = lora_trained
+    member = sharded.member_dir(root / "v1", 0)
+    assert (member / "adapter_model.safetensors").is_file() and not (member / "model.safetensors").exists()
+    assert (member / "adapter_model.safetensors").stat().st_size * 4 < (root / "v1" / "init" /
+                                                                       "model.safetensors").stat().st_size
+    a = sharded.read_assignment(root / "v1")
+    version, remaining = root / "v1", records
+    for n, person in enumerate(["p04", next(p for p in (f"p{i:02d}" for i in range(12))
+                                            if a[f"{p}-0"][1] == 0 and p != "p04")], start=2):
+        gone = [r.id for r in remaining if r.meta["person"] == person]
+        run = sharded.delete(version, remaining, gone, tiny_tokenizer, root / f"v{n}")
+        shard, slice_ = a[gone[0]]
+        assert run.retrained == {shard: slice_}
+        remaining = [r for r in remaining if r.id not in gone]
+        ref = sharded.start_member(init, LORA, shard)
+        sharded.train_stages(ref, remaining, {r.id: a[r.id] for r in remaining}, LORA, shard, tiny_tokenizer)
+        got, want = _adapter_state(root / f"v{n}", shard), sharded._state(ref)
+        # within 1e-5, not bitwise: in about 1 run of 15 (never with MKL_CBWR=COMPATIBLE, 0 of 20) MKL rounds the
+        # small LoRA products of one of the two runs differently, by up to 3e-6 after training; the full-parameter
+        # members' test above is bitwise
+        assert got.keys() == want.keys()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-5)
+        for s in range(LORA.shards):
+            if s != shard:
+                f = Path(sharded.member_dir(root / "v1", s).name) / "adapter_model.safetensors"
+                assert _sha(root / f"v{n}" / f) == _sha(version / f)
+        assert _sha(root / f"v{n}" / "init" / "model.safetensors") == _sha(root / "v1" / "init" / "model.safetensors")
+        version = root / f"v{n}"
+
+
+def test_lora_members_serve_as_an_ensemble_or_merged_deltas(lora_trained, tiny_tokenizer) -> None:
+    """mean_prob over adapters equals the mean of each adapter's own probabilities on a fresh base; merged_sum /
+    merged_mean equal the base plus the sum / mean of (alpha / r) B A computed from the adapter files."""
+    from safetensors.torch import load_file
+
+    from unlearn import ensemble, lora
+    from unlearn.model import load_model
+
+    root, *_ = lora_trained
+    model, tok = load_model(root / "v1")
+    assert isinstance(model, sharded.ShardEnsemble) and len(model.members) == LORA.shards
+    ids = torch.tensor([tok.encode("Where was Kalo Venra 3 born 1?")])
+    mask = torch.ones_like(ids)
+    alone = [lora.load(ensemble.load_member(root / "v1" / "init"), sharded.member_dir(root / "v1", s)).eval()
+             for s in range(LORA.shards)]
+    with torch.no_grad():
+        probs = torch.stack([torch.softmax(m(input_ids=ids, attention_mask=mask).logits, -1) for m in alone])
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits.exp(), probs.mean(0),
+                                   rtol=1e-5, atol=1e-7)
+    base = load_file(str(root / "v1" / "init" / "model.safetensors"))
+    deltas: dict[str, torch.Tensor] = {}
+    for s in range(LORA.shards):
+        w = load_file(str(sharded.member_dir(root / "v1", s) / "adapter_model.safetensors"))
+        for k in w:
+            if ".lora_A." in k:
+                name = k.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+                d = w[k.replace("lora_A", "lora_B")] @ w[k] * (LORA.lora_alpha / LORA.lora_rank)
+                deltas[name] = deltas.get(name, 0) + d
+    assert deltas and set(deltas) <= set(base)
+    for mean in (False, True):
+        merged = ensemble.merge_adapters(ensemble.load_adapters(root / "v1", LORA.shards),
+                                         ensemble.adapter_names(LORA.shards), mean)
+        got = merged.state_dict()
+        assert not any("lora_" in k for k in got)
+        for k, v in base.items():
+            want = v + deltas[k] / (LORA.shards if mean else 1) if k in deltas else v
+            torch.testing.assert_close(got[k], want, rtol=1e-6, atol=1e-6)
+
+
 def test_plan_rejects_bad_values() -> None:
     from unlearn.errors import ConfigError
 
@@ -118,6 +212,8 @@ def test_plan_rejects_bad_values() -> None:
         sharded.ShardPlan(shards=0)
     with pytest.raises(ConfigError, match="aggregate"):
         sharded.ShardPlan(aggregate="max")
+    with pytest.raises(ConfigError, match="needs lora_rank"):
+        sharded.ShardPlan(aggregate="merged_sum")
 
 
 def _files(tmp_path: Path) -> dict[str, Path]:

@@ -21,7 +21,8 @@ from unlearn.fsutil import WEIGHT_SUFFIXES, sha256_file, weights_hash
 from unlearn.jsonio import JsonObject, read_json
 
 SHARDED_FILE, FORMAT = "sharded.json", "unlearn-sharded/1"
-AGGREGATES = ("mean_prob", "mean_logprob")
+AGGREGATES = ("mean_prob", "mean_logprob", "merged_sum", "merged_mean")
+MERGED = ("merged_sum", "merged_mean")  # LoRA members only: one model, base + the sum (or mean) of the deltas
 
 
 class ShardEnsemble(torch.nn.Module):
@@ -124,16 +125,68 @@ def load_member(directory: Path, dtype: torch.dtype = torch.float32) -> torch.nn
                                                     use_safetensors=True).eval()
 
 
-def load_sharded(path: str | Path, dtype: torch.dtype = torch.float32) -> ShardEnsemble:
+class AdapterView(torch.nn.Module):
+    """One adapter of a PEFT model holding several (one per shard): that model with this adapter active. Every
+    view shares the one base, so S adapter members cost one base model of memory (and S passes to score)."""
+
+    def __init__(self, model: torch.nn.Module, name: str) -> None:
+        super().__init__()
+        self.model, self.name = model, name
+        self.config = model.config
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.model.set_adapter(self.name)
+        return self.model(*args, **kwargs)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.model.get_input_embeddings()
+
+
+def adapter_names(shards: int) -> list[str]:
+    return [f"shard-{s:02d}" for s in range(shards)]
+
+
+def load_adapters(path: Path, shards: int, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The shared base (``init/``) with every member's LoRA adapter loaded under its `adapter_names` name."""
+    from unlearn import lora
+
+    model = lora.load(load_member(path / "init", dtype), member_dir(path, 0), adapter_name=adapter_names(1)[0])
+    for s, name in enumerate(adapter_names(shards)[1:], start=1):
+        model.load_adapter(str(member_dir(path, s)), adapter_name=name)
+    return model.eval()
+
+
+def merge_adapters(model: torch.nn.Module, names: Sequence[str], mean: bool) -> torch.nn.Module:
+    """A plain model: W0 + the sum (``mean``: the mean) over ``names`` of each adapter's delta (alpha / r) B A,
+    in every wrapped layer; one forward pass to serve."""
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+                delta = sum(module.get_delta_weight(n) for n in names)
+                module.base_layer.weight.add_(delta / (len(names) if mean else 1))
+    return model.unload().eval()
+
+
+def load_sharded(path: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A sharded model as one causal LM: the ensemble of its members, or (LoRA members, a merged aggregate) the
+    base with the members' deltas merged."""
     plan = read_meta(path)["plan"]
-    return ShardEnsemble([load_member(member_dir(Path(path), s), dtype) for s in range(plan["shards"])],
-                         plan["aggregate"]).eval()
+    if not plan.get("lora_rank"):
+        return ShardEnsemble([load_member(member_dir(Path(path), s), dtype) for s in range(plan["shards"])],
+                             plan["aggregate"]).eval()
+    model, names = load_adapters(Path(path), plan["shards"], dtype), adapter_names(plan["shards"])
+    if plan["aggregate"] in MERGED:
+        return merge_adapters(model, names, plan["aggregate"] == "merged_mean")
+    return ShardEnsemble([AdapterView(model, n) for n in names], plan["aggregate"]).eval()
 
 
 def sharded_hash(path: str | Path) -> str:
     """One hash for a sharded model's weights: sha256 over its members' weight hashes, in shard order."""
     h = hashlib.sha256()
-    for s in range(read_meta(path)["plan"]["shards"]):
+    plan = read_meta(path)["plan"]
+    if plan.get("lora_rank"):  # adapters: the shared base is part of the served weights
+        h.update(f"base\0{sha256_file(Path(path) / 'init' / 'model.safetensors')}\n".encode())
+    for s in range(plan["shards"]):
         d = member_dir(Path(path), s)
         member = weights_hash({f.name: sha256_file(f) for f in d.iterdir() if f.suffix in WEIGHT_SUFFIXES})
         h.update(f"{s}\0{member}\n".encode())

@@ -73,16 +73,17 @@ def attach(model: torch.nn.Module, rank: int, alpha: float, targets: str, base_p
     return wrapped
 
 
-def load(model: torch.nn.Module, adapter: str | Path, base_path: str | Path | None = None) -> torch.nn.Module:
+def load(model: torch.nn.Module, adapter: str | Path, base_path: str | Path | None = None,
+         adapter_name: str = "default") -> torch.nn.Module:
     """``model`` with the adapter in ``adapter`` applied (its parameters trainable, the base frozen)."""
     peft = _peft()
     try:
-        wrapped = peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        wrapped = peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=True, adapter_name=adapter_name)
     except Exception as exc:
         raise ModelError(f"{adapter}: cannot load the adapter ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     if base_path is not None:
-        wrapped.peft_config["default"].base_model_name_or_path = str(Path(base_path).absolute())
+        wrapped.peft_config[adapter_name].base_model_name_or_path = str(Path(base_path).absolute())
     return wrapped.eval()
 
 

@@ -39,6 +39,7 @@ from unlearn.distributed import all_ok, is_main_process, join_launch, on_main, r
 from unlearn.ensemble import (
     AGGREGATES,
     FORMAT,
+    MERGED,
     SHARDED_FILE,
     ShardEnsemble,
     is_sharded,
@@ -51,6 +52,7 @@ from unlearn.ensemble import (
 )
 from unlearn.errors import ConfigError, ModelError
 from unlearn.jsonio import JsonObject, read_json
+from unlearn.lora import is_peft
 from unlearn.splits import GROUP_FIELDS
 from unlearn.training import TrainArgs, train_lm
 
@@ -59,6 +61,7 @@ __all__ = ["SHARDED_FILE", "ShardEnsemble", "ShardPlan", "ShardRun", "assign", "
            "train_stages"]
 
 ASSIGNMENT_FILE = "assignment.json"
+START = Path("stages") / "start.safetensors"  # a LoRA member's adapter before its first stage
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,19 @@ class ShardPlan:
     seed: int = 0
     aggregate: str = "mean_prob"
     train: TrainArgs = field(default_factory=lambda: TrainArgs(epochs=10, batch_size=32, lr=3e-3, bf16=False))
+    lora_rank: int = 0  # 0: full-parameter members; else one LoRA adapter per shard on the shared base (init/)
+    lora_alpha: float = 16.0
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be >= 1, got {getattr(self, k)!r}" for k in ("shards", "slices")
                     if not isinstance(getattr(self, k), int) or getattr(self, k) < 1]
         if self.aggregate not in AGGREGATES:
             problems.append(f"aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            problems.append(f"lora_rank must be >= 0, got {self.lora_rank!r}")
+        elif self.aggregate in MERGED and not self.lora_rank:
+            problems.append(f"aggregate {self.aggregate} merges LoRA deltas: it needs lora_rank >= 1")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -114,15 +124,33 @@ def stage_args(plan: ShardPlan, shard: int, stage: int) -> TrainArgs:
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    """What a stage checkpoints: every weight, or of a LoRA member its adapter's."""
+    adapter = is_peft(model)
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if not adapter or "lora_" in k}
+
+
+def start_member(init: torch.nn.Module, plan: ShardPlan, shard: int) -> torch.nn.Module:
+    """A member before its first stage: a copy of ``init``; with ``plan.lora_rank``, ``init`` with a new adapter
+    drawn from the seed of (plan seed, shard)."""
+    import copy
+
+    model = copy.deepcopy(init)
+    if not plan.lora_rank:
+        return model
+    from unlearn import lora
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_draw(plan.seed, "adapter", shard) % (2**31))
+        return lora.attach(model, plan.lora_rank, plan.lora_alpha, plan.lora_targets)
 
 
 def train_stages(model: torch.nn.Module, records: Sequence[Record], assignment: Mapping[str, tuple[int, int]],
                  plan: ShardPlan, shard: int, tokenizer: Any, first: int = 0,
                  on_stage: Callable[[int, int, int], None] | None = None) -> tuple[dict[int, dict], int]:
     """Stages ``first``..R-1 of ``shard`` on ``model`` (in place, holding the weights before stage ``first``):
-    (the weights after every stage, record-epochs trained). A stage with no records leaves the weights."""
-    states, cost = {}, 0
+    (the weights after every stage, and of a LoRA member at -1 its adapter before stage 0; records processed).
+    A stage with no records leaves the weights."""
+    states, cost = {-1: _state(model)} if first == 0 and is_peft(model) else {}, 0
     for stage in range(first, plan.slices):
         recs = stage_records(records, assignment, shard, stage)
         if recs:
@@ -149,9 +177,17 @@ def stage_cost(n_records: int, plan: ShardPlan) -> int:
 
 
 def load_state(model: torch.nn.Module, file: Path) -> torch.nn.Module:
+    """Every weight from ``file``; of a LoRA member, every adapter weight (the frozen base stays)."""
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(file)), strict=True)
+    state = load_file(str(file))
+    if not is_peft(model):
+        model.load_state_dict(state, strict=True)
+        return model
+    want = set(_state(model))
+    if set(state) != want:
+        raise ModelError(f"{file}: not this member's adapter weights ({len(set(state) ^ want)} keys differ)")
+    model.load_state_dict(state, strict=False)
     return model
 
 
@@ -180,6 +216,11 @@ def write_member(model: torch.nn.Module, states: Mapping[int, Mapping[str, torch
     stage but the last (``stages/stage-R.safetensors``); stages before ``first`` are linked from ``keep`` (the
     member's directory in the previous version)."""
     (directory / "stages").mkdir(parents=True)
+    if plan.lora_rank:  # the adapter before its first stage: where a deletion from stage 0 starts
+        if first and keep is not None:
+            link_or_copy(keep / START, directory / START)
+        else:
+            save_state(states[-1], directory / START)
     with quiet_loading():
         # a member is this process's own model: transformers writes only on rank 0 once a process group
         # exists, so this instance is told it is the writer (the bytes are those of a single process)
@@ -293,8 +334,6 @@ def train_sharded(records: Sequence[Record], tokenizer: Any, plan: ShardPlan, in
                   on_stage: Callable[[int, int, int], None] | None = None) -> ShardRun:
     """Train every shard from ``init`` (its weights are saved as the common start) and write the sharded model
     to the NEW directory ``out`` atomically."""
-    import copy
-
     from unlearn.model import check_output
 
     out = Path(out)
@@ -305,10 +344,9 @@ def train_sharded(records: Sequence[Record], tokenizer: Any, plan: ShardPlan, in
     join_launch()
     with _new_version(out) as tmp:
         if is_main_process():
-            (tmp / "init").mkdir()
-            save_state(_state(init), tmp / "init" / "model.safetensors")
+            _write_init(init, tmp / "init", plan)
         for shard in my_shards(plan.shards):
-            model = _device(copy.deepcopy(init))
+            model = _device(start_member(init, plan, shard))
             states, _ = train_stages(model, records, assignment, plan, shard, tokenizer, 0, on_stage)
             write_member(model, states, member_dir(tmp, shard), plan)
         cost = full_cost(assignment, plan)  # no collective inside the block: a failed process cannot hang it
@@ -317,6 +355,30 @@ def train_sharded(records: Sequence[Record], tokenizer: Any, plan: ShardPlan, in
             _write_version(tmp, tokenizer, plan, assignment, {"version": 1, "records": len(assignment),
                                                               "training_cost": cost, "deleted_records": 0})
     return run
+
+
+def _write_init(init: torch.nn.Module, directory: Path, plan: ShardPlan) -> None:
+    """The weights every member starts from; with LoRA members the shared base they are served on, as a Hugging
+    Face model directory."""
+    if not plan.lora_rank:
+        directory.mkdir()
+        save_state(_state(init), directory / "model.safetensors")
+        return
+    with quiet_loading():
+        init.save_pretrained(str(directory), safe_serialization=True)
+
+
+def _member_to_retrain(src: Path, plan: ShardPlan, shard: int, first: int) -> torch.nn.Module:
+    """Member ``shard`` of the version at ``src`` holding its weights before stage ``first``."""
+    d = member_dir(src, shard)
+    if plan.lora_rank:
+        from unlearn import lora
+
+        model = lora.load(load_member(src / "init"), d)
+        start = d / START
+    else:
+        model, start = load_member(d), src / "init" / "model.safetensors"
+    return load_state(_device(model), start if first == 0 else d / "stages" / f"stage-{first - 1}.safetensors")
 
 
 def plan_deletion(assignment: Mapping[str, tuple[int, int]], ids: Sequence[str]) -> dict[int, int]:
@@ -359,10 +421,7 @@ def delete(path: str | Path, records: Sequence[Record], ids: Sequence[str], toke
                 link_or_copy(member_dir(src, shard), member_dir(tmp, shard))
                 continue
             first = todo[shard]
-            model = _device(load_member(member_dir(src, shard)))
-            start = (src / "init" / "model.safetensors" if first == 0 else
-                     member_dir(src, shard) / "stages" / f"stage-{first - 1}.safetensors")
-            load_state(model, start)
+            model = _member_to_retrain(src, plan, shard, first)
             states, _ = train_stages(model, kept_records, remaining, plan, shard, tokenizer, first, on_stage)
             write_member(model, states, member_dir(tmp, shard), plan, keep=member_dir(src, shard), first=first)
         cost = retrain_cost(remaining, plan, todo)
