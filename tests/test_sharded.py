@@ -235,17 +235,18 @@ def _files(tmp_path: Path) -> dict[str, Path]:
             "manifest": tmp_path / "manifest.jsonl"}
 
 
-def _train_cli(tmp_path: Path, f: dict[str, Path], base: Path, out: Path) -> None:
+def _train_cli(tmp_path: Path, f: dict[str, Path], base: Path, out: Path, *extra: str) -> None:
     from unlearn.cli.main import main
 
     assert main(["train", "--data", str(f["train"]), "--manifest", str(f["manifest"]), "--base-model", str(base),
                  "--shards", "2", "--slices", "2", "--epochs", "1", "--batch-size", "4", "--out", str(out),
-                 "--json"]) == 0
+                 "--json", *extra]) == 0
 
 
 @pytest.mark.slow  # trains two tiny members and retrains one through the CLI
-def test_cli_train_then_forget_is_exact_with_a_receipt_and_a_verified_ledger(tmp_path, tiny_model_dir,
-                                                                            capsys) -> None:
+@pytest.mark.parametrize("members", ["full", "lora"])
+def test_cli_train_then_forget_is_exact_with_a_receipt_and_a_verified_ledger(tmp_path, tiny_model_dir, capsys,
+                                                                            members) -> None:
     import json
 
     from unlearn.cli.main import main
@@ -256,7 +257,9 @@ def test_cli_train_then_forget_is_exact_with_a_receipt_and_a_verified_ledger(tmp
     f = _files(tmp_path)
     gone = [f"p02-{j}" for j in range(3)]
     write_jsonl(tmp_path / "request.jsonl", ({"id": i} for i in gone))
-    _train_cli(tmp_path, f, tiny_model_dir, tmp_path / "v1")
+    lora = members == "lora"
+    _train_cli(tmp_path, f, tiny_model_dir, tmp_path / "v1",
+               *(["--lora-rank", "4", "--aggregate", "merged_sum", "--lr", "1e-2"] if lora else []))
     capsys.readouterr()
     assert main(["forget", "--model", str(tmp_path / "v1"), "--requests", str(tmp_path / "request.jsonl"),
                  "--manifest", str(f["manifest"]), "--data", str(f["train"]), "--holdout", str(f["holdout"]),
@@ -267,12 +270,12 @@ def test_cli_train_then_forget_is_exact_with_a_receipt_and_a_verified_ledger(tmp
     assert receipt["verdict"] in ("REMOVED", "INCONCLUSIVE")  # never NOT REMOVED / OVER-UNLEARNED
     assert verify(tmp_path / "unlearn-ledger.jsonl").ok
     model, _ = load_model(tmp_path / "v2")
-    assert isinstance(model, sharded.ShardEnsemble)
+    assert isinstance(model, sharded.ShardEnsemble) != lora  # merged adapters: one plain model
     assert not set(gone) & set(sharded.read_assignment(tmp_path / "v2"))
     # the input is never modified, and the other member is the same file
-    other = 1 - shard
-    assert _sha(sharded.member_dir(tmp_path / "v2", other) / "model.safetensors") == _sha(
-        sharded.member_dir(tmp_path / "v1", other) / "model.safetensors")
+    other, weights = 1 - shard, "adapter_model.safetensors" if lora else "model.safetensors"
+    assert _sha(sharded.member_dir(tmp_path / "v2", other) / weights) == _sha(
+        sharded.member_dir(tmp_path / "v1", other) / weights)
 
 
 @pytest.mark.slow  # three versions of a two-member model
