@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
                         "merged_mean (the base plus the sum / mean of the adapters' deltas: one model to serve)")
     t.add_argument("--lora-rank", type=int, default=0,
                    help="members are LoRA adapters of this rank on the shared --base-model (0: full-parameter)")
-    t.add_argument("--lora-alpha", type=float, default=16.0)
+    t.add_argument("--lora-alpha", type=float, default=None, help="LoRA scaling numerator (default 16)")
     t.add_argument("--lora-targets", default=None, help="module names each adapter wraps (comma-separated)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="NEW output directory (default runs/train-TIME)")
@@ -44,9 +44,8 @@ def plan_of(args: argparse.Namespace) -> Any:
     base = sharded_plan(PRESETS[args.preset or "default"], args.shards, args.slices)
     train = dataclasses.replace(base.train, **{k: v for k, v in (("epochs", args.epochs), ("batch_size",
                                 args.batch_size), ("lr", args.lr)) if v is not None}, seed=args.seed)
-    lora = {"lora_targets": args.lora_targets} if args.lora_targets else {}
-    return ShardPlan(args.shards, args.slices, args.seed, args.aggregate, train, args.lora_rank, args.lora_alpha,
-                     **lora)
+    lora = {k: v for k, v in (("lora_alpha", args.lora_alpha), ("lora_targets", args.lora_targets)) if v is not None}
+    return ShardPlan(args.shards, args.slices, args.seed, args.aggregate, train, args.lora_rank, **lora)
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:

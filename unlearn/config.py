@@ -224,6 +224,8 @@ def resolve_config(spec: str | Path, kind: str) -> Path:
 
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # a new LoRA adapter wraps these
+LORA_ALPHA = 16.0
 RELEARN_STEPS = 20  # the relearning attack of the battery and the stopping rule's relearning probe
 RELEARN_LR = 3e-4
 DEFAULT_METHOD = "target_match"  # of forget, requests run and worst-case: the best of the removal table

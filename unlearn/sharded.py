@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from unlearn.config import LORA_ALPHA, LORA_TARGETS
 from unlearn.data import Record
 from unlearn.distributed import all_ok, is_main_process, join_launch, on_main, rank_world
 from unlearn.ensemble import (
@@ -74,8 +75,8 @@ class ShardPlan:
     aggregate: str = "mean_prob"
     train: TrainArgs = field(default_factory=lambda: TrainArgs(epochs=10, batch_size=32, lr=3e-3, bf16=False))
     lora_rank: int = 0  # 0: full-parameter members; else one LoRA adapter per shard on the shared base (init/)
-    lora_alpha: float = 16.0
-    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    lora_alpha: float = LORA_ALPHA
+    lora_targets: str = LORA_TARGETS
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be >= 1, got {getattr(self, k)!r}" for k in ("shards", "slices")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from unlearn.config import RELEARN_LR, RELEARN_STEPS, Checked, arg
+from unlearn.config import LORA_ALPHA, LORA_TARGETS, RELEARN_LR, RELEARN_STEPS, Checked, arg
 from unlearn.jsonio import JsonObject
 from unlearn.registry import Registry
 
@@ -32,9 +32,8 @@ class UnlearnArgs(Checked):
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (less memory, ~30% "
                                        "more time)")
     lora_rank: int = arg(8, "rank of a new LoRA adapter (scope lora)", ge=1)
-    lora_alpha: float = arg(16.0, "LoRA scaling numerator (the update is alpha / rank x B A)", gt=0)
-    lora_targets: str = arg("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                            "module names a new LoRA adapter wraps (comma-separated)")
+    lora_alpha: float = arg(LORA_ALPHA, "LoRA scaling numerator (the update is alpha / rank x B A)", gt=0)
+    lora_targets: str = arg(LORA_TARGETS, "module names a new LoRA adapter wraps (comma-separated)")
     seed: int = arg(0, "seed of every random choice", ge=0)
     eval_every: int = arg(5, "steps between stopping-rule checks; 0 = never", ge=0)
     quick_check: int = arg(48, "a check's subsample stages score quick_check / 2, then quick_check records per "
