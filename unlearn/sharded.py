@@ -15,6 +15,11 @@ A sharded model is a directory: ``sharded.json`` (format, plan, members, version
 from), and ``shard-NN/`` per member (a Hugging Face model directory, plus ``stages/stage-R.safetensors``
 checkpoints). `load_model` loads it as one causal LM (`ShardEnsemble`). Members a deletion does not touch
 are hard-linked into the new version (copied where the filesystem cannot link).
+
+With ``ShardPlan.lora_rank`` the members are LoRA adapters on one shared base: ``init/`` is that base (a Hugging
+Face model directory), each ``shard-NN/`` holds only its adapter, its start (``stages/start.safetensors``, drawn
+from the seed of (seed, shard)) and its per-stage adapter checkpoints; served as an ensemble over the adapters
+on one base, or as the base plus the sum / mean of their deltas (`unlearn.ensemble`).
 """
 
 from __future__ import annotations
