@@ -53,8 +53,9 @@ def table_models(work: Path, gguf: Path, forget_people: int = 10, retain_people:
                  epochs: float = 3.0) -> None:
     """What `removal_table.py --real WORK` judges: the base fine-tuned (chat template, full parameters) on the
     tiny benchmark's forget10 people and ``retain_people`` others (``target``), and on the others alone
-    (``retain``, the gold standard); the tiny benchmark's 30 held-out people never seen; the record files and
-    each fine-tune's seconds (``report.json``) beside them. Built once; an existing WORK is reused."""
+    (``retain``, the gold standard); the tiny benchmark's 30 held-out people never seen; the record files
+    (``data/<split>.jsonl``, a built benchmark's layout) and each fine-tune's seconds (``report.json``) beside
+    them. Built once; an existing WORK is reused."""
     base = work / "base"
     if not base.exists():
         convert_gguf(gguf, base)
@@ -76,8 +77,9 @@ def table_models(work: Path, gguf: Path, forget_people: int = 10, retain_people:
         train_lm(model, records, tok, TrainArgs(epochs=epochs, batch_size=16, lr=1e-4, bf16=False))
         seconds[name] = {"train_seconds": time.perf_counter() - t, "train_records": len(records)}
         save_model(model.eval(), tok, work / name)
+    (work / "data").mkdir(exist_ok=True)
     for name, records in sets.items():
-        write_jsonl(work / f"{name}.jsonl", [record_to_json(r) for r in records])
+        write_jsonl(work / "data" / f"{name}.jsonl", [record_to_json(r) for r in records])
     if seconds:
         (work / "report.json").write_text(json.dumps({"models": seconds}, indent=2))
 

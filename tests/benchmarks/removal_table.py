@@ -32,10 +32,9 @@ import yaml
 from unlearn.auditors.battery import BatteryArgs, reference_scores, removal_battery
 from unlearn.auditors.stopping import make_monitor, returned_scores
 from unlearn.auditors.tofu import evaluate_qa, forget_quality, model_utility
-from unlearn.benchmark.build import build
+from unlearn.benchmark.build import Benchmark, build
 from unlearn.benchmark.generator import RETAIN_OF
 from unlearn.config import LoadOptions
-from unlearn.data import load_records
 from unlearn.methods import METHODS, get_method, load_method_args, measured
 from unlearn.model import load_model
 from unlearn.splits import split_by_group
@@ -75,24 +74,16 @@ def options_of(bench: Any) -> LoadOptions | None:
     return getattr(bench, "load", None)
 
 
-@dataclasses.dataclass
-class RealBenchmark:
-    """`real_model.py --table`'s directory seen as a benchmark: target/, retain/, <split>.jsonl, report.json."""
+@dataclasses.dataclass(frozen=True)
+class RealBenchmark(Benchmark):
+    """`real_model.py --table`'s directory, laid out as a built benchmark (target/, retain/, data/<split>.jsonl,
+    report.json), whose forget split is ``forget`` and whose models load in their chat template."""
 
-    root: Path
-    retain_split: str = "forget"
     load: LoadOptions = dataclasses.field(default_factory=lambda: LoadOptions(template="chat"))
 
     @property
-    def target(self) -> Path:
-        return self.root / "target"
-
-    @property
-    def retain(self) -> Path:
-        return self.root / "retain"
-
-    def split(self, name: str) -> list:
-        return load_records(self.root / f"{name}.jsonl")
+    def retain_split(self) -> str:
+        return "forget"
 
 
 def method_overrides(name: str, specs: list[str]) -> dict[str, Any]:
