@@ -130,11 +130,11 @@ def reference_of(model: torch.nn.Module, tokenizer: Any, sets: Sets, probes: Seq
     split = sets.splits
     battery = reference_scores(model, tokenizer, sets.forget, split.holdout_verdict)
     holdout = split.holdout_calibration or split.holdout_verdict
+    wanted = {probe_key(a): a for a in probes if a.relearn_probe}  # one probe per setting, however many ask
     return Reference(detectability(battery["as is"]),
                      evaluate_qa(model, tokenizer, sets.forget, rouge=False) if _tofu(sets.forget) else None,
                      forget_holdout_scores(model, tokenizer, sets.forget, holdout), battery,
-                     {probe_key(a): relearned_scores(model, tokenizer, sets.forget, holdout, a)
-                      for a in probes if a.relearn_probe})
+                     {k: relearned_scores(model, tokenizer, sets.forget, holdout, a) for k, a in wanted.items()})
 
 
 def judged(model: torch.nn.Module, tokenizer: Any, sets: Sets, ref: Reference | None,
