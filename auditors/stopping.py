@@ -217,7 +217,7 @@ class StoppingRule:
                  probe_reference: Scores | None = None) -> None:
         self.tokenizer, self.args, self.kept = tokenizer, args, kept
         self.retain_model, self.probed = retain_model, probe_reference
-        self.forget, self.retain_eval = forget, retain_eval
+        self.forget, self.holdout, self.retain_eval = forget, holdout, retain_eval
         self.groups, self.people = group_labels(holdout), group_labels(forget)
         if retain_scores is None and retain_model is not None:
             retain_scores = forget_holdout_scores(retain_model, tokenizer, forget, holdout)

@@ -5,8 +5,9 @@ Methods live in ``unlearn.methods`` (importing it registers them); this module i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -81,8 +82,15 @@ class UnlearnResult:
     stats: JsonObject = field(default_factory=dict)
 
 
-# A stopping-rule monitor: called with (model, step); returns (stop_reason or None, message, metrics).
+# A stopping-rule monitor: called with (model, step); returns (stop_reason or None, message, metrics). It may
+# carry ``holdout``: records of people the model never saw (the stopping rule's calibration half; the receipt's
+# verdict uses the other), which a method may calibrate itself on (see `unseen_records`).
 Monitor = Callable[[torch.nn.Module, int], tuple[str | None, str, JsonObject]]
+
+
+def unseen_records(monitor: Monitor | None) -> Sequence[Any]:
+    """The never-seen records a run's monitor carries (the stopping rule's calibration holdout), or none."""
+    return getattr(monitor, "holdout", ())
 UnlearnFn = Callable[..., UnlearnResult]
 
 

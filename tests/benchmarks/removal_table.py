@@ -124,6 +124,7 @@ def method_row(name: str, overrides: dict[str, Any], sets: Sets, forget: list, r
             spent[0] += time.perf_counter() - t
             return out
 
+        monitor.holdout = sets.cal  # the rule's never-seen people, for a method that calibrates on them
         res = measured(get_method(name).run, model, tok, forget, sets.retain, margs, monitor=monitor)
         model = res.model
     start = time.perf_counter()  # the battery as a receipt runs it (its cost), then every attack in full
