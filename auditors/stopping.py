@@ -15,6 +15,7 @@ from unlearn.auditors.battery import KnownScores, Scores, forget_holdout_scores
 from unlearn.auditors.metrics import auc, mann_whitney_p
 from unlearn.auditors.robustness import extraction_stats, split_for_relearning
 from unlearn.auditors.verdict import (
+    INCONCLUSIVE,
     NOT_REMOVED,
     OVER_UNLEARNED,
     REMOVED,
@@ -88,6 +89,15 @@ def _overshot(v: Verdict) -> list[str]:
 def _excess(v: Verdict) -> list[float]:
     """Each score's AUC minus its target (AUC_retain, or 0.5)."""
     return [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
+
+
+STOPS_ON_EVIDENCE = ("forget_undetectable", "resolution_limit")  # the stops the relearning probe gates
+
+
+def _noise(v: Verdict) -> float:
+    """The widest one-sided interval of a score's separation: its bound minus its estimate. At or above the margin
+    REMOVED is out of reach at this size whatever the separation (inf: a saturated AUC)."""
+    return max(e.supported_margin - abs(e.separation) for e in v.evidence)
 
 
 def _lead(e: ScoreEvidence) -> float:
@@ -178,7 +188,8 @@ class StoppingRule:
     """The stopping rule, on the CALIBRATION parts of the holdout and the retain evaluation set (the
     receipt's verdict uses the other parts; ``forget``: the monitored half of the request), by person on both
     sides, over every one-pass score. Stop when every score is within the margin of its target and no person
-    stands out (the verdict's equivalence test, REMOVED: ``forget_undetectable``; INCONCLUSIVE goes on; never
+    stands out (the verdict's equivalence test, REMOVED: ``forget_undetectable``; INCONCLUSIVE goes on, unless
+    REMOVED is out of reach at this size and every score is already within the margin: ``resolution_limit``; never
     at the check before any step without a retain model, where a shift could explain the verdict); stop and back
     off to the best checkpoint when the forget set became significantly LESS likely by any score
     (``over_unlearned``; also while another score still finds it more likely: the steps that would bring that
@@ -204,9 +215,9 @@ class StoppingRule:
     whose lead (the subsample's lower bound) is still above ``QUICK_MARGIN`` asks to ``defer`` the next
     check: far from the target the checks come every 2 x ``eval_every`` steps.
 
-    With ``args.relearn_probe`` a full check that would stop on REMOVED first runs the relearning probe
-    (`probe`): it stops only when the monitored people the probe did not relearn on are REMOVED after relearning
-    too (relative to the retain model relearned the same way: ``retain_model``, or its ``probe_reference``).
+    With ``args.relearn_probe`` a full check that would stop on the evidence first runs the relearning probe
+    (`probe`): it stops only when the monitored people the probe did not relearn on stay as they were after
+    relearning (relative to the retain model relearned the same way: ``retain_model``, or its ``probe_reference``).
 
     ``kept``: filled with the forget set's scores and extraction at every full check (step -> `KnownScores`),
     for the receipt's "as is" attack on the weights the run returns (`returned_scores`)."""
@@ -299,18 +310,21 @@ class StoppingRule:
             m["retain_prob"] = float(np.exp(rm["loss"]).mean())
         m["utility_ok"] = "retain_prob" not in m or m["retain_prob"] >= self.floor * float(self.base.mean())
         reason, message = self.decide(v, m, first)
-        if reason == "forget_undetectable" and self.args.relearn_probe:
-            reason, message = self.probe(model, step, m, message)
+        if reason in STOPS_ON_EVIDENCE and self.args.relearn_probe:
+            reason, message = self.probe(model, step, m, reason, message)
         return reason, message, m
 
-    def probe(self, model: torch.nn.Module, step: int, m: JsonObject, message: str) -> tuple[str | None, str]:
-        """The relearning probe before a REMOVED stop (`relearned_scores`): stop only if the monitored people it
-        did not relearn on are still REMOVED, relative to the retain model relearned the same way; else go on,
-        with the check's ``distance`` the worse of the two (the back-off prefers what survives relearning)."""
+    def probe(self, model: torch.nn.Module, step: int, m: JsonObject, reason: str,
+              message: str) -> tuple[str | None, str]:
+        """The relearning probe before a stop on the evidence (`relearned_scores`): stop only if the monitored
+        people it did not relearn on stay where the stop found them after relearning (REMOVED; for a
+        ``resolution_limit`` stop, INCONCLUSIVE within the margin too), relative to the retain model relearned the
+        same way; else go on, with the check's ``distance`` the worse of the two (the back-off prefers what
+        survives relearning)."""
         scores = relearned_scores(model, self.tokenizer, self.forget, self.stages.sets[1], self.args)
         if scores is None:
             m["relearned"] = "skipped"
-            return "forget_undetectable", f"{message}; relearning probe skipped (one person monitored)"
+            return reason, f"{message}; relearning probe skipped (one person monitored)"
         ref = self.probe_reference()
         measured = split_for_relearning(self.forget, self.args.seed)[1]
         v = two_sided_verdict(
@@ -320,8 +334,10 @@ class StoppingRule:
         m["relearned"], m["relearned_distance"] = v.status, max(abs(x) for x in _excess(v))
         what = (f"after {self.args.relearn_steps} relearning steps on the other monitored people "
                 f"({len(measured)} records measured): {v.status}, max |AUC - target| {m['relearned_distance']:.3f}")
-        if v.status == REMOVED:
-            return "forget_undetectable", f"{message}; still REMOVED {what}"
+        held = v.status == REMOVED or (reason == "resolution_limit" and v.status == INCONCLUSIVE
+                                       and m["relearned_distance"] <= v.margin)
+        if held:
+            return reason, f"{message}; still {v.status} {what}"
         m["distance"] = max(m["distance"], m["relearned_distance"])
         m["probe"] = what
         return None, ""
@@ -362,6 +378,13 @@ class StoppingRule:
             return ("forget_undetectable", f"every score within +-{v.margin:.3f} of {target} on the monitored forget "
                     f"records vs the calibration holdout (equivalence; residual bound {v.bound:.3f}, max |AUC - "
                     f"{target}| {m['distance']:.3f}), no person standing out")
+        if (self.args.stop_at_resolution and v.status == INCONCLUSIVE and m["distance"] <= v.margin
+                and _noise(v) >= v.margin):
+            m["noise"] = _noise(v) if np.isfinite(_noise(v)) else None
+            return ("resolution_limit", f"INCONCLUSIVE at the resolution of {v.members} monitored {v.unit}: every "
+                    f"score within +-{v.margin:.3f} of its target (max |AUC - target| {m['distance']:.3f}), no person "
+                    f"standing out, and REMOVED out of reach at this size (a score's interval alone is "
+                    f"{_noise(v):.3f} wide); further steps could only overshoot")
         return None, ""
 
     def schedule(self, v: Verdict, i: int) -> int:

@@ -49,6 +49,10 @@ class UnlearnArgs(Checked):
                                "data, as the receipt's verdict (at most 0.10 for 10 or more people)", gt=0, le=0.5)
     max_utility_drop: float = arg(0.25, "stop early if retain utility falls below (1 - this) x its value "
                                   "before unlearning", gt=0, le=1)
+    stop_at_resolution: bool = arg(True, "also stop INCONCLUSIVE when REMOVED is out of reach for the request's size "
+                                   "(one score's interval alone is wider than the margin) and every score is within "
+                                   "the margin of its target with no person standing out: as close as the monitored "
+                                   "people can show (resolution_limit); false: go on to REMOVED or max_steps")
     relearn_probe: bool = arg(False, "before it stops on REMOVED, the stopping rule fine-tunes a copy on half the "
                               "monitored people for relearn_steps and stops only if the other half is still "
                               "REMOVED (a method stops on what survives relearning, not only on what looks gone)")
@@ -73,7 +77,8 @@ class UnlearnArgs(Checked):
 class UnlearnResult:
     model: torch.nn.Module
     steps: int
-    stop_reason: str  # forget_undetectable | over_unlearned | utility_drop | max_steps | already_undetectable
+    stop_reason: str  # forget_undetectable | resolution_limit | over_unlearned | utility_drop | max_steps |
+    # already_undetectable | already_over_unlearned
     stop_message: str
     wall_seconds: float = 0.0  # wall time, peak memory and its kind set by `measured` around the whole call
     peak_memory_mb: float | None = None  # see unlearn.memory: CUDA allocated above start, or process peak RSS
