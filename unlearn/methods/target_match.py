@@ -96,6 +96,7 @@ class StandIns:
             for variant in (" " + term, term):
                 self._add(self.encode(variant), self.pieces)
         self._vocab: dict[tuple[bool, bool], set[int]] | None = None
+        self._drawn: dict[tuple[str, tuple[str, ...]], dict[str, list[int]]] = {}
 
     def _word(self, word: str, rng: random.Random) -> str:
         new = "".join(rng.choice(self.syllables[min(i, 1)]) for i in range(len(syllables(word))))
@@ -111,7 +112,14 @@ class StandIns:
                 into.setdefault(_kind(text), set()).add(p)
 
     def __call__(self, term: str, variants: Sequence[str]) -> dict[str, list[int]]:
-        """The stand-in's tokens for each variant of the term (" Name", "Name") that occurs."""
+        """The stand-in's tokens for each variant of the term (" Name", "Name") that occurs (drawn once per term
+        and variants: a person's records share it)."""
+        key = (term, tuple(variants))
+        if key not in self._drawn:
+            self._drawn[key] = self._draw(term, variants)
+        return self._drawn[key]
+
+    def _draw(self, term: str, variants: Sequence[str]) -> dict[str, list[int]]:
         rng = random.Random(hashlib.sha256(f"{self.seed}\0{term}".encode()).digest())
         words = term.split()
         sizes = {v: len(self.encode(v)) for v in variants}
