@@ -166,7 +166,7 @@ def test_the_fitted_temperature_puts_never_seen_peoples_targets_at_the_models_ow
 
     ref, tok = load_model(bench.target)
     ref.eval()
-    people = sorted({r.meta["person"] for r in bench.split("holdout")})[:2]
+    people = sorted({r.meta["person"] for r in bench.split("holdout")})[:3]
     unseen = [r for r in bench.split("holdout") if r.meta["person"] in people]
     pool = bench.split("retain90")
     unnamed = qa_record("u-x", "Where is the river?", "It runs by Tolmere.", person="ux")
@@ -184,6 +184,7 @@ def test_the_fitted_temperature_puts_never_seen_peoples_targets_at_the_models_ow
         return float(torch.tensor(out).median())
 
     own, t = median_nll(None), fit["temperature"]
+    assert fit["reached"]  # some T of the grid brings these people's targets to the level (else: the closest)
     assert fit["unseen_nll"] == pytest.approx(own, abs=1e-4)
     assert fit["target_nll_untempered"] == pytest.approx(median_nll(1.0), abs=1e-3)
     assert median_nll(t) == pytest.approx(own, abs=0.02)  # the grid is interpolated linearly

@@ -261,7 +261,8 @@ def fit_temperature(ref: torch.nn.Module, tokenizer: Any, unseen: Sequence[Recor
     median of ``ref``'s NLL on the records themselves (what a model predicts for people it never saw). Stand-ins
     recombined from kept names make the model surer, and wrong: 0.4-0.7 nats per token above a stranger's level on
     the default benchmark, so matching them untempered leaves the forget set less likely than never-seen people.
-    One pass: each record's NLL at every T of `TEMPERATURES`, T interpolated on that grid (log scale)."""
+    One pass: each record's NLL at every T of `TEMPERATURES`, T interpolated on that grid (log scale); where no T
+    of the grid reaches the level (``reached`` false), the T that comes closest."""
     encoded = zip(unseen, encode_many(unseen, tokenizer, max_length_of(ref)), strict=True)
     named = [r for r, (ids, _) in encoded if anchor_hits(r, ids, tokenizer, args.anchor_field)]
     if not named:
@@ -280,7 +281,8 @@ def fit_temperature(ref: torch.nn.Module, tokenizer: Any, unseen: Sequence[Recor
     want, curve = float(torch.cat(own).median()), torch.cat(cf).median(0).values.double()
     log_t = crossing(TEMPERATURES.log().double(), curve - want)
     return {"temperature": round(float(np.exp(log_t)), 4), "records": len(named), "unseen_nll": round(want, 4),
-            "target_nll_untempered": round(float(curve[(TEMPERATURES - 1).abs().argmin()]), 4)}
+            "target_nll_untempered": round(float(curve[(TEMPERATURES - 1).abs().argmin()]), 4),
+            "reached": bool(((curve - want) <= 0).any() and ((curve - want) >= 0).any())}
 
 
 def crossing(x: torch.Tensor, y: torch.Tensor) -> float:
