@@ -91,9 +91,6 @@ def _excess(v: Verdict) -> list[float]:
     return [e.auc - (0.5 if e.retain_auc is None else e.retain_auc) for e in v.evidence]
 
 
-STOPS_ON_EVIDENCE = ("forget_undetectable", "resolution_limit")  # the stops the relearning probe gates
-
-
 def _noise(v: Verdict) -> float:
     """The widest one-sided interval of a score's separation: its bound minus its estimate. At or above the margin
     REMOVED is out of reach at this size whatever the separation (inf: a saturated AUC)."""
@@ -189,7 +186,8 @@ class StoppingRule:
     receipt's verdict uses the other parts; ``forget``: the monitored half of the request), by person on both
     sides, over every one-pass score. Stop when every score is within the margin of its target and no person
     stands out (the verdict's equivalence test, REMOVED: ``forget_undetectable``; INCONCLUSIVE goes on, unless
-    REMOVED is out of reach at this size and every score is already within the margin: ``resolution_limit``; never
+    REMOVED is out of reach at this size and the closest check inside the margin has passed: ``resolution_limit``,
+    see `at_resolution`; never
     at the check before any step without a retain model, where a shift could explain the verdict); stop and back
     off to the best checkpoint when the forget set became significantly LESS likely by any score
     (``over_unlearned``; also while another score still finds it more likely: the steps that would bring that
@@ -215,9 +213,9 @@ class StoppingRule:
     whose lead (the subsample's lower bound) is still above ``QUICK_MARGIN`` asks to ``defer`` the next
     check: far from the target the checks come every 2 x ``eval_every`` steps.
 
-    With ``args.relearn_probe`` a full check that would stop on the evidence first runs the relearning probe
-    (`probe`): it stops only when the monitored people the probe did not relearn on stay as they were after
-    relearning (relative to the retain model relearned the same way: ``retain_model``, or its ``probe_reference``).
+    With ``args.relearn_probe`` a full check that would stop on REMOVED first runs the relearning probe
+    (`probe`): it stops only when the monitored people the probe did not relearn on are REMOVED after relearning
+    too (relative to the retain model relearned the same way: ``retain_model``, or its ``probe_reference``).
 
     ``kept``: filled with the forget set's scores and extraction at every full check (step -> `KnownScores`),
     for the receipt's "as is" attack on the weights the run returns (`returned_scores`)."""
@@ -237,6 +235,7 @@ class StoppingRule:
         self.base: np.ndarray | None = None  # every retain record's answer probability before any step (set order)
         self.begin = 0  # the stage the next check starts at (the schedule within a check)
         self.floor = 1 - args.max_utility_drop
+        self.inside: float | None = None  # the last full check's distance when it was at the resolution limit
 
     def __call__(self, model: torch.nn.Module, step: int) -> Decision:
         """One check: the subsample stages from ``begin`` until one decides, else the full check."""
@@ -245,6 +244,7 @@ class StoppingRule:
         for i in range(0 if first else self.begin, self.stages.last):
             decided = self.subsample(model, step, i, parts, first)
             if decided is not None:
+                self.inside = None  # a subsample saw the set clearly separated: not at the resolution limit
                 return decided
         return self.full_check(model, step, parts, first)
 
@@ -310,21 +310,18 @@ class StoppingRule:
             m["retain_prob"] = float(np.exp(rm["loss"]).mean())
         m["utility_ok"] = "retain_prob" not in m or m["retain_prob"] >= self.floor * float(self.base.mean())
         reason, message = self.decide(v, m, first)
-        if reason in STOPS_ON_EVIDENCE and self.args.relearn_probe:
-            reason, message = self.probe(model, step, m, reason, message)
+        if reason == "forget_undetectable" and self.args.relearn_probe:
+            reason, message = self.probe(model, step, m, message)
         return reason, message, m
 
-    def probe(self, model: torch.nn.Module, step: int, m: JsonObject, reason: str,
-              message: str) -> tuple[str | None, str]:
-        """The relearning probe before a stop on the evidence (`relearned_scores`): stop only if the monitored
-        people it did not relearn on stay where the stop found them after relearning (REMOVED; for a
-        ``resolution_limit`` stop, INCONCLUSIVE within the margin too), relative to the retain model relearned the
-        same way; else go on, with the check's ``distance`` the worse of the two (the back-off prefers what
-        survives relearning)."""
+    def probe(self, model: torch.nn.Module, step: int, m: JsonObject, message: str) -> tuple[str | None, str]:
+        """The relearning probe before a REMOVED stop (`relearned_scores`): stop only if the monitored people it
+        did not relearn on are still REMOVED, relative to the retain model relearned the same way; else go on,
+        with the check's ``distance`` the worse of the two (the back-off prefers what survives relearning)."""
         scores = relearned_scores(model, self.tokenizer, self.forget, self.stages.sets[1], self.args)
         if scores is None:
             m["relearned"] = "skipped"
-            return reason, f"{message}; relearning probe skipped (one person monitored)"
+            return "forget_undetectable", f"{message}; relearning probe skipped (one person monitored)"
         ref = self.probe_reference()
         measured = split_for_relearning(self.forget, self.args.seed)[1]
         v = two_sided_verdict(
@@ -334,10 +331,8 @@ class StoppingRule:
         m["relearned"], m["relearned_distance"] = v.status, max(abs(x) for x in _excess(v))
         what = (f"after {self.args.relearn_steps} relearning steps on the other monitored people "
                 f"({len(measured)} records measured): {v.status}, max |AUC - target| {m['relearned_distance']:.3f}")
-        held = v.status == REMOVED or (reason == "resolution_limit" and v.status == INCONCLUSIVE
-                                       and m["relearned_distance"] <= v.margin)
-        if held:
-            return reason, f"{message}; still {v.status} {what}"
+        if v.status == REMOVED:
+            return "forget_undetectable", f"{message}; still REMOVED {what}"
         m["distance"] = max(m["distance"], m["relearned_distance"])
         m["probe"] = what
         return None, ""
@@ -378,14 +373,22 @@ class StoppingRule:
             return ("forget_undetectable", f"every score within +-{v.margin:.3f} of {target} on the monitored forget "
                     f"records vs the calibration holdout (equivalence; residual bound {v.bound:.3f}, max |AUC - "
                     f"{target}| {m['distance']:.3f}), no person standing out")
-        if (self.args.stop_at_resolution and v.status == INCONCLUSIVE and m["distance"] <= v.margin
-                and _noise(v) >= v.margin):
-            m["noise"] = _noise(v) if np.isfinite(_noise(v)) else None
-            return ("resolution_limit", f"INCONCLUSIVE at the resolution of {v.members} monitored {v.unit}: every "
-                    f"score within +-{v.margin:.3f} of its target (max |AUC - target| {m['distance']:.3f}), no person "
-                    f"standing out, and REMOVED out of reach at this size (a score's interval alone is "
-                    f"{_noise(v):.3f} wide); further steps could only overshoot")
-        return None, ""
+        return self.at_resolution(v, m)
+
+    def at_resolution(self, v: Verdict, m: JsonObject) -> tuple[str | None, str]:
+        """``resolution_limit``: REMOVED is out of reach at this size (a score's interval alone is wider than the
+        margin) and the last check was INCONCLUSIVE inside the margin, and this one is no closer: stop, backing
+        off to the closest check. Inside the margin and still closing in: go on."""
+        before, now = self.inside, m["distance"]
+        limited = self.args.stop_at_resolution and _noise(v) >= v.margin
+        self.inside = now if limited and v.status == INCONCLUSIVE and now <= v.margin else None
+        if not limited or before is None or now < before:
+            return None, ""
+        m["noise"] = _noise(v) if np.isfinite(_noise(v)) else None
+        return ("resolution_limit", f"INCONCLUSIVE at the resolution of {v.members} monitored {v.unit}: every "
+                f"score came within +-{v.margin:.3f} of its target (max |AUC - target| {before:.3f}, now "
+                f"{now:.3f}), no person standing out, and REMOVED is out of reach at this size (a score's interval "
+                f"alone is {_noise(v):.3f} wide); further steps only move away")
 
     def schedule(self, v: Verdict, i: int) -> int:
         """Where the next check starts: the smallest stage whose interval, scaled from stage ``i``'s, would still

@@ -186,12 +186,15 @@ def test_stopping_rule_reaches_each_reason_and_backs_off_to_the_best_checkpoint(
         assert last["status"] == "REMOVED" and last["bound"] <= last["margin"] == 0.3
         assert "backed_off_to" not in res.stats
         return
-    if reason == "resolution_limit":  # inside the margin, where even a perfect candidate could not show REMOVED
-        assert last["status"] == "INCONCLUSIVE" and last["distance"] <= last["margin"] <= last["noise"]
-        assert "backed_off_to" not in res.stats and all(h["distance"] > h.get("margin", 0) for h in hist[1:-1])
-        return
-    assert (not last["utility_ok"]) if reason == "utility_drop" else (
-        last["status"] == "OVER-UNLEARNED" or last.get("overshoot"))
+    if reason == "resolution_limit":  # past the closest check inside the margin, where REMOVED is out of reach
+        prev = hist[-2]
+        assert prev["status"] == "INCONCLUSIVE" and prev["distance"] <= prev["margin"] <= last["noise"]
+        assert last["distance"] >= prev["distance"]
+        assert all(not (h["status"] == "INCONCLUSIVE" and h["distance"] <= h.get("margin", 0)
+                        and n["distance"] >= h["distance"]) for h, n in zip(hist[:-2], hist[1:-1]))
+    else:
+        assert (not last["utility_ok"]) if reason == "utility_drop" else (
+            last["status"] == "OVER-UNLEARNED" or last.get("overshoot"))
     best = min(hist[:-1], key=lambda h: h["distance"])  # the checkpoint closest to indistinguishable
     assert res.stats["backed_off_to"] == best["step"] and "backed off" in res.stop_message
     again = monitor(res.model, 10**6)[2]  # the returned weights are that checkpoint's, not the overshoot's

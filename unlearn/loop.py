@@ -126,7 +126,7 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     return stopper.result(model, steps)
 
 
-BACK_OFF = ("over_unlearned", "utility_drop")
+BACK_OFF = ("over_unlearned", "utility_drop", "resolution_limit")
 STOPPER_STATS = ("backed_off_to", "back_off")  # what the stopper adds to a result's stats
 
 
@@ -150,7 +150,8 @@ def next_check(history: list[JsonObject], every: int) -> int:
 class Stopper:
     """Runs the stopping-rule monitor (in eval mode), keeps the history and the reason to stop, and the best
     checkpoint seen: the trainable weights at the check closest to indistinguishable (smallest ``distance``)
-    with utility inside the guard. A stop for overshooting (``over_unlearned``) or for utility restores it."""
+    with utility inside the guard. A stop for overshooting (``over_unlearned``), for utility or at the verdict's
+    resolution (``resolution_limit``: past the closest check) restores it."""
 
     def __init__(self, monitor: Monitor | None, args: UnlearnArgs, current: Callable[[], torch.nn.Module]) -> None:
         self.monitor, self.current = monitor, current
