@@ -186,8 +186,8 @@ class StoppingRule:
     receipt's verdict uses the other parts; ``forget``: the monitored half of the request), by person on both
     sides, over every one-pass score. Stop when every score is within the margin of its target and no person
     stands out (the verdict's equivalence test, REMOVED: ``forget_undetectable``; INCONCLUSIVE goes on, unless
-    REMOVED is out of reach at this size and the closest check inside the margin has passed: ``resolution_limit``,
-    see `at_resolution`; never
+    REMOVED is out of reach at this size and the checks stopped coming closer: ``resolution_limit``, see
+    `at_resolution`; never
     at the check before any step without a retain model, where a shift could explain the verdict); stop and back
     off to the best checkpoint when the forget set became significantly LESS likely by any score
     (``over_unlearned``; also while another score still finds it more likely: the steps that would bring that
@@ -235,7 +235,8 @@ class StoppingRule:
         self.base: np.ndarray | None = None  # every retain record's answer probability before any step (set order)
         self.begin = 0  # the stage the next check starts at (the schedule within a check)
         self.floor = 1 - args.max_utility_drop
-        self.inside: float | None = None  # the last full check's distance when it was at the resolution limit
+        self.closest: float | None = None  # the closest INCONCLUSIVE full check's distance (resolution limit)
+        self.since = 0  # full checks since it
 
     def __call__(self, model: torch.nn.Module, step: int) -> Decision:
         """One check: the subsample stages from ``begin`` until one decides, else the full check."""
@@ -244,7 +245,6 @@ class StoppingRule:
         for i in range(0 if first else self.begin, self.stages.last):
             decided = self.subsample(model, step, i, parts, first)
             if decided is not None:
-                self.inside = None  # a subsample saw the set clearly separated: not at the resolution limit
                 return decided
         return self.full_check(model, step, parts, first)
 
@@ -377,18 +377,24 @@ class StoppingRule:
 
     def at_resolution(self, v: Verdict, m: JsonObject) -> tuple[str | None, str]:
         """``resolution_limit``: REMOVED is out of reach at this size (a score's interval alone is wider than the
-        margin) and the last check was INCONCLUSIVE inside the margin, and this one is no closer: stop, backing
-        off to the closest check. Inside the margin and still closing in: go on."""
-        before, now = self.inside, m["distance"]
-        limited = self.args.stop_at_resolution and _noise(v) >= v.margin
-        self.inside = now if limited and v.status == INCONCLUSIVE and now <= v.margin else None
-        if not limited or before is None or now < before:
+        margin) and ``resolution_patience`` full checks came no closer than the closest INCONCLUSIVE one: stop,
+        backing off to it. A closer INCONCLUSIVE check starts the count again."""
+        now, patience = m["distance"], self.args.resolution_patience
+        if not patience or _noise(v) < v.margin:
+            return None, ""
+        if v.status == INCONCLUSIVE and (self.closest is None or now < self.closest):
+            self.closest, self.since = now, 0
+            return None, ""
+        if self.closest is None:
+            return None, ""
+        self.since += 1
+        if self.since < patience:
             return None, ""
         m["noise"] = _noise(v) if np.isfinite(_noise(v)) else None
-        return ("resolution_limit", f"INCONCLUSIVE at the resolution of {v.members} monitored {v.unit}: every "
-                f"score came within +-{v.margin:.3f} of its target (max |AUC - target| {before:.3f}, now "
-                f"{now:.3f}), no person standing out, and REMOVED is out of reach at this size (a score's interval "
-                f"alone is {_noise(v):.3f} wide); further steps only move away")
+        return ("resolution_limit", f"INCONCLUSIVE at the resolution of {v.members} monitored {v.unit}: "
+                f"{patience} checks no closer than the closest (max |AUC - target| {self.closest:.3f}, margin "
+                f"{v.margin:.3f}), and REMOVED out of reach at this size (a score's interval alone is "
+                f"{_noise(v):.3f} wide)")
 
     def schedule(self, v: Verdict, i: int) -> int:
         """Where the next check starts: the smallest stage whose interval, scaled from stage ``i``'s, would still

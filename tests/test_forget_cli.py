@@ -33,8 +33,8 @@ def test_forget_builtin_person_end_to_end(tmp_path: Path, bench, capsys) -> None
     assert main(_forget(tmp_path, "m1", "--method", "npo", "--json")) == 0
     receipt = json.loads(capsys.readouterr().out)
     out = tmp_path / "m1"
-    assert receipt["steps"] > 0 and receipt["stop_reason"] in ("forget_undetectable", "resolution_limit", "max_steps", "utility_drop",
-                                                               "over_unlearned")
+    assert receipt["steps"] > 0 and receipt["stop_reason"] in ("forget_undetectable", "resolution_limit", "max_steps",
+                                                               "utility_drop", "over_unlearned")
     assert receipt["after"]["forget_auc"] < receipt["before"]["forget_auc"]
     assert receipt["before"]["forget_p"] < 0.05
     assert len(receipt["request"]["ids"]) == 10  # one built-in person, ten facts

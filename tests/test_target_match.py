@@ -117,7 +117,8 @@ def test_the_matching_loss_equals_its_per_prefix_definition(tiny_tokenizer, temp
     assert loss.item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
     if temperature != 1.0:  # tempering changes the loss: the check sees it
         targets.temperature = 1.0
-        assert loss.item() != pytest.approx(match_step(args, ref, targets, None)(model, batch, None)[0].item(), rel=1e-3)
+        untempered = match_step(args, ref, targets, None)(model, batch, None)[0].item()
+        assert loss.item() != pytest.approx(untempered, rel=1e-3)
     assert stats["match_kl"] > 0 and stats["token_gap"] > 0
     same, _ = match_step(args, model, targets, None)(model, batch, None)  # own prediction on a counterfactual:
     assert same.item() > 0  # still a loss (the stand-in changes the prediction)

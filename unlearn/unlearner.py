@@ -49,10 +49,10 @@ class UnlearnArgs(Checked):
                                "data, as the receipt's verdict (at most 0.10 for 10 or more people)", gt=0, le=0.5)
     max_utility_drop: float = arg(0.25, "stop early if retain utility falls below (1 - this) x its value "
                                   "before unlearning", gt=0, le=1)
-    stop_at_resolution: bool = arg(True, "where REMOVED is out of reach for the request's size (one score's "
-                                   "interval alone is wider than the margin), stop once a check came INCONCLUSIVE "
-                                   "with every score within the margin and the next is no closer, backing off to "
-                                   "the closest (resolution_limit); false: go on to REMOVED or max_steps")
+    resolution_patience: int = arg(3, "where REMOVED is out of reach for the request's size (one score's interval "
+                                    "alone is wider than the margin), stop after this many full checks none closer "
+                                    "than the closest INCONCLUSIVE one, backing off to it (resolution_limit); 0: go "
+                                    "on to REMOVED or max_steps", ge=0)
     relearn_probe: bool = arg(False, "before it stops on REMOVED, the stopping rule fine-tunes a copy on half the "
                               "monitored people for relearn_steps and stops only if the other half is still "
                               "REMOVED (a method stops on what survives relearning, not only on what looks gone)")
