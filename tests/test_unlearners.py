@@ -202,6 +202,24 @@ def test_stopping_rule_reaches_each_reason_and_backs_off_to_the_best_checkpoint(
     assert again["retain_prob"] == pytest.approx(best["retain_prob"], rel=1e-6)
 
 
+@pytest.mark.slow
+def test_resolution_limit_needs_ten_monitored_people(bench) -> None:
+    """The resolution_limit case of STOP_CASES on three people of it: the rule goes on (their closest check is
+    mostly noise), to max_steps or another reason."""
+    from unlearn.auditors.stopping import make_monitor
+    from unlearn.splits import split_by_group
+
+    forget = bench.split("forget10")
+    few = [r for r in forget if r.meta["person"] in sorted({r.meta["person"] for r in forget})[:3]]
+    calibration, _ = split_by_group(bench.split("holdout"))
+    over = {**next(o for _, o, reason in STOP_CASES if reason == "resolution_limit"), "max_steps": 60}
+    args = load_method_args("graddiff", overrides=over)
+    model, tok = load_model(bench.target)
+    monitor = make_monitor(tok, few, calibration, bench.split("retain90")[:100], args)
+    res = get_method("graddiff").run(model, tok, few, bench.split("retain90"), args, monitor=monitor)
+    assert res.stop_reason != "resolution_limit" and len(res.history) > args.resolution_patience + 2
+
+
 def _graddiff_until_undetectable(bench, **over):
     """GradDiff on forget10 under the stopping rule (the forget_undetectable case of STOP_CASES)."""
     from unlearn.auditors.stopping import make_monitor
