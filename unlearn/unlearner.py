@@ -91,12 +91,12 @@ class UnlearnResult:
 # carry ``holdout``: records of people the model never saw (the stopping rule's calibration half; the receipt's
 # verdict uses the other), which a method may calibrate itself on (see `unseen_records`).
 Monitor = Callable[[torch.nn.Module, int], tuple[str | None, str, JsonObject]]
+UnlearnFn = Callable[..., UnlearnResult]
 
 
 def unseen_records(monitor: Monitor | None) -> Sequence[Any]:
     """The never-seen records a run's monitor carries (the stopping rule's calibration holdout), or none."""
     return getattr(monitor, "holdout", ())
-UnlearnFn = Callable[..., UnlearnResult]
 
 
 @dataclass(frozen=True)
