@@ -167,7 +167,7 @@ def test_the_fitted_temperature_puts_never_seen_peoples_targets_at_the_models_ow
 
     ref, tok = load_model(bench.target)
     ref.eval()
-    people = sorted({r.meta["person"] for r in bench.split("holdout")})[:3]
+    people = sorted({r.meta["person"] for r in bench.split("holdout")})[:10]  # few people: a noisy median curve
     unseen = [r for r in bench.split("holdout") if r.meta["person"] in people]
     pool = bench.split("retain90")
     unnamed = qa_record("u-x", "Where is the river?", "It runs by Tolmere.", person="ux")

@@ -127,7 +127,8 @@ STOP_CASES = [  # (method, overrides, expected reason): each reason of the stopp
     # stated margin of 0.3 makes the stop reachable there
     ("graddiff", {"lr": 3e-4, "max_steps": 120, "eval_every": 4, "max_utility_drop": 0.5, "margin": 0.3, **GO_ON},
      "forget_undetectable"),
-    # at the default margin REMOVED is out of reach with 10 people: the rule stops once every score is inside it
+    # at the default margin REMOVED is out of reach with 10 people: the rule stops once `resolution_patience` checks
+    # came no closer than the closest INCONCLUSIVE one
     ("graddiff", {"lr": 3e-4, "max_steps": 120, "eval_every": 4, "max_utility_drop": 0.5, "resolution_patience": 2,
                   **FIXED}, "resolution_limit"),
     ("graddiff", {"lr": 2e-3, "max_steps": 60, "eval_every": 5, "max_utility_drop": 1.0, **GO_ON}, "over_unlearned"),
