@@ -383,9 +383,9 @@ class StoppingRule:
         more monitored people (or records, without people): below, the closest of a few people's checks is mostly
         their noise (one person, the README's command: stopped at a check 0.06 from the target, LOSS AUC 0.14
         above the retain model's on the judged records), and the rule goes on as before."""
-        now, patience = m["distance"], self.args.resolution_patience
+        now, patience, noise = m["distance"], self.args.resolution_patience, _noise(v)
         units = len(set(self.people)) if self.people else len(self.forget)
-        if not patience or units < MARGIN_UNITS or _noise(v) < v.margin:
+        if not patience or units < MARGIN_UNITS or noise < v.margin:
             return None, ""
         if v.status == INCONCLUSIVE and (self.closest is None or now < self.closest):
             self.closest, self.since = now, 0
@@ -395,10 +395,10 @@ class StoppingRule:
         self.since += 1
         if self.since < patience:
             return None, ""
-        m["noise"] = _noise(v) if np.isfinite(_noise(v)) else None
+        m["noise"] = noise if np.isfinite(noise) else None
         return ("resolution_limit", f"INCONCLUSIVE at the resolution of {units} monitored people: {patience} checks "
                 f"no closer than the closest (max |AUC - target| {self.closest:.3f}, margin {v.margin:.3f}), and "
-                f"REMOVED out of reach at this size (a score's interval alone is {_noise(v):.3f} wide)")
+                f"REMOVED out of reach at this size (a score's interval alone is {noise:.3f} wide)")
 
     def schedule(self, v: Verdict, i: int) -> int:
         """Where the next check starts: the smallest stage whose interval, scaled from stage ``i``'s, would still

@@ -263,24 +263,23 @@ def fit_temperature(ref: torch.nn.Module, tokenizer: Any, unseen: Sequence[Recor
     the default benchmark, so matching them untempered leaves the forget set less likely than never-seen people.
     One pass: each record's NLL at every T of `TEMPERATURES`, T interpolated on that grid (log scale); where no T
     of the grid reaches the level (``reached`` false), the T that comes closest."""
-    encoded = zip(unseen, encode_many(unseen, tokenizer, max_length_of(ref)), strict=True)
-    named = [r for r, (ids, _) in encoded if anchor_hits(r, ids, tokenizer, args.anchor_field)]
-    if not named:
+    encoded = [(r, e) for r, e in zip(unseen, encode_many(unseen, tokenizer, max_length_of(ref)), strict=True)
+               if anchor_hits(r, e[0], tokenizer, args.anchor_field)]
+    if not encoded:
         return {"temperature": 1.0, "records": 0}
     own, cf = [], []
-    targets = CounterfactualTargets(named, tokenizer, args.anchor_field, args.seed, max_length_of(ref), pool, ref,
-                                    args.candidates)
+    targets = CounterfactualTargets([r for r, _ in encoded], tokenizer, args.anchor_field, args.seed,
+                                    max_length_of(ref), pool, ref, args.candidates)
     device = next(ref.parameters()).device
-    for start in range(0, len(named), 32):
-        batch = collate(encode_many(named[start:start + 32], tokenizer, max_length_of(ref)), pad_id_of(tokenizer))
-        batch = batch.to(device)
+    for start in range(0, len(encoded), 32):
+        batch = collate([e for _, e in encoded[start:start + 32]], pad_id_of(tokenizer)).to(device)
         with torch.no_grad():
             lp, n = target_logprobs(forward_logits(ref, batch), batch.labels)
         own.append(-lp / n)
         cf.append(tempered_nll(targets.target_logprobs(ref, batch), batch.labels))
     want, curve = float(torch.cat(own).median()), torch.cat(cf).median(0).values.double()
     log_t = crossing(TEMPERATURES.log().double(), curve - want)
-    return {"temperature": round(float(np.exp(log_t)), 4), "records": len(named), "unseen_nll": round(want, 4),
+    return {"temperature": round(float(np.exp(log_t)), 4), "records": len(encoded), "unseen_nll": round(want, 4),
             "target_nll_untempered": round(float(curve[(TEMPERATURES - 1).abs().argmin()]), 4),
             "reached": bool(((curve - want) <= 0).any() and ((curve - want) >= 0).any())}
 
