@@ -263,6 +263,22 @@ def test_a_person_or_group_must_be_a_name_or_a_number(value, tmp_path: Path) -> 
         load_records(path)
 
 
+@pytest.mark.parametrize("value", ["maybe", 1, None, [True]])
+def test_a_deletion_risk_must_be_true_or_false(value, tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"question": "q", "answer": "a", "deletion_risk": value}) + "\n")
+    with pytest.raises(InputError, match="r.jsonl:1 field 'deletion_risk': must be true or false"):
+        load_records(path)
+
+
+def test_a_deletion_risk_reads_as_a_boolean_from_json_and_csv(tmp_path: Path) -> None:
+    js = tmp_path / "r.jsonl"
+    js.write_text(json.dumps({"question": "q", "answer": "a", "deletion_risk": True}) + "\n")
+    cs = tmp_path / "r.csv"
+    cs.write_text("question,answer,deletion_risk\nq,a,TRUE\nq2,a2,false\n")
+    assert [r.meta["deletion_risk"] for r in [*load_records(js), *load_records(cs)]] == [True, True, False]
+
+
 @pytest.mark.parametrize("body", ["[1]", '{"base_model_name_or_path": {"a": 1}}', "{", '"x"'])
 def test_a_malformed_adapter_config_is_one_model_error(body: str, tmp_path: Path) -> None:
     from unlearn.errors import ModelError

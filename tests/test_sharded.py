@@ -51,6 +51,29 @@ def test_assignment_keeps_a_person_in_one_shard_and_slice_and_is_deterministic(t
     assert len({s for s, _ in a.values()}) == PLAN.shards  # 12 people fill 3 shards
 
 
+def test_flagged_people_go_to_their_shards_last_slice_and_nobody_else_moves() -> None:
+    """SISA's distribution-aware placement: a person with a record flagged deletion_risk takes the last slice of
+    the shard the hash gives them (the flag on one record moves the whole person); everyone else keeps their
+    place, so deleting the flagged people retrains only last stages, at the last stage's cost."""
+    import dataclasses
+
+    records = _records(people=30)
+    flagged = {"p03", "p11", "p17", "p29"}
+    marked = [dataclasses.replace(r, meta={**r.meta, sharded.RISK_FIELD: True})
+              if r.meta["person"] in flagged and r.id.endswith("-1") else r for r in records]
+    plain, risk = sharded.assign(records, PLAN), sharded.assign(marked, PLAN)
+    for r in records:
+        shard, slice_ = plain[r.id]
+        assert risk[r.id] == ((shard, PLAN.slices - 1) if r.meta["person"] in flagged else (shard, slice_))
+    assert any(plain[f"{p}-0"][1] < PLAN.slices - 1 for p in flagged)  # the flag moved someone
+    gone = [r.id for r in records if r.meta["person"] in flagged]
+    todo = sharded.plan_deletion(risk, gone)
+    assert set(todo.values()) == {PLAN.slices - 1}
+    kept = {k: v for k, v in risk.items() if k not in gone}
+    last = sum(sharded.stage_cost(len(sharded.stage_records(records, kept, s, PLAN.slices - 1)), PLAN) for s in todo)
+    assert sharded.retrain_cost(kept, PLAN, todo) == last < sharded.retrain_cost(kept, PLAN, dict.fromkeys(todo, 0))
+
+
 def test_full_cost_is_what_training_every_stage_processes(trained) -> None:
     """From the assignment alone, equal to summing each stage's records the slow way, and to what training did."""
     _, records, _, run = trained

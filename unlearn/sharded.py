@@ -1,7 +1,9 @@
 """Deletion-ready training: exact deletion by construction (SISA, Bourtoule et al. 2021).
 
 The training records are split deterministically into S shards x R slices, by person (a person's records share
-one shard and one slice; records without a person are their own unit), through a keyed hash of (seed, unit).
+one shard and one slice; records without a person are their own unit), through a keyed hash of (seed, unit); a unit with a record flagged
+``deletion_risk: true`` goes to its shard's last slice, so that deleting it retrains only the last stage (SISA's
+distribution-aware placement; the flagged people are also the ones trained least).
 Each shard is one model, trained in R stages from the same initial weights: stage r trains on the shard's
 slices 0..r (records sorted by id, a fresh AdamW + warmup/cosine schedule, seed derived from (seed, shard,
 stage)), and its weights are checkpointed. The served model averages the members' next-token probabilities
@@ -67,6 +69,7 @@ __all__ = ["SHARDED_FILE", "ShardEnsemble", "ShardPlan", "ShardRun", "assign", "
            "train_stages"]
 
 ASSIGNMENT_FILE = "assignment.json"
+RISK_FIELD = "deletion_risk"  # a record's flag (true / false): its unit may well be asked to be deleted
 START = Path("stages") / "start.safetensors"  # a LoRA member's adapter before its first stage
 
 
@@ -113,9 +116,13 @@ def _draw(seed: int, *key: Any) -> int:
 
 
 def assign(records: Sequence[Record], plan: ShardPlan) -> dict[str, tuple[int, int]]:
-    """record id -> (shard, slice), by a keyed hash of the record's unit (one person: one shard, one slice)."""
+    """record id -> (shard, slice), by a keyed hash of the record's unit (one person: one shard, one slice). A unit
+    with a record flagged ``deletion_risk`` goes to its shard's last slice (SISA's distribution-aware placement):
+    deleting it retrains only the last stage, the one that trained least on it."""
+    late = {unit_of(r) for r in records if r.meta.get(RISK_FIELD) is True}
     return {r.id: (_draw(plan.seed, "shard", unit_of(r)) % plan.shards,
-                   _draw(plan.seed, "slice", unit_of(r)) % plan.slices) for r in records}
+                   plan.slices - 1 if unit_of(r) in late else _draw(plan.seed, "slice", unit_of(r)) % plan.slices)
+            for r in records}
 
 
 def stage_records(records: Sequence[Record], assignment: Mapping[str, tuple[int, int]], shard: int,

@@ -1,13 +1,16 @@
 """Deletion-ready (sharded) training against central training on the built-in benchmark.
 
-    python tests/benchmarks/exact_deletion.py [--preset tiny] [--shards 2,4,8] [--slices 4] [--json out.json]
+    python tests/benchmarks/exact_deletion.py [--preset tiny] [--shards 2,4,8] [--slices 4] [--at-risk]
+        [--json out.json]
 
 Per S: training wall time and records processed (steps x batch) relative to the central target; exact match
 on retained facts and on the utility set relative to the central target; the LOSS AUC of the trained
 forget10 people against the holdout before any deletion (does sharding still learn them?); the cost of
 deleting one person (the first of forget01) and forget10, relative to retraining the central model;
 whether the forget10 deletion is bitwise the sharded retain model (the same recipe without forget10); and
-serving cost (scoring throughput) relative to the central model. One run, one machine: ratios, not absolutes.
+serving cost (scoring throughput) relative to the central model. ``--at-risk`` adds, per S, the same with
+forget10's records flagged ``deletion_risk`` (SISA's distribution-aware placement: the last slice of their
+shards). One run, one machine: ratios, not absolutes.
 """
 
 from __future__ import annotations
@@ -53,16 +56,17 @@ def same_weights(a: Path, b: Path, shards: int) -> bool:
     return True
 
 
-def row_for(bench, shards: int, slices: int, central: dict, records: list, tok) -> dict:
+def row_for(bench, shards: int, slices: int, central: dict, records: list, tok, at_risk: bool = False) -> dict:
     forget10, holdout = bench.split(bench.retain_split), bench.split("holdout")
     start = time.perf_counter()
-    path = bench.sharded("target", shards, slices)
+    path = bench.sharded("target", shards, slices, at_risk=at_risk)
     built = time.perf_counter() - start  # 0 when cached: the build's own time is in sharded.json's cost
     model, _ = load_model(path)
     plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
     cost = sharded.full_cost(sharded.read_assignment(path), plan)
     s = score_records(model, tok, [*forget10, *holdout], ["loss"]).scores["loss"]
-    out = {"shards": shards, "slices": slices, "train_cost_vs_central": cost / central["cost"],
+    out = {"shards": shards, "slices": slices, "placement": "forget10 at risk" if at_risk else "hash",
+           "train_cost_vs_central": cost / central["cost"],
            "train_seconds": round(built, 1) if built > 1 else None,
            "em_retained_vs_central": exact_match(model, tok, central["retained"]) / central["em_retained"],
            "em_utility_vs_central": exact_match(model, tok, central["utility"]) / max(central["em_utility"], 1e-9),
@@ -89,6 +93,8 @@ def main() -> None:
     parser.add_argument("--shards", default="2,4,8")
     parser.add_argument("--slices", type=int, default=4)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--at-risk", action="store_true",
+                        help="also a row per S with forget10's records flagged deletion_risk (last slice)")
     args = parser.parse_args()
     from rich.console import Console
     from rich.table import Table
@@ -104,11 +110,12 @@ def main() -> None:
     s = score_records(target, tok, [*forget10, *holdout], ["loss"]).scores["loss"]
     central_auc = auc(s[: len(forget10)], s[len(forget10):])
     records = bench.split("train")
-    rows = [row_for(bench, int(n), args.slices, central, records, tok) for n in args.shards.split(",")]
+    rows = [row_for(bench, int(n), args.slices, central, records, tok, risk) for n in args.shards.split(",")
+            for risk in ((False, True) if args.at_risk else (False,))]
     table = Table(title=f"deletion-ready training vs central ({args.preset}; central: EM retained "
                         f"{central['em_retained']:.3f}, utility {central['em_utility']:.3f}, forget10 LOSS AUC "
                         f"{central_auc:.3f})")
-    cols = ["shards", "train_cost_vs_central", "em_retained_vs_central", "em_utility_vs_central",
+    cols = ["shards", "placement", "train_cost_vs_central", "em_retained_vs_central", "em_utility_vs_central",
             "forget10_loss_auc", "one_person_cost_vs_central", "forget10_cost_vs_central",
             "forget10_bitwise_equals_sharded_retain", "serving_throughput_vs_central"]
     for c in cols:

@@ -108,23 +108,28 @@ class Benchmark:
         return str(self.report["config"]["retain_split"])
 
     def sharded(self, which: str = "target", shards: int = 4, slices: int = 4,
-                on_stage: Callable[[int, int, int], None] | None = None) -> Path:
+                on_stage: Callable[[int, int, int], None] | None = None, at_risk: bool = False) -> Path:
         """The deletion-ready (sharded) version of ``target`` (every training record) or of ``retain`` (the
         same recipe without the retain split: the gold standard of an exact deletion of it), built and cached
         on first use: the benchmark's recipe, initialisation and tokenizer, per-stage epochs set so that the
-        sharded training processes as many records as the central one (`sharded_plan`)."""
+        sharded training processes as many records as the central one (`sharded_plan`). ``at_risk``: the
+        retain split's records are flagged ``deletion_risk`` (placed in their shards' last slice); the retain
+        version is the same either way (the flagged people are gone and nobody else moves)."""
         from unlearn import sharded
         from unlearn.model import load_model
 
-        out = self.root / f"sharded-{shards}x{slices}" / which
+        at_risk = at_risk and which == "target"
+        out = self.root / f"sharded-{shards}x{slices}{'-risk' if at_risk else ''}" / which
         if (out / sharded.SHARDED_FILE).is_file():
             return out
         cfg = self.config()
         tok = load_model(self.target)[1]
         records = self.split("train")
+        gone = {r.id for r in self.split(self.retain_split)}
         if which == "retain":
-            gone = {r.id for r in self.split(self.retain_split)}
             records = [r for r in records if r.id not in gone]
+        elif at_risk:
+            records = [replace(r, meta={**r.meta, sharded.RISK_FIELD: True}) if r.id in gone else r for r in records]
         out.parent.mkdir(parents=True, exist_ok=True)
         sharded.train_sharded(records, tok, sharded_plan(cfg, shards, slices),
                               init_model(cfg.recipe, tok, cfg.generator.seed), out, on_stage)

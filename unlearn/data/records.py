@@ -98,6 +98,14 @@ def parse_record(obj: JsonObject, path: Path, line: int) -> Record:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
             raise InputError("must be a string or an integer (the person or group the record belongs to)",
                              file=path, line=line, field=name)
+    if "deletion_risk" in obj:  # CSV cells are strings: "true" / "false" there
+        risk = obj["deletion_risk"]
+        risk = {"true": True, "false": False}.get(risk.strip().lower(), risk) if isinstance(risk, str) else risk
+        if not isinstance(risk, bool):
+            raise InputError("must be true or false (may this record's person be asked to be deleted: deletion-"
+                             "ready training puts them in their shard's last slice)", file=path, line=line,
+                             field="deletion_risk")
+        obj = {**obj, "deletion_risk": risk}
     if "question" in obj or "answer" in obj:
         for name in ("question", "answer"):
             if name not in obj:
