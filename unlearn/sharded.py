@@ -1,9 +1,9 @@
 """Deletion-ready training: exact deletion by construction (SISA, Bourtoule et al. 2021).
 
 The training records are split deterministically into S shards x R slices, by person (a person's records share
-one shard and one slice; records without a person are their own unit), through a keyed hash of (seed, unit); a unit with a record flagged
-``deletion_risk: true`` goes to its shard's last slice, so that deleting it retrains only the last stage (SISA's
-distribution-aware placement; the flagged people are also the ones trained least).
+one shard and one slice; records without a person are their own unit), through a keyed hash of (seed, unit). A
+unit with a record flagged ``deletion_risk: true`` goes to its shard's last slice, so that deleting it retrains
+only the last stage (SISA's distribution-aware placement; the flagged people are also the ones trained least).
 Each shard is one model, trained in R stages from the same initial weights: stage r trains on the shard's
 slices 0..r (records sorted by id, a fresh AdamW + warmup/cosine schedule, seed derived from (seed, shard,
 stage)), and its weights are checkpointed. The served model averages the members' next-token probabilities
