@@ -43,6 +43,7 @@ import torch
 
 from unlearn.config import LORA_ALPHA, LORA_TARGETS
 from unlearn.data import Record
+from unlearn.data.records import RISK_FIELD
 from unlearn.distributed import all_ok, is_main_process, join_launch, on_main, rank_world
 from unlearn.ensemble import (
     AGGREGATES,
@@ -64,12 +65,11 @@ from unlearn.lora import is_peft
 from unlearn.splits import GROUP_FIELDS
 from unlearn.training import TrainArgs, train_lm
 
-__all__ = ["SHARDED_FILE", "ShardEnsemble", "ShardPlan", "ShardRun", "assign", "delete", "is_sharded", "load_sharded",
-           "member_dir", "plan_deletion", "read_assignment", "read_meta", "sharded_hash", "train_sharded",
-           "train_stages"]
+__all__ = ["RISK_FIELD", "SHARDED_FILE", "ShardEnsemble", "ShardPlan", "ShardRun", "assign", "delete", "is_sharded",
+           "load_sharded", "member_dir", "plan_deletion", "read_assignment", "read_meta", "sharded_hash",
+           "train_sharded", "train_stages"]
 
 ASSIGNMENT_FILE = "assignment.json"
-RISK_FIELD = "deletion_risk"  # a record's flag (true / false): its unit may well be asked to be deleted
 START = Path("stages") / "start.safetensors"  # a LoRA member's adapter before its first stage
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+import unlearn.numerics  # noqa: F401  (before any tensor math of the process: see there)
 from unlearn.data.prompts import format_of, render, special_prefix
 from unlearn.data.records import Record
 from unlearn.errors import InputError

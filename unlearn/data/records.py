@@ -68,6 +68,9 @@ def with_answer(record: Record, answer: str) -> Record:
     return qa_record(record.id, record.question or "", answer)
 
 
+RISK_FIELD = "deletion_risk"  # a record's flag: its person may well ask to be deleted (`unlearn.sharded.assign`)
+
+
 def str_field(obj: JsonObject, name: str, path: Path, line: int) -> str:
     value = obj[name]
     if not isinstance(value, str):
@@ -98,14 +101,14 @@ def parse_record(obj: JsonObject, path: Path, line: int) -> Record:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
             raise InputError("must be a string or an integer (the person or group the record belongs to)",
                              file=path, line=line, field=name)
-    if "deletion_risk" in obj:  # CSV cells are strings: "true" / "false" there
-        risk = obj["deletion_risk"]
+    if RISK_FIELD in obj:  # CSV cells are strings: "true" / "false" there
+        risk = obj[RISK_FIELD]
         risk = {"true": True, "false": False}.get(risk.strip().lower(), risk) if isinstance(risk, str) else risk
         if not isinstance(risk, bool):
             raise InputError("must be true or false (may this record's person be asked to be deleted: deletion-"
                              "ready training puts them in their shard's last slice)", file=path, line=line,
-                             field="deletion_risk")
-        obj = {**obj, "deletion_risk": risk}
+                             field=RISK_FIELD)
+        obj = {**obj, RISK_FIELD: risk}
     if "question" in obj or "answer" in obj:
         for name in ("question", "answer"):
             if name not in obj:
