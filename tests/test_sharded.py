@@ -238,16 +238,18 @@ def test_plan_rejects_bad_values() -> None:
         sharded.ShardPlan(aggregate="merged_sum")
 
 
-def _files(tmp_path: Path) -> dict[str, Path]:
-    """Training data (12 people of 3 facts), holdout (9 people), manifest, as a user has them on disk."""
-    from dataclasses import asdict
+def _files(tmp_path: Path, flagged: str | None = None) -> dict[str, Path]:
+    """Training data (12 people of 3 facts; one fact of ``flagged`` marked deletion_risk), holdout (9 people),
+    manifest, as a user has them on disk."""
+    from dataclasses import asdict, replace
 
     from unlearn.data import build_manifest, write_jsonl
 
     def row(r) -> dict:
         return {"id": r.id, "question": r.question, "answer": r.answer, **r.meta}
 
-    records = _records(12, 3)
+    records = [replace(r, meta={**r.meta, sharded.RISK_FIELD: True}) if r.id == f"{flagged}-1" else r
+               for r in _records(12, 3)]
     holdout = [qa_record(f"h{i:02d}-{j}", f"Where was Mira Dun {i} born {j}?", f"In Oskar {i}.", person=f"h{i:02d}")
                for i in range(9) for j in range(3)]
     write_jsonl(tmp_path / "train.jsonl", (row(r) for r in records))
@@ -276,7 +278,7 @@ def test_cli_train_then_forget_is_exact_with_a_receipt_and_a_verified_ledger(tmp
     from unlearn.ledger import verify
     from unlearn.model import load_model
 
-    f = _files(tmp_path)
+    f = _files(tmp_path, flagged="p02")  # p02 asked to be deleted: flagged, in its shard's last slice
     gone = [f"p02-{j}" for j in range(3)]
     write_jsonl(tmp_path / "request.jsonl", ({"id": i} for i in gone))
     lora = members == "lora"
@@ -288,6 +290,7 @@ def test_cli_train_then_forget_is_exact_with_a_receipt_and_a_verified_ledger(tmp
                  "--out", str(tmp_path / "v2"), "--json"]) == 0
     receipt = json.loads(capsys.readouterr().out)
     shard, slice_ = sharded.read_assignment(tmp_path / "v1")[gone[0]]
+    assert slice_ == 1 and sharded.read_meta(tmp_path / "v1")["deletion_risk_units"] == 1  # the last of 2 slices
     assert receipt["exact"] is True and receipt["retrained"] == {str(shard): slice_}
     assert receipt["verdict"] in ("REMOVED", "INCONCLUSIVE")  # never NOT REMOVED / OVER-UNLEARNED
     assert verify(tmp_path / "unlearn-ledger.jsonl").ok

@@ -65,8 +65,8 @@ from unlearn.lora import is_peft
 from unlearn.splits import GROUP_FIELDS
 from unlearn.training import TrainArgs, train_lm
 
-__all__ = ["RISK_FIELD", "SHARDED_FILE", "ShardEnsemble", "ShardPlan", "ShardRun", "assign", "delete", "is_sharded",
-           "load_sharded", "member_dir", "plan_deletion", "read_assignment", "read_meta", "sharded_hash",
+__all__ = ["RISK_FIELD", "SHARDED_FILE", "ShardEnsemble", "ShardPlan", "ShardRun", "assign", "delete", "flagged_units",
+           "is_sharded", "load_sharded", "member_dir", "plan_deletion", "read_assignment", "read_meta", "sharded_hash",
            "train_sharded", "train_stages"]
 
 ASSIGNMENT_FILE = "assignment.json"
@@ -115,11 +115,16 @@ def _draw(seed: int, *key: Any) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, (seed, *key))).encode()).digest()[:8], "big")
 
 
+def flagged_units(records: Sequence[Record]) -> set[str]:
+    """The units (people) with a record flagged ``deletion_risk``."""
+    return {unit_of(r) for r in records if r.meta.get(RISK_FIELD) is True}
+
+
 def assign(records: Sequence[Record], plan: ShardPlan) -> dict[str, tuple[int, int]]:
     """record id -> (shard, slice), by a keyed hash of the record's unit (one person: one shard, one slice). A unit
     with a record flagged ``deletion_risk`` goes to its shard's last slice (SISA's distribution-aware placement):
     deleting it retrains only the last stage, the one that trained least on it."""
-    late = {unit_of(r) for r in records if r.meta.get(RISK_FIELD) is True}
+    late = flagged_units(records)
     return {r.id: (_draw(plan.seed, "shard", unit_of(r)) % plan.shards,
                    plan.slices - 1 if unit_of(r) in late else _draw(plan.seed, "slice", unit_of(r)) % plan.slices)
             for r in records}
@@ -366,7 +371,8 @@ def train_sharded(records: Sequence[Record], tokenizer: Any, plan: ShardPlan, in
         run = ShardRun({s: 0 for s in range(plan.shards)}, cost, cost)
         if is_main_process():
             _write_version(tmp, tokenizer, plan, assignment, {"version": 1, "records": len(assignment),
-                                                              "training_cost": cost, "deleted_records": 0})
+                                                              "training_cost": cost, "deleted_records": 0,
+                                                              "deletion_risk_units": len(flagged_units(records))})
     return run
 
 

@@ -69,6 +69,9 @@ def train(job: TrainJob, report: Reporter = SILENT) -> TrainResult:
     world = rank_world()[1]
     report.note(f"training {plan.shards} shards x {plan.slices} slices on {len(records)} records"
                 + (f", over {world} processes (one shard at a time each)" if world > 1 else ""))
+    flagged = len(sharded.flagged_units(records))
+    if flagged:
+        report.note(f"{flagged} people (or records) flagged deletion_risk: each in its shard's last slice")
     start = time.perf_counter()
     run = sharded.train_sharded(records, tok, plan, init, out, on_stage=lambda s, r, n: report.progress(
         "deletion-ready training", s * plan.slices + r + 1, plan.shards * plan.slices))
