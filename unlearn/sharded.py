@@ -125,9 +125,12 @@ def assign(records: Sequence[Record], plan: ShardPlan) -> dict[str, tuple[int, i
     with a record flagged ``deletion_risk`` goes to its shard's last slice (SISA's distribution-aware placement):
     deleting it retrains only the last stage, the one that trained least on it."""
     late = flagged_units(records)
-    return {r.id: (_draw(plan.seed, "shard", unit_of(r)) % plan.shards,
-                   plan.slices - 1 if unit_of(r) in late else _draw(plan.seed, "slice", unit_of(r)) % plan.slices)
-            for r in records}
+
+    def place(unit: str) -> tuple[int, int]:
+        slice_ = plan.slices - 1 if unit in late else _draw(plan.seed, "slice", unit) % plan.slices
+        return _draw(plan.seed, "shard", unit) % plan.shards, slice_
+
+    return {r.id: place(unit_of(r)) for r in records}
 
 
 def stage_records(records: Sequence[Record], assignment: Mapping[str, tuple[int, int]], shard: int,
