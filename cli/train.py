@@ -18,6 +18,10 @@ def add_parser(sub: Any) -> None:
                                                          "the one before the person's slice)")
     t.add_argument("--epochs", type=float, default=None, help="epochs per stage (default: as many records processed "
                                                                "as the built-in central recipe)")
+    t.add_argument("--stage-epochs", type=_numbers, default=None,
+                   help="epochs of each stage, one per slice, comma-separated (e.g. 48,8,8,8): front-loaded, a "
+                        "deletion (which retrains from the person's slice on) costs less, and the late slices' "
+                        "records train less (instead of --epochs)")
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--aggregate", default="mean_prob",
@@ -35,17 +39,28 @@ def add_parser(sub: Any) -> None:
     t.set_defaults(run=run)
 
 
+def _numbers(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated numbers expected, got {text!r}") from None
+
+
 def plan_of(args: argparse.Namespace) -> Any:
     import dataclasses
 
     from unlearn.benchmark.build import PRESETS, sharded_plan
+    from unlearn.errors import ConfigError
     from unlearn.sharded import ShardPlan
 
     base = sharded_plan(PRESETS[args.preset or "default"], args.shards, args.slices)
     train = dataclasses.replace(base.train, **{k: v for k, v in (("epochs", args.epochs), ("batch_size",
                                 args.batch_size), ("lr", args.lr)) if v is not None}, seed=args.seed)
     lora = {k: v for k, v in (("lora_alpha", args.lora_alpha), ("lora_targets", args.lora_targets)) if v is not None}
-    return ShardPlan(args.shards, args.slices, args.seed, args.aggregate, train, args.lora_rank, **lora)
+    if args.stage_epochs and args.epochs is not None:
+        raise ConfigError("--epochs (every stage) and --stage-epochs (each stage) exclude each other")
+    return ShardPlan(args.shards, args.slices, args.seed, args.aggregate, train, args.lora_rank, **lora,
+                     stage_epochs=args.stage_epochs or ())
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:

@@ -70,7 +70,8 @@ def test_flagged_people_go_to_their_shards_last_slice_and_nobody_else_moves() ->
     todo = sharded.plan_deletion(risk, gone)
     assert set(todo.values()) == {PLAN.slices - 1}
     kept = {k: v for k, v in risk.items() if k not in gone}
-    last = sum(sharded.stage_cost(len(sharded.stage_records(records, kept, s, PLAN.slices - 1)), PLAN) for s in todo)
+    last = sum(sharded.stage_cost(len(sharded.stage_records(records, kept, s, PLAN.slices - 1)), PLAN, PLAN.slices - 1)
+               for s in todo)
     assert sharded.retrain_cost(kept, PLAN, todo) == last < sharded.retrain_cost(kept, PLAN, dict.fromkeys(todo, 0))
 
 
@@ -78,9 +79,37 @@ def test_full_cost_is_what_training_every_stage_processes(trained) -> None:
     """From the assignment alone, equal to summing each stage's records the slow way, and to what training did."""
     _, records, _, run = trained
     a = sharded.assign(records, PLAN)
-    slow = sum(sharded.stage_cost(len(sharded.stage_records(records, a, s, r)), PLAN)
+    slow = sum(sharded.stage_cost(len(sharded.stage_records(records, a, s, r)), PLAN, r)
                for s in range(PLAN.shards) for r in range(PLAN.slices) if sharded.stage_records(records, a, s, r))
     assert sharded.full_cost(a, PLAN) == slow == run.cost == run.full_cost
+
+
+def test_stage_epochs_set_each_stages_epochs_and_cost(tmp_path, tiny_tokenizer) -> None:
+    """Front-loaded per-stage epochs: each stage trains its own epochs (steps = round(epochs x batches), counted
+    by hand here), the plan survives sharded.json, and a late-slice deletion costs less of training than under
+    the uniform plan with the same total; bad lists are refused with one line naming the field."""
+    import dataclasses
+
+    from unlearn.errors import ConfigError
+
+    front = dataclasses.replace(PLAN, stage_epochs=(4, 1.5, 0.5))
+    assert [sharded.stage_args(front, 0, r).epochs for r in range(3)] == [4, 1.5, 0.5]
+    records = _records()
+    a = sharded.assign(records, front)
+    for s in range(front.shards):
+        for r, e in enumerate(front.stage_epochs):
+            n = len(sharded.stage_records(records, a, s, r))
+            assert sharded.stage_cost(n, front, r) == max(1, round(e * -(-n // 4))) * 4
+    init = make_tiny_model(tiny_tokenizer, seed=3)
+    run = sharded.train_sharded(records, tiny_tokenizer, front, init, tmp_path / "v1")
+    assert run.cost == sharded.full_cost(a, front)
+    assert sharded.ShardPlan.from_dict(sharded.read_meta(tmp_path / "v1")["plan"]) == front
+    late = next(r.id for r in records if a[r.id][1] == 2)
+    share = {p: sharded.retrain_cost(a, p, {a[late][0]: 2}) / sharded.full_cost(a, p) for p in (front, PLAN)}
+    assert share[front] < share[PLAN]
+    for bad in ((1, 2), (1, 0, 1), (1, True, 1)):
+        with pytest.raises(ConfigError, match="stage_epochs must be 3 positive numbers"):
+            dataclasses.replace(PLAN, stage_epochs=bad)
 
 
 def test_a_sharded_model_loads_as_one_causal_lm_averaging_member_probabilities(trained, tiny_tokenizer) -> None:
@@ -259,11 +288,12 @@ def _files(tmp_path: Path, flagged: str | None = None) -> dict[str, Path]:
             "manifest": tmp_path / "manifest.jsonl"}
 
 
-def _train_cli(tmp_path: Path, f: dict[str, Path], base: Path, out: Path, *extra: str) -> None:
+def _train_cli(tmp_path: Path, f: dict[str, Path], base: Path, out: Path, *extra: str,
+               epochs: tuple[str, str] = ("--epochs", "1")) -> None:
     from unlearn.cli.main import main
 
     assert main(["train", "--data", str(f["train"]), "--manifest", str(f["manifest"]), "--base-model", str(base),
-                 "--shards", "2", "--slices", "2", "--epochs", "1", "--batch-size", "4", "--out", str(out),
+                 "--shards", "2", "--slices", "2", *epochs, "--batch-size", "4", "--out", str(out),
                  "--json", *extra]) == 0
 
 
@@ -311,7 +341,7 @@ def test_the_queue_answers_sequential_requests_on_a_sharded_model_exactly(tmp_pa
     from unlearn.workflows.requests import AddJob, RunJob, add_requests, run_requests
 
     f = _files(tmp_path)
-    _train_cli(tmp_path, f, tiny_model_dir, tmp_path / "v0")
+    _train_cli(tmp_path, f, tiny_model_dir, tmp_path / "v0", epochs=("--stage-epochs", "1.5,0.5"))  # front-loaded
     src = DataSources(manifest=f["manifest"], data=(f["train"],), holdout=f["holdout"], retain_eval=20)
     people = ["p01", "p05", "p09"]
     for person in people:
@@ -328,6 +358,7 @@ def test_the_queue_answers_sequential_requests_on_a_sharded_model_exactly(tmp_pa
 
     init, tok = load_model(tiny_model_dir)
     plan = sharded.ShardPlan.from_dict(sharded.read_meta(tmp_path / "v0")["plan"])
+    assert plan.stage_epochs == (1.5, 0.5)
     kept = [r for r in _records(12, 3) if r.meta["person"] not in people]
     sharded.train_sharded(kept, tok, plan, init, tmp_path / "scratch")
     for s in range(plan.shards):
@@ -354,6 +385,14 @@ def test_bad_sharded_input_is_one_error_line(tmp_path, capsys) -> None:
     assert main(["train", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--base-model" in err and not (tmp_path / "t").exists()
+    for extra, says in ((["--stage-epochs", "3,1"], "stage_epochs must be 4 positive numbers"),
+                        (["--stage-epochs", "1,1,1,1", "--epochs", "2"], "exclude each other")):
+        assert main(["train", "--out", str(tmp_path / "t"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err and not (tmp_path / "t").exists(), err
+    with pytest.raises(SystemExit):  # argparse: not numbers
+        main(["train", "--stage-epochs", "3,x"])
+    assert "comma-separated numbers expected" in capsys.readouterr().err
 
 
 def _left_padded(tokenizer, prompts: list[str]):
@@ -397,3 +436,16 @@ def test_a_sharded_model_generates_greedily_by_its_own_next_token_distribution(t
     assert torch.equal(fast, ids) and fast.shape[1] > b.input_ids.shape[1]
     with pytest.raises(ValueError, match="greedily"):
         ensemble.generate(b.input_ids, do_sample=True)
+
+
+def test_the_benchmarks_schedule_processes_what_its_uniform_plan_does() -> None:
+    """Relative per-stage epochs are scaled to the uniform plan's total: sum over stages of (r + 1) x E_r (the
+    records a shard's stages process, in units of a slice) is the same, and the ratios are kept."""
+    from unlearn.benchmark.build import PRESETS, sharded_plan
+
+    cfg = PRESETS["default"]
+    uniform, front = sharded_plan(cfg, 4, 4), sharded_plan(cfg, 4, 4, (6, 1, 1, 1))
+    assert not uniform.stage_epochs and len(front.stage_epochs) == 4
+    total = [sum((r + 1) * p.epochs(r) for r in range(4)) for p in (uniform, front)]
+    assert total[0] == pytest.approx(total[1]) == pytest.approx(4 * cfg.recipe.train.epochs)
+    assert front.epochs(0) / front.epochs(3) == pytest.approx(6) and front.epochs(1) == front.epochs(3)

@@ -75,7 +75,9 @@ START = Path("stages") / "start.safetensors"  # a LoRA member's adapter before i
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """The recipe: S shards x R slices, each stage trained with ``train`` (its epochs are per stage)."""
+    """The recipe: S shards x R slices, each stage trained with ``train`` (its epochs are per stage, or
+    ``stage_epochs[r]`` for stage r: front-loaded epochs make deletions, which retrain the stages from a record's
+    slice on, cheaper, at the price of the late slices' records training less)."""
 
     shards: int = 4
     slices: int = 4
@@ -85,8 +87,10 @@ class ShardPlan:
     lora_rank: int = 0  # 0: full-parameter members; else one LoRA adapter per shard on the shared base (init/)
     lora_alpha: float = LORA_ALPHA
     lora_targets: str = LORA_TARGETS
+    stage_epochs: tuple[float, ...] = ()  # () : train.epochs for every stage
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "stage_epochs", tuple(self.stage_epochs))  # a JSON list reads back as a tuple
         problems = [f"{k} must be >= 1, got {getattr(self, k)!r}" for k in ("shards", "slices")
                     if not isinstance(getattr(self, k), int) or getattr(self, k) < 1]
         if self.aggregate not in AGGREGATES:
@@ -95,8 +99,16 @@ class ShardPlan:
             problems.append(f"lora_rank must be >= 0, got {self.lora_rank!r}")
         elif self.aggregate in MERGED and not self.lora_rank:
             problems.append(f"aggregate {self.aggregate} merges LoRA deltas: it needs lora_rank >= 1")
+        if self.stage_epochs and (len(self.stage_epochs) != self.slices or not all(
+                isinstance(e, int | float) and not isinstance(e, bool) and e > 0 for e in self.stage_epochs)):
+            problems.append(f"stage_epochs must be {self.slices} positive numbers (one per slice), got "
+                            f"{list(self.stage_epochs)!r}")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def epochs(self, stage: int) -> float:
+        """Stage ``stage``'s epochs."""
+        return self.stage_epochs[stage] if self.stage_epochs else self.train.epochs
 
     def to_dict(self) -> JsonObject:
         return dataclasses.asdict(self)
@@ -141,7 +153,8 @@ def stage_records(records: Sequence[Record], assignment: Mapping[str, tuple[int,
 
 
 def stage_args(plan: ShardPlan, shard: int, stage: int) -> TrainArgs:
-    return dataclasses.replace(plan.train, seed=_draw(plan.seed, "train", shard, stage) % (2**31))
+    return dataclasses.replace(plan.train, epochs=plan.epochs(stage),
+                               seed=_draw(plan.seed, "train", shard, stage) % (2**31))
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -176,7 +189,7 @@ def train_stages(model: torch.nn.Module, records: Sequence[Record], assignment: 
         recs = stage_records(records, assignment, shard, stage)
         if recs:
             train_lm(model, recs, tokenizer, stage_args(plan, shard, stage))
-            cost += stage_cost(len(recs), plan)
+            cost += stage_cost(len(recs), plan, stage)
         if on_stage is not None:
             on_stage(shard, stage, len(recs))
         states[stage] = _state(model)
@@ -191,9 +204,10 @@ def read_assignment(path: str | Path) -> dict[str, tuple[int, int]]:
     return {k: (int(v[0]), int(v[1])) for k, v in raw.items()}
 
 
-def stage_cost(n_records: int, plan: ShardPlan) -> int:
-    """Records processed by one stage: its steps x batch size (the unit of every cost ratio)."""
-    steps = max(1, int(round(plan.train.epochs * math.ceil(n_records / plan.train.batch_size))))
+def stage_cost(n_records: int, plan: ShardPlan, stage: int) -> int:
+    """Records processed by stage ``stage`` on ``n_records``: its steps x batch size (the unit of every cost
+    ratio)."""
+    steps = max(1, int(round(plan.epochs(stage) * math.ceil(n_records / plan.train.batch_size))))
     return steps * plan.train.batch_size
 
 
@@ -281,8 +295,8 @@ def retrain_cost(assignment: Mapping[str, tuple[int, int]], plan: ShardPlan, fir
     """Records processed by training each shard of ``first`` from its stage there on (``assignment``: the
     records trained on), from the assignment alone: what `train_stages` reports, known to every process."""
     per_slice = Counter(assignment.values())  # (shard, slice) -> records
-    sizes = (sum(per_slice[(s, q)] for q in range(r + 1)) for s, f in first.items() for r in range(f, plan.slices))
-    return sum(stage_cost(n, plan) for n in sizes if n)
+    sizes = ((sum(per_slice[(s, q)] for q in range(r + 1)), r) for s, f in first.items() for r in range(f, plan.slices))
+    return sum(stage_cost(n, plan, r) for n, r in sizes if n)
 
 
 def _write_version(tmp: Path, tokenizer: Any, plan: ShardPlan, assignment: Mapping[str, tuple[int, int]],

@@ -1,16 +1,19 @@
 """Deletion-ready (sharded) training against central training on the built-in benchmark.
 
     python tests/benchmarks/exact_deletion.py [--preset tiny] [--shards 2,4,8] [--slices 4] [--at-risk]
-        [--json out.json]
+        [--schedule 6,1,1,1] [--json out.json]
 
 Per S: training wall time and records processed (steps x batch) relative to the central target; exact match
 on retained facts and on the utility set relative to the central target; the LOSS AUC of the trained
 forget10 people against the holdout before any deletion (does sharding still learn them?); the cost of
 deleting one person (the first of forget01) and forget10, relative to retraining the central model;
 whether the forget10 deletion is bitwise the sharded retain model (the same recipe without forget10); and
-serving cost (scoring throughput) relative to the central model. ``--at-risk`` adds, per S, the same with
-forget10's records flagged ``deletion_risk`` (SISA's distribution-aware placement: the last slice of their
-shards). One run, one machine: ratios, not absolutes.
+serving cost (scoring throughput) relative to the central model; and the cost of deleting each trained person
+alone (from the assignment, no training: median, mean and max over the people), relative to central
+retraining. ``--at-risk`` adds, per S, the same with forget10's records flagged ``deletion_risk`` (SISA's
+distribution-aware placement: the last slice of their shards). ``--schedule 6,1,1,1``: relative epochs per
+stage, front-loaded (the same records processed in all; a deletion retrains the stages from a person's slice
+on, so it costs less, and the late slices' people train less). One run, one machine: ratios, not absolutes.
 """
 
 from __future__ import annotations
@@ -56,16 +59,33 @@ def same_weights(a: Path, b: Path, shards: int) -> bool:
     return True
 
 
-def row_for(bench, shards: int, slices: int, central: dict, records: list, tok, at_risk: bool = False) -> dict:
+def person_costs(path: Path, records: list) -> list[int]:
+    """Records processed by deleting each trained person alone (`sharded.retrain_cost`), from the assignment."""
+    assignment = sharded.read_assignment(path)
+    plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
+    people: dict[str, list[str]] = {}
+    for r in records:
+        people.setdefault(sharded.unit_of(r), []).append(r.id)
+    costs = []
+    for ids in people.values():
+        gone = set(ids)
+        kept = {k: v for k, v in assignment.items() if k not in gone}
+        costs.append(sharded.retrain_cost(kept, plan, sharded.plan_deletion(assignment, ids)))
+    return costs
+
+
+def row_for(bench, shards: int, slices: int, central: dict, records: list, tok, at_risk: bool = False,
+            schedule: tuple[float, ...] = ()) -> dict:
     forget10, holdout = bench.split(bench.retain_split), bench.split("holdout")
     start = time.perf_counter()
-    path = bench.sharded("target", shards, slices, at_risk=at_risk)
+    path = bench.sharded("target", shards, slices, at_risk=at_risk, schedule=schedule)
     built = time.perf_counter() - start  # 0 when cached: the build's own time is in sharded.json's cost
     model, _ = load_model(path)
     plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
     cost = sharded.full_cost(sharded.read_assignment(path), plan)
     s = score_records(model, tok, [*forget10, *holdout], ["loss"]).scores["loss"]
     out = {"shards": shards, "slices": slices, "placement": "forget10 at risk" if at_risk else "hash",
+           "stage_epochs": ",".join(f"{plan.epochs(r):.1f}" for r in range(slices)),
            "train_cost_vs_central": cost / central["cost"],
            "train_seconds": round(built, 1) if built > 1 else None,
            "em_retained_vs_central": exact_match(model, tok, central["retained"]) / central["em_retained"],
@@ -79,12 +99,21 @@ def row_for(bench, shards: int, slices: int, central: dict, records: list, tok, 
         t = time.perf_counter()
         ten = sharded.delete(path, records, [r.id for r in forget10], tok, Path(tmp) / "ten")
         out["forget10_seconds"] = round(time.perf_counter() - t, 1)
-        gold = bench.sharded("retain", shards, slices)
+        gold = bench.sharded("retain", shards, slices, schedule=schedule)
         out["forget10_bitwise_equals_sharded_retain"] = same_weights(Path(tmp) / "ten", gold, shards)
         shutil.rmtree(tmp, ignore_errors=True)
     out["one_person_cost_vs_central"] = one.cost / central["cost"]
     out["forget10_cost_vs_central"] = ten.cost / central["cost"]
+    each = sorted(c / central["cost"] for c in person_costs(path, records))
+    out["any_person_cost_vs_central"] = {"median": each[len(each) // 2], "mean": sum(each) / len(each),
+                                         "max": each[-1], "people": len(each)}
     return out
+
+
+def cell(value) -> str:
+    if isinstance(value, dict):  # a distribution over people
+        return f"{value['median']:.3f} / {value['mean']:.3f} / {value['max']:.3f} (median / mean / max)"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def main() -> None:
@@ -95,7 +124,9 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--at-risk", action="store_true",
                         help="also a row per S with forget10's records flagged deletion_risk (last slice)")
+    parser.add_argument("--schedule", default="", help="relative epochs per stage, comma-separated (one per slice)")
     args = parser.parse_args()
+    schedule = tuple(float(x) for x in args.schedule.split(",")) if args.schedule else ()
     from rich.console import Console
     from rich.table import Table
 
@@ -110,18 +141,19 @@ def main() -> None:
     s = score_records(target, tok, [*forget10, *holdout], ["loss"]).scores["loss"]
     central_auc = auc(s[: len(forget10)], s[len(forget10):])
     records = bench.split("train")
-    rows = [row_for(bench, int(n), args.slices, central, records, tok, risk) for n in args.shards.split(",")
+    rows = [row_for(bench, int(n), args.slices, central, records, tok, risk, schedule) for n in args.shards.split(",")
             for risk in ((False, True) if args.at_risk else (False,))]
     table = Table(title=f"deletion-ready training vs central ({args.preset}; central: EM retained "
                         f"{central['em_retained']:.3f}, utility {central['em_utility']:.3f}, forget10 LOSS AUC "
                         f"{central_auc:.3f})")
-    cols = ["shards", "placement", "train_cost_vs_central", "em_retained_vs_central", "em_utility_vs_central",
-            "forget10_loss_auc", "one_person_cost_vs_central", "forget10_cost_vs_central",
+    cols = ["shards", "placement", "stage_epochs", "train_cost_vs_central", "em_retained_vs_central",
+            "em_utility_vs_central", "forget10_loss_auc", "one_person_cost_vs_central", "any_person_cost_vs_central",
+            "forget10_cost_vs_central",
             "forget10_bitwise_equals_sharded_retain", "serving_throughput_vs_central"]
     for c in cols:
         table.add_column(c.replace("_", " "))
     for r in rows:
-        table.add_row(*(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+        table.add_row(*(cell(r[c]) for c in cols))
     Console(width=200).print(table)
     if args.json:
         Path(args.json).write_text(json.dumps({"preset": args.preset, "central_auc": central_auc,

@@ -147,6 +147,8 @@ def method_row(name: str, overrides: dict[str, Any], sets: Sets, forget: list, r
             "steps": res.steps if res else 0, "stop": res.stop_reason if res else "-",
             "checks": len(res.history) if res else 0,
             "full_checks": sum(not h.get("quick") for h in res.history) if res else 0,
+            "path": [{k: h[k] for k in ("step", "status", "distance", "relearned", "relearned_distance") if k in h}
+                     for h in res.history if not h.get("quick")] if res else [],
             "robustify": res.stats.get("robustify") if res else None,
             "peak_memory_mb": res.peak_memory_mb if res else None,
             "rule_vs_unlearning": rule_s[0] / proper if res else None,

@@ -108,18 +108,21 @@ class Benchmark:
         return str(self.report["config"]["retain_split"])
 
     def sharded(self, which: str = "target", shards: int = 4, slices: int = 4,
-                on_stage: Callable[[int, int, int], None] | None = None, at_risk: bool = False) -> Path:
+                on_stage: Callable[[int, int, int], None] | None = None, at_risk: bool = False,
+                schedule: Sequence[float] = ()) -> Path:
         """The deletion-ready (sharded) version of ``target`` (every training record) or of ``retain`` (the
         same recipe without the retain split: the gold standard of an exact deletion of it), built and cached
         on first use: the benchmark's recipe, initialisation and tokenizer, per-stage epochs set so that the
         sharded training processes as many records as the central one (`sharded_plan`). ``at_risk``: the
         retain split's records are flagged ``deletion_risk`` (placed in their shards' last slice); the retain
-        version is the same either way (the flagged people are gone and nobody else moves)."""
+        version is the same either way (the flagged people are gone and nobody else moves). ``schedule``:
+        relative per-stage epochs (`sharded_plan`)."""
         from unlearn import sharded
         from unlearn.model import load_model
 
         at_risk = at_risk and which == "target"
-        out = self.root / f"sharded-{shards}x{slices}{'-risk' if at_risk else ''}" / which
+        shape = "".join(f"-{w:g}" for w in schedule)
+        out = self.root / f"sharded-{shards}x{slices}{shape}{'-risk' if at_risk else ''}" / which
         if (out / sharded.SHARDED_FILE).is_file():
             return out
         cfg = self.config()
@@ -131,7 +134,7 @@ class Benchmark:
         elif at_risk:
             records = [replace(r, meta={**r.meta, sharded.RISK_FIELD: True}) if r.id in gone else r for r in records]
         out.parent.mkdir(parents=True, exist_ok=True)
-        sharded.train_sharded(records, tok, sharded_plan(cfg, shards, slices),
+        sharded.train_sharded(records, tok, sharded_plan(cfg, shards, slices, schedule),
                               init_model(cfg.recipe, tok, cfg.generator.seed), out, on_stage)
         return out
 
@@ -144,14 +147,19 @@ class Benchmark:
         return BenchmarkConfig(GeneratorConfig(**gen), ModelRecipe(**rec), c["retain_split"])
 
 
-def sharded_plan(cfg: BenchmarkConfig, shards: int, slices: int) -> Any:
+def sharded_plan(cfg: BenchmarkConfig, shards: int, slices: int, schedule: Sequence[float] = ()) -> Any:
     """The benchmark recipe as S x R stages. Stage r trains on (r + 1) / R of a shard's records, so per-stage
-    epochs E x 2 / (R + 1) make the stages together process what E central epochs do."""
+    epochs E x 2 / (R + 1) make the stages together process what E central epochs do. ``schedule``: relative
+    epochs per stage (front-loaded: cheaper deletions), scaled to the same total: E_r = w_r R E / sum (r + 1) w_r."""
     from unlearn.sharded import ShardPlan
 
     t = cfg.recipe.train
-    return ShardPlan(shards, slices, cfg.generator.seed, "mean_prob",
-                     replace(t, epochs=t.epochs * 2 / (slices + 1)))
+    plain = replace(t, epochs=t.epochs * 2 / (slices + 1))
+    if not schedule:
+        return ShardPlan(shards, slices, cfg.generator.seed, "mean_prob", plain)
+    scale = slices * t.epochs / sum((r + 1) * w for r, w in enumerate(schedule))
+    return ShardPlan(shards, slices, cfg.generator.seed, "mean_prob", plain,
+                     stage_epochs=tuple(w * scale for w in schedule))
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
