@@ -34,6 +34,7 @@ from unlearn.auditors.metrics import auc
 from unlearn.benchmark.build import build, exact_match
 from unlearn.benchmark.generator import RETAIN_OF
 from unlearn.model import load_model
+from unlearn.splits import GROUP_FIELDS
 
 
 def central_cost(bench) -> int:
@@ -60,12 +61,14 @@ def same_weights(a: Path, b: Path, shards: int) -> bool:
 
 
 def person_costs(path: Path, records: list) -> list[int]:
-    """Records processed by deleting each trained person alone (`sharded.retrain_cost`), from the assignment."""
+    """Records processed by deleting each trained person alone (`sharded.retrain_cost`), from the assignment;
+    records without a person (the utility set) are not requests here."""
     assignment = sharded.read_assignment(path)
     plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
     people: dict[str, list[str]] = {}
     for r in records:
-        people.setdefault(sharded.unit_of(r), []).append(r.id)
+        if any(k in r.meta for k in GROUP_FIELDS):
+            people.setdefault(sharded.unit_of(r), []).append(r.id)
     costs = []
     for ids in people.values():
         gone = set(ids)
