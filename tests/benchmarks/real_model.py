@@ -13,6 +13,7 @@
     python tests/benchmarks/audit_throughput.py --preset tiny --model /tmp/real/base
     python tests/benchmarks/real_model.py --gguf ... --work /tmp/real-table --table    # then:
     python tests/benchmarks/removal_table.py --real /tmp/real-table --max-steps 20 --batch-size 8
+    python tests/benchmarks/gpu_check.py --table SmolLM2-135M-Instruct.Q4_1.gguf   # the same at full size, GPU
 """
 
 from __future__ import annotations
@@ -50,20 +51,21 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def table_models(work: Path, gguf: Path, forget_people: int = 10, retain_people: int = 10,
-                 epochs: float = 3.0) -> None:
+                 epochs: float = 3.0, preset: str = "tiny", bf16: bool = False) -> None:
     """What `removal_table.py --real WORK` judges: the base fine-tuned (chat template, full parameters) on the
-    tiny benchmark's forget10 people and ``retain_people`` others (``target``), and on the others alone
-    (``retain``, the gold standard); the tiny benchmark's 30 held-out people never seen; the record files
-    (``data/<split>.jsonl``, a built benchmark's layout) and each fine-tune's seconds (``report.json``) beside
-    them. Built once; an existing WORK is reused."""
+    ``preset`` benchmark's forget10 people (the first ``forget_people``) and ``retain_people`` others (all: 0)
+    (``target``), and on the others alone (``retain``, the gold standard); the benchmark's held-out people never
+    seen; the record files (``data/<split>.jsonl``, a built benchmark's layout) and each fine-tune's seconds
+    (``report.json``) beside them. Built once; an existing WORK is reused. The CPU table: tiny, 10 + 10 people;
+    full size (`gpu_check.py --table`): default, 20 + 180, 40 held out."""
     base = work / "base"
     if not base.exists():
         convert_gguf(gguf, base)
-    bench = build("tiny")
+    bench = build(preset)
     forget = bench.split(bench.retain_split)
     gone = {r.meta["person"] for r in forget}
     others = sorted({r.meta["person"] for r in bench.split("train") if "person" in r.meta} - gone)
-    keep = set(random.Random(0).sample(others, retain_people))
+    keep = set(random.Random(0).sample(others, retain_people or len(others)))
     retain = [r for r in bench.split("train") if r.meta.get("person") in keep]
     forget = [r for r in forget if r.meta["person"] in sorted(gone)[:forget_people]]
     sets = {"forget": forget, "retain": retain, "holdout": bench.split("holdout"),
@@ -74,7 +76,7 @@ def table_models(work: Path, gguf: Path, forget_people: int = 10, retain_people:
             continue
         model, tok = load_model(base, template="chat")
         t = time.perf_counter()
-        train_lm(model, records, tok, TrainArgs(epochs=epochs, batch_size=16, lr=1e-4, bf16=False))
+        train_lm(model, records, tok, TrainArgs(epochs=epochs, batch_size=16, lr=1e-4, bf16=bf16))
         seconds[name] = {"train_seconds": time.perf_counter() - t, "train_records": len(records)}
         save_model(model.eval(), tok, work / name)
     (work / "data").mkdir(exist_ok=True)
@@ -95,12 +97,18 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=20)
     ap.add_argument("--table", action="store_true", help="only build the fine-tuned target and retain models that "
                                                            "`removal_table.py --real WORK` judges, and stop")
+    ap.add_argument("--table-preset", default="tiny", help="--table: the benchmark whose people are fine-tuned on")
+    ap.add_argument("--table-people", default="10,10",
+                    help="--table: forget10 people and other people fine-tuned on (0: all the others)")
+    ap.add_argument("--bf16", action="store_true", help="--table: fine-tune under bf16 autocast (GPUs)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(2)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.table:
-        table_models(work, Path(args.gguf), epochs=args.epochs)
+        forget_people, retain_people = (int(x) for x in args.table_people.split(","))
+        table_models(work, Path(args.gguf), forget_people, retain_people, args.epochs, args.table_preset, args.bf16)
         return
     base = work / "base"
     if not base.exists():
