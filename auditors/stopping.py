@@ -302,6 +302,8 @@ class StoppingRule:
         excess = _excess(v)
         m["distance"] = max(abs(x) for x in excess)
         m["status"] = v.status
+        if max(excess) > v.margin:  # the back-off restores such a check only when there is no other
+            m["leaning"] = "NOT REMOVED"
         if _overshot(v):
             m["overshoot"] = _overshot(v)
         self.begin = self.schedule(v, last)
@@ -378,16 +380,17 @@ class StoppingRule:
 
     def at_resolution(self, v: Verdict, m: JsonObject) -> tuple[str | None, str]:
         """``resolution_limit``: REMOVED is out of reach at this size (a score's interval alone is wider than the
-        margin) and ``resolution_patience`` full checks came no closer than the closest INCONCLUSIVE one: stop,
-        backing off to it. A closer INCONCLUSIVE check starts the count again. Only with ``MARGIN_UNITS`` (10) or
-        more monitored people (or records, without people): below, the closest of a few people's checks is mostly
-        their noise (one person, the README's command: stopped at a check 0.06 from the target, LOSS AUC 0.14
-        above the retain model's on the judged records), and the rule goes on as before."""
+        margin) and ``resolution_patience`` full checks came no closer than the closest INCONCLUSIVE one (not
+        ``leaning``: no score above its target by more than the margin): stop, backing off to it. A closer
+        INCONCLUSIVE check starts the count again. Only with ``MARGIN_UNITS`` (10) or more monitored people (or
+        records, without people): below, the closest of a few people's checks is mostly their noise (one person,
+        the README's command: stopped at a check 0.06 from the target, LOSS AUC 0.14 above the retain model's on
+        the judged records), and the rule goes on as before."""
         now, patience, noise = m["distance"], self.args.resolution_patience, _noise(v)
         units = len(set(self.people)) if self.people else len(self.forget)
         if not patience or units < MARGIN_UNITS or noise < v.margin:
             return None, ""
-        if v.status == INCONCLUSIVE and (self.closest is None or now < self.closest):
+        if v.status == INCONCLUSIVE and not m.get("leaning") and (self.closest is None or now < self.closest):
             self.closest, self.since = now, 0
             return None, ""
         if self.closest is None:

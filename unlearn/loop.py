@@ -150,7 +150,8 @@ def next_check(history: list[JsonObject], every: int) -> int:
 class Stopper:
     """Runs the stopping-rule monitor (in eval mode), keeps the history and the reason to stop, and the best
     checkpoint seen: the trainable weights at the check closest to indistinguishable (smallest ``distance``)
-    with utility inside the guard. A stop for overshooting (``over_unlearned``), for utility or at the verdict's
+    with utility inside the guard, a check the monitor marks ``leaning`` (still NOT REMOVED-side beyond the
+    margin) only when no other was seen. A stop for overshooting (``over_unlearned``), for utility or at the verdict's
     resolution (``resolution_limit``: past the closest check) restores it."""
 
     def __init__(self, monitor: Monitor | None, args: UnlearnArgs, current: Callable[[], torch.nn.Module]) -> None:
@@ -174,8 +175,11 @@ class Stopper:
         if not good or ("distance" not in metrics and not metrics.get("far")):
             return
         # A check closer to the target wins; among checks the monitor calls "far" (every score well above its
-        # target: a quick check has no comparable distance) the latest wins, and any other check beats them.
-        rank = (0.0, float(step)) if metrics.get("far") else (1.0, -float(metrics["distance"]))
+        # target: a quick check has no comparable distance) the latest wins, and any other check beats them; a
+        # check "leaning" NOT REMOVED (a score above its target by more than the margin) beats only far ones: the
+        # back-off never restores a still-remembering check while one that is not was seen.
+        tier = 0.0 if metrics.get("far") else 0.5 if metrics.get("leaning") else 1.0
+        rank = (tier, float(step)) if metrics.get("far") else (tier, -float(metrics["distance"]))
         if self.best is None or rank > self.best_rank:
             self.best_rank = rank
             self.best = (step, float(metrics.get("distance", float("nan"))),
