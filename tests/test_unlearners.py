@@ -316,11 +316,13 @@ def test_check_stages_are_nested_and_a_check_scores_each_record_once(bench, monk
         first = monitor(target, 0)  # the target: the first stage finds it NOT REMOVED (go on)
         assert sorted(set(scored)) == sorted(scored) and set(r.id for r in retain) <= set(scored)  # the baseline
         assert bool(first[2].get("quick")) == (quick > 0) and first[0] is None  # a subsample stage decided
+        # a full check on the memorising target leans NOT REMOVED (its back-off rank is below any other check's)
+        assert first[2].get("leaning") == (None if quick else "NOT REMOVED"), first[2]
         scored.clear()
         out[quick] = monitor(gold, 1)  # never saw the forget set: no subsample decides, the full check stops
         assert sorted(scored) == sorted(r.id for r in [*forget, *holdout, *retain])
     (stop_q, _, m_q), (stop0, _, m0) = out[48], out[0]
-    assert stop_q == stop0 == "forget_undetectable" and "quick" not in m_q
+    assert stop_q == stop0 == "forget_undetectable" and "quick" not in m_q and "leaning" not in m_q
     for key in ("auc_loss", "auc_zlib", "auc_mink", "auc_minkpp", "distance", "retain_prob"):
         assert m_q[key] == pytest.approx(m0[key], abs=1e-6), key
     # no retain records: nothing to judge utility on, so a subsample still decides after the first check
