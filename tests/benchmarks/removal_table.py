@@ -129,7 +129,8 @@ def method_row(name: str, overrides: dict[str, Any], sets: Sets, forget: list, r
         model = res.model
     start = time.perf_counter()  # the battery as a receipt runs it (its cost), then every attack in full
     known = returned_scores(res, kept) if res else None
-    receipt = removal_battery(model, tok, forget, sets.ver, BatteryArgs(), reference=reference, known=known)
+    receipt = removal_battery(model, tok, forget, sets.ver, BatteryArgs(seed=battery_args.seed), reference=reference,
+                              known=known)
     no_relearn = time.perf_counter() - start
     start = time.perf_counter()
     battery = removal_battery(model, tok, forget, sets.ver, battery_args, reference=reference, known=known)
@@ -173,13 +174,15 @@ def main() -> None:
                                                  "instead of a preset")
     ap.add_argument("--max-steps", type=int, default=None, help="max_steps of every method")
     ap.add_argument("--batch-size", type=int, default=None, help="batch_size and retain_batch_size of every method")
+    ap.add_argument("--battery-seed", type=int, default=0, help="the battery's seed (which half of the forget "
+                                                                 "people the relearning attack relearns; receipts: 0)")
     args = ap.parse_args()
     common = {k: v for k, v in (("max_steps", args.max_steps), ("batch_size", args.batch_size),
                                 ("retain_batch_size", args.batch_size)) if v is not None}
     sets = load_sets(args.preset, args.real)
     target_utility = utility(sets.target, sets.tok, sets.u_sets)
     retrain = json.loads((sets.bench.root / "report.json").read_text())["models"]["retain"]["train_seconds"]
-    battery_args = BatteryArgs(relearn=args.relearn_attack, exhaustive=True)
+    battery_args = BatteryArgs(relearn=args.relearn_attack, exhaustive=True, seed=args.battery_seed)
     rows = []
     for request, forget in requests_of(sets, args.people):
         gold_tr = evaluate_qa(sets.gold, sets.tok, forget, rouge=False)
