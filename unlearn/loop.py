@@ -178,8 +178,8 @@ class Stopper:
         # target: a quick check has no comparable distance) the latest wins, and any other check beats them; a
         # check "leaning" NOT REMOVED (a score above its target by more than the margin) beats only far ones: the
         # back-off never restores a still-remembering check while one that is not was seen.
-        tier = 0.0 if metrics.get("far") else 0.5 if metrics.get("leaning") else 1.0
-        rank = (tier, float(step)) if metrics.get("far") else (tier, -float(metrics["distance"]))
+        rank = ((0.0, float(step)) if metrics.get("far")
+                else (0.5 if metrics.get("leaning") else 1.0, -float(metrics["distance"])))
         if self.best is None or rank > self.best_rank:
             self.best_rank = rank
             self.best = (step, float(metrics.get("distance", float("nan"))),

@@ -60,11 +60,9 @@ def same_weights(a: Path, b: Path, shards: int) -> bool:
     return True
 
 
-def person_costs(path: Path, records: list) -> list[int]:
+def person_costs(assignment: dict, plan, records: list) -> list[int]:
     """Records processed by deleting each trained person alone (`sharded.retrain_cost`), from the assignment;
     records without a person (the utility set) are not requests here."""
-    assignment = sharded.read_assignment(path)
-    plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
     people: dict[str, list[str]] = {}
     for r in records:
         if any(k in r.meta for k in GROUP_FIELDS):
@@ -85,7 +83,8 @@ def row_for(bench, shards: int, slices: int, central: dict, records: list, tok, 
     built = time.perf_counter() - start  # 0 when cached: the build's own time is in sharded.json's cost
     model, _ = load_model(path)
     plan = sharded.ShardPlan.from_dict(sharded.read_meta(path)["plan"])
-    cost = sharded.full_cost(sharded.read_assignment(path), plan)
+    assignment = sharded.read_assignment(path)
+    cost = sharded.full_cost(assignment, plan)
     s = score_records(model, tok, [*forget10, *holdout], ["loss"]).scores["loss"]
     out = {"shards": shards, "slices": slices, "placement": "forget10 at risk" if at_risk else "hash",
            "stage_epochs": ",".join(f"{plan.epochs(r):.1f}" for r in range(slices)),
@@ -107,7 +106,7 @@ def row_for(bench, shards: int, slices: int, central: dict, records: list, tok, 
         shutil.rmtree(tmp, ignore_errors=True)
     out["one_person_cost_vs_central"] = one.cost / central["cost"]
     out["forget10_cost_vs_central"] = ten.cost / central["cost"]
-    each = sorted(c / central["cost"] for c in person_costs(path, records))
+    each = sorted(c / central["cost"] for c in person_costs(assignment, plan, records))
     out["any_person_cost_vs_central"] = {"median": each[len(each) // 2], "mean": sum(each) / len(each),
                                          "max": each[-1], "people": len(each)}
     return out
