@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from unlearn.data import Batch, Record, collate, encode_many, pad_id_of
-from unlearn.distributed import configure_deepspeed, gathered_copy, make_accelerator
+from unlearn.distributed import configure_deepspeed, engine, gathered_copy, make_accelerator
 from unlearn.errors import UnlearnError
 from unlearn.jsonio import JsonObject
 from unlearn.logprobs import max_length_of
@@ -103,12 +103,15 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
         rb = next(retain_it) if retain_it is not None else None
         if before_step is not None:
             before_step(prepared, fb, rb, steps, opt, acc)
+        undo = relearn_nudge(acc, prepared, fb, args.relearn_rho) if args.relearn_rho > 0 else None
         loss, stats = step_loss(prepared, fb, rb)
         if not torch.isfinite(loss):
             raise UnlearnError(f"the unlearning loss became {loss.item()} at step {steps + 1}; "
                                f"lower lr (now {args.lr})")
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
+        if undo is not None:
+            undo()
         if args.grad_clip > 0 and acc.state.deepspeed_plugin is None:
             acc.clip_grad_norm_(params, args.grad_clip)
         opt.step()
@@ -124,6 +127,40 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     for p in model.parameters():
         p.requires_grad_(True)
     return stopper.result(model, steps)
+
+
+def relearn_nudge(acc: Any, model: torch.nn.Module, fb: Batch, rho: float) -> Callable[[], None]:
+    """Sharpness-aware unlearning against relearning (Fan et al. 2025, "Towards LLM unlearning resilient to
+    relearning attacks"): move the trainable weights one normalised relearning step, theta <- theta - rho g / |g|
+    with g the gradient of the forget batch's NLL (all-reduced: every process takes the same nudge), so that the
+    step's loss and gradient are those of the weights after an attacker's first step toward the data; returns
+    the undo, called after the backward pass and before the optimiser step."""
+    from unlearn.losses import nll, sequence_logprobs
+
+    if engine(acc) in ("deepspeed-zero3", "fsdp"):
+        raise UnlearnError("relearn_rho needs whole parameters on every process (single, DDP, DeepSpeed ZeRO-1/2); "
+                           f"this run is {engine(acc)}: set relearn_rho=0")
+    plain = acc.unwrap_model(model)
+    params = [p for p in plain.parameters() if p.requires_grad]
+    lp, n, _ = sequence_logprobs(plain, fb)
+    grads = [torch.zeros_like(p) if g is None else g
+             for p, g in zip(params, torch.autograd.grad(nll(lp, n), params, allow_unused=True), strict=True)]
+    if acc.num_processes > 1:
+        for g in grads:
+            torch.distributed.all_reduce(g)
+            g.div_(acc.num_processes)
+    scale = rho / torch.sqrt(sum((g.float() ** 2).sum() for g in grads)).clamp(min=1e-12)
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            p.sub_(scale.to(g.dtype) * g)
+
+    def undo() -> None:
+        with torch.no_grad():
+            for p, v in zip(params, saved, strict=True):
+                p.copy_(v)
+
+    return undo
 
 
 BACK_OFF = ("over_unlearned", "utility_drop", "resolution_limit")
