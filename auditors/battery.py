@@ -38,6 +38,8 @@ class BatteryArgs(Checked):
     relearn: bool = arg(False, "run the relearning attack")
     relearn_steps: int = arg(RELEARN_STEPS, "optimiser steps of the relearning attack", ge=1)
     relearn_lr: float = arg(RELEARN_LR, "learning rate of the relearning attack", gt=0)
+    relearn_splits: int = arg(3, "relearning attacks, each on another half of the forget people (seeds seed, seed + "
+                              "1, ...): what comes back depends on which people are relearned", ge=1)
     n_boot: int = arg(500, "bootstrap resamples", ge=1)
     seed: int = arg(0, "seed of the battery's random choices", ge=0)
     exhaustive: bool = arg(False, "run every attack; else stop at the first NOT REMOVED (the worst case is decided)")
@@ -158,15 +160,21 @@ def battery_plan(tokenizer: Any, forget: Sequence[Record], args: BatteryArgs) ->
     plan = [(name, attack, whole) for name, attack in weight_attacks(args)]
     notes = []
     if args.relearn:
-        learn, evaluated_half = split_for_relearning(forget, args.seed)
-        if learn and evaluated_half:
-            from unlearn.attacks.adversarial import relearn
+        from unlearn.attacks.adversarial import relearn
 
-            plan.append(("relearn", lambda m: relearn(m, tokenizer, learn, steps=args.relearn_steps,
-                                                      lr=args.relearn_lr, seed=args.seed), evaluated_half))
-        else:
-            notes.append("relearning attack skipped: the forget set has a single group to relearn and measure on")
+        for k in range(args.relearn_splits):
+            learn, evaluated_half = split_for_relearning(forget, args.seed + k)
+            if not (learn and evaluated_half):
+                notes.append("relearning attack skipped: the forget set has a single group to relearn and measure on")
+                break
+            plan.append((relearn_name(k), lambda m, learn=learn, k=k: relearn(
+                m, tokenizer, learn, steps=args.relearn_steps, lr=args.relearn_lr, seed=args.seed + k), evaluated_half))
     return plan, notes
+
+
+def relearn_name(k: int) -> str:
+    """The battery's name of its ``k``-th relearning attack (0-based): relearn, relearn #2, ..."""
+    return "relearn" if k == 0 else f"relearn #{k + 1}"
 
 
 def reference_scores(retain_model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record],

@@ -170,3 +170,23 @@ def test_a_first_look_decides_only_not_removed_and_otherwise_changes_nothing(ben
         assert [e.auc for e in a.verdict.evidence] == pytest.approx([e.auc for e in b.verdict.evidence], abs=1e-6)
         assert a.extraction == pytest.approx(b.extraction, abs=1e-9)
     np.testing.assert_allclose(itself.scores["4-bit RTN"][0]["zlib"], whole.scores["4-bit RTN"][0]["zlib"], rtol=1e-5)
+
+
+def test_the_relearning_attacks_relearn_different_halves_and_judge_the_rest(bench) -> None:
+    """relearn_splits attacks, each fine-tuning on one half of the forget people (seed, seed + 1, ...) and
+    measured on the other half; the retain model is relearned alike for each."""
+    from unlearn.auditors.battery import BatteryArgs, battery_plan, removal_battery
+
+    forget, holdout = bench.split("forget10")[:60], bench.split("holdout")[:60]
+    target, tok = load_model(bench.target)
+    gold, _ = load_model(bench.retain)
+    args = BatteryArgs(n_boot=50, relearn=True, relearn_splits=3, relearn_steps=2, quant_bits=(), exhaustive=True)
+    plan, notes = battery_plan(tok, forget, args)
+    assert [name for name, _, _ in plan] == ["as is", "relearn", "relearn #2", "relearn #3"] and not notes
+    people = {r.meta["person"] for r in forget}
+    halves = [frozenset(r.meta["person"] for r in measured) for _, _, measured in plan[1:]]
+    assert len(set(halves)) > 1 and all(0 < len(h) < len(people) for h in halves)
+    out = removal_battery(target, tok, forget, holdout, args, retain_model=gold)
+    assert [r.attack for r in out.rows] == ["as is", "relearn", "relearn #2", "relearn #3"]
+    for (name, _, measured), row in zip(plan, out.rows, strict=True):
+        assert row.verdict.members == len(measured) and set(out.reference[name][0]) == set(out.scores[name][0])

@@ -45,6 +45,7 @@ def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 @pytest.mark.parametrize("engine,method,extra", [
     ("ddp", "graddiff", []),
+    ("ddp", "npo", ["--set", "relearn_rho=0.5"]),
     ("zero3", "npo", []),
     ("zero2", "soul", ["--set", "hessian=gnb", "--set", "hessian_every=2"]),
     ("ddp", "newton", ["--set", "curvature=fisher", "--set", "max_steps=2", "--set", "lr=1.0"]),

@@ -682,3 +682,63 @@ def test_forget_takes_steps_when_only_a_shift_separates_the_sets(tiny_tokenizer)
                                         monitor=make_monitor(tiny_tokenizer, forget, holdout, retain, args))
     assert res.steps > 0 and not res.stop_reason.startswith("already"), (res.stop_reason, res.stop_message)
     assert res.history[0].get("unreferenced")
+
+
+def test_relearn_nudge_takes_the_loss_after_one_normalised_relearning_step(tiny_model, tiny_tokenizer) -> None:
+    """The step's gradient is the loss's gradient at theta - rho g / |g| (g: the forget batch's NLL gradient),
+    computed here the slow obvious way on a copy; the undo restores the weights bit for bit."""
+    import copy
+
+    from unlearn.data import collate, encode_many, qa_record
+    from unlearn.distributed import make_accelerator
+    from unlearn.losses import nll, sequence_logprobs
+    from unlearn.loop import relearn_nudge
+
+    recs = [qa_record(f"f{i}", f"Where was Kalo Venra {i} born?", f"In Tolmere {i}.") for i in range(6)]
+    fb = collate(encode_many(recs, tiny_tokenizer, None), 0)
+    rho = 0.3
+
+    def ascent(m: torch.nn.Module) -> torch.Tensor:  # any step loss; here gradient ascent on the same batch
+        return -nll(*sequence_logprobs(m, fb)[:2])
+
+    ref = copy.deepcopy(tiny_model)
+    nll(*sequence_logprobs(ref, fb)[:2]).backward()
+    g = {n: p.grad.clone() for n, p in ref.named_parameters()}
+    norm = torch.sqrt(sum((v ** 2).sum() for v in g.values()))
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            p.sub_(rho * g[n] / norm)
+            p.grad = None
+    ascent(ref).backward()
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    undo = relearn_nudge(make_accelerator(), tiny_model, fb, rho)
+    moved = sum(float(((p.detach() - before[n]) ** 2).sum()) for n, p in tiny_model.named_parameters()) ** 0.5
+    assert abs(moved - rho) < 1e-4 * rho
+    ascent(tiny_model).backward()
+    undo()
+    for n, p in tiny_model.named_parameters():
+        assert torch.equal(p.detach(), before[n]), n
+        torch.testing.assert_close(p.grad, dict(ref.named_parameters())[n].grad, rtol=1e-4, atol=1e-7)
+
+
+def test_relearn_rho_changes_the_path_and_is_refused_where_it_cannot_apply(bench) -> None:
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from unlearn.loop import relearn_nudge
+
+    forget, retain = bench.split("forget10")[:32], bench.split("retain90")[:64]
+    runs = []
+    for rho in (0.0, 0.5, 0.5):
+        model, tok = load_model(bench.target)
+        res = get_method("npo").run(model, tok, forget, retain, _args("npo", max_steps=3, relearn_rho=rho))
+        runs.append(torch.cat([p.detach().flatten() for p in res.model.parameters()]))
+    assert torch.equal(runs[1], runs[2]) and not torch.equal(runs[0], runs[1])
+    model, tok = load_model(bench.target)
+    with pytest.raises(UnlearnError, match="relearn_rho"):
+        get_method("newton").run(model, tok, forget, retain, _args("newton", max_steps=1, relearn_rho=0.5))
+    zero3 = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED,
+                            state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+    with pytest.raises(UnlearnError, match="deepspeed-zero3"):
+        relearn_nudge(zero3, model, None, 0.5)

@@ -282,6 +282,9 @@ def run_direct(model: torch.nn.Module, args: UnlearnArgs, update: Callable[[int]
                on_step: Callable[[int, int, JsonObject], None] | None = None) -> UnlearnResult:
     """For methods that set the weights directly (Newton, IAU): ``update(step)`` applies step ``step``
     (1-based) in place and returns its stats; the monitor is checked every ``eval_every`` steps."""
+    if args.relearn_rho > 0:
+        raise UnlearnError("relearn_rho shapes the steps of a first-order loop; this method sets the weights "
+                           "directly: set relearn_rho=0")
     stopper = Stopper(monitor, args, lambda: model)
     steps, stopped, stats = 0, stopper.first(), {}
     while not stopped and steps < args.max_steps:
