@@ -721,7 +721,7 @@ def test_relearn_nudge_takes_the_loss_after_one_normalised_relearning_step(tiny_
         torch.testing.assert_close(p.grad, dict(ref.named_parameters())[n].grad, rtol=1e-4, atol=1e-7)
 
 
-def test_relearn_rho_changes_the_path_and_is_refused_where_it_cannot_apply(bench) -> None:
+def test_relearn_rho_changes_the_path_is_off_for_one_person_and_refused_where_it_cannot_apply(bench) -> None:
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
@@ -735,6 +735,13 @@ def test_relearn_rho_changes_the_path_and_is_refused_where_it_cannot_apply(bench
         res = get_method("npo").run(model, tok, forget, retain, _args("npo", max_steps=3, relearn_rho=rho))
         runs.append(torch.cat([p.detach().flatten() for p in res.model.parameters()]))
     assert torch.equal(runs[1], runs[2]) and not torch.equal(runs[0], runs[1])
+    one = [r for r in forget if r.meta["person"] == forget[0].meta["person"]]  # one person: no one to relearn from
+    alone = []
+    for rho in (0.0, 0.5):
+        model, tok = load_model(bench.target)
+        res = get_method("npo").run(model, tok, one, retain, _args("npo", max_steps=2, relearn_rho=rho))
+        alone.append(torch.cat([p.detach().flatten() for p in res.model.parameters()]))
+    assert torch.equal(alone[0], alone[1]) and res.stats["relearn_rho"] == 0.0
     model, tok = load_model(bench.target)
     with pytest.raises(UnlearnError, match="relearn_rho"):
         get_method("newton").run(model, tok, forget, retain, _args("newton", max_steps=1, relearn_rho=0.5))
