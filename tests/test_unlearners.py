@@ -735,13 +735,15 @@ def test_relearn_rho_changes_the_path_is_off_for_one_person_and_refused_where_it
         res = get_method("npo").run(model, tok, forget, retain, _args("npo", max_steps=3, relearn_rho=rho))
         runs.append(torch.cat([p.detach().flatten() for p in res.model.parameters()]))
     assert torch.equal(runs[1], runs[2]) and not torch.equal(runs[0], runs[1])
+    # rho counts relearning-attack steps: relearn_lr x sqrt(trainable parameters) each
+    assert res.stats["relearn_radius"] == pytest.approx(0.5 * res.model.num_parameters() ** 0.5 * 3e-4)
     one = [r for r in forget if r.meta["person"] == forget[0].meta["person"]]  # one person: no one to relearn from
     alone = []
     for rho in (0.0, 0.5):
         model, tok = load_model(bench.target)
         res = get_method("npo").run(model, tok, one, retain, _args("npo", max_steps=2, relearn_rho=rho))
         alone.append(torch.cat([p.detach().flatten() for p in res.model.parameters()]))
-    assert torch.equal(alone[0], alone[1]) and res.stats["relearn_rho"] == 0.0
+    assert torch.equal(alone[0], alone[1]) and res.stats["relearn_radius"] == 0.0
     model, tok = load_model(bench.target)
     with pytest.raises(UnlearnError, match="relearn_rho"):
         get_method("newton").run(model, tok, forget, retain, _args("newton", max_steps=1, relearn_rho=0.5))

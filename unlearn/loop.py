@@ -95,9 +95,9 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     configure_deepspeed(acc, args.batch_size // acc.num_processes, args.grad_clip)
     prepared, opt = acc.prepare(model, opt)
     stopper = Stopper(monitor, args, lambda: acc.unwrap_model(prepared))
-    rho = nudge_radius(forget, args.relearn_rho)
+    radius = nudge_radius(forget, params, args)
     if args.relearn_rho > 0:
-        stopper.extra["relearn_rho"] = rho
+        stopper.extra["relearn_radius"] = radius
     steps = 0
     stopped = stopper.first()
     prepared.train()
@@ -106,7 +106,7 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
         rb = next(retain_it) if retain_it is not None else None
         if before_step is not None:
             before_step(prepared, fb, rb, steps, opt, acc)
-        undo = relearn_nudge(acc, prepared, fb, rho) if rho > 0 else None
+        undo = relearn_nudge(acc, prepared, fb, radius) if radius > 0 else None
         loss, stats = step_loss(prepared, fb, rb)
         if not torch.isfinite(loss):
             raise UnlearnError(f"the unlearning loss became {loss.item()} at step {steps + 1}; "
@@ -132,19 +132,24 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     return stopper.result(model, steps)
 
 
-def nudge_radius(forget: Sequence[Record], rho: float) -> float:
-    """``rho``, or 0 when the forget set is one group (person): what a relearning attack brings back is what
-    relearning some of the forget people restores of the others (the battery's attack is skipped for one group),
-    and for one person the nudge only drives the records below the never-trained level (on the built-in
-    benchmark's one-person requests, LOSS AUC 0.21-0.27 against the retain model's 0.51-0.56)."""
+def nudge_radius(forget: Sequence[Record], params: Sequence[torch.nn.Parameter], args: UnlearnArgs) -> float:
+    """The L2 length of the relearning nudge: ``relearn_rho`` relearning-attack steps, one being
+    ``relearn_lr x sqrt(trainable parameters)`` (an Adam step moves every coordinate by about its lr), so that
+    one setting means the same on a model of any size or scope. 0 when the forget set is one group (person):
+    what a relearning attack brings back is what relearning some of the forget people restores of the others
+    (the battery's attack is skipped for one group), and for one person the nudge only drives the records
+    below the never-trained level (on the built-in benchmark's one-person requests, LOSS AUC 0.21-0.27 against
+    the retain model's 0.51-0.56)."""
     from unlearn.splits import group_labels
 
-    return rho if len(set(group_labels(forget) or [r.id for r in forget])) > 1 else 0.0
+    if args.relearn_rho == 0 or len(set(group_labels(forget) or [r.id for r in forget])) < 2:
+        return 0.0
+    return args.relearn_rho * args.relearn_lr * sum(p.numel() for p in params) ** 0.5
 
 
-def relearn_nudge(acc: Any, model: torch.nn.Module, fb: Batch, rho: float) -> Callable[[], None]:
+def relearn_nudge(acc: Any, model: torch.nn.Module, fb: Batch, radius: float) -> Callable[[], None]:
     """Sharpness-aware unlearning against relearning (Fan et al. 2025, "Towards LLM unlearning resilient to
-    relearning attacks"): move the trainable weights one normalised relearning step, theta <- theta - rho g / |g|
+    relearning attacks"): move the trainable weights one normalised relearning step, theta <- theta - r g / |g|
     with g the gradient of the forget batch's NLL (all-reduced: every process takes the same nudge), so that the
     step's loss and gradient are those of the weights after an attacker's first step toward the data; returns
     the undo, called after the backward pass and before the optimiser step."""
@@ -162,7 +167,7 @@ def relearn_nudge(acc: Any, model: torch.nn.Module, fb: Batch, rho: float) -> Ca
         for g in grads:
             torch.distributed.all_reduce(g)
             g.div_(acc.num_processes)
-    scale = rho / torch.sqrt(sum((g.float() ** 2).sum() for g in grads)).clamp(min=1e-12)
+    scale = radius / torch.sqrt(sum((g.float() ** 2).sum() for g in grads)).clamp(min=1e-12)
     saved = [p.detach().clone() for p in params]
     with torch.no_grad():
         for p, g in zip(params, grads, strict=True):

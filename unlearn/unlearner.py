@@ -59,8 +59,9 @@ class UnlearnArgs(Checked):
     relearn_steps: int = arg(RELEARN_STEPS, "optimiser steps of the relearning probe (the battery's attack's)", ge=1)
     relearn_lr: float = arg(RELEARN_LR, "learning rate of the relearning probe", gt=0)
     relearn_rho: float = arg(0.0, "sharpness-aware unlearning against relearning: each step's loss is taken after "
-                             "one relearning step of this L2 length on the forget batch (0 = off; off for a forget set of one person)",
-                             ge=0)
+                             "one relearning step on the forget batch as long as this many of the relearning "
+                             "attack's steps (relearn_lr x sqrt(trainable parameters) each); 0 = off, and off for a "
+                             "forget set of one person", ge=0)
     robustify_alpha: float = arg(0.0, "after the method, UNDO's robustification: shrink-and-perturb the weights "
                                  "toward a random init by this much, then distil the unlearned model back in on "
                                  "retain data (0 = off)", ge=0, lt=1)
