@@ -37,8 +37,9 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--retain-model", help="a model trained without the forget set: the verdict becomes relative to "
                                           "it (default with the built-in model: its retain model, when it applies)")
     f.add_argument("--relearn-attack", action="store_true",
-                   help="add the relearning attack to the receipt's battery, and the relearning probe to the stopping "
-                        "rule (it stops only on what stays REMOVED after relearning; --set relearn_probe=false: not)")
+                   help="add the relearning attacks (three, each on another half of the forget people) to the "
+                        "receipt's battery, and the relearning probe to the stopping rule (it stops only on what "
+                        "stays REMOVED after relearning; --set relearn_probe=false: not)")
     f.add_argument("--full-battery", action="store_true",
                    help="score every record under every attack, even after a first look or an attack has found the "
                         "forget set NOT REMOVED")

@@ -47,7 +47,8 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--max-repairs", type=int, default=2,
                    help="rounds of unlearning again earlier requests that became detectable (then fail)")
     r.add_argument("--relearn-attack", action="store_true",
-                   help="add the relearning attack to the battery, and the relearning probe to the stopping rule")
+                   help="add the relearning attacks (three halves of the forget people) to the battery, and the "
+                        "relearning probe to the stopping rule")
     r.set_defaults(run=run_run)
 
 

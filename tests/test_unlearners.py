@@ -691,8 +691,8 @@ def test_relearn_nudge_takes_the_loss_after_one_normalised_relearning_step(tiny_
 
     from unlearn.data import collate, encode_many, qa_record
     from unlearn.distributed import make_accelerator
-    from unlearn.losses import nll, sequence_logprobs
     from unlearn.loop import relearn_nudge
+    from unlearn.losses import nll, sequence_logprobs
 
     recs = [qa_record(f"f{i}", f"Where was Kalo Venra {i} born?", f"In Tolmere {i}.") for i in range(6)]
     fb = collate(encode_many(recs, tiny_tokenizer, None), 0)
