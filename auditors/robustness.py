@@ -15,7 +15,7 @@ from unlearn.auditors.tofu import extraction_strength, token_accuracy
 from unlearn.data import Record
 from unlearn.jsonio import JsonObject
 from unlearn.logprobs import TokenLogProbs, token_logprobs
-from unlearn.splits import group_labels
+from unlearn.splits import group_keys
 
 
 def extraction(model: torch.nn.Module, tokenizer: Any, records: Sequence[Record]) -> dict[str, float]:
@@ -37,7 +37,7 @@ def split_for_relearning(members: Sequence[Record], seed: int = 0) -> tuple[list
     groups are split in half."""
     import random
 
-    key = group_labels(members) or [r.id for r in members]
+    key = group_keys(members)
     groups = sorted(set(key))
     random.Random(seed).shuffle(groups)
     learn = set(groups[: len(groups) // 2])

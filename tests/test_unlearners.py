@@ -726,7 +726,7 @@ def test_relearn_rho_changes_the_path_is_off_for_one_person_and_refused_where_it
 
     from accelerate.utils import DistributedType
 
-    from unlearn.loop import relearn_nudge
+    from unlearn.loop import nudge_radius
 
     forget, retain = bench.split("forget10")[:32], bench.split("retain90")[:64]
     runs = []
@@ -750,4 +750,4 @@ def test_relearn_rho_changes_the_path_is_off_for_one_person_and_refused_where_it
     zero3 = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED,
                             state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
     with pytest.raises(UnlearnError, match="deepspeed-zero3"):
-        relearn_nudge(zero3, model, None, 0.5)
+        nudge_radius(zero3, forget, list(model.parameters()), _args("npo", relearn_rho=0.5))

@@ -95,7 +95,7 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     configure_deepspeed(acc, args.batch_size // acc.num_processes, args.grad_clip)
     prepared, opt = acc.prepare(model, opt)
     stopper = Stopper(monitor, args, lambda: acc.unwrap_model(prepared))
-    radius = nudge_radius(forget, params, args)
+    radius = nudge_radius(acc, forget, params, args)
     if args.relearn_rho > 0:
         stopper.extra["relearn_radius"] = radius
     steps = 0
@@ -132,18 +132,23 @@ def run_loop(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Record], r
     return stopper.result(model, steps)
 
 
-def nudge_radius(forget: Sequence[Record], params: Sequence[torch.nn.Parameter], args: UnlearnArgs) -> float:
+def nudge_radius(acc: Any, forget: Sequence[Record], params: Sequence[torch.nn.Parameter],
+                 args: UnlearnArgs) -> float:
     """The L2 length of the relearning nudge: ``relearn_rho`` relearning-attack steps, one being
     ``relearn_lr x sqrt(trainable parameters)`` (an Adam step moves every coordinate by about its lr), so that
     one setting means the same on a model of any size or scope. 0 when the forget set is one group (person):
     what a relearning attack brings back is what relearning some of the forget people restores of the others
-    (the battery's attack is skipped for one group), and for one person the nudge only drives the records
-    below the never-trained level (on the built-in benchmark's one-person requests, LOSS AUC 0.21-0.27 against
-    the retain model's 0.51-0.56)."""
-    from unlearn.splits import group_labels
+    (the battery's attack is skipped for one group), and for one person the nudge only drives the records below
+    the never-trained level (on the built-in benchmark's one-person requests, LOSS AUC 0.21-0.27 against the
+    retain model's 0.51-0.56). Refused, once before any step, where the weights are sharded (the nudge moves
+    whole parameters)."""
+    from unlearn.splits import group_keys
 
-    if args.relearn_rho == 0 or len(set(group_labels(forget) or [r.id for r in forget])) < 2:
+    if args.relearn_rho == 0 or len(set(group_keys(forget))) < 2:
         return 0.0
+    if engine(acc) in ("deepspeed-zero3", "fsdp"):
+        raise UnlearnError("relearn_rho needs whole parameters on every process (single, DDP, DeepSpeed ZeRO-1/2); "
+                           f"this run is {engine(acc)}: set relearn_rho=0")
     return args.relearn_rho * args.relearn_lr * sum(p.numel() for p in params) ** 0.5
 
 
@@ -155,9 +160,6 @@ def relearn_nudge(acc: Any, model: torch.nn.Module, fb: Batch, radius: float) ->
     the undo, called after the backward pass and before the optimiser step."""
     from unlearn.losses import nll, sequence_logprobs
 
-    if engine(acc) in ("deepspeed-zero3", "fsdp"):
-        raise UnlearnError("relearn_rho needs whole parameters on every process (single, DDP, DeepSpeed ZeRO-1/2); "
-                           f"this run is {engine(acc)}: set relearn_rho=0")
     plain = acc.unwrap_model(model)
     params = [p for p in plain.parameters() if p.requires_grad]
     lp, n, _ = sequence_logprobs(plain, fb)

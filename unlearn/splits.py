@@ -25,10 +25,15 @@ def group_labels(records: Sequence[Record]) -> list[str] | None:
     return None
 
 
+def group_keys(records: Sequence[Record]) -> list[str]:
+    """Per-record unit of a split: its group (`group_labels`) when every record has one, else its id."""
+    return group_labels(records) or [r.id for r in records]
+
+
 def split_by_group(records: Sequence[Record], fraction: float = 0.5, seed: int = 0) -> tuple[list[Record],
                                                                                              list[Record]]:
     """(calibration, verdict) halves, whole groups (people) on one side when records carry them."""
-    key = group_labels(records) or [r.id for r in records]
+    key = group_keys(records)
     groups = sorted(set(key))
     random.Random(seed).shuffle(groups)
     cal = set(groups[: round(fraction * len(groups))])
@@ -81,7 +86,7 @@ class Splits:
         halves = split_forget(forget, seed=seed) if watched else ([], list(forget))
         calibration, verdict = split_by_group(holdout, seed=seed)
         if not calibration or not verdict:
-            units = len(set(group_labels(holdout) or [r.id for r in holdout]))
+            units = len(set(group_keys(holdout)))
             raise InputError(f"{len(holdout)} held-out record(s) of {units} person(s): the stopping rule and the "
                              "receipt's verdict each need held-out people of their own (at least 2 people; 20 or "
                              "more for a verdict with power)", field="holdout")
